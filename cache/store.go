@@ -1,0 +1,289 @@
+// Package cache is regmirror's content-addressed store: verified files named by
+// digest under dir/blobs, temp files under dir/tmp that become visible only by
+// rename, and a badger index beside them (blob records, last access, tag answers).
+package cache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	lru "github.com/hashicorp/golang-lru/v2"
+	"go.uber.org/zap"
+)
+
+var (
+	// ErrNotFound means the store holds no such blob or tag answer.
+	ErrNotFound = errors.New("not in cache")
+	// ErrDigestMismatch means content did not hash to the digest it was stored under.
+	ErrDigestMismatch = errors.New("content does not match its digest")
+	// ErrSizeMismatch means content was longer or shorter than announced.
+	ErrSizeMismatch = errors.New("content does not match its announced size")
+	// ErrTooLarge means content is larger than the caller's limit.
+	ErrTooLarge = errors.New("content larger than allowed")
+	// ErrUnsupportedDigest means the digest algorithm is not sha256.
+	ErrUnsupportedDigest = errors.New("only sha256 digests are supported")
+)
+
+// Options tune a Store. The zero value picks sensible defaults.
+type Options struct {
+	// AccessFlushInterval is how often batched last-access times are written
+	// to the index, so a request never waits on a disk write for bookkeeping.
+	AccessFlushInterval time.Duration
+	// GCInterval is how often badger's value log is garbage-collected.
+	GCInterval time.Duration
+	// MemoryTags and MemoryManifests bound the in-memory LRUs (entries).
+	MemoryTags      int
+	MemoryManifests int
+	// MemoryManifestMax is the largest manifest kept in memory (bytes).
+	MemoryManifestMax int
+	// Now is the clock; tests set it, production leaves it nil.
+	Now func() time.Time
+}
+
+func (o *Options) defaults() {
+	if o.AccessFlushInterval <= 0 {
+		o.AccessFlushInterval = 10 * time.Second
+	}
+	if o.GCInterval <= 0 {
+		o.GCInterval = 10 * time.Minute
+	}
+	if o.MemoryTags <= 0 {
+		o.MemoryTags = 4096
+	}
+	if o.MemoryManifests <= 0 {
+		o.MemoryManifests = 1024
+	}
+	if o.MemoryManifestMax <= 0 {
+		o.MemoryManifestMax = 256 << 10
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+}
+
+// Info is what the index knows of a stored blob or manifest.
+type Info struct {
+	Size      int64
+	MediaType string // empty when the record was lost (e.g. a crash right after rename)
+}
+
+type memManifest struct {
+	body []byte
+	info Info
+}
+
+// Store is the on-disk cache. It is safe for concurrent use.
+type Store struct {
+	dir string
+	opt Options
+	log *zap.Logger
+	db  *badger.DB
+
+	tags      *lru.Cache[string, TagAnswer]
+	manifests *lru.Cache[v1.Hash, memManifest]
+
+	accessMu sync.Mutex
+	access   map[v1.Hash]time.Time // touched since the last flush
+}
+
+// Open opens (creating if needed) the store under dir. Leftover temp files of
+// an earlier process are removed: they were never visible, so nothing is lost.
+func Open(dir string, opt Options, log *zap.Logger) (*Store, error) {
+	opt.defaults()
+	for _, d := range []string{blobRoot(dir), tmpDir(dir), indexDir(dir)} {
+		if err := os.MkdirAll(d, 0o750); err != nil {
+			return nil, fmt.Errorf("create %s: %w", d, err)
+		}
+	}
+	// badger locks its directory, so once it is open no other regmirror uses
+	// this store and its temp files are ours to clean.
+	db, err := openIndex(indexDir(dir), log.Named("badger"))
+	if err != nil {
+		return nil, err
+	}
+	s := &Store{dir: dir, opt: opt, log: log, db: db, access: make(map[v1.Hash]time.Time)}
+	s.tags, _ = lru.New[string, TagAnswer](opt.MemoryTags)
+	s.manifests, _ = lru.New[v1.Hash, memManifest](opt.MemoryManifests)
+	if err := s.removeTemps(); err != nil {
+		db.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+func blobRoot(dir string) string { return filepath.Join(dir, "blobs", "sha256") }
+func tmpDir(dir string) string   { return filepath.Join(dir, "tmp") }
+func indexDir(dir string) string { return filepath.Join(dir, "index") }
+
+// Dir is the store's root directory.
+func (s *Store) Dir() string { return s.dir }
+
+// path is where the verified content of h lives. Hex was validated by the
+// caller's parse or by checkHash, so it cannot name anything outside the store.
+func (s *Store) path(h v1.Hash) string {
+	return filepath.Join(blobRoot(s.dir), h.Hex[:2], h.Hex)
+}
+
+func checkHash(h v1.Hash) error {
+	if h.Algorithm != "sha256" || len(h.Hex) != 64 {
+		return fmt.Errorf("%w: %q", ErrUnsupportedDigest, h.String())
+	}
+	for _, c := range h.Hex {
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return fmt.Errorf("%w: %q", ErrUnsupportedDigest, h.String())
+		}
+	}
+	return nil
+}
+
+func (s *Store) removeTemps() error {
+	entries, err := os.ReadDir(tmpDir(s.dir))
+	if err != nil {
+		return fmt.Errorf("read temp dir: %w", err)
+	}
+	for _, e := range entries {
+		if err := os.RemoveAll(filepath.Join(tmpDir(s.dir), e.Name())); err != nil {
+			return fmt.Errorf("remove leftover temp file: %w", err)
+		}
+	}
+	if len(entries) > 0 {
+		s.log.Info("removed leftover temp files", zap.Int("count", len(entries)))
+	}
+	return nil
+}
+
+// Open returns the verified content of h, opened for reading, and what the
+// index knows of it. It returns ErrNotFound when h is not cached.
+func (s *Store) Open(ctx context.Context, h v1.Hash) (*os.File, Info, error) {
+	if err := checkHash(h); err != nil {
+		return nil, Info{}, err
+	}
+	f, err := os.Open(s.path(h))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, Info{}, ErrNotFound
+	}
+	if err != nil {
+		return nil, Info{}, fmt.Errorf("open blob %s: %w", h, err)
+	}
+	info, err := s.info(h)
+	if err != nil || info.Size < 0 {
+		// No record (lost in a crash after rename): the file itself is verified.
+		st, serr := f.Stat()
+		if serr != nil {
+			f.Close()
+			return nil, Info{}, fmt.Errorf("stat blob %s: %w", h, serr)
+		}
+		info = Info{Size: st.Size()}
+	}
+	s.Touch(h)
+	return f, info, nil
+}
+
+// Has reports whether h is cached, without touching its access time.
+func (s *Store) Has(h v1.Hash) bool {
+	if checkHash(h) != nil {
+		return false
+	}
+	_, err := os.Stat(s.path(h))
+	return err == nil
+}
+
+// Manifest returns a small stored object (a manifest) whole, from memory when
+// it is hot. It refuses objects larger than max with ErrTooLarge.
+func (s *Store) Manifest(ctx context.Context, h v1.Hash, max int64) ([]byte, Info, error) {
+	if m, ok := s.manifests.Get(h); ok {
+		s.Touch(h)
+		return m.body, m.info, nil
+	}
+	f, info, err := s.Open(ctx, h)
+	if err != nil {
+		return nil, Info{}, err
+	}
+	defer f.Close()
+	if info.Size > max {
+		return nil, Info{}, fmt.Errorf("manifest %s: %w (%d > %d bytes)", h, ErrTooLarge, info.Size, max)
+	}
+	body, err := io.ReadAll(io.LimitReader(f, max+1))
+	if err != nil {
+		return nil, Info{}, fmt.Errorf("read manifest %s: %w", h, err)
+	}
+	if int64(len(body)) > max {
+		return nil, Info{}, fmt.Errorf("manifest %s: %w", h, ErrTooLarge)
+	}
+	info.Size = int64(len(body))
+	s.remember(h, body, info)
+	return body, info, nil
+}
+
+// PutManifest stores a small object that the caller holds in memory. Like
+// every write it is verified against h before it becomes visible.
+func (s *Store) PutManifest(h v1.Hash, body []byte, mediaType string) error {
+	w, err := s.Create(h, int64(len(body)), mediaType)
+	if err != nil {
+		return err
+	}
+	if _, err := w.Write(body); err != nil {
+		w.Abort()
+		return err
+	}
+	if err := w.Commit(); err != nil {
+		return err
+	}
+	s.remember(h, body, Info{Size: int64(len(body)), MediaType: mediaType})
+	return nil
+}
+
+func (s *Store) remember(h v1.Hash, body []byte, info Info) {
+	if len(body) <= s.opt.MemoryManifestMax {
+		s.manifests.Add(h, memManifest{body: body, info: info})
+	}
+}
+
+// Run does the store's background work until ctx ends: flushing batched
+// access times and collecting badger's value log. It flushes once more on exit.
+func (s *Store) Run(ctx context.Context) {
+	flush := time.NewTicker(s.opt.AccessFlushInterval)
+	defer flush.Stop()
+	gc := time.NewTicker(s.opt.GCInterval)
+	defer gc.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			s.flushAccess()
+			return
+		case <-flush.C:
+			s.flushAccess()
+		case <-gc.C:
+			s.valueLogGC()
+		}
+	}
+}
+
+func (s *Store) valueLogGC() {
+	for {
+		// RunValueLogGC rewrites at most one file a call; stop when nothing is left.
+		if err := s.db.RunValueLogGC(0.5); err != nil {
+			if !errors.Is(err, badger.ErrNoRewrite) && !errors.Is(err, badger.ErrRejected) {
+				s.log.Warn("index value-log gc", zap.Error(err))
+			}
+			return
+		}
+	}
+}
+
+// Close flushes pending access times and closes the index.
+func (s *Store) Close() error {
+	s.flushAccess()
+	if err := s.db.Close(); err != nil {
+		return fmt.Errorf("close index: %w", err)
+	}
+	return nil
+}

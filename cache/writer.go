@@ -1,0 +1,165 @@
+package cache
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"os"
+	"path/filepath"
+	"sync"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"go.uber.org/zap"
+)
+
+// Writer fills a temp file in the store, hashing as it goes. Nothing it writes
+// is visible under the digest until Commit has verified size and digest,
+// fsynced the file and renamed it into place.
+type Writer struct {
+	s         *Store
+	h         v1.Hash
+	size      int64 // -1 when unknown
+	mediaType string
+
+	f      *os.File
+	hasher hash.Hash
+	n      int64
+
+	mu       sync.Mutex // guards the state below against OpenReader
+	tmp      string
+	finished bool
+	err      error // why the writer finished, nil after a good Commit
+}
+
+// Create starts writing the content of h. size is the announced length, or -1
+// when it is unknown; content of another length never commits.
+func (s *Store) Create(h v1.Hash, size int64, mediaType string) (*Writer, error) {
+	if err := checkHash(h); err != nil {
+		return nil, err
+	}
+	f, err := os.CreateTemp(tmpDir(s.dir), h.Hex[:16]+"-*")
+	if err != nil {
+		return nil, fmt.Errorf("create temp file for %s: %w", h, err)
+	}
+	return &Writer{s: s, h: h, size: size, mediaType: mediaType, f: f, hasher: sha256.New(), tmp: f.Name()}, nil
+}
+
+// Write appends p to the temp file. It fails early once more bytes arrive than
+// were announced. Writes must not be concurrent with each other or with Commit.
+func (w *Writer) Write(p []byte) (int, error) {
+	if w.size >= 0 && w.n+int64(len(p)) > w.size {
+		return 0, fmt.Errorf("blob %s: %w: more than %d bytes", w.h, ErrSizeMismatch, w.size)
+	}
+	n, err := w.f.Write(p)
+	w.hasher.Write(p[:n])
+	w.n += int64(n)
+	if err != nil {
+		return n, fmt.Errorf("write blob %s: %w", w.h, err)
+	}
+	return n, nil
+}
+
+// Written is how many bytes have been written so far.
+func (w *Writer) Written() int64 { return w.n }
+
+// Commit verifies the content and makes it visible. On any failure the temp
+// file is removed and nothing becomes visible.
+func (w *Writer) Commit() error {
+	err := w.verify()
+	if err == nil {
+		err = w.publish()
+	}
+	if err != nil {
+		w.finish(err)
+		return err
+	}
+	if err := w.s.putRecord(w.h, Info{Size: w.n, MediaType: w.mediaType}); err != nil {
+		// The file is verified and in place; a lost record is rebuilt from it.
+		w.s.log.Warn("index blob record", zap.Stringer("digest", w.h), zap.Error(err))
+	}
+	w.s.Touch(w.h)
+	return nil
+}
+
+func (w *Writer) verify() error {
+	if w.size >= 0 && w.n != w.size {
+		return fmt.Errorf("blob %s: %w: got %d bytes, want %d", w.h, ErrSizeMismatch, w.n, w.size)
+	}
+	if got := hex.EncodeToString(w.hasher.Sum(nil)); got != w.h.Hex {
+		return fmt.Errorf("blob %s: %w: content hashes to sha256:%s", w.h, ErrDigestMismatch, got)
+	}
+	return nil
+}
+
+// publish fsyncs the temp file, renames it to its digest's path and fsyncs the
+// directory, so a crash leaves either no file or the whole verified one.
+func (w *Writer) publish() error {
+	if err := w.f.Sync(); err != nil {
+		return fmt.Errorf("sync blob %s: %w", w.h, err)
+	}
+	if err := w.f.Close(); err != nil {
+		return fmt.Errorf("close blob %s: %w", w.h, err)
+	}
+	final := w.s.path(w.h)
+	dir := filepath.Dir(final)
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return fmt.Errorf("create %s: %w", dir, err)
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if err := os.Rename(w.tmp, final); err != nil {
+		return fmt.Errorf("rename blob %s into place: %w", w.h, err)
+	}
+	w.tmp = final
+	w.finished = true
+	return syncDir(dir)
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", dir, err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("sync %s: %w", dir, err)
+	}
+	return nil
+}
+
+// Abort discards the temp file. It is safe to call after Commit, and more than once.
+func (w *Writer) Abort() {
+	w.finish(errors.New("download aborted"))
+}
+
+func (w *Writer) finish(err error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.finished {
+		return
+	}
+	w.finished = true
+	w.err = err
+	w.f.Close()
+	if rmErr := os.Remove(w.tmp); rmErr != nil && !errors.Is(rmErr, os.ErrNotExist) {
+		w.s.log.Warn("remove temp file", zap.String("file", filepath.Base(w.tmp)), zap.Error(rmErr))
+	}
+}
+
+// OpenReader opens the content being written for reading by another goroutine:
+// the temp file while it is written, the final file after Commit. An open
+// descriptor stays valid across the rename, so readers never reopen.
+func (w *Writer) OpenReader() (*os.File, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.finished && w.err != nil {
+		return nil, w.err
+	}
+	f, err := os.Open(w.tmp)
+	if err != nil {
+		return nil, fmt.Errorf("open blob %s for reading: %w", w.h, err)
+	}
+	return f, nil
+}

@@ -1,0 +1,167 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"time"
+
+	"github.com/caarlos0/env/v11"
+	"github.com/regmirror/regmirror/upstream"
+	"go.uber.org/zap/zapcore"
+)
+
+const envPrefix = "REGMIRROR_"
+
+// Config is every setting of regmirror. Each field is an environment variable
+// (with the REGMIRROR_ prefix) and a flag of the same name in kebab case; a
+// flag wins over the environment. The README's settings table lists them all,
+// and a test keeps it honest.
+type Config struct {
+	Addr            string        `env:"ADDR"             envDefault:":5000"                        flag:"addr"             usage:"listen address"`
+	DataDir         string        `env:"DATA_DIR"         envDefault:"$XDG_CACHE_HOME/regmirror"     flag:"data-dir"         usage:"cache directory"`
+	Upstream        string        `env:"UPSTREAM"         envDefault:"https://registry-1.docker.io"  flag:"upstream"         usage:"base URL of the upstream registry (http:// for plain HTTP); it is known to clients as docker.io"`
+	TagTTL          time.Duration `env:"TAG_TTL"          envDefault:"5m"                            flag:"tag-ttl"          usage:"how long a tag's answer is served before asking upstream again"`
+	UpstreamTimeout time.Duration `env:"UPSTREAM_TIMEOUT" envDefault:"30s"                           flag:"upstream-timeout" usage:"timeout to connect to upstream and for its answer; also how long a download may stall"`
+	ShutdownTimeout time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"30s"                           flag:"shutdown-timeout" usage:"grace period for requests in progress on SIGTERM or SIGINT"`
+	LogLevel        zapcore.Level `env:"LOG_LEVEL"        envDefault:"info"                          flag:"log-level"        usage:"debug, info, warn or error"`
+	LogFormat       string        `env:"LOG_FORMAT"       envDefault:"json"                          flag:"log-format"       usage:"json or console"`
+}
+
+// defaultDataDir is the data dir when none is set: the user's cache
+// directory, so that a plain `regmirror` works for a normal user. The systemd
+// unit and the container image set /var/lib/regmirror.
+func defaultDataDir() string {
+	if dir, err := os.UserCacheDir(); err == nil {
+		return filepath.Join(dir, "regmirror")
+	}
+	return "regmirror-data"
+}
+
+// loadConfig reads the environment, then the flags in args. Every problem is
+// reported at once, each naming the setting it is about.
+func loadConfig(args []string, environ map[string]string) (Config, error) {
+	opts := env.Options{Prefix: envPrefix, Environment: environ}
+	// The documented default names $XDG_CACHE_HOME; the real one is computed.
+	if _, set := environ[envPrefix+"DATA_DIR"]; !set {
+		environ = cloneWith(environ, envPrefix+"DATA_DIR", defaultDataDir())
+		opts.Environment = environ
+	}
+	var cfg Config
+	if err := env.ParseWithOptions(&cfg, opts); err != nil {
+		return cfg, namedEnvErrors(err)
+	}
+	fs := flag.NewFlagSet("regmirror", flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "usage: regmirror [serve] [flags]\n\nEvery flag can also be set as an environment variable: -tag-ttl is %sTAG_TTL.\n\n", envPrefix)
+		fs.PrintDefaults()
+	}
+	bindFlags(fs, &cfg)
+	if err := fs.Parse(args); err != nil {
+		return cfg, err
+	}
+	if fs.NArg() > 0 {
+		return cfg, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	return cfg, cfg.Validate()
+}
+
+func cloneWith(m map[string]string, k, v string) map[string]string {
+	out := make(map[string]string, len(m)+1)
+	for mk, mv := range m {
+		out[mk] = mv
+	}
+	out[k] = v
+	return out
+}
+
+// bindFlags declares one flag per Config field, from its `flag` tag, with
+// the value already read from the environment as its default.
+func bindFlags(fs *flag.FlagSet, cfg *Config) {
+	v := reflect.ValueOf(cfg).Elem()
+	t := v.Type()
+	for i := range t.NumField() {
+		f := t.Field(i)
+		name, usage := f.Tag.Get("flag"), f.Tag.Get("usage")
+		usage += " (" + envPrefix + f.Tag.Get("env") + ")"
+		switch p := v.Field(i).Addr().Interface().(type) {
+		case *string:
+			fs.StringVar(p, name, *p, usage)
+		case *time.Duration:
+			fs.DurationVar(p, name, *p, usage)
+		case *zapcore.Level:
+			fs.TextVar(p, name, *p, usage)
+		default:
+			panic(fmt.Sprintf("config field %s: no flag for type %T", f.Name, p))
+		}
+	}
+}
+
+// namedEnvErrors rewrites env's errors, which name struct fields, to name
+// the environment variables an operator actually set.
+func namedEnvErrors(err error) error {
+	var agg env.AggregateError
+	if !errors.As(err, &agg) {
+		return err
+	}
+	keys := map[string]string{}
+	t := reflect.TypeFor[Config]()
+	for i := range t.NumField() {
+		keys[t.Field(i).Name] = envPrefix + t.Field(i).Tag.Get("env")
+	}
+	var errs []error
+	for _, e := range agg.Errors {
+		var pe env.ParseError
+		if errors.As(e, &pe) {
+			errs = append(errs, fmt.Errorf("%s: %w", keys[pe.Name], pe.Err))
+			continue
+		}
+		errs = append(errs, e)
+	}
+	return errors.Join(errs...)
+}
+
+// Validate checks the values that parse but make no sense.
+func (c Config) Validate() error {
+	var errs []error
+	bad := func(key, format string, a ...any) {
+		errs = append(errs, fmt.Errorf("%s%s: %s", envPrefix, key, fmt.Sprintf(format, a...)))
+	}
+	if c.Addr == "" {
+		bad("ADDR", "must not be empty")
+	}
+	if c.DataDir == "" {
+		bad("DATA_DIR", "must not be empty")
+	}
+	if _, err := upstream.ParseURL(c.Upstream); err != nil {
+		bad("UPSTREAM", "%v", err)
+	}
+	if c.TagTTL < 0 {
+		bad("TAG_TTL", "must not be negative")
+	}
+	if c.UpstreamTimeout <= 0 {
+		bad("UPSTREAM_TIMEOUT", "must be positive")
+	}
+	if c.ShutdownTimeout < 0 {
+		bad("SHUTDOWN_TIMEOUT", "must not be negative")
+	}
+	if c.LogFormat != "json" && c.LogFormat != "console" {
+		bad("LOG_FORMAT", "%q: want json or console", c.LogFormat)
+	}
+	return errors.Join(errs...)
+}
+
+// environ returns the process environment as a map, for loadConfig.
+func environ() map[string]string {
+	m := make(map[string]string)
+	for _, kv := range os.Environ() {
+		if k, v, ok := strings.Cut(kv, "="); ok {
+			m[k] = v
+		}
+	}
+	return m
+}

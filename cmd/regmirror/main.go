@@ -1,0 +1,151 @@
+// Command regmirror is a pull-through caching mirror for container registries.
+//
+//	regmirror [serve] [flags]
+//
+// With no configuration it mirrors Docker Hub on :5000.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/regmirror/regmirror/cache"
+	"github.com/regmirror/regmirror/proxy"
+	"github.com/regmirror/regmirror/upstream"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+)
+
+// version is set at build time with -ldflags "-X main.version=…".
+var version = "dev"
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "regmirror:", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string) error {
+	cmd := "serve"
+	if len(args) > 0 && len(args[0]) > 0 && args[0][0] != '-' {
+		cmd, args = args[0], args[1:]
+	}
+	switch cmd {
+	case "serve":
+		cfg, err := loadConfig(args, environ())
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+		defer stop()
+		return serve(ctx, cfg)
+	case "version":
+		fmt.Println(version)
+		return nil
+	case "help":
+		fmt.Println("usage: regmirror [serve] [flags]   (regmirror serve -h lists the flags)\n       regmirror version")
+		return nil
+	default:
+		return fmt.Errorf("unknown command %q (try: serve, version, help)", cmd)
+	}
+}
+
+func newLogger(cfg Config) (*zap.Logger, error) {
+	zc := zap.NewProductionConfig()
+	if cfg.LogFormat == "console" {
+		zc = zap.NewDevelopmentConfig()
+		zc.EncoderConfig.EncodeLevel = zapcore.CapitalLevelEncoder
+	}
+	zc.Level = zap.NewAtomicLevelAt(cfg.LogLevel)
+	zc.Sampling = nil // one line per request means one line per request
+	zc.EncoderConfig.TimeKey = "time"
+	zc.EncoderConfig.EncodeTime = zapcore.ISO8601TimeEncoder
+	zc.DisableStacktrace = true
+	return zc.Build()
+}
+
+// serve runs the mirror until ctx ends, then shuts down in order: stop
+// accepting, let requests finish within the grace period, stop downloads
+// (their temp files are removed), close the store.
+func serve(ctx context.Context, cfg Config) error {
+	log, err := newLogger(cfg)
+	if err != nil {
+		return err
+	}
+	defer log.Sync()
+
+	st, err := cache.Open(cfg.DataDir, cache.Options{}, log.Named("cache"))
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	storeCtx, stopStore := context.WithCancel(context.Background())
+	storeDone := make(chan struct{})
+	go func() { st.Run(storeCtx); close(storeDone) }()
+	defer func() { stopStore(); <-storeDone }()
+
+	up, err := upstream.New(upstream.Options{
+		Name:      "docker.io",
+		URL:       cfg.Upstream,
+		Timeout:   cfg.UpstreamTimeout,
+		UserAgent: "regmirror/" + version,
+	}, log.Named("upstream"))
+	if err != nil {
+		return err
+	}
+	px, err := proxy.New(st, []proxy.Upstream{up}, proxy.Options{
+		TagTTL:          cfg.TagTTL,
+		UpstreamTimeout: cfg.UpstreamTimeout,
+	}, log.Named("proxy"))
+	if err != nil {
+		return err
+	}
+	defer px.Close()
+
+	ln, err := net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		return fmt.Errorf("%sADDR: %w", envPrefix, err)
+	}
+	srv := &http.Server{
+		Handler:           px,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          zap.NewStdLog(log.Named("http")),
+		// No WriteTimeout: it would cut long blob streams.
+	}
+	log.Info("listening", zap.String("addr", ln.Addr().String()), zap.String("data_dir", cfg.DataDir),
+		zap.String("upstream", cfg.Upstream), zap.Duration("tag_ttl", cfg.TagTTL), zap.String("version", version))
+
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	log.Info("shutting down", zap.Duration("grace", cfg.ShutdownTimeout))
+	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		log.Warn("requests still running after the grace period were cut", zap.Error(err))
+		srv.Close()
+	}
+	if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	log.Info("stopped")
+	return nil
+}

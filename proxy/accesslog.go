@@ -1,0 +1,155 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// Log field keys.
+const (
+	keyMethod   = "method"
+	keyPath     = "path"
+	keyStatus   = "status"
+	keyBytes    = "bytes"
+	keyTook     = "took"
+	keyCache    = "cache"
+	keyUpstream = "upstream"
+	keyDigest   = "digest"
+	keyRepo     = "repo"
+	keyRemote   = "remote"
+	keyError    = "error"
+	keyAborted  = "aborted"
+)
+
+// Cache outcomes, as the access log reports them.
+const (
+	cacheHit       = "hit"
+	cacheMiss      = "miss"
+	cacheCoalesced = "coalesced"
+	cacheStale     = "stale"
+	cachePass      = "pass" // asked upstream, nothing to cache (HEAD of a blob, tags/list)
+)
+
+// logInfo is what a handler tells the access log about its request.
+type logInfo struct {
+	route route
+	cache string
+	err   error
+}
+
+type logInfoKey struct{}
+
+func logInfoFrom(ctx context.Context) *logInfo {
+	if li, ok := ctx.Value(logInfoKey{}).(*logInfo); ok {
+		return li
+	}
+	return &logInfo{}
+}
+
+func setCache(ctx context.Context, outcome string) { logInfoFrom(ctx).cache = outcome }
+
+// logged runs h, writes its error as an OCI error, and writes one access-log
+// line. The path is logged without its query; no header is logged.
+func (p *Proxy) logged(w http.ResponseWriter, r *http.Request, h handlerFunc) {
+	start := time.Now()
+	info := &logInfo{}
+	r = r.WithContext(context.WithValue(r.Context(), logInfoKey{}, info))
+	rec := &recorder{ResponseWriter: w}
+	defer func() {
+		v := recover()
+		fields := []zap.Field{
+			zap.String(keyMethod, r.Method),
+			zap.String(keyPath, r.URL.Path),
+			zap.Int(keyStatus, rec.statusCode()),
+			zap.Int64(keyBytes, rec.n),
+			zap.Duration(keyTook, time.Since(start)),
+			zap.String(keyRemote, r.RemoteAddr),
+		}
+		if info.cache != "" {
+			fields = append(fields, zap.String(keyCache, info.cache))
+		}
+		if rt := info.route; rt.registry != "" {
+			fields = append(fields, zap.String(keyUpstream, rt.registry), zap.String(keyRepo, rt.repo))
+			if rt.byDigest() {
+				fields = append(fields, zap.Stringer(keyDigest, rt.digest))
+			}
+		}
+		if info.err != nil {
+			fields = append(fields, zap.Error(info.err))
+		}
+		if v != nil {
+			p.log.Warn("request", append(fields, zap.Bool(keyAborted, true))...)
+			panic(v)
+		}
+		p.log.Info("request", fields...)
+	}()
+	if err := h(rec, r); err != nil {
+		oe := toOCI(err, info.route.kind)
+		if oe.status >= 500 || !errors.As(err, new(*ociError)) {
+			info.err = err
+		}
+		if rec.wroteHeader {
+			// Headers are out: the only honest failure left is an abort.
+			info.err = err
+			panic(http.ErrAbortHandler)
+		}
+		writeError(rec, r, oe)
+	}
+}
+
+// recorder notes the status and the bytes of a response for the access log.
+// It passes ReadFrom through so that files still go out with sendfile.
+type recorder struct {
+	http.ResponseWriter
+	status      int
+	wroteHeader bool
+	n           int64
+}
+
+func (r *recorder) WriteHeader(code int) {
+	if !r.wroteHeader && code >= 200 {
+		r.status, r.wroteHeader = code, true
+	}
+	r.ResponseWriter.WriteHeader(code)
+}
+
+func (r *recorder) Write(p []byte) (int, error) {
+	if !r.wroteHeader {
+		r.WriteHeader(http.StatusOK)
+	}
+	n, err := r.ResponseWriter.Write(p)
+	r.n += int64(n)
+	return n, err
+}
+
+func (r *recorder) ReadFrom(src io.Reader) (n int64, err error) {
+	if !r.wroteHeader {
+		r.WriteHeader(http.StatusOK)
+	}
+	if rf, ok := r.ResponseWriter.(io.ReaderFrom); ok {
+		n, err = rf.ReadFrom(src)
+	} else {
+		n, err = io.Copy(writerOnly{r.ResponseWriter}, src)
+	}
+	r.n += n
+	return n, err
+}
+
+func (r *recorder) statusCode() int {
+	if !r.wroteHeader {
+		return http.StatusOK
+	}
+	return r.status
+}
+
+func (r *recorder) Flush() { http.NewResponseController(r.ResponseWriter).Flush() }
+
+func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
+
+// writerOnly hides every method but Write, so io.Copy cannot loop back into ReadFrom.
+type writerOnly struct{ io.Writer }

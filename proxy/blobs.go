@@ -1,0 +1,128 @@
+package proxy
+
+import (
+	"errors"
+	"io"
+	"net/http"
+	"strconv"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/regmirror/regmirror/cache"
+)
+
+func (p *Proxy) serveBlob(w http.ResponseWriter, r *http.Request, rt route) error {
+	ctx := r.Context()
+	up := p.ups[rt.registry]
+	// A flight can finish between our miss and our join; then the blob is in
+	// the store and we look again. Twice is plenty; more means it vanished.
+	for range 3 {
+		f, _, err := p.st.Open(ctx, rt.digest)
+		if err == nil {
+			defer f.Close()
+			setCache(ctx, cacheHit)
+			serveContent(w, r, rt.digest, f)
+			return nil
+		}
+		if !errors.Is(err, cache.ErrNotFound) {
+			return err
+		}
+		if r.Method == http.MethodHead {
+			return p.headBlob(w, r, up, rt)
+		}
+		fl, leader := p.join(up, rt)
+		if fl == nil {
+			continue
+		}
+		setCache(ctx, coalesced(cacheMiss, !leader))
+		return p.follow(w, r, fl)
+	}
+	return errors.New("blob vanished from the store while being served")
+}
+
+// follow streams a blob to the client as its flight downloads it.
+func (p *Proxy) follow(w http.ResponseWriter, r *http.Request, fl *flight) error {
+	select {
+	case <-fl.ready:
+	case <-r.Context().Done():
+		return r.Context().Err()
+	}
+	if _, ok := fl.started(); !ok {
+		_, _, err, _ := fl.state()
+		return err // upstream refused before sending anything: the client gets its OCI error
+	}
+	rc := http.NewResponseController(w)
+	rd, err := fl.reader(r.Context(), func() { rc.Flush() })
+	if err != nil {
+		return err
+	}
+	defer rd.Close()
+	if fl.size >= 0 {
+		serveContent(w, r, fl.digest, rd)
+	} else {
+		// No announced size: stream without Content-Length. Range needs the
+		// size, so such a client waits for the whole blob and is served from the store.
+		if r.Header.Get("Range") != "" {
+			if _, err := io.Copy(io.Discard, rd); err != nil {
+				return err
+			}
+			f, _, err := p.st.Open(r.Context(), fl.digest)
+			if err != nil {
+				return err
+			}
+			defer f.Close()
+			serveContent(w, r, fl.digest, f)
+			return nil
+		}
+		setBlobHeaders(w.Header(), fl.digest)
+		w.WriteHeader(http.StatusOK)
+		io.Copy(w, rd)
+	}
+	if rd.err != nil {
+		// Headers went out and the content failed: abort, never a truncated 200.
+		return rd.err
+	}
+	return nil
+}
+
+// headBlob answers a HEAD for a blob we do not have: from a running flight,
+// or by asking upstream with a HEAD, which downloads nothing.
+func (p *Proxy) headBlob(w http.ResponseWriter, r *http.Request, up Upstream, rt route) error {
+	if fl := p.flight(rt.digest); fl != nil {
+		if size, ok := fl.started(); ok && size >= 0 {
+			setCache(r.Context(), cacheCoalesced)
+			writeBlobHead(w, rt.digest, size)
+			return nil
+		}
+	}
+	setCache(r.Context(), cachePass)
+	resp, err := up.Blob(r.Context(), http.MethodHead, rt.repo, rt.digest)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	writeBlobHead(w, rt.digest, resp.ContentLength)
+	return nil
+}
+
+func writeBlobHead(w http.ResponseWriter, h v1.Hash, size int64) {
+	setBlobHeaders(w.Header(), h)
+	if size >= 0 {
+		w.Header().Set("Content-Length", strconv.FormatInt(size, 10))
+	}
+	w.Header().Set("Accept-Ranges", "bytes")
+	w.WriteHeader(http.StatusOK)
+}
+
+func setBlobHeaders(h http.Header, d v1.Hash) {
+	h.Set("Content-Type", "application/octet-stream")
+	h.Set("Docker-Content-Digest", d.String())
+	h.Set("Etag", `"`+d.String()+`"`)
+}
+
+// serveContent serves blob content with Range, conditional requests and, for
+// a file, sendfile. A blob is immutable, so no Last-Modified: the ETag is the digest.
+func serveContent(w http.ResponseWriter, r *http.Request, d v1.Hash, content io.ReadSeeker) {
+	setBlobHeaders(w.Header(), d)
+	http.ServeContent(&ociStatusWriter{ResponseWriter: w, r: r}, r, "", time.Time{}, content)
+}

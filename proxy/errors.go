@@ -1,0 +1,174 @@
+package proxy
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+	"github.com/regmirror/regmirror/cache"
+	"github.com/regmirror/regmirror/upstream"
+)
+
+// ociError is an error as a client sees it: a status and an OCI error code.
+type ociError struct {
+	status  int
+	code    string
+	message string
+}
+
+func (e *ociError) Error() string { return e.code + ": " + e.message }
+
+func errNameInvalid(msg string) error { return &ociError{http.StatusBadRequest, "NAME_INVALID", msg} }
+func errDigestInvalid(s string) error {
+	return &ociError{http.StatusBadRequest, "DIGEST_INVALID", fmt.Sprintf("invalid digest %q: want sha256:<64 lower-case hex digits>", s)}
+}
+func errTagInvalid(s string) error {
+	return &ociError{http.StatusBadRequest, "TAG_INVALID", fmt.Sprintf("invalid tag %q", s)}
+}
+func errNotFound() error {
+	return &ociError{http.StatusNotFound, "UNSUPPORTED", "no such endpoint in the registry API"}
+}
+func errUnsupported() error {
+	return &ociError{http.StatusMethodNotAllowed, "UNSUPPORTED", "this registry is a read-only mirror: only GET and HEAD are allowed"}
+}
+func errRegistryUnknown(reg string) error {
+	return &ociError{http.StatusNotFound, "NAME_UNKNOWN", fmt.Sprintf("registry %q is not configured on this mirror (see REGMIRROR_UPSTREAM)", reg)}
+}
+func errManifestUnknown(msg string) error {
+	return &ociError{http.StatusNotFound, "MANIFEST_UNKNOWN", msg}
+}
+
+// toOCI maps any error a handler returns to what the client is told. The
+// route kind picks the code for "not found"; internals never reach the client.
+func toOCI(err error, kind routeKind) *ociError {
+	if oe, ok := errors.AsType[*ociError](err); ok {
+		return oe
+	}
+	if errors.Is(err, cache.ErrNotFound) {
+		return notFound(kind, "not found")
+	}
+	registry := "upstream"
+	if ue, ok := errors.AsType[*upstream.Error](err); ok {
+		registry = "upstream " + ue.Registry
+	}
+	if te, ok := errors.AsType[*transport.Error](err); ok {
+		return fromUpstreamStatus(te.StatusCode, registry, kind)
+	}
+	if errors.Is(err, cache.ErrDigestMismatch) || errors.Is(err, cache.ErrSizeMismatch) || errors.Is(err, errUpstreamInvalid) {
+		return &ociError{http.StatusBadGateway, "UNKNOWN", registry + " sent content that does not match its digest"}
+	}
+	if errors.Is(err, context.DeadlineExceeded) || isNetError(err) {
+		return &ociError{http.StatusServiceUnavailable, "UNAVAILABLE", registry + " is unreachable"}
+	}
+	if errors.Is(err, context.Canceled) {
+		return &ociError{http.StatusServiceUnavailable, "UNAVAILABLE", "request canceled"}
+	}
+	return &ociError{http.StatusInternalServerError, "UNKNOWN", "internal error"}
+}
+
+func notFound(kind routeKind, msg string) *ociError {
+	code := "NAME_UNKNOWN"
+	switch kind {
+	case routeManifest:
+		code = "MANIFEST_UNKNOWN"
+	case routeBlob:
+		code = "BLOB_UNKNOWN"
+	}
+	return &ociError{http.StatusNotFound, code, msg}
+}
+
+func fromUpstreamStatus(status int, registry string, kind routeKind) *ociError {
+	said := registry + " answered " + strconv.Itoa(status) + " " + http.StatusText(status)
+	switch {
+	case status == http.StatusNotFound:
+		return notFound(kind, said)
+	case status == http.StatusUnauthorized:
+		return &ociError{http.StatusUnauthorized, "UNAUTHORIZED", said + ": the repository is private or does not exist"}
+	case status == http.StatusForbidden:
+		return &ociError{http.StatusForbidden, "DENIED", said}
+	case status == http.StatusTooManyRequests:
+		return &ociError{http.StatusTooManyRequests, "TOOMANYREQUESTS", said}
+	case status >= 500:
+		return &ociError{http.StatusServiceUnavailable, "UNAVAILABLE", said}
+	default:
+		return &ociError{http.StatusBadGateway, "UNKNOWN", said}
+	}
+}
+
+func isNetError(err error) bool {
+	_, ok := errors.AsType[net.Error](err)
+	return ok
+}
+
+// errUpstreamInvalid marks an upstream answer we cannot use (bad digest header,
+// oversized manifest).
+var errUpstreamInvalid = errors.New("invalid upstream answer")
+
+// writeError writes e as an OCI JSON error body.
+func writeError(w http.ResponseWriter, r *http.Request, e *ociError) {
+	body, _ := json.Marshal(map[string]any{
+		"errors": []map[string]string{{"code": e.code, "message": e.message}},
+	})
+	h := w.Header()
+	for _, k := range []string{"Content-Length", "Docker-Content-Digest", "Etag", "Last-Modified"} {
+		h.Del(k)
+	}
+	h.Set("Content-Type", "application/json")
+	h.Set("Content-Length", strconv.Itoa(len(body)))
+	h.Set("X-Content-Type-Options", "nosniff")
+	if e.status == http.StatusMethodNotAllowed {
+		h.Set("Allow", "GET, HEAD")
+	}
+	w.WriteHeader(e.status)
+	if r.Method != http.MethodHead {
+		w.Write(body)
+	}
+}
+
+// ociStatusWriter turns the plain-text errors of http.ServeContent (416 for a
+// bad Range, 412 for a failed precondition) into OCI error bodies. It passes
+// ReadFrom through so that files still go out with sendfile.
+type ociStatusWriter struct {
+	http.ResponseWriter
+	r      *http.Request
+	failed bool // an OCI error went out; ServeContent's own text is dropped
+}
+
+func (w *ociStatusWriter) WriteHeader(code int) {
+	if code < 400 {
+		w.ResponseWriter.WriteHeader(code)
+		return
+	}
+	oe := &ociError{code, "UNKNOWN", strings.ToLower(http.StatusText(code))}
+	switch code {
+	case http.StatusRequestedRangeNotSatisfiable:
+		oe.code = "RANGE_INVALID"
+	case http.StatusPreconditionFailed:
+		oe.code = "PRECONDITION_FAILED"
+	}
+	writeError(w.ResponseWriter, w.r, oe)
+	w.failed = true
+}
+
+func (w *ociStatusWriter) Write(p []byte) (int, error) {
+	if w.failed {
+		return len(p), nil
+	}
+	return w.ResponseWriter.Write(p)
+}
+
+func (w *ociStatusWriter) ReadFrom(src io.Reader) (int64, error) {
+	if rf, ok := w.ResponseWriter.(io.ReaderFrom); ok && !w.failed {
+		return rf.ReadFrom(src)
+	}
+	return io.Copy(writerOnly{w}, src)
+}
+
+func (w *ociStatusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }

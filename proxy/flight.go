@@ -1,0 +1,252 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"sync"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/regmirror/regmirror/cache"
+	"go.uber.org/zap"
+)
+
+// A flight is one upstream download of one blob into the store. The download
+// runs in its own goroutine under the proxy's context, detached from every
+// client; requesters follow the growing temp file, each through its own
+// descriptor, so a slow or departed client only affects itself.
+type flight struct {
+	digest v1.Hash
+
+	ready     chan struct{} // closed once upstream answered (size, w set) or the flight failed
+	readyOnce sync.Once
+	size      int64 // announced by upstream, -1 when unknown; set before ready
+	w         *cache.Writer
+
+	mu       sync.Mutex
+	written  int64
+	done     bool
+	err      error         // why the flight failed; nil while running and after success
+	progress chan struct{} // closed and replaced whenever written or done changes
+}
+
+func newFlight(h v1.Hash) *flight {
+	return &flight{digest: h, ready: make(chan struct{}), size: -1, progress: make(chan struct{})}
+}
+
+// state returns the progress so far and a channel that closes on the next change.
+func (fl *flight) state() (written int64, done bool, err error, next <-chan struct{}) {
+	fl.mu.Lock()
+	defer fl.mu.Unlock()
+	return fl.written, fl.done, fl.err, fl.progress
+}
+
+func (fl *flight) start(size int64, w *cache.Writer) {
+	fl.size, fl.w = size, w
+	fl.readyOnce.Do(func() { close(fl.ready) })
+}
+
+func (fl *flight) advance(n int) {
+	fl.mu.Lock()
+	fl.written += int64(n)
+	close(fl.progress)
+	fl.progress = make(chan struct{})
+	fl.mu.Unlock()
+}
+
+func (fl *flight) finish(err error) {
+	fl.mu.Lock()
+	fl.done, fl.err = true, err
+	close(fl.progress)
+	fl.progress = make(chan struct{})
+	fl.mu.Unlock()
+	fl.readyOnce.Do(func() { close(fl.ready) })
+}
+
+// started reports whether upstream has answered, with the announced size.
+func (fl *flight) started() (size int64, ok bool) {
+	select {
+	case <-fl.ready:
+		if fl.w == nil {
+			return -1, false
+		}
+		return fl.size, true
+	default:
+		return -1, false
+	}
+}
+
+// join returns the flight for rt's digest, starting one if none runs. It
+// returns nil when the blob is already in the store (a flight finished between
+// the caller's miss and now), so the caller serves it from there.
+func (p *Proxy) join(up Upstream, rt route) (fl *flight, leader bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if fl := p.flights[rt.digest]; fl != nil {
+		return fl, false
+	}
+	if p.st.Has(rt.digest) {
+		return nil, false
+	}
+	fl = newFlight(rt.digest)
+	p.flights[rt.digest] = fl
+	p.wg.Add(1)
+	go p.download(fl, up, rt.repo)
+	return fl, true
+}
+
+// flight returns the running flight for h, if any.
+func (p *Proxy) flight(h v1.Hash) *flight {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.flights[h]
+}
+
+func (p *Proxy) download(fl *flight, up Upstream, repo string) {
+	defer p.wg.Done()
+	start := time.Now()
+	err := p.fill(fl, up, repo)
+	// Leave the map before finishing: a requester that then finds no flight
+	// finds the committed blob, or starts a fresh attempt after a failure.
+	p.mu.Lock()
+	delete(p.flights, fl.digest)
+	p.mu.Unlock()
+	fl.finish(err)
+	written, _, _, _ := fl.state()
+	if err != nil {
+		p.log.Warn("download failed", zap.String(keyUpstream, up.Name()), zap.String(keyRepo, repo),
+			zap.Stringer(keyDigest, fl.digest), zap.Int64(keyBytes, written), zap.Error(err))
+		return
+	}
+	p.log.Debug("download done", zap.String(keyUpstream, up.Name()), zap.Stringer(keyDigest, fl.digest),
+		zap.Int64(keyBytes, written), zap.Duration(keyTook, time.Since(start)))
+}
+
+// fill downloads the blob into a store writer, publishing progress as it
+// goes. The content is committed only if it hashes to the digest.
+func (p *Proxy) fill(fl *flight, up Upstream, repo string) error {
+	ctx, cancel := context.WithCancelCause(p.ctx)
+	defer cancel(nil)
+	resp, err := up.Blob(ctx, http.MethodGet, repo, fl.digest)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	w, err := p.st.Create(fl.digest, resp.ContentLength, "application/octet-stream")
+	if err != nil {
+		return err
+	}
+	defer w.Abort() // a no-op after a good Commit
+	fl.start(resp.ContentLength, w)
+
+	// A body that stops sending for UpstreamTimeout fails the download
+	// rather than holding every follower forever.
+	idle := time.AfterFunc(p.opt.UpstreamTimeout, func() { cancel(errIdle) })
+	defer idle.Stop()
+	buf := make([]byte, 256<<10)
+	for {
+		n, rerr := resp.Body.Read(buf)
+		if n > 0 {
+			idle.Reset(p.opt.UpstreamTimeout)
+			if _, werr := w.Write(buf[:n]); werr != nil {
+				return werr
+			}
+			fl.advance(n)
+		}
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			if cause := context.Cause(ctx); cause != nil {
+				return fmt.Errorf("download %s: %w", fl.digest, cause)
+			}
+			return fmt.Errorf("download %s: %w", fl.digest, rerr)
+		}
+	}
+	return w.Commit()
+}
+
+var errIdle = errors.New("upstream stopped sending")
+
+// flightReader reads a blob while its flight writes it. It blocks for bytes
+// not yet written, and holds back the last byte until the content has been
+// verified, so no client ever receives a complete wrong blob. It implements
+// io.ReadSeeker over the announced size, so http.ServeContent serves Range
+// requests on a blob in flight as it does on a file.
+type flightReader struct {
+	fl    *flight
+	f     *os.File
+	ctx   context.Context // the request's: a departed client stops waiting
+	off   int64
+	err   error  // a failure of the flight, as seen by this reader
+	flush func() // pushes what was written to the client before waiting
+}
+
+func (fl *flight) reader(ctx context.Context, flush func()) (*flightReader, error) {
+	f, err := fl.w.OpenReader()
+	if err != nil {
+		return nil, err
+	}
+	return &flightReader{fl: fl, f: f, ctx: ctx, flush: flush}, nil
+}
+
+func (r *flightReader) Read(p []byte) (int, error) {
+	for {
+		written, done, err, next := r.fl.state()
+		if err != nil {
+			r.err = err
+			return 0, err
+		}
+		limit := written
+		if !done && r.fl.size > 0 {
+			limit = min(written, r.fl.size-1)
+		}
+		if r.off < limit {
+			n, rerr := r.f.ReadAt(p[:min(int64(len(p)), limit-r.off)], r.off)
+			r.off += int64(n)
+			if rerr != nil && rerr != io.EOF {
+				r.err = rerr
+				return n, rerr
+			}
+			return n, nil
+		}
+		if done {
+			return 0, io.EOF
+		}
+		if r.flush != nil {
+			r.flush()
+		}
+		select {
+		case <-next:
+		case <-r.ctx.Done():
+			return 0, r.ctx.Err()
+		}
+	}
+}
+
+func (r *flightReader) Seek(offset int64, whence int) (int64, error) {
+	abs := offset
+	switch whence {
+	case io.SeekStart:
+	case io.SeekCurrent:
+		abs += r.off
+	case io.SeekEnd:
+		if r.fl.size < 0 {
+			return 0, errors.New("seek from end: size unknown")
+		}
+		abs += r.fl.size
+	default:
+		return 0, errors.New("seek: invalid whence")
+	}
+	if abs < 0 {
+		return 0, errors.New("seek: negative position")
+	}
+	r.off = abs
+	return abs, nil
+}
+
+func (r *flightReader) Close() error { return r.f.Close() }

@@ -1,0 +1,310 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+	"github.com/regmirror/regmirror/cache"
+	"github.com/regmirror/regmirror/upstream"
+	"go.uber.org/zap"
+)
+
+// maxManifest caps a manifest read from upstream or from disk, as
+// distribution does: manifests are small, and we buffer them whole.
+const maxManifest = 4 << 20
+
+const (
+	typeOCIIndex     = "application/vnd.oci.image.index.v1+json"
+	typeDockerList   = "application/vnd.docker.distribution.manifest.list.v2+json"
+	typeOCIManifest  = "application/vnd.oci.image.manifest.v1+json"
+	typeDockerSchema = "application/vnd.docker.distribution.manifest.v2+json"
+)
+
+// manifest is a verified manifest held in memory.
+type manifest struct {
+	body      []byte
+	digest    v1.Hash
+	mediaType string
+}
+
+// resolved is a manifest and how we came by it.
+type resolved struct {
+	m      manifest
+	source string // cacheHit, cacheMiss or cacheStale
+}
+
+func (p *Proxy) serveManifest(w http.ResponseWriter, r *http.Request, rt route) error {
+	ctx := r.Context()
+	up := p.ups[rt.registry]
+	var res resolved
+	var err error
+	if rt.byDigest() {
+		res, err = p.manifestByDigest(ctx, up, rt.repo, rt.digest)
+	} else {
+		res, err = p.manifestByTag(ctx, up, rt)
+	}
+	if err != nil {
+		return err
+	}
+	setCache(ctx, res.source)
+	m := res.m
+	if !rt.byDigest() && !accepts(r.Header.Values("Accept"), m.mediaType) {
+		// A client that takes no index gets the linux/amd64 image, as
+		// distribution answers such clients.
+		if m, err = p.negotiate(ctx, up, rt, m, r.Header.Values("Accept")); err != nil {
+			return err
+		}
+	}
+	if res.source == cacheStale {
+		w.Header().Set("Warning", fmt.Sprintf(`299 - "upstream %s unreachable: tag answer may be out of date"`, rt.registry))
+	}
+	h := w.Header()
+	h.Set("Content-Type", m.mediaType)
+	h.Set("Docker-Content-Digest", m.digest.String())
+	h.Set("Etag", `"`+m.digest.String()+`"`)
+	http.ServeContent(&ociStatusWriter{ResponseWriter: w, r: r}, r, "", time.Time{}, bytes.NewReader(m.body))
+	return nil
+}
+
+// manifestByDigest returns the manifest h: from memory or disk when cached,
+// otherwise fetched once from upstream however many ask, verified, and stored.
+func (p *Proxy) manifestByDigest(ctx context.Context, up Upstream, repo string, h v1.Hash) (resolved, error) {
+	body, info, err := p.st.Manifest(ctx, h, maxManifest)
+	if err == nil {
+		return resolved{manifest{body, h, manifestType(info.MediaType, body)}, cacheHit}, nil
+	}
+	if !errors.Is(err, cache.ErrNotFound) {
+		return resolved{}, err
+	}
+	v, shared, err := p.shared(ctx, "m/"+h.String(), func(ctx context.Context) (any, error) {
+		return p.fetchManifest(ctx, up, repo, h.String(), h)
+	})
+	if err != nil {
+		return resolved{}, err
+	}
+	return resolved{v.(manifest), coalesced(cacheMiss, shared)}, nil
+}
+
+// manifestByTag answers a tag from its cached answer inside the TTL, and
+// otherwise asks upstream: a HEAD when we know an answer to compare with, a
+// GET when we do not. When upstream cannot be asked, the last answer is served.
+func (p *Proxy) manifestByTag(ctx context.Context, up Upstream, rt route) (resolved, error) {
+	known, err := p.st.Tag(rt.registry, rt.repo, rt.tag)
+	if err != nil && !errors.Is(err, cache.ErrNotFound) {
+		return resolved{}, err
+	}
+	haveAnswer := err == nil
+	if haveAnswer && p.opt.Now().Sub(known.LearnedAt) < p.opt.TagTTL {
+		if res, err := p.manifestByDigest(ctx, up, rt.repo, known.Digest); err == nil {
+			return res, nil
+		}
+		// The manifest went missing from the store: ask upstream afresh.
+	}
+	key := "t/" + rt.registry + "/" + rt.repo + ":" + rt.tag
+	v, shared, err := p.shared(ctx, key, func(ctx context.Context) (any, error) {
+		return p.resolveTag(ctx, up, rt, known, haveAnswer)
+	})
+	if err != nil {
+		return resolved{}, err
+	}
+	res := v.(resolved)
+	if res.source == cacheMiss {
+		res.source = coalesced(cacheMiss, shared)
+	}
+	return res, nil
+}
+
+func (p *Proxy) resolveTag(ctx context.Context, up Upstream, rt route, known cache.TagAnswer, haveAnswer bool) (resolved, error) {
+	if haveAnswer {
+		res, err := p.revalidate(ctx, up, rt, known)
+		if err == nil || !errors.Is(err, errNoDigestHeader) {
+			return res, err
+		}
+	}
+	m, err := p.fetchManifest(ctx, up, rt.repo, rt.tag, v1.Hash{})
+	if err != nil {
+		return resolved{}, err
+	}
+	p.learnTag(rt, m)
+	return resolved{m, cacheMiss}, nil
+}
+
+var errNoDigestHeader = errors.New("upstream sent no Docker-Content-Digest")
+
+// revalidate asks upstream with a HEAD (free against Docker Hub's pull limit)
+// whether the tag still points where it did.
+func (p *Proxy) revalidate(ctx context.Context, up Upstream, rt route, known cache.TagAnswer) (resolved, error) {
+	resp, err := up.Manifest(ctx, http.MethodHead, rt.repo, rt.tag)
+	if err != nil {
+		if isNotFound(err) {
+			// Deleted upstream: forget it rather than serve a tag that is gone.
+			if derr := p.st.DeleteTag(rt.registry, rt.repo, rt.tag); derr != nil {
+				p.log.Warn("forget deleted tag", zap.Error(derr))
+			}
+			return resolved{}, err
+		}
+		if !upstreamUnavailable(err) {
+			return resolved{}, err
+		}
+		res, cerr := p.manifestByDigest(ctx, up, rt.repo, known.Digest)
+		if cerr != nil {
+			return resolved{}, err
+		}
+		p.log.Warn("serving stale tag answer", zap.String(keyUpstream, rt.registry), zap.String(keyRepo, rt.repo),
+			zap.String("tag", rt.tag), zap.Time("learned_at", known.LearnedAt), zap.NamedError("upstream_error", err))
+		res.source = cacheStale
+		return res, nil
+	}
+	resp.Body.Close()
+	d, err := v1.NewHash(resp.Header.Get("Docker-Content-Digest"))
+	if err != nil {
+		return resolved{}, errNoDigestHeader
+	}
+	res, err := p.manifestByDigest(ctx, up, rt.repo, d)
+	if err != nil {
+		return resolved{}, err
+	}
+	p.learnTag(rt, res.m)
+	return res, nil
+}
+
+func (p *Proxy) learnTag(rt route, m manifest) {
+	a := cache.TagAnswer{Digest: m.digest, MediaType: m.mediaType, Size: int64(len(m.body)), LearnedAt: p.opt.Now()}
+	if err := p.st.SetTag(rt.registry, rt.repo, rt.tag, a); err != nil {
+		p.log.Warn("record tag answer", zap.String(keyRepo, rt.repo), zap.String("tag", rt.tag), zap.Error(err))
+	}
+}
+
+// fetchManifest GETs a manifest by ref, reads it under the size cap, checks
+// it against want (when fetched by digest) and against the digest upstream
+// claims, and stores it.
+func (p *Proxy) fetchManifest(ctx context.Context, up Upstream, repo, ref string, want v1.Hash) (manifest, error) {
+	resp, err := up.Manifest(ctx, http.MethodGet, repo, ref)
+	if err != nil {
+		return manifest{}, err
+	}
+	defer resp.Body.Close()
+	if resp.ContentLength > maxManifest {
+		return manifest{}, fmt.Errorf("manifest %s: %w: %d bytes", ref, errUpstreamInvalid, resp.ContentLength)
+	}
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxManifest+1))
+	if err != nil {
+		return manifest{}, fmt.Errorf("read manifest %s: %w", ref, err)
+	}
+	if len(body) > maxManifest {
+		return manifest{}, fmt.Errorf("manifest %s: %w: larger than %d bytes", ref, errUpstreamInvalid, maxManifest)
+	}
+	sum := sha256.Sum256(body)
+	got := v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(sum[:])}
+	if want.Hex != "" && got != want {
+		return manifest{}, fmt.Errorf("manifest %s: %w: content hashes to %s", ref, cache.ErrDigestMismatch, got)
+	}
+	if claimed := resp.Header.Get("Docker-Content-Digest"); claimed != "" && claimed != got.String() {
+		return manifest{}, fmt.Errorf("manifest %s: %w: upstream claims %s, content hashes to %s", ref, errUpstreamInvalid, claimed, got)
+	}
+	m := manifest{body: body, digest: got, mediaType: manifestType(resp.Header.Get("Content-Type"), body)}
+	if err := p.st.PutManifest(m.digest, m.body, m.mediaType); err != nil {
+		// Verified in memory: serve it even when the disk cannot keep it.
+		p.log.Warn("store manifest", zap.Stringer(keyDigest, m.digest), zap.Error(err))
+	}
+	return m, nil
+}
+
+// manifestType is the media type to serve a manifest with: the one upstream
+// (or the index) gave, or else the one the manifest names itself.
+func manifestType(given string, body []byte) string {
+	if mt, _, err := mime.ParseMediaType(given); err == nil && isManifestType(mt) {
+		return mt
+	}
+	var probe struct {
+		MediaType string `json:"mediaType"`
+	}
+	if json.Unmarshal(body, &probe) == nil && probe.MediaType != "" {
+		return probe.MediaType
+	}
+	if given != "" {
+		return given
+	}
+	return typeOCIManifest
+}
+
+func isManifestType(mt string) bool { return slices.Contains(upstream.ManifestTypes, mt) }
+
+func isIndex(mt string) bool { return mt == typeOCIIndex || mt == typeDockerList }
+
+// accepts reports whether a client's Accept headers admit mt. No Accept
+// header, or */*, admits anything.
+func accepts(accept []string, mt string) bool {
+	if len(accept) == 0 {
+		return true
+	}
+	for _, line := range accept {
+		for part := range strings.SplitSeq(line, ",") {
+			t, _, _ := strings.Cut(part, ";")
+			t = strings.TrimSpace(t)
+			if t == mt || t == "*/*" || t == "application/*" {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// negotiate answers a client that does not take the index m: when it takes
+// single-image manifests, it gets the linux/amd64 image of the index.
+func (p *Proxy) negotiate(ctx context.Context, up Upstream, rt route, m manifest, accept []string) (manifest, error) {
+	refuse := errManifestUnknown(fmt.Sprintf("%s:%s is a %s, which the client does not accept", rt.repo, rt.tag, m.mediaType))
+	if !isIndex(m.mediaType) {
+		return manifest{}, refuse
+	}
+	idx, err := v1.ParseIndexManifest(bytes.NewReader(m.body))
+	if err != nil {
+		return manifest{}, refuse
+	}
+	for _, d := range idx.Manifests {
+		if d.Platform == nil || d.Platform.OS != "linux" || d.Platform.Architecture != "amd64" || !accepts(accept, string(d.MediaType)) {
+			continue
+		}
+		res, err := p.manifestByDigest(ctx, up, rt.repo, d.Digest)
+		if err != nil {
+			return manifest{}, err
+		}
+		return res.m, nil
+	}
+	return manifest{}, refuse
+}
+
+func coalesced(outcome string, shared bool) string {
+	if shared {
+		return cacheCoalesced
+	}
+	return outcome
+}
+
+func isNotFound(err error) bool {
+	te, ok := errors.AsType[*transport.Error](err)
+	return ok && te.StatusCode == http.StatusNotFound
+}
+
+// upstreamUnavailable reports whether err means the upstream could not be
+// asked: unreachable, timed out, failing (5xx) or rate limiting us (429).
+// Only then is a stale answer better than an error.
+func upstreamUnavailable(err error) bool {
+	if te, ok := errors.AsType[*transport.Error](err); ok {
+		return te.StatusCode >= 500 || te.StatusCode == http.StatusTooManyRequests
+	}
+	return isNetError(err) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, io.ErrUnexpectedEOF)
+}

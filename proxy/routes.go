@@ -1,0 +1,180 @@
+package proxy
+
+import (
+	"net/http"
+	"regexp"
+	"strings"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+)
+
+// routeKind is what a /v2/ request asks for.
+type routeKind int
+
+const (
+	routeBase routeKind = iota
+	routeManifest
+	routeBlob
+	routeTags
+)
+
+func (k routeKind) String() string {
+	return [...]string{"base", "manifest", "blob", "tags"}[k]
+}
+
+// route is a /v2/ request parsed once at the edge: every field is validated,
+// so nothing downstream handles raw path text.
+type route struct {
+	kind     routeKind
+	registry string  // the configured upstream that owns the repository
+	repo     string  // repository within that registry, Docker Hub's library/ added
+	tag      string  // set for a manifest by tag
+	digest   v1.Hash // set for a manifest by digest and for a blob
+}
+
+// byDigest reports whether the route names content by its digest.
+func (r route) byDigest() bool { return r.digest.Hex != "" }
+
+// reference is the tag or the digest, as the upstream expects it in a path.
+func (r route) reference() string {
+	if r.byDigest() {
+		return r.digest.String()
+	}
+	return r.tag
+}
+
+const (
+	// maxPath bounds the whole request path: a 255-character name plus the
+	// longest suffix fits with room to spare.
+	maxPath = 512
+	// maxName is distribution's limit on a repository name.
+	maxName = 255
+)
+
+var (
+	// One path component of a repository name, per the distribution grammar.
+	componentRE = regexp.MustCompile(`^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$`)
+	tagRE       = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$`)
+	sha256RE    = regexp.MustCompile(`^[a-f0-9]{64}$`)
+)
+
+// registries answers which upstream registries are configured.
+type registries interface {
+	has(name string) bool
+	defaultName() string
+}
+
+// parseRoute turns a /v2/ request into a route. Errors are OCI errors ready
+// for the client; nothing has touched a file or an upstream yet.
+func parseRoute(r *http.Request, regs registries) (route, error) {
+	if r.URL.RawPath != "" {
+		// Encoded characters (%2F and friends) have no place in a registry path;
+		// refusing them keeps one spelling per name.
+		return route{}, errNameInvalid("encoded characters are not allowed in the path")
+	}
+	p := r.URL.Path
+	if len(p) > maxPath {
+		return route{}, errNameInvalid("path too long")
+	}
+	if p == "/v2" || p == "/v2/" {
+		return route{kind: routeBase}, nil
+	}
+	rest, ok := strings.CutPrefix(p, "/v2/")
+	if !ok {
+		return route{}, errNotFound()
+	}
+	parts := strings.Split(rest, "/")
+	n := len(parts)
+	var rt route
+	var ref string
+	switch {
+	case n >= 3 && parts[n-2] == "tags" && parts[n-1] == "list":
+		rt.kind, parts = routeTags, parts[:n-2]
+	case n >= 3 && parts[n-2] == "manifests":
+		rt.kind, ref, parts = routeManifest, parts[n-1], parts[:n-2]
+	case n >= 3 && parts[n-2] == "blobs":
+		rt.kind, ref, parts = routeBlob, parts[n-1], parts[:n-2]
+	default:
+		return route{}, errNotFound()
+	}
+
+	registry, parts, err := pickRegistry(r.URL.Query().Get("ns"), parts, regs)
+	if err != nil {
+		return route{}, err
+	}
+	rt.registry = registry
+	if rt.repo, err = repoName(registry, parts); err != nil {
+		return route{}, err
+	}
+
+	switch {
+	case rt.kind == routeBlob || (rt.kind == routeManifest && strings.Contains(ref, ":")):
+		if rt.digest, err = parseDigest(ref); err != nil {
+			return route{}, err
+		}
+	case rt.kind == routeManifest:
+		if !tagRE.MatchString(ref) {
+			return route{}, errTagInvalid(ref)
+		}
+		rt.tag = ref
+	}
+	return rt, nil
+}
+
+// pickRegistry decides which upstream a request is for, in this order:
+// containerd's ?ns= parameter, a first path component naming a registry
+// (podman's "mirror.lan:5000/ghcr.io" prefix), then the default upstream.
+// A registry that is not configured is refused: we are never an open proxy.
+func pickRegistry(ns string, parts []string, regs registries) (string, []string, error) {
+	if ns != "" {
+		if !regs.has(ns) {
+			return "", nil, errRegistryUnknown(ns)
+		}
+		return ns, parts, nil
+	}
+	if len(parts) > 1 && looksLikeHost(parts[0]) {
+		if !regs.has(parts[0]) {
+			return "", nil, errRegistryUnknown(parts[0])
+		}
+		return parts[0], parts[1:], nil
+	}
+	return regs.defaultName(), parts, nil
+}
+
+// looksLikeHost applies Docker's rule for the first component of a reference:
+// it is a registry host when it has a dot or a port, or is "localhost".
+// Docker Hub namespaces never contain either.
+func looksLikeHost(s string) bool {
+	return strings.ContainsAny(s, ".:") || s == "localhost"
+}
+
+func repoName(registry string, parts []string) (string, error) {
+	if len(parts) == 0 {
+		return "", errNameInvalid("missing repository name")
+	}
+	for _, c := range parts {
+		if !componentRE.MatchString(c) {
+			return "", errNameInvalid("invalid repository name")
+		}
+	}
+	if registry == dockerHub && len(parts) == 1 {
+		// Docker Hub's official images live under library/: nginx is library/nginx.
+		parts = []string{"library", parts[0]}
+	}
+	repo := strings.Join(parts, "/")
+	if len(repo) > maxName {
+		return "", errNameInvalid("repository name longer than 255 characters")
+	}
+	return repo, nil
+}
+
+// dockerHub is the registry whose single-component names get library/.
+const dockerHub = "docker.io"
+
+func parseDigest(s string) (v1.Hash, error) {
+	alg, hex, ok := strings.Cut(s, ":")
+	if !ok || alg != "sha256" || !sha256RE.MatchString(hex) {
+		return v1.Hash{}, errDigestInvalid(s)
+	}
+	return v1.Hash{Algorithm: alg, Hex: hex}, nil
+}

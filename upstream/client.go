@@ -1,0 +1,231 @@
+// Package upstream talks to one upstream registry through go-containerregistry's
+// transport: the ping, the bearer-token dance, retries and plain-HTTP registries.
+package upstream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+	lru "github.com/hashicorp/golang-lru/v2"
+	"go.uber.org/zap"
+	"golang.org/x/sync/singleflight"
+)
+
+// ManifestTypes is what we accept from upstream for a manifest: every manifest
+// and index type a client of ours may ask for. We always ask for all of them,
+// so one cached answer serves every client; the proxy negotiates per client.
+var ManifestTypes = []string{
+	"application/vnd.oci.image.index.v1+json",
+	"application/vnd.docker.distribution.manifest.list.v2+json",
+	"application/vnd.oci.image.manifest.v1+json",
+	"application/vnd.docker.distribution.manifest.v2+json",
+}
+
+// Options configure a Client.
+type Options struct {
+	// Name is the registry's name as clients know it, e.g. "docker.io".
+	Name string
+	// URL is the registry's base URL; "http://" means plain HTTP.
+	URL string
+	// Timeout bounds connecting and waiting for response headers. It does
+	// not bound a body: long blob downloads are the caller's to watch.
+	Timeout time.Duration
+	// Auth authenticates us to the registry; nil means anonymous.
+	Auth authn.Authenticator
+	// UserAgent is sent with every request.
+	UserAgent string
+	// Transport, if set, replaces the base HTTP transport (tests use it to
+	// count connections); retries and auth are still added on top.
+	Transport http.RoundTripper
+}
+
+// Client is a pull-only client for one upstream registry. It is safe for concurrent use.
+type Client struct {
+	name    string
+	base    *url.URL
+	timeout time.Duration
+	reg     name.Registry
+	auth    authn.Authenticator
+	rt      http.RoundTripper
+
+	// One authenticated transport per repository: its bearer token carries
+	// that repository's pull scope and is refreshed by ggcr on a 401.
+	transports *lru.Cache[string, http.RoundTripper]
+	handshakes singleflight.Group
+	log        *zap.Logger
+}
+
+// New returns a client for the registry at opt.URL.
+func New(opt Options, log *zap.Logger) (*Client, error) {
+	base, err := ParseURL(opt.URL)
+	if err != nil {
+		return nil, err
+	}
+	var regOpts []name.Option
+	if base.Scheme == "http" {
+		regOpts = append(regOpts, name.Insecure)
+	}
+	reg, err := name.NewRegistry(base.Host, regOpts...)
+	if err != nil {
+		return nil, fmt.Errorf("upstream %s: %w", opt.URL, err)
+	}
+	if opt.Timeout <= 0 {
+		opt.Timeout = 30 * time.Second
+	}
+	if opt.Auth == nil {
+		opt.Auth = authn.Anonymous
+	}
+	if opt.Name == "" {
+		opt.Name = base.Host
+	}
+	rt := opt.Transport
+	if rt == nil {
+		rt = baseTransport(opt.Timeout)
+	}
+	rt = transport.NewRetry(rt, transport.WithRetryStatusCodes(http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout))
+	if opt.UserAgent != "" {
+		rt = transport.NewUserAgent(rt, opt.UserAgent)
+	}
+	cache, _ := lru.New[string, http.RoundTripper](1024)
+	return &Client{name: opt.Name, base: base, timeout: opt.Timeout, reg: reg, auth: opt.Auth, rt: rt, transports: cache, log: log}, nil
+}
+
+// ParseURL checks an upstream base URL: http or https, a host, nothing else.
+func ParseURL(raw string) (*url.URL, error) {
+	u, err := url.Parse(strings.TrimSuffix(raw, "/"))
+	if err != nil {
+		return nil, fmt.Errorf("upstream URL %q: %w", raw, err)
+	}
+	if u.Scheme != "http" && u.Scheme != "https" {
+		return nil, fmt.Errorf("upstream URL %q: scheme must be http or https", raw)
+	}
+	if u.Host == "" || u.User != nil || u.RawQuery != "" || u.Fragment != "" || (u.Path != "" && u.Path != "/") {
+		return nil, fmt.Errorf("upstream URL %q: want scheme://host[:port] and nothing more", raw)
+	}
+	return u, nil
+}
+
+func baseTransport(timeout time.Duration) *http.Transport {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.DialContext = (&net.Dialer{Timeout: timeout, KeepAlive: 30 * time.Second}).DialContext
+	t.TLSHandshakeTimeout = timeout
+	t.ResponseHeaderTimeout = timeout
+	t.MaxIdleConnsPerHost = 32
+	// Blobs are already compressed; asking for gzip only costs CPU and hides Content-Length.
+	t.DisableCompression = true
+	return t
+}
+
+// Name is the registry's name as clients know it.
+func (c *Client) Name() string { return c.name }
+
+// Manifest asks for repo's manifest by tag or digest (GET or HEAD), accepting
+// every manifest type. A non-200 answer is returned as *transport.Error.
+func (c *Client) Manifest(ctx context.Context, method, repo, ref string) (*http.Response, error) {
+	h := http.Header{"Accept": {strings.Join(ManifestTypes, ", ")}}
+	return c.do(ctx, method, repo, h, "manifests", ref)
+}
+
+// Blob asks for a blob (GET or HEAD). Redirects to blob storage are followed;
+// the registry's token is not sent to the other host.
+func (c *Client) Blob(ctx context.Context, method, repo string, h v1.Hash) (*http.Response, error) {
+	return c.do(ctx, method, repo, nil, "blobs", h.String())
+}
+
+// Tags asks for repo's tag list, passing n and last through.
+func (c *Client) Tags(ctx context.Context, repo string, n, last string) (*http.Response, error) {
+	q := url.Values{}
+	if n != "" {
+		q.Set("n", n)
+	}
+	if last != "" {
+		q.Set("last", last)
+	}
+	return c.doQuery(ctx, http.MethodGet, repo, nil, q, "tags", "list")
+}
+
+func (c *Client) do(ctx context.Context, method, repo string, h http.Header, path ...string) (*http.Response, error) {
+	return c.doQuery(ctx, method, repo, h, nil, path...)
+}
+
+func (c *Client) doQuery(ctx context.Context, method, repo string, h http.Header, q url.Values, path ...string) (*http.Response, error) {
+	rt, err := c.transport(ctx, repo)
+	if err != nil {
+		return nil, c.wrap(err)
+	}
+	u := c.base.JoinPath(append([]string{"v2", repo}, path...)...)
+	u.RawQuery = q.Encode()
+	req, err := http.NewRequestWithContext(ctx, method, u.String(), nil)
+	if err != nil {
+		return nil, c.wrap(err)
+	}
+	for k, v := range h {
+		req.Header[k] = v
+	}
+	resp, err := (&http.Client{Transport: rt}).Do(req)
+	if err != nil {
+		return nil, c.wrap(err)
+	}
+	if err := transport.CheckError(resp, http.StatusOK); err != nil {
+		return nil, c.wrap(err)
+	}
+	return resp, nil
+}
+
+// transport returns the authenticated transport for repo, doing the ping and
+// token handshake once per repository (and again only after a failure).
+func (c *Client) transport(ctx context.Context, repo string) (http.RoundTripper, error) {
+	if rt, ok := c.transports.Get(repo); ok {
+		return rt, nil
+	}
+	ch := c.handshakes.DoChan(repo, func() (any, error) {
+		// The handshake is shared, so it must not die with the first caller.
+		hctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*c.timeout)
+		defer cancel()
+		// The scope is built from repo as given: parsing it as a reference
+		// would take a dotted first component for a registry.
+		scope := "repository:" + repo + ":" + transport.PullScope
+		rt, err := transport.NewWithContext(hctx, c.reg, c.auth, c.rt, []string{scope})
+		if err != nil {
+			return nil, err
+		}
+		c.transports.Add(repo, rt)
+		return rt, nil
+	})
+	select {
+	case res := <-ch:
+		if res.Err != nil {
+			return nil, res.Err
+		}
+		return res.Val.(http.RoundTripper), nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// Error is an upstream failure, with the registry's name for messages.
+type Error struct {
+	Registry string
+	Err      error
+}
+
+func (e *Error) Error() string { return fmt.Sprintf("upstream %s: %v", e.Registry, e.Err) }
+func (e *Error) Unwrap() error { return e.Err }
+
+func (c *Client) wrap(err error) error {
+	var ue *Error
+	if errors.As(err, &ue) {
+		return err
+	}
+	return &Error{Registry: c.name, Err: err}
+}
