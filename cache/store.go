@@ -200,6 +200,9 @@ func (s *Store) Has(h v1.Hash) bool {
 // it is hot. It refuses objects larger than max with ErrTooLarge.
 func (s *Store) Manifest(ctx context.Context, h v1.Hash, max int64) ([]byte, Info, error) {
 	if m, ok := s.manifests.Get(h); ok {
+		if int64(len(m.body)) > max {
+			return nil, Info{}, fmt.Errorf("manifest %s: %w (%d > %d bytes)", h, ErrTooLarge, len(m.body), max)
+		}
 		s.Touch(h)
 		return m.body, m.info, nil
 	}
