@@ -101,16 +101,20 @@ func New(opt Options, log *zap.Logger) (*Client, error) {
 }
 
 // ParseURL checks an upstream base URL: http or https, a host, nothing else.
+// Errors never repeat a password that was put in the URL.
 func ParseURL(raw string) (*url.URL, error) {
 	u, err := url.Parse(strings.TrimSuffix(raw, "/"))
 	if err != nil {
-		return nil, fmt.Errorf("upstream URL %q: %w", raw, err)
+		return nil, errors.New("upstream URL is not a valid URL")
 	}
 	if u.Scheme != "http" && u.Scheme != "https" {
-		return nil, fmt.Errorf("upstream URL %q: scheme must be http or https", raw)
+		return nil, fmt.Errorf("upstream URL %q: scheme must be http or https", u.Redacted())
 	}
-	if u.Host == "" || u.User != nil || u.RawQuery != "" || u.Fragment != "" || (u.Path != "" && u.Path != "/") {
-		return nil, fmt.Errorf("upstream URL %q: want scheme://host[:port] and nothing more", raw)
+	if u.User != nil {
+		return nil, fmt.Errorf("upstream URL %q: credentials do not belong in the URL", u.Redacted())
+	}
+	if u.Host == "" || u.RawQuery != "" || u.Fragment != "" || (u.Path != "" && u.Path != "/") {
+		return nil, fmt.Errorf("upstream URL %q: want scheme://host[:port] and nothing more", u.Redacted())
 	}
 	return u, nil
 }
