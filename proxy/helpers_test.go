@@ -96,8 +96,14 @@ type env struct {
 type envOption func(*envConfig)
 
 type envConfig struct {
-	wrap func(http.Handler) http.Handler
-	ttl  time.Duration
+	wrap       func(http.Handler) http.Handler
+	wrapMirror func(http.Handler) http.Handler
+	ttl        time.Duration
+}
+
+// withMirrorWrap puts a handler in front of the proxy, to observe arrivals.
+func withMirrorWrap(wrap func(http.Handler) http.Handler) envOption {
+	return func(c *envConfig) { c.wrapMirror = wrap }
 }
 
 // withUpstreamFault puts a fault-injecting handler around the real registry.
@@ -111,7 +117,8 @@ func withTTL(d time.Duration) envOption { return func(c *envConfig) { c.ttl = d 
 // a temp dir, and the proxy in an httptest server. Everything stops with t.
 func newEnv(t *testing.T, opts ...envOption) *env {
 	t.Helper()
-	cfg := envConfig{wrap: func(h http.Handler) http.Handler { return h }, ttl: time.Minute}
+	same := func(h http.Handler) http.Handler { return h }
+	cfg := envConfig{wrap: same, wrapMirror: same, ttl: time.Minute}
 	for _, o := range opts {
 		o(&cfg)
 	}
@@ -135,7 +142,7 @@ func newEnv(t *testing.T, opts ...envOption) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	mirror := httptest.NewServer(px)
+	mirror := httptest.NewServer(cfg.wrapMirror(px))
 	t.Cleanup(func() {
 		mirror.Close()
 		px.Close()

@@ -56,6 +56,8 @@ var (
 	componentRE = regexp.MustCompile(`^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$`)
 	tagRE       = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$`)
 	sha256RE    = regexp.MustCompile(`^[a-f0-9]{64}$`)
+	// A registry host as a path prefix: DNS labels and an optional port.
+	hostRE = regexp.MustCompile(`^(?:[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*(?::[0-9]{1,5})?$`)
 )
 
 // registries answers which upstream registries are configured.
@@ -84,6 +86,11 @@ func parseRoute(r *http.Request, regs registries) (route, error) {
 		return route{}, errNotFound()
 	}
 	parts := strings.Split(rest, "/")
+	for _, c := range parts {
+		if c == "" || c == "." || c == ".." {
+			return route{}, errNameInvalid("empty, . and .. path components are not allowed")
+		}
+	}
 	n := len(parts)
 	var rt route
 	var ref string
@@ -133,6 +140,9 @@ func pickRegistry(ns string, parts []string, regs registries) (string, []string,
 		return ns, parts, nil
 	}
 	if len(parts) > 1 && looksLikeHost(parts[0]) {
+		if !hostRE.MatchString(parts[0]) {
+			return "", nil, errNameInvalid("invalid registry host in the path")
+		}
 		if !regs.has(parts[0]) {
 			return "", nil, errRegistryUnknown(parts[0])
 		}

@@ -1,0 +1,367 @@
+package proxy_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"mime"
+	"mime/multipart"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"testing"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/static"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+)
+
+// blobBytes returns n random bytes and their digest.
+func blobBytes(t *testing.T, n int) ([]byte, v1.Hash) {
+	t.Helper()
+	b := make([]byte, n)
+	rand.Read(b)
+	sum := sha256.Sum256(b)
+	return b, v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(sum[:])}
+}
+
+// pushBlob puts b into the upstream's repo as a layer.
+func (e *env) pushBlob(repo string, b []byte) {
+	e.t.Helper()
+	l := static.NewLayer(b, types.OCIUncompressedLayer)
+	r := e.upRef(repo + ":unused")
+	if err := remote.WriteLayer(r.Context(), l); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+// gate is an upstream fault: for GETs of one blob it sends the first half of
+// the body, flushes, and waits until the test opens the gate.
+type gate struct {
+	digest v1.Hash
+	body   []byte
+	open   chan struct{}
+	sent   chan struct{} // closed once the first half went out
+	once   sync.Once
+}
+
+func newGate(h v1.Hash, body []byte) *gate {
+	return &gate{digest: h, body: body, open: make(chan struct{}), sent: make(chan struct{})}
+}
+
+func (g *gate) wrap(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet || filepath.Base(r.URL.Path) != g.digest.String() {
+			next.ServeHTTP(w, r)
+			return
+		}
+		half := len(g.body) / 2
+		w.Header().Set("Content-Length", strconv.Itoa(len(g.body)))
+		w.WriteHeader(http.StatusOK)
+		w.Write(g.body[:half])
+		http.NewResponseController(w).Flush()
+		g.once.Do(func() { close(g.sent) })
+		select {
+		case <-g.open:
+		case <-r.Context().Done():
+			return
+		}
+		w.Write(g.body[half:])
+	})
+}
+
+func TestColdBlobEightClientsOneUpstreamDownloadAllStream(t *testing.T) {
+	body, h := blobBytes(t, 1<<20)
+	g := newGate(h, body)
+	e := newEnv(t, withUpstreamFault(g.wrap))
+	e.pushBlob("library/big", body)
+	path := "/v2/big/blobs/" + h.String()
+
+	const clients = 8
+	var firstBytes sync.WaitGroup
+	firstBytes.Add(clients)
+	results := make(chan error, clients)
+	for i := range clients {
+		go func() {
+			results <- func() error {
+				resp, err := http.Get(e.mirror.URL + path)
+				if err != nil {
+					return err
+				}
+				defer resp.Body.Close()
+				if resp.StatusCode != http.StatusOK {
+					return fmt.Errorf("client %d: status %d", i, resp.StatusCode)
+				}
+				first := make([]byte, 64<<10)
+				_, err = io.ReadFull(resp.Body, first)
+				firstBytes.Done()
+				if err != nil {
+					return err
+				}
+				rest, err := io.ReadAll(resp.Body)
+				if err != nil {
+					return err
+				}
+				if !bytes.Equal(append(first, rest...), body) {
+					return fmt.Errorf("client %d: wrong bytes", i)
+				}
+				return nil
+			}()
+		}()
+	}
+	// Every client has its first bytes while upstream is still holding back
+	// the second half: nobody waited for the whole blob.
+	firstBytes.Wait()
+	close(g.open)
+	for range clients {
+		if err := <-results; err != nil {
+			t.Error(err)
+		}
+	}
+	if n := e.counts.count(http.MethodGet, "/v2/library/big/blobs/"+h.String()); n != 1 {
+		t.Errorf("upstream GETs of the blob = %d, want 1", n)
+	}
+	if !e.store.Has(h) {
+		t.Error("blob not in the store after the download")
+	}
+}
+
+func TestClientLeavingDoesNotStopTheDownloadForOthers(t *testing.T) {
+	body, h := blobBytes(t, 1<<20)
+	g := newGate(h, body)
+	e := newEnv(t, withUpstreamFault(g.wrap))
+	e.pushBlob("library/big", body)
+	url := e.mirror.URL + "/v2/big/blobs/" + h.String()
+
+	ctx, leave := context.WithCancel(t.Context())
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	quitter, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(quitter.Body, make([]byte, 1000)); err != nil {
+		t.Fatal(err)
+	}
+	leave()
+	quitter.Body.Close()
+
+	stayer, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stayer.Body.Close()
+	close(g.open)
+	got, err := io.ReadAll(stayer.Body)
+	if err != nil {
+		t.Fatalf("remaining client: %v", err)
+	}
+	if !bytes.Equal(got, body) {
+		t.Fatal("remaining client got wrong bytes")
+	}
+	if n := e.counts.count(http.MethodGet, "/v2/library/big/blobs/"+h.String()); n != 1 {
+		t.Errorf("upstream GETs = %d, want 1", n)
+	}
+}
+
+// corrupt is an upstream fault that serves a blob's GET with other content.
+func corrupt(h v1.Hash, serve func(w http.ResponseWriter)) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Method == http.MethodGet && filepath.Base(r.URL.Path) == h.String() {
+				serve(w)
+				return
+			}
+			next.ServeHTTP(w, r)
+		})
+	}
+}
+
+func TestBadUpstreamContentNeverEntersTheCache(t *testing.T) {
+	body, h := blobBytes(t, 256<<10)
+	tests := []struct {
+		name  string
+		serve func(w http.ResponseWriter)
+	}{
+		{"tampered", func(w http.ResponseWriter) {
+			bad := bytes.Clone(body)
+			bad[len(bad)-1] ^= 0xff
+			w.Header().Set("Content-Length", strconv.Itoa(len(bad)))
+			w.Write(bad)
+		}},
+		{"truncated", func(w http.ResponseWriter) {
+			w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+			w.Write(body[:len(body)/2])
+			http.NewResponseController(w).Flush()
+			panic(http.ErrAbortHandler)
+		}},
+		{"too long", func(w http.ResponseWriter) {
+			w.Write(append(bytes.Clone(body), 'x')) // chunked, no length announced
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newEnv(t, withUpstreamFault(corrupt(h, tt.serve)))
+			resp, err := http.Get(e.mirror.URL + "/v2/big/blobs/" + h.String())
+			if err == nil {
+				got, rerr := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if rerr == nil && resp.StatusCode == http.StatusOK {
+					t.Fatalf("client got a complete 200 (%d bytes) for bad upstream content", len(got))
+				}
+			}
+			e.proxy.Close() // waits for the download to clean up
+			if e.store.Has(h) {
+				t.Error("bad content entered the cache")
+			}
+			if left, _ := os.ReadDir(filepath.Join(e.dataDir, "tmp")); len(left) != 0 {
+				t.Errorf("temp files left behind: %v", left)
+			}
+		})
+	}
+}
+
+func TestUpstreamRefusalReachesEveryWaiterAsOCIError(t *testing.T) {
+	e := newEnv(t)
+	_, h := blobBytes(t, 10)
+	resp, body := e.do(http.MethodGet, "/v2/nothing/blobs/"+h.String(), nil)
+	if resp.StatusCode != http.StatusNotFound {
+		t.Fatalf("status = %d, want 404; body %s", resp.StatusCode, body)
+	}
+	if code := ociCode(t, resp, body); code != "BLOB_UNKNOWN" {
+		t.Errorf("code = %s, want BLOB_UNKNOWN", code)
+	}
+}
+
+func TestHeadOfUncachedBlobAsksUpstreamWithHead(t *testing.T) {
+	e := newEnv(t)
+	body, h := blobBytes(t, 5000)
+	e.pushBlob("library/big", body)
+	p := "/v2/library/big/blobs/" + h.String()
+	headsBefore := e.counts.count(http.MethodHead, p) // pushing asks whether the blob exists
+	resp, _ := e.do(http.MethodHead, "/v2/big/blobs/"+h.String(), nil)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("HEAD status = %d, want 200", resp.StatusCode)
+	}
+	if resp.ContentLength != int64(len(body)) || resp.Header.Get("Docker-Content-Digest") != h.String() {
+		t.Errorf("HEAD: Content-Length %d, digest %q; want %d, %s", resp.ContentLength, resp.Header.Get("Docker-Content-Digest"), len(body), h)
+	}
+	if g, hd := e.counts.count(http.MethodGet, p), e.counts.count(http.MethodHead, p)-headsBefore; g != 0 || hd != 1 {
+		t.Errorf("upstream GET %d, HEAD %d; want 0, 1", g, hd)
+	}
+	if e.store.Has(h) {
+		t.Error("a HEAD downloaded the blob")
+	}
+}
+
+func TestRangesAndConditionalRequestsOnCachedBlob(t *testing.T) {
+	e := newEnv(t)
+	body, h := blobBytes(t, 100_000)
+	e.pushBlob("library/big", body)
+	path := "/v2/big/blobs/" + h.String()
+	if resp, got := e.do(http.MethodGet, path, nil); resp.StatusCode != 200 || !bytes.Equal(got, body) {
+		t.Fatalf("priming GET: status %d, %d bytes", resp.StatusCode, len(got))
+	}
+	etag := `"` + h.String() + `"`
+
+	resp, got := e.do(http.MethodGet, path, http.Header{"Range": {"bytes=10-19"}})
+	if resp.StatusCode != http.StatusPartialContent || !bytes.Equal(got, body[10:20]) {
+		t.Errorf("Range 10-19: status %d, body %x; want 206, %x", resp.StatusCode, got, body[10:20])
+	}
+	if resp.Header.Get("Docker-Content-Digest") != h.String() || resp.Header.Get("Etag") != etag {
+		t.Errorf("headers: digest %q etag %q", resp.Header.Get("Docker-Content-Digest"), resp.Header.Get("Etag"))
+	}
+
+	resp, got = e.do(http.MethodGet, path, http.Header{"Range": {"bytes=0-1,99998-"}})
+	mt, params, _ := mime.ParseMediaType(resp.Header.Get("Content-Type"))
+	if resp.StatusCode != http.StatusPartialContent || mt != "multipart/byteranges" {
+		t.Fatalf("multi-range: status %d, type %q", resp.StatusCode, mt)
+	}
+	mr := multipart.NewReader(bytes.NewReader(got), params["boundary"])
+	var parts [][]byte
+	for {
+		p, err := mr.NextPart()
+		if err != nil {
+			break
+		}
+		b, _ := io.ReadAll(p)
+		parts = append(parts, b)
+	}
+	if len(parts) != 2 || !bytes.Equal(parts[0], body[:2]) || !bytes.Equal(parts[1], body[99998:]) {
+		t.Errorf("multi-range parts = %x", parts)
+	}
+
+	resp, _ = e.do(http.MethodGet, path, http.Header{"If-None-Match": {etag}})
+	if resp.StatusCode != http.StatusNotModified {
+		t.Errorf("If-None-Match: status %d, want 304", resp.StatusCode)
+	}
+
+	resp, got = e.do(http.MethodGet, path, http.Header{"Range": {"bytes=200000-"}})
+	if resp.StatusCode != http.StatusRequestedRangeNotSatisfiable {
+		t.Errorf("unsatisfiable range: status %d, want 416", resp.StatusCode)
+	}
+	if code := ociCode(t, resp, got); code != "RANGE_INVALID" {
+		t.Errorf("unsatisfiable range: code %s", code)
+	}
+	if n := e.counts.countPrefix(http.MethodGet, "/v2/library/big/blobs/"); n != 1 {
+		t.Errorf("upstream GETs = %d, want 1", n)
+	}
+}
+
+func TestRangeOnBlobInFlightIsServedFromThePartWritten(t *testing.T) {
+	body, h := blobBytes(t, 1<<20)
+	g := newGate(h, body)
+	e := newEnv(t, withUpstreamFault(g.wrap))
+	e.pushBlob("library/big", body)
+	path := "/v2/big/blobs/" + h.String()
+
+	// Start the download and wait until the first half is on its way.
+	full, err := http.Get(e.mirror.URL + path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer full.Body.Close()
+	<-g.sent
+	resp, got := e.do(http.MethodGet, path, http.Header{"Range": {"bytes=100-199"}})
+	if resp.StatusCode != http.StatusPartialContent || !bytes.Equal(got, body[100:200]) {
+		t.Errorf("range in flight: status %d; want 206 with the right bytes", resp.StatusCode)
+	}
+	close(g.open)
+	all, err := io.ReadAll(full.Body)
+	if err != nil || !bytes.Equal(all, body) {
+		t.Errorf("full read: %v", err)
+	}
+	if n := e.counts.count(http.MethodGet, "/v2/library/big/blobs/"+h.String()); n != 1 {
+		t.Errorf("upstream GETs = %d, want 1", n)
+	}
+}
+
+func TestCloseRemovesUnfinishedDownloads(t *testing.T) {
+	body, h := blobBytes(t, 1<<20)
+	g := newGate(h, body)
+	e := newEnv(t, withUpstreamFault(g.wrap))
+	e.pushBlob("library/big", body)
+
+	resp, err := http.Get(e.mirror.URL + "/v2/big/blobs/" + h.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	<-g.sent
+	e.proxy.Close()
+	if _, err := io.ReadAll(resp.Body); err == nil {
+		t.Error("client read a complete body from a download that was stopped")
+	}
+	if e.store.Has(h) {
+		t.Error("unfinished download became visible")
+	}
+	if left, _ := os.ReadDir(filepath.Join(e.dataDir, "tmp")); len(left) != 0 {
+		t.Errorf("temp files left behind: %v", left)
+	}
+}
