@@ -64,20 +64,25 @@ func openIndex(dir string, log *zap.Logger) (*badger.DB, error) {
 
 func (s *Store) info(h v1.Hash) (Info, error) {
 	var rec record
-	err := s.db.View(func(txn *badger.Txn) error {
-		item, err := txn.Get(blobKey(h))
-		if err != nil {
-			return err
-		}
-		return item.Value(func(v []byte) error { return json.Unmarshal(v, &rec) })
-	})
-	if errors.Is(err, badger.ErrKeyNotFound) {
-		return Info{}, ErrNotFound
-	}
-	if err != nil {
+	if err := s.getJSON(blobKey(h), &rec); err != nil {
 		return Info{}, fmt.Errorf("read record of %s: %w", h, err)
 	}
 	return Info(rec), nil
+}
+
+// getJSON decodes the value at key into v; a missing key is ErrNotFound.
+func (s *Store) getJSON(key []byte, v any) error {
+	err := s.db.View(func(txn *badger.Txn) error {
+		item, err := txn.Get(key)
+		if err != nil {
+			return err
+		}
+		return item.Value(func(b []byte) error { return json.Unmarshal(b, v) })
+	})
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return ErrNotFound
+	}
+	return err
 }
 
 func (s *Store) putRecord(h v1.Hash, info Info) error {
@@ -157,17 +162,7 @@ func (s *Store) Tag(registry, repo, tag string) (TagAnswer, error) {
 		return a, nil
 	}
 	var a TagAnswer
-	err := s.db.View(func(txn *badger.Txn) error {
-		item, err := txn.Get(key)
-		if err != nil {
-			return err
-		}
-		return item.Value(func(v []byte) error { return json.Unmarshal(v, &a) })
-	})
-	if errors.Is(err, badger.ErrKeyNotFound) {
-		return TagAnswer{}, ErrNotFound
-	}
-	if err != nil {
+	if err := s.getJSON(key, &a); err != nil {
 		return TagAnswer{}, fmt.Errorf("read tag %s/%s:%s: %w", registry, repo, tag, err)
 	}
 	s.tags.Add(string(key), a)
