@@ -1,0 +1,414 @@
+#!/usr/bin/env bash
+# bench/core.sh: the core mirror benchmark, in one command.
+#
+#   bench/core.sh             # from the repository root (or anywhere)
+#   PERF=1 bench/core.sh      # also profile regmirror with perf during the herd and the warm run
+#
+# It builds regmirror and bench/upstream, starts them on free loopback ports
+# with temp dirs, and measures:
+#   a. cold herd: CLIENTS curl clients start the same uncached blob at once
+#   b. one cold client on a fresh data dir, for comparison
+#   c. warm throughput: CLIENTS parallel clients x ROUNDS rounds from the cache,
+#      and the same against the upstream and nginx (sendfile) for reference
+#   d. regmirror's peak RSS (VmHWM) in the herd and in the warm run
+# Settings (environment): SIZE (bytes, default 200000000), CLIENTS (8), ROUNDS (3).
+# It exits non-zero if the mirror serves wrong bytes, errors, or downloads
+# the blob from upstream more than once in a phase.
+set -euo pipefail
+
+SIZE=${SIZE:-200000000}
+CLIENTS=${CLIENTS:-8}
+ROUNDS=${ROUNDS:-3}
+PERF=${PERF:-0}
+
+REPO_ROOT=$(cd "$(dirname "$0")/.." && pwd)
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/regmirror-bench.XXXXXX")
+PIDS=()
+
+cleanup() {
+	local p
+	for p in "${PIDS[@]}"; do
+		kill "$p" 2>/dev/null || true
+	done
+	for p in "${PIDS[@]}"; do
+		wait "$p" 2>/dev/null || true
+	done
+	rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+log() { printf '%s\n' "$*" >&2; }
+die() { log "core.sh: $*"; exit 1; }
+# fail records a failed check; it works in subshells too, and core.sh exits 1 at the end.
+fail() {
+	log "FAIL: $*"
+	echo "$*" >>"$WORK/failures"
+}
+
+# need CMD PKG: install the Debian package PKG if CMD is missing.
+APT_UPDATED=0
+need() {
+	if command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; then
+		return
+	fi
+	log "installing $2 (apt-get)"
+	if [ "$APT_UPDATED" = 0 ]; then
+		apt-get update -qq >&2
+		APT_UPDATED=1
+	fi
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$2" >&2
+}
+
+# free_port prints a TCP port nobody listens on at the moment.
+free_port() {
+	local p
+	while :; do
+		p=$((30000 + RANDOM % 30000))
+		if ! ss -Htln "sport = :$p" | grep -q .; then
+			echo "$p"
+			return
+		fi
+	done
+}
+
+now_ns() { date +%s%N; }
+secs() { awk -v ns="$1" 'BEGIN { printf "%.2f", ns / 1e9 }'; }
+mbps() { awk -v b="$1" -v ns="$2" 'BEGIN { printf "%.0f", b / 1e6 / (ns / 1e9) }'; }
+
+# wait_http URL PID LOG: wait up to 30 s for URL to answer 200 while PID lives.
+wait_http() {
+	local i
+	for i in $(seq 300); do
+		if [ "$(curl -s -o /dev/null -w '%{http_code}' "$1" || true)" = 200 ]; then
+			return
+		fi
+		kill -0 "$2" 2>/dev/null || break
+		sleep 0.1
+	done
+	die "$1 did not answer 200 within 30s; its log: $(tail -c 2000 "$3")"
+}
+
+# start_mirror DATADIR LOGFILE: starts regmirror; sets MIRROR_PID and MIRROR_URL.
+start_mirror() {
+	local port
+	port=$(free_port)
+	REGMIRROR_ADDR=127.0.0.1:$port REGMIRROR_DATA_DIR=$1 REGMIRROR_UPSTREAM=$UP_URL \
+		REGMIRROR_LOG_LEVEL=warn "$WORK/regmirror" 2>"$2" &
+	MIRROR_PID=$!
+	PIDS+=("$MIRROR_PID")
+	MIRROR_URL=http://127.0.0.1:$port
+	wait_http "$MIRROR_URL/v2/" "$MIRROR_PID" "$2"
+}
+
+stop() {
+	kill "$1" 2>/dev/null || true
+	wait "$1" 2>/dev/null || true
+}
+
+# hwm PID: peak RSS in MB; reset_hwm PID starts a new peak (clear_refs 5).
+hwm() { awk '/^VmHWM/ { printf "%.0f", $2 / 1024 }' "/proc/$1/status"; }
+reset_hwm() { echo 5 >"/proc/$1/clear_refs" 2>/dev/null || log "note: cannot reset VmHWM of $1"; }
+# cpu_ticks PID: user+system CPU time of PID in clock ticks.
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+cpu_secs() { awk -v t="$1" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f", t / hz }'; }
+
+# counts: the upstream's HEAD and GET counts of the blob, and of everything.
+counts() {
+	curl -sf "$UP_URL/_counts" | jq -r --arg p "/v2/library/big/blobs/$DIGEST" '
+		"\(.["HEAD " + $p] // 0) \(.["GET " + $p] // 0) \([.[]] | add // 0) \(to_entries | map("\(.key)=\(.value)") | join(", "))"'
+}
+reset_counts() { curl -sf -X DELETE "$UP_URL/_counts" >/dev/null; }
+
+# perf_start PID NAME: with PERF=1, profile PID into WORK/NAME.perf until perf_stop.
+perf_start() {
+	PERF_PID=
+	if [ "$PERF" = 1 ]; then
+		perf record -q -F 999 -g -p "$1" -o "$WORK/$2.perf" >/dev/null 2>&1 &
+		PERF_PID=$!
+		PIDS+=("$PERF_PID")
+		sleep 0.5 # let perf attach
+	fi
+}
+perf_stop() {
+	if [ -n "${PERF_PID:-}" ]; then
+		kill -INT "$PERF_PID"
+		wait "$PERF_PID" 2>/dev/null || true
+	fi
+}
+
+# fetch N URL OUT HASH: N curl clients at once. OUT.i gets each client's curl
+# errors and, as its last line, "status ttfb total bytes". With HASH=1 the body
+# is piped to openssl and OUT.i.sum gets its sha256; otherwise it is discarded.
+# Prints the wall time in ns, from the start of the first to the end of the last.
+fetch() {
+	local n=$1 url=$2 out=$3 hash=$4 i start pids=()
+	local fmt='%{http_code} %{time_starttransfer} %{time_total} %{size_download}\n'
+	start=$(now_ns)
+	for i in $(seq "$n"); do
+		if [ "$hash" = 1 ]; then
+			(curl -sS -w "%{stderr}$fmt" "$url" 2>"$out.$i" | openssl dgst -sha256 -r >"$out.$i.sum") &
+		else
+			curl -sS -o /dev/null -w "$fmt" "$url" >"$out.$i" 2>&1 &
+		fi
+		pids+=($!)
+	done
+	for i in "${pids[@]}"; do
+		wait "$i" || true
+	done
+	echo $(($(now_ns) - start))
+}
+
+# check N OUT WHAT: every client got 200 and SIZE bytes and, if hashed, a body
+# that hashes to the digest. Prints how many bodies matched the digest.
+check() {
+	local i code bytes sum ok=0
+	for i in $(seq "$1"); do
+		read -r code _ _ bytes < <(tail -n1 "$2.$i")
+		if [ "${code:-}" != 200 ] || [ "${bytes:-}" != "$SIZE" ]; then
+			fail "$3 client $i: status ${code:-none}, ${bytes:-0} bytes, want 200 and $SIZE; curl said: $(head -c 300 "$2.$i")"
+		fi
+		if [ -f "$2.$i.sum" ]; then
+			sum=sha256:$(cut -d' ' -f1 "$2.$i.sum")
+			if [ "$sum" = "$DIGEST" ]; then
+				ok=$((ok + 1))
+			else
+				fail "$3 client $i: body hashes to $sum, want $DIGEST"
+			fi
+		fi
+	done
+	echo "$ok"
+}
+
+# ttfbs N OUT: the clients' times to first byte in ms, in client order.
+ttfbs() {
+	local i
+	for i in $(seq "$1"); do
+		tail -n1 "$2.$i" | awk '{ printf "%.1f ", $2 * 1000 }'
+	done
+}
+# spread: "min/median/max" of the numbers on stdin.
+spread() {
+	tr ' ' '\n' | grep . | sort -n | awk '{ v[NR] = $1 }
+		END { m = NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2; printf "%.1f/%.1f/%.1f", v[1], m, v[NR] }'
+}
+
+ROW='  %-24s %7s %-9s %7s %7s  %-18s %-11s %7s %6s\n'
+cold_header() {
+	# shellcheck disable=SC2059
+	printf "$ROW" scenario clients bodies "wall s" "MB/s" "TTFB ms min/med/max" "up HEAD/GET" "CPU s" "RSS MB"
+}
+
+# cold NAME CLIENTS HASH KEEP: CLIENTS clients fetch the blob at once from a
+# fresh regmirror on a fresh data dir. With KEEP=1 that mirror keeps running
+# (PRIMED_PID, PRIMED_URL); otherwise it is stopped and its data dir removed.
+cold() {
+	local name=$1 n=$2 hash=$3 keep=$4 pid ns t0 t1 ok head get all detail bodies=discarded
+	start_mirror "$WORK/data-$name" "$WORK/mirror-$name.log"
+	pid=$MIRROR_PID
+	reset_counts
+	sync
+	t0=$(cpu_ticks "$pid")
+	if [ "$keep" = 1 ]; then
+		perf_start "$pid" "$name"
+	fi
+	ns=$(fetch "$n" "$MIRROR_URL$BLOB_PATH" "$WORK/$name" "$hash")
+	perf_stop
+	PERF_PID=
+	t1=$(cpu_ticks "$pid")
+	ok=$(check "$n" "$WORK/$name" "$name")
+	read -r head get all detail <<<"$(counts)"
+	[ "$get" = 1 ] || fail "$name: upstream got $get GETs for the blob, want 1 (all requests: $detail)"
+	if [ "$hash" = 1 ]; then
+		bodies="$ok/$n ok"
+	fi
+	LAST_HWM=$(hwm "$pid")
+	# shellcheck disable=SC2059
+	printf "$ROW" "$name" "$n" "$bodies" "$(secs "$ns")" "$(mbps $((SIZE * n)) "$ns")" \
+		"$(ttfbs "$n" "$WORK/$name" | spread)" "$head/$get" "$(cpu_secs $((t1 - t0)))" "$LAST_HWM"
+	DETAILS+=("$name: TTFB ms per client: $(ttfbs "$n" "$WORK/$name"); upstream requests: $detail")
+	if [ "$keep" = 1 ]; then
+		PRIMED_PID=$pid PRIMED_URL=$MIRROR_URL
+	else
+		stop "$pid"
+		rm -rf "$WORK/data-$name"
+	fi
+}
+
+# direct NAME CLIENTS HASH URL: the same clients against a server without the mirror.
+direct() {
+	local name=$1 n=$2 hash=$3 url=$4 ns ok bodies=discarded
+	sync
+	ns=$(fetch "$n" "$url" "$WORK/$name" "$hash")
+	ok=$(check "$n" "$WORK/$name" "$name")
+	if [ "$hash" = 1 ]; then
+		bodies="$ok/$n ok"
+	fi
+	# shellcheck disable=SC2059
+	printf "$ROW" "$name" "$n" "$bodies" "$(secs "$ns")" "$(mbps $((SIZE * n)) "$ns")" \
+		"$(ttfbs "$n" "$WORK/$name" | spread)" - - -
+}
+
+# tree_ticks PID: CPU ticks of PID and its children (nginx's workers).
+tree_ticks() {
+	local t=0 p
+	for p in "$1" $(pgrep -P "$1"); do
+		t=$((t + $(cpu_ticks "$p")))
+	done
+	echo "$t"
+}
+
+# warm NAME=URL=PID...: CLIENTS clients at once against each server in turn,
+# ROUNDS times (interleaved, so drift on the machine affects all alike); PID is
+# the server, whose CPU time is counted.
+warm() {
+	local spec name url pid r ns t0 t1 bytes=$((SIZE * CLIENTS * ROUNDS)) hz
+	local -A total=() rounds=() ticks=()
+	hz=$(getconf CLK_TCK)
+	for r in $(seq "$ROUNDS"); do
+		for spec in "$@"; do
+			IFS='=' read -r name url pid <<<"$spec"
+			sync
+			t0=$(tree_ticks "$pid")
+			ns=$(fetch "$CLIENTS" "$url" "$WORK/warm-$name-$r" 0)
+			t1=$(tree_ticks "$pid")
+			check "$CLIENTS" "$WORK/warm-$name-$r" "warm $name round $r" >/dev/null
+			total[$name]=$((${total[$name]:-0} + ns))
+			ticks[$name]=$((${ticks[$name]:-0} + t1 - t0))
+			rounds[$name]+="$(secs "$ns") "
+		done
+	done
+	printf '  %-10s %9s  %-20s %7s %9s\n' server "MB/s" "round times s" "CPU s" "CPU s/GB"
+	for spec in "$@"; do
+		IFS='=' read -r name _ _ <<<"$spec"
+		printf '  %-10s %9s  %-20s %7s %9s\n' "$name" "$(mbps "$bytes" "${total[$name]}")" "${rounds[$name]}" \
+			"$(cpu_secs "${ticks[$name]}")" "$(awk -v t="${ticks[$name]}" -v hz="$hz" -v b="$bytes" 'BEGIN { printf "%.2f", t / hz / (b / 1e9) }')"
+	done
+}
+
+# --- setup ---------------------------------------------------------------
+
+need curl curl
+need jq jq
+need ss iproute2
+need nginx nginx
+need openssl openssl
+if [ "$PERF" = 1 ]; then
+	need perf linux-perf
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+
+log "building regmirror and bench/upstream"
+(cd "$REPO_ROOT" && go build -o "$WORK/regmirror" ./cmd/regmirror && go build -o "$WORK/upstream" ./bench/upstream)
+
+mkdir -p "$WORK/www"
+UP_PORT=$(free_port)
+UP_URL=http://127.0.0.1:$UP_PORT
+"$WORK/upstream" -addr "127.0.0.1:$UP_PORT" -size "$SIZE" -blob-out "$WORK/www/blob" \
+	>"$WORK/upstream.out" 2>"$WORK/upstream.log" &
+UP_PID=$!
+PIDS+=("$UP_PID")
+for _ in $(seq 600); do
+	[ -s "$WORK/upstream.out" ] && break
+	kill -0 "$UP_PID" 2>/dev/null || die "upstream exited: $(cat "$WORK/upstream.log")"
+	sleep 0.1
+done
+DIGEST=$(head -n1 "$WORK/upstream.out")
+[[ $DIGEST == sha256:* ]] || die "upstream printed no digest: $(cat "$WORK/upstream.log")"
+
+NG_PORT=$(free_port)
+mkdir -p "$WORK/nginx"
+chmod 755 "$WORK" "$WORK/www"
+cat >"$WORK/nginx/nginx.conf" <<EOF
+daemon off;
+worker_processes 2;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log warn;
+events { worker_connections 256; }
+http {
+	sendfile on;
+	tcp_nopush on;
+	access_log off;
+	client_body_temp_path $WORK/nginx/tmp;
+	proxy_temp_path $WORK/nginx/tmp;
+	fastcgi_temp_path $WORK/nginx/tmp;
+	uwsgi_temp_path $WORK/nginx/tmp;
+	scgi_temp_path $WORK/nginx/tmp;
+	server {
+		listen 127.0.0.1:$NG_PORT;
+		root $WORK/www;
+	}
+}
+EOF
+"$NGINX" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" 2>"$WORK/nginx/stderr" &
+NG_PID=$!
+PIDS+=("$NG_PID")
+NG_URL=http://127.0.0.1:$NG_PORT/blob
+
+wait_http "$NG_URL" "$NG_PID" "$WORK/nginx/error.log"
+
+BLOB_PATH=/v2/big/blobs/$DIGEST
+DETAILS=()
+echo "regmirror core benchmark, $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+echo "$(nproc) cores, $(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo), kernel $(uname -r), $(go version | cut -d' ' -f3), $(curl --version | head -n1 | cut -d' ' -f1-2), $("$NGINX" -v 2>&1 | cut -d' ' -f3)"
+changed=$(git -C "$REPO_ROOT" status --porcelain -- . ':(exclude)bench' 2>/dev/null | wc -l)
+echo "regmirror at commit $(git -C "$REPO_ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown), $changed uncommitted paths outside bench/"
+echo "blob $DIGEST, $SIZE bytes; MB = 10^6 bytes; load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+
+echo
+echo "a/b. cold: clients start the uncached blob at once, each mirror on a fresh data dir"
+echo "     (bodies sha256-hashed by openssl as they arrive, or discarded; CPU and RSS are regmirror's)"
+cold_header
+cold herd "$CLIENTS" 1 1
+HERD_HWM=$LAST_HWM
+cold herd-discard "$CLIENTS" 0 0
+cold single 1 1 0
+cold single-discard 1 0 0
+direct upstream-direct "$CLIENTS" 1 "$UP_URL/v2/library/big/blobs/$DIGEST"
+for d in "${DETAILS[@]}"; do
+	echo "  $d"
+done
+
+echo
+echo "c. warm: $CLIENTS clients at once x $ROUNDS rounds, bodies discarded (regmirror primed by the herd)"
+reset_counts
+reset_hwm "$PRIMED_PID"
+perf_start "$PRIMED_PID" warm
+warm "regmirror=$PRIMED_URL$BLOB_PATH=$PRIMED_PID" "upstream=$UP_URL/v2/library/big/blobs/$DIGEST=$UP_PID" "nginx=$NG_URL=$NG_PID"
+perf_stop
+PERF_PID=
+# The only upstream requests are the direct rounds' own.
+read -r _ get all detail <<<"$(counts)"
+[ "$all" = $((CLIENTS * ROUNDS)) ] || fail "warm: upstream got $all requests ($detail), want only the $((CLIENTS * ROUNDS)) direct GETs"
+warm_hwm=$(hwm "$PRIMED_PID")
+echo "  (CPU s is the server's user+system time, nginx's workers included)"
+
+echo
+echo "d. regmirror peak RSS (VmHWM): cold herd $HERD_HWM MB, warm run $warm_hwm MB (VmHWM reset before the warm run)"
+
+if [ "$PERF" = 1 ]; then
+	for f in herd warm; do
+		echo
+		echo "perf ($f): where regmirror's CPU time went, by object, then the top symbols (self time)"
+		perf report -i "$WORK/$f.perf" --no-children --sort dso --stdio -q -g none 2>/dev/null |
+			awk 'NF && n++ < 4 { printf "  %s %s\n", $1, $2 }'
+		perf report -i "$WORK/$f.perf" --no-children --sort dso,symbol --stdio -q -g none 2>/dev/null |
+			awk 'NF && n++ < 20 { printf "  %-7s %-18s %s\n", $1, $2, $4 }'
+	done
+fi
+
+echo
+echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
+
+logs=$(cat "$WORK"/mirror-*.log)
+if [ -n "$logs" ]; then
+	echo
+	echo "regmirror logged at warn or above:"
+	head -n 20 <<<"$logs" | sed 's/^/  /'
+fi
+if [ -s "$WORK/failures" ]; then
+	echo
+	echo "FAILED checks:"
+	sed 's/^/  /' "$WORK/failures"
+	exit 1
+fi
