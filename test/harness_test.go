@@ -4,10 +4,15 @@ package test
 
 import (
 	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -15,12 +20,17 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/static"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 )
 
 // binary is the regmirror binary built by TestMain.
@@ -32,10 +42,11 @@ func TestMain(m *testing.M) {
 		log.Fatal(err)
 	}
 	binary = filepath.Join(dir, "regmirror")
-	build := exec.Command("go", "build", "-race", "-o", binary, "../cmd/regmirror")
-	if os.Getenv("REGMIRROR_E2E_NORACE") != "" {
-		build = exec.Command("go", "build", "-o", binary, "../cmd/regmirror")
+	args := []string{"build", "-o", binary}
+	if raceEnabled {
+		args = append(args, "-race")
 	}
+	build := exec.Command("go", append(args, "../cmd/regmirror")...)
 	build.Stdout, build.Stderr = os.Stdout, os.Stderr
 	if err := build.Run(); err != nil {
 		log.Fatalf("build regmirror: %v", err)
@@ -102,7 +113,8 @@ type mirrorProc struct {
 	URL     string // http://host:port
 	DataDir string
 	logMu   sync.Mutex
-	logs    []string // every line it wrote to stderr
+	logs    []string      // every line it wrote to stderr
+	logged  chan struct{} // closed and replaced whenever a line is added
 	exited  chan struct{}
 }
 
@@ -132,7 +144,7 @@ func startMirror(t *testing.T, upstreamURL, dataDir string, extraEnv ...string) 
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	m := &mirrorProc{t: t, cmd: cmd, DataDir: dataDir, exited: make(chan struct{})}
+	m := &mirrorProc{t: t, cmd: cmd, DataDir: dataDir, logged: make(chan struct{}), exited: make(chan struct{})}
 	listening := make(chan string, 1)
 	go func() {
 		sc := bufio.NewScanner(stderr)
@@ -141,6 +153,8 @@ func startMirror(t *testing.T, upstreamURL, dataDir string, extraEnv ...string) 
 			line := sc.Text()
 			m.logMu.Lock()
 			m.logs = append(m.logs, line)
+			close(m.logged)
+			m.logged = make(chan struct{})
 			m.logMu.Unlock()
 			var rec struct {
 				Msg  string `json:"msg"`
@@ -153,7 +167,14 @@ func startMirror(t *testing.T, upstreamURL, dataDir string, extraEnv ...string) 
 		cmd.Wait()
 		close(m.exited)
 	}()
-	t.Cleanup(func() { m.Stop() })
+	t.Cleanup(func() {
+		m.Stop()
+		// The binary is built with -race when the tests run with it: a race
+		// report on its stderr fails the test that ran it.
+		if logs := m.Logs(); strings.Contains(logs, "WARNING: DATA RACE") {
+			t.Errorf("regmirror reported a data race; logs:\n%s", logs)
+		}
+	})
 	select {
 	case addr := <-listening:
 		m.Addr, m.URL = addr, "http://"+addr
@@ -259,4 +280,297 @@ func ref(t *testing.T, host, repoTag string) name.Reference {
 		t.Fatal(err)
 	}
 	return r
+}
+
+// total counts every request the upstream received, of any method and path.
+func (u *upstreamServer) total() int {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	n := 0
+	for _, v := range u.hits {
+		n += v
+	}
+	return n
+}
+
+// waitLog waits until the mirror has logged a JSON line for which match is
+// true. It fails when ctx ends or the process exits first.
+func (m *mirrorProc) waitLog(ctx context.Context, match func(rec map[string]any) bool) error {
+	seen := 0
+	for {
+		m.logMu.Lock()
+		lines, next := m.logs[seen:], m.logged
+		seen = len(m.logs)
+		m.logMu.Unlock()
+		for _, line := range lines {
+			var rec map[string]any
+			if json.Unmarshal([]byte(line), &rec) == nil && match(rec) {
+				return nil
+			}
+		}
+		select {
+		case <-next:
+		case <-m.exited:
+			m.logMu.Lock()
+			more := len(m.logs) > seen
+			m.logMu.Unlock()
+			if !more {
+				return errors.New("regmirror exited")
+			}
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// ExitCode waits for the process to exit and returns its exit code.
+func (m *mirrorProc) ExitCode() int {
+	<-m.exited
+	return m.cmd.ProcessState.ExitCode()
+}
+
+// send is do for subtests: it reports failures on t rather than on the test
+// that started the mirror, and it can send a body.
+func (m *mirrorProc) send(t *testing.T, method, path string, body io.Reader) (*http.Response, []byte) {
+	t.Helper()
+	req, err := http.NewRequestWithContext(t.Context(), method, m.URL+path, body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("%s %s: read body: %v", method, path, err)
+	}
+	return resp, b
+}
+
+// rawDo sends a request with requestURI written into the request line exactly
+// as given, over a fresh TCP connection, so that no client cleans or
+// re-escapes the path. It returns the response with its body read.
+func (m *mirrorProc) rawDo(t *testing.T, method, requestURI string) (*http.Response, []byte) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "tcp", m.Addr)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, requestURI, err)
+	}
+	defer conn.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		conn.SetDeadline(dl)
+	}
+	if _, err := fmt.Fprintf(conn, "%s %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n", method, requestURI, m.Addr); err != nil {
+		t.Fatalf("%s %s: write request: %v", method, requestURI, err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(conn), &http.Request{Method: method})
+	if err != nil {
+		t.Fatalf("%s %s: read response: %v", method, requestURI, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("%s %s: read body: %v", method, requestURI, err)
+	}
+	return resp, body
+}
+
+// pushBlob pushes data upstream as a layer of repo and returns its digest.
+func pushBlob(t *testing.T, u *upstreamServer, repo string, data []byte) v1.Hash {
+	t.Helper()
+	r, err := name.NewRepository(u.Host() + "/" + repo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	layer := static.NewLayer(data, types.OCILayer)
+	if err := remote.WriteLayer(r, layer, remote.WithContext(t.Context())); err != nil {
+		t.Fatalf("push blob to %s: %v", r, err)
+	}
+	h, err := layer.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+// randomBytes returns n random bytes.
+func randomBytes(t *testing.T, n int) []byte {
+	t.Helper()
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// blobFiles lists the files under dataDir/blobs whose name holds h's hex, i.e.
+// the cached copies of h, wherever the store puts them.
+func blobFiles(t *testing.T, dataDir string, h v1.Hash) []string {
+	t.Helper()
+	var out []string
+	for p := range listFiles(t, filepath.Join(dataDir, "blobs")) {
+		if strings.Contains(filepath.Base(p), h.Hex) {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// tmpFiles lists every file under dataDir/tmp.
+func tmpFiles(t *testing.T, dataDir string) []string {
+	t.Helper()
+	var out []string
+	for p := range listFiles(t, filepath.Join(dataDir, "tmp")) {
+		out = append(out, p)
+	}
+	return out
+}
+
+// gatedBlob is random blob content whose first upstream GET sends the first
+// half of the bytes, flushes, and then waits until the test opens the gate
+// (or the requester goes away). Later GETs are served normally.
+type gatedBlob struct {
+	data   []byte
+	digest v1.Hash
+	repo   string // upstream repository, library/ included
+	path   string // upstream path of the blob
+	gate   chan struct{}
+	once   sync.Once
+	gets   atomic.Int32
+}
+
+// startGated starts an upstream holding a gatedBlob of size bytes in
+// library/<repo>. The gate opens when the test ends, if not before.
+func startGated(t *testing.T, repo string, size int) (*upstreamServer, *gatedBlob) {
+	t.Helper()
+	data := randomBytes(t, size)
+	layer := static.NewLayer(data, types.OCILayer)
+	h, err := layer.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := &gatedBlob{data: data, digest: h, repo: "library/" + repo, gate: make(chan struct{})}
+	g.path = "/v2/" + g.repo + "/blobs/" + h.String()
+	up := startUpstream(t, g.wrap)
+	t.Cleanup(g.Open) // runs before the upstream closes, which waits for its handlers
+	if got := pushBlob(t, up, g.repo, data); got != h {
+		t.Fatalf("pushed digest %s, want %s", got, h)
+	}
+	return up, g
+}
+
+// Open lets the held-back GET send the rest of the blob.
+func (g *gatedBlob) Open() { g.once.Do(func() { close(g.gate) }) }
+
+func (g *gatedBlob) wrap(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet || r.URL.Path != g.path || g.gets.Add(1) > 1 {
+			next.ServeHTTP(w, r)
+			return
+		}
+		next.ServeHTTP(&pauseWriter{ResponseWriter: w, ctx: r.Context(), at: int64(len(g.data) / 2), release: g.gate}, r)
+	})
+}
+
+// pauseWriter passes the first at bytes through, flushes them, waits until
+// release is closed (or ctx ends), then passes the rest.
+type pauseWriter struct {
+	http.ResponseWriter
+	ctx     context.Context
+	at      int64
+	release <-chan struct{}
+	n       int64
+}
+
+func (w *pauseWriter) Write(p []byte) (int, error) {
+	written := 0
+	if w.n < w.at {
+		k := int(min(int64(len(p)), w.at-w.n))
+		n, err := w.ResponseWriter.Write(p[:k])
+		w.n += int64(n)
+		written += n
+		if err != nil {
+			return written, err
+		}
+		p = p[k:]
+		if w.n < w.at {
+			return written, nil
+		}
+		http.NewResponseController(w.ResponseWriter).Flush()
+		select {
+		case <-w.release:
+		case <-w.ctx.Done():
+			return written, w.ctx.Err()
+		}
+	}
+	n, err := w.ResponseWriter.Write(p)
+	w.n += int64(n)
+	return written + n, err
+}
+
+// faultOnce wraps an upstream so that the first GET of path goes through
+// fault instead of straight to the registry; later requests are untouched.
+func faultOnce(path string, fault func(next http.Handler, w http.ResponseWriter, r *http.Request)) func(http.Handler) http.Handler {
+	var n atomic.Int32
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Method == http.MethodGet && r.URL.Path == path && n.Add(1) == 1 {
+				fault(next, w, r)
+				return
+			}
+			next.ServeHTTP(w, r)
+		})
+	}
+}
+
+// tamperWriter flips the byte at offset at of what the registry writes.
+type tamperWriter struct {
+	http.ResponseWriter
+	at, n int64
+}
+
+func (w *tamperWriter) Write(p []byte) (int, error) {
+	if w.at >= w.n && w.at < w.n+int64(len(p)) {
+		p = bytes.Clone(p)
+		p[w.at-w.n] ^= 0xff
+	}
+	n, err := w.ResponseWriter.Write(p)
+	w.n += int64(n)
+	return n, err
+}
+
+// noLengthWriter drops the Content-Length header, so that the response goes
+// out chunked.
+type noLengthWriter struct{ http.ResponseWriter }
+
+func (w *noLengthWriter) WriteHeader(code int) {
+	w.Header().Del("Content-Length")
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *noLengthWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// truncateWriter passes the first limit bytes and refuses the rest.
+type truncateWriter struct {
+	http.ResponseWriter
+	limit, n int64
+}
+
+var errTruncated = errors.New("truncated by the test")
+
+func (w *truncateWriter) Write(p []byte) (int, error) {
+	if w.n+int64(len(p)) > w.limit {
+		p = p[:w.limit-w.n]
+		n, _ := w.ResponseWriter.Write(p)
+		w.n += int64(n)
+		return n, errTruncated
+	}
+	n, err := w.ResponseWriter.Write(p)
+	w.n += int64(n)
+	return n, err
 }
