@@ -1,21 +1,13 @@
 package cache_test
 
 import (
-	"os/exec"
-	"strings"
 	"testing"
+
+	"github.com/regmirror/regmirror/test/regtest"
 )
 
 // TestDeps keeps cache free of the packages that use it: it may import no
 // other regmirror package.
 func TestDeps(t *testing.T) {
-	out, err := exec.Command("go", "list", "-deps", ".").Output()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, dep := range strings.Fields(string(out)) {
-		if strings.HasPrefix(dep, "github.com/regmirror/regmirror/") && dep != "github.com/regmirror/regmirror/cache" {
-			t.Errorf("cache imports %s", dep)
-		}
-	}
+	regtest.CheckDeps(t, "github.com/regmirror/regmirror", "github.com/regmirror/regmirror/cache")
 }

@@ -3,9 +3,6 @@ package proxy_test
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"io"
 	"mime"
@@ -21,16 +18,9 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/types"
-)
 
-// blobBytes returns n random bytes and their digest.
-func blobBytes(t *testing.T, n int) ([]byte, v1.Hash) {
-	t.Helper()
-	b := make([]byte, n)
-	rand.Read(b)
-	sum := sha256.Sum256(b)
-	return b, v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(sum[:])}
-}
+	"github.com/regmirror/regmirror/test/regtest"
+)
 
 // pushBlob puts b into the upstream's repo as a layer.
 func (e *env) pushBlob(repo string, b []byte) {
@@ -78,7 +68,7 @@ func (g *gate) wrap(next http.Handler) http.Handler {
 }
 
 func TestColdBlobEightClientsOneUpstreamDownloadAllStream(t *testing.T) {
-	body, h := blobBytes(t, 1<<20)
+	body, h := regtest.RandomBlob(t, 1<<20)
 	g := newGate(h, body)
 	e := newEnv(t, withUpstreamFault(g.wrap))
 	e.pushBlob("library/big", body)
@@ -125,7 +115,7 @@ func TestColdBlobEightClientsOneUpstreamDownloadAllStream(t *testing.T) {
 			t.Error(err)
 		}
 	}
-	if n := e.counts.count(http.MethodGet, "/v2/library/big/blobs/"+h.String()); n != 1 {
+	if n := e.counts.Count(http.MethodGet, "/v2/library/big/blobs/"+h.String()); n != 1 {
 		t.Errorf("upstream GETs of the blob = %d, want 1", n)
 	}
 	if !e.store.Has(h) {
@@ -134,7 +124,7 @@ func TestColdBlobEightClientsOneUpstreamDownloadAllStream(t *testing.T) {
 }
 
 func TestClientLeavingDoesNotStopTheDownloadForOthers(t *testing.T) {
-	body, h := blobBytes(t, 1<<20)
+	body, h := regtest.RandomBlob(t, 1<<20)
 	g := newGate(h, body)
 	e := newEnv(t, withUpstreamFault(g.wrap))
 	e.pushBlob("library/big", body)
@@ -165,7 +155,7 @@ func TestClientLeavingDoesNotStopTheDownloadForOthers(t *testing.T) {
 	if !bytes.Equal(got, body) {
 		t.Fatal("remaining client got wrong bytes")
 	}
-	if n := e.counts.count(http.MethodGet, "/v2/library/big/blobs/"+h.String()); n != 1 {
+	if n := e.counts.Count(http.MethodGet, "/v2/library/big/blobs/"+h.String()); n != 1 {
 		t.Errorf("upstream GETs = %d, want 1", n)
 	}
 }
@@ -184,7 +174,7 @@ func corrupt(h v1.Hash, serve func(w http.ResponseWriter)) func(http.Handler) ht
 }
 
 func TestBadUpstreamContentNeverEntersTheCache(t *testing.T) {
-	body, h := blobBytes(t, 256<<10)
+	body, h := regtest.RandomBlob(t, 256<<10)
 	tests := []struct {
 		name  string
 		serve func(w http.ResponseWriter)
@@ -229,22 +219,22 @@ func TestBadUpstreamContentNeverEntersTheCache(t *testing.T) {
 
 func TestUpstreamRefusalReachesEveryWaiterAsOCIError(t *testing.T) {
 	e := newEnv(t)
-	_, h := blobBytes(t, 10)
+	_, h := regtest.RandomBlob(t, 10)
 	resp, body := e.do(http.MethodGet, "/v2/nothing/blobs/"+h.String(), nil)
 	if resp.StatusCode != http.StatusNotFound {
 		t.Fatalf("status = %d, want 404; body %s", resp.StatusCode, body)
 	}
-	if code := ociCode(t, resp, body); code != "BLOB_UNKNOWN" {
+	if code := regtest.OCICode(t, resp, body); code != "BLOB_UNKNOWN" {
 		t.Errorf("code = %s, want BLOB_UNKNOWN", code)
 	}
 }
 
 func TestHeadOfUncachedBlobAsksUpstreamWithHead(t *testing.T) {
 	e := newEnv(t)
-	body, h := blobBytes(t, 5000)
+	body, h := regtest.RandomBlob(t, 5000)
 	e.pushBlob("library/big", body)
 	p := "/v2/library/big/blobs/" + h.String()
-	headsBefore := e.counts.count(http.MethodHead, p) // pushing asks whether the blob exists
+	headsBefore := e.counts.Count(http.MethodHead, p) // pushing asks whether the blob exists
 	resp, _ := e.do(http.MethodHead, "/v2/big/blobs/"+h.String(), nil)
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("HEAD status = %d, want 200", resp.StatusCode)
@@ -252,7 +242,7 @@ func TestHeadOfUncachedBlobAsksUpstreamWithHead(t *testing.T) {
 	if resp.ContentLength != int64(len(body)) || resp.Header.Get("Docker-Content-Digest") != h.String() {
 		t.Errorf("HEAD: Content-Length %d, digest %q; want %d, %s", resp.ContentLength, resp.Header.Get("Docker-Content-Digest"), len(body), h)
 	}
-	if g, hd := e.counts.count(http.MethodGet, p), e.counts.count(http.MethodHead, p)-headsBefore; g != 0 || hd != 1 {
+	if g, hd := e.counts.Count(http.MethodGet, p), e.counts.Count(http.MethodHead, p)-headsBefore; g != 0 || hd != 1 {
 		t.Errorf("upstream GET %d, HEAD %d; want 0, 1", g, hd)
 	}
 	if e.store.Has(h) {
@@ -262,7 +252,7 @@ func TestHeadOfUncachedBlobAsksUpstreamWithHead(t *testing.T) {
 
 func TestRangesAndConditionalRequestsOnCachedBlob(t *testing.T) {
 	e := newEnv(t)
-	body, h := blobBytes(t, 100_000)
+	body, h := regtest.RandomBlob(t, 100_000)
 	e.pushBlob("library/big", body)
 	path := "/v2/big/blobs/" + h.String()
 	if resp, got := e.do(http.MethodGet, path, nil); resp.StatusCode != 200 || !bytes.Equal(got, body) {
@@ -306,16 +296,16 @@ func TestRangesAndConditionalRequestsOnCachedBlob(t *testing.T) {
 	if resp.StatusCode != http.StatusRequestedRangeNotSatisfiable {
 		t.Errorf("unsatisfiable range: status %d, want 416", resp.StatusCode)
 	}
-	if code := ociCode(t, resp, got); code != "RANGE_INVALID" {
+	if code := regtest.OCICode(t, resp, got); code != "RANGE_INVALID" {
 		t.Errorf("unsatisfiable range: code %s", code)
 	}
-	if n := e.counts.countPrefix(http.MethodGet, "/v2/library/big/blobs/"); n != 1 {
+	if n := e.counts.CountPrefix(http.MethodGet, "/v2/library/big/blobs/"); n != 1 {
 		t.Errorf("upstream GETs = %d, want 1", n)
 	}
 }
 
 func TestRangeOnBlobInFlightIsServedFromThePartWritten(t *testing.T) {
-	body, h := blobBytes(t, 1<<20)
+	body, h := regtest.RandomBlob(t, 1<<20)
 	g := newGate(h, body)
 	e := newEnv(t, withUpstreamFault(g.wrap))
 	e.pushBlob("library/big", body)
@@ -337,13 +327,13 @@ func TestRangeOnBlobInFlightIsServedFromThePartWritten(t *testing.T) {
 	if err != nil || !bytes.Equal(all, body) {
 		t.Errorf("full read: %v", err)
 	}
-	if n := e.counts.count(http.MethodGet, "/v2/library/big/blobs/"+h.String()); n != 1 {
+	if n := e.counts.Count(http.MethodGet, "/v2/library/big/blobs/"+h.String()); n != 1 {
 		t.Errorf("upstream GETs = %d, want 1", n)
 	}
 }
 
 func TestCloseRemovesUnfinishedDownloads(t *testing.T) {
-	body, h := blobBytes(t, 1<<20)
+	body, h := regtest.RandomBlob(t, 1<<20)
 	g := newGate(h, body)
 	e := newEnv(t, withUpstreamFault(g.wrap))
 	e.pushBlob("library/big", body)

@@ -1,8 +1,6 @@
 package proxy_test
 
 import (
-	"bytes"
-	"encoding/json"
 	"io"
 	"log"
 	"net/http"
@@ -18,55 +16,11 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/regmirror/regmirror/cache"
 	"github.com/regmirror/regmirror/proxy"
+	"github.com/regmirror/regmirror/test/regtest"
 	"github.com/regmirror/regmirror/upstream"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 )
-
-// counting wraps an upstream handler and counts requests by "METHOD /path".
-type counting struct {
-	next http.Handler
-	mu   sync.Mutex
-	hits map[string]int
-}
-
-func (c *counting) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	c.mu.Lock()
-	c.hits[r.Method+" "+r.URL.Path]++
-	c.mu.Unlock()
-	c.next.ServeHTTP(w, r)
-}
-
-func (c *counting) count(method, path string) int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.hits[method+" "+path]
-}
-
-// countPrefix counts requests whose path starts with prefix, ping excluded.
-func (c *counting) countPrefix(method, prefix string) int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	n := 0
-	for k, v := range c.hits {
-		if strings.HasPrefix(k, method+" "+prefix) {
-			n += v
-		}
-	}
-	return n
-}
-
-func (c *counting) total() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	n := 0
-	for k, v := range c.hits {
-		if !strings.HasSuffix(k, " /v2/") {
-			n += v
-		}
-	}
-	return n
-}
 
 // clock is a settable clock for TTL tests.
 type clock struct {
@@ -84,7 +38,7 @@ func (c *clock) Advance(d time.Duration) {
 type env struct {
 	t        *testing.T
 	upstream *httptest.Server
-	counts   *counting
+	counts   *regtest.Counter
 	store    *cache.Store
 	proxy    *proxy.Proxy
 	mirror   *httptest.Server
@@ -122,7 +76,7 @@ func newEnv(t *testing.T, opts ...envOption) *env {
 	for _, o := range opts {
 		o(&cfg)
 	}
-	counts := &counting{next: cfg.wrap(registry.New(registry.Logger(log.New(io.Discard, "", 0)))), hits: map[string]int{}}
+	counts := regtest.Count(cfg.wrap(registry.New(registry.Logger(log.New(io.Discard, "", 0)))))
 	up := httptest.NewServer(counts)
 	t.Cleanup(up.Close)
 
@@ -191,45 +145,5 @@ func (e *env) pushIndex(ref string, idx v1.ImageIndex) {
 // do sends a request to the mirror and returns the response with its body read.
 func (e *env) do(method, path string, header http.Header) (*http.Response, []byte) {
 	e.t.Helper()
-	req, err := http.NewRequestWithContext(e.t.Context(), method, e.mirror.URL+path, nil)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	for k, v := range header {
-		req.Header[k] = v
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		e.t.Fatalf("%s %s: %v", method, path, err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		e.t.Fatalf("%s %s: read body: %v", method, path, err)
-	}
-	return resp, body
-}
-
-// ociCode checks that body is an OCI error and returns its first code.
-func ociCode(t *testing.T, resp *http.Response, body []byte) string {
-	t.Helper()
-	if ct := resp.Header.Get("Content-Type"); ct != "application/json" {
-		t.Errorf("error Content-Type = %q, want application/json", ct)
-	}
-	var e struct {
-		Errors []struct{ Code, Message string }
-	}
-	if err := json.NewDecoder(bytes.NewReader(body)).Decode(&e); err != nil || len(e.Errors) == 0 {
-		t.Fatalf("status %d: body is not an OCI error: %q", resp.StatusCode, body)
-	}
-	return e.Errors[0].Code
-}
-
-func mustDigest(t *testing.T, d interface{ Digest() (v1.Hash, error) }) v1.Hash {
-	t.Helper()
-	h, err := d.Digest()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return h
+	return regtest.Do(e.t, method, e.mirror.URL+path, header)
 }

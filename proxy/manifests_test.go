@@ -13,6 +13,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/regmirror/regmirror/test/regtest"
 )
 
 const (
@@ -36,7 +38,7 @@ func TestManifestHeadersAndBytesAreUpstreams(t *testing.T) {
 	img := randomImage(t)
 	e.push("library/app:1", img)
 	raw, _ := img.RawManifest()
-	d := mustDigest(t, img)
+	d := regtest.Digest(t, img)
 	mt, _ := img.MediaType()
 
 	for _, path := range []string{"/v2/app/manifests/1", "/v2/library/app/manifests/1", "/v2/app/manifests/" + d.String(), "/v2/app/manifests/1?ns=docker.io"} {
@@ -59,10 +61,10 @@ func TestManifestHeadersAndBytesAreUpstreams(t *testing.T) {
 			}
 		}
 	}
-	if n := e.counts.count(http.MethodGet, "/v2/library/app/manifests/1"); n != 1 {
+	if n := e.counts.Count(http.MethodGet, "/v2/library/app/manifests/1"); n != 1 {
 		t.Errorf("upstream GETs by tag = %d, want 1", n)
 	}
-	if n := e.counts.count(http.MethodGet, "/v2/library/app/manifests/"+d.String()); n != 0 {
+	if n := e.counts.Count(http.MethodGet, "/v2/library/app/manifests/"+d.String()); n != 0 {
 		t.Errorf("upstream GETs by digest = %d, want 0 (the tag answer stored the manifest)", n)
 	}
 }
@@ -99,13 +101,13 @@ func TestAcceptNegotiation(t *testing.T) {
 		wantDigest v1.Hash
 		wantType   string
 	}{
-		{"index to a client that takes it", "/v2/multi/manifests/1", []string{dockerList + ", " + dockerManifest}, 200, mustDigest(t, idx), dockerList},
-		{"no Accept means anything", "/v2/multi/manifests/1", nil, 200, mustDigest(t, idx), dockerList},
-		{"wildcard", "/v2/multi/manifests/1", []string{"*/*"}, 200, mustDigest(t, idx), dockerList},
-		{"Accept split over header lines with q values", "/v2/multi/manifests/1", []string{ociManifest, dockerList + ";q=0.9"}, 200, mustDigest(t, idx), dockerList},
-		{"index to a client that takes only images gets linux/amd64", "/v2/multi/manifests/1", []string{dockerManifest}, 200, mustDigest(t, imgs["amd64"]), dockerManifest},
+		{"index to a client that takes it", "/v2/multi/manifests/1", []string{dockerList + ", " + dockerManifest}, 200, regtest.Digest(t, idx), dockerList},
+		{"no Accept means anything", "/v2/multi/manifests/1", nil, 200, regtest.Digest(t, idx), dockerList},
+		{"wildcard", "/v2/multi/manifests/1", []string{"*/*"}, 200, regtest.Digest(t, idx), dockerList},
+		{"Accept split over header lines with q values", "/v2/multi/manifests/1", []string{ociManifest, dockerList + ";q=0.9"}, 200, regtest.Digest(t, idx), dockerList},
+		{"index to a client that takes only images gets linux/amd64", "/v2/multi/manifests/1", []string{dockerManifest}, 200, regtest.Digest(t, imgs["amd64"]), dockerManifest},
 		{"nothing acceptable", "/v2/single/manifests/1", []string{dockerManifest}, 404, v1.Hash{}, ""},
-		{"by digest, Accept does not matter", "/v2/single/manifests/" + mustDigest(t, single).String(), []string{dockerManifest}, 200, mustDigest(t, single), ociManifest},
+		{"by digest, Accept does not matter", "/v2/single/manifests/" + regtest.Digest(t, single).String(), []string{dockerManifest}, 200, regtest.Digest(t, single), ociManifest},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -114,7 +116,7 @@ func TestAcceptNegotiation(t *testing.T) {
 				t.Fatalf("GET %s: status = %d, want %d; body %s", tt.path, resp.StatusCode, tt.wantStatus, body)
 			}
 			if tt.wantStatus != 200 {
-				if code := ociCode(t, resp, body); code != "MANIFEST_UNKNOWN" {
+				if code := regtest.OCICode(t, resp, body); code != "MANIFEST_UNKNOWN" {
 					t.Errorf("code = %s, want MANIFEST_UNKNOWN", code)
 				}
 				return
@@ -137,27 +139,27 @@ func TestTagIsAnsweredFromCacheInsideTTLAndRevalidatedWithHeadAfter(t *testing.T
 	up := "/v2/library/app/manifests/latest"
 
 	resp, _ := e.do(http.MethodHead, path, nil)
-	if resp.Header.Get("Docker-Content-Digest") != mustDigest(t, first).String() {
+	if resp.Header.Get("Docker-Content-Digest") != regtest.Digest(t, first).String() {
 		t.Fatalf("first answer: digest %s", resp.Header.Get("Docker-Content-Digest"))
 	}
-	getsBefore, headsBefore := e.counts.count(http.MethodGet, up), e.counts.count(http.MethodHead, up)
+	getsBefore, headsBefore := e.counts.Count(http.MethodGet, up), e.counts.Count(http.MethodHead, up)
 
 	e.clock.Advance(30 * time.Second)
 	for range 5 {
 		e.do(http.MethodHead, path, nil)
 		e.do(http.MethodGet, path, nil)
 	}
-	if g, h := e.counts.count(http.MethodGet, up)-getsBefore, e.counts.count(http.MethodHead, up)-headsBefore; g != 0 || h != 0 {
+	if g, h := e.counts.Count(http.MethodGet, up)-getsBefore, e.counts.Count(http.MethodHead, up)-headsBefore; g != 0 || h != 0 {
 		t.Fatalf("inside the TTL: upstream GET %d, HEAD %d by tag; want 0, 0", g, h)
 	}
 
 	// Past the TTL, unchanged upstream: one HEAD, no GET.
 	e.clock.Advance(time.Minute)
 	resp, _ = e.do(http.MethodGet, path, nil)
-	if resp.Header.Get("Docker-Content-Digest") != mustDigest(t, first).String() {
+	if resp.Header.Get("Docker-Content-Digest") != regtest.Digest(t, first).String() {
 		t.Fatalf("after TTL, unchanged: digest %s", resp.Header.Get("Docker-Content-Digest"))
 	}
-	if g, h := e.counts.count(http.MethodGet, up)-getsBefore, e.counts.count(http.MethodHead, up)-headsBefore; g != 0 || h != 1 {
+	if g, h := e.counts.Count(http.MethodGet, up)-getsBefore, e.counts.Count(http.MethodHead, up)-headsBefore; g != 0 || h != 1 {
 		t.Fatalf("revalidation: upstream GET %d, HEAD %d by tag; want 0, 1", g, h)
 	}
 
@@ -165,14 +167,14 @@ func TestTagIsAnsweredFromCacheInsideTTLAndRevalidatedWithHeadAfter(t *testing.T
 	second := randomImage(t)
 	e.push("library/app:latest", second)
 	resp, _ = e.do(http.MethodGet, path, nil)
-	if got := resp.Header.Get("Docker-Content-Digest"); got != mustDigest(t, first).String() {
-		t.Errorf("inside the TTL after a move: digest %s, want the old %s", got, mustDigest(t, first))
+	if got := resp.Header.Get("Docker-Content-Digest"); got != regtest.Digest(t, first).String() {
+		t.Errorf("inside the TTL after a move: digest %s, want the old %s", got, regtest.Digest(t, first))
 	}
 	e.clock.Advance(2 * time.Minute)
 	resp, body := e.do(http.MethodGet, path, nil)
 	raw, _ := second.RawManifest()
-	if got := resp.Header.Get("Docker-Content-Digest"); got != mustDigest(t, second).String() || !bytes.Equal(body, raw) {
-		t.Errorf("after the TTL: digest %s, want the new %s", got, mustDigest(t, second))
+	if got := resp.Header.Get("Docker-Content-Digest"); got != regtest.Digest(t, second).String() || !bytes.Equal(body, raw) {
+		t.Errorf("after the TTL: digest %s, want the new %s", got, regtest.Digest(t, second))
 	}
 }
 
@@ -196,7 +198,7 @@ func TestStaleTagIsServedWithWarningWhenUpstreamIsDown(t *testing.T) {
 	close(down)
 	e.clock.Advance(time.Hour)
 	resp, body := e.do(http.MethodGet, "/v2/app/manifests/latest", nil)
-	if resp.StatusCode != http.StatusOK || resp.Header.Get("Docker-Content-Digest") != mustDigest(t, img).String() {
+	if resp.StatusCode != http.StatusOK || resp.Header.Get("Docker-Content-Digest") != regtest.Digest(t, img).String() {
 		t.Fatalf("stale answer: status %d, digest %s; body %s", resp.StatusCode, resp.Header.Get("Docker-Content-Digest"), body)
 	}
 	if w := resp.Header.Get("Warning"); !strings.HasPrefix(w, "299 ") {
@@ -209,7 +211,7 @@ func TestStaleTagIsServedWithWarningWhenUpstreamIsDown(t *testing.T) {
 	if resp.StatusCode != http.StatusServiceUnavailable {
 		t.Errorf("uncached tag while down: status %d, want 503", resp.StatusCode)
 	}
-	if code := ociCode(t, resp, body); code != "UNAVAILABLE" {
+	if code := regtest.OCICode(t, resp, body); code != "UNAVAILABLE" {
 		t.Errorf("uncached tag while down: code %s", code)
 	}
 }
@@ -235,7 +237,7 @@ func TestTagDeletedUpstreamIsForgotten(t *testing.T) {
 	close(gone)
 	e.clock.Advance(time.Hour)
 	resp, body := e.do(http.MethodGet, "/v2/app/manifests/latest", nil)
-	if resp.StatusCode != http.StatusNotFound || ociCode(t, resp, body) != "MANIFEST_UNKNOWN" {
+	if resp.StatusCode != http.StatusNotFound || regtest.OCICode(t, resp, body) != "MANIFEST_UNKNOWN" {
 		t.Errorf("deleted tag: status %d, body %s; want 404 MANIFEST_UNKNOWN", resp.StatusCode, body)
 	}
 	if _, err := e.store.Tag("docker.io", "library/app", "latest"); err == nil {
@@ -245,7 +247,7 @@ func TestTagDeletedUpstreamIsForgotten(t *testing.T) {
 
 func TestTamperedManifestIsRefused(t *testing.T) {
 	img := randomImage(t)
-	d := mustDigest(t, img)
+	d := regtest.Digest(t, img)
 	lying := func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if strings.HasSuffix(r.URL.Path, "/manifests/"+d.String()) && r.Method == http.MethodGet {
@@ -262,7 +264,7 @@ func TestTamperedManifestIsRefused(t *testing.T) {
 	if resp.StatusCode != http.StatusBadGateway {
 		t.Errorf("status = %d, want 502; body %s", resp.StatusCode, body)
 	}
-	ociCode(t, resp, body)
+	regtest.OCICode(t, resp, body)
 	if e.store.Has(d) {
 		t.Error("tampered manifest entered the cache")
 	}
@@ -310,7 +312,7 @@ func TestManifestRequestsCoalesce(t *testing.T) {
 			t.Errorf("status %d", s)
 		}
 	}
-	if n := e.counts.count(http.MethodGet, "/v2/library/app/manifests/1"); n != 1 {
+	if n := e.counts.Count(http.MethodGet, "/v2/library/app/manifests/1"); n != 1 {
 		t.Errorf("upstream GETs by tag = %d, want 1", n)
 	}
 }

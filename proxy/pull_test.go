@@ -7,6 +7,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/validate"
+
+	"github.com/regmirror/regmirror/test/regtest"
 )
 
 func TestPullImageThenWarmPullAsksUpstreamNothingByDigest(t *testing.T) {
@@ -24,11 +26,11 @@ func TestPullImageThenWarmPullAsksUpstreamNothingByDigest(t *testing.T) {
 	if err := validate.Image(got); err != nil {
 		t.Fatalf("image pulled through mirror is not valid: %v", err)
 	}
-	if a, b := mustDigest(t, got), mustDigest(t, img); a != b {
+	if a, b := regtest.Digest(t, got), regtest.Digest(t, img); a != b {
 		t.Fatalf("digest = %s, want %s", a, b)
 	}
 
-	before := e.counts.total()
+	before := e.counts.Total()
 	again, err := remote.Image(e.mirrorRef("library/app:1.0"))
 	if err != nil {
 		t.Fatal(err)
@@ -36,10 +38,10 @@ func TestPullImageThenWarmPullAsksUpstreamNothingByDigest(t *testing.T) {
 	if err := validate.Image(again); err != nil {
 		t.Fatalf("warm pull: %v", err)
 	}
-	if n := e.counts.total() - before; n != 0 {
+	if n := e.counts.Total() - before; n != 0 {
 		t.Errorf("warm pull inside the tag TTL made %d upstream requests, want 0", n)
 	}
-	if n := e.counts.countPrefix(http.MethodGet, "/v2/library/app/blobs/"); n != 4 {
+	if n := e.counts.CountPrefix(http.MethodGet, "/v2/library/app/blobs/"); n != 4 {
 		t.Errorf("upstream blob GETs = %d, want 4 (3 layers and a config, once each)", n)
 	}
 }
@@ -59,10 +61,10 @@ func TestPullMultiPlatformIndex(t *testing.T) {
 	if err := validate.Index(got); err != nil {
 		t.Fatalf("index pulled through mirror is not valid: %v", err)
 	}
-	if a, b := mustDigest(t, got), mustDigest(t, idx); a != b {
+	if a, b := regtest.Digest(t, got), regtest.Digest(t, idx); a != b {
 		t.Fatalf("index digest = %s, want %s", a, b)
 	}
-	before := e.counts.total()
+	before := e.counts.Total()
 	if err := validate.Index(got); err != nil {
 		t.Fatal(err)
 	}
@@ -73,7 +75,7 @@ func TestPullMultiPlatformIndex(t *testing.T) {
 	if err := validate.Index(again); err != nil {
 		t.Fatal(err)
 	}
-	if n := e.counts.total() - before; n != 0 {
+	if n := e.counts.Total() - before; n != 0 {
 		t.Errorf("second pull of the index made %d upstream requests, want 0", n)
 	}
 }

@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/regmirror/regmirror/test/regtest"
 )
 
 func TestBaseEndpoint(t *testing.T) {
@@ -35,12 +37,12 @@ func TestWriteMethodsAreUnsupported(t *testing.T) {
 				t.Errorf("%s %s: status = %d, want 405; body %s", method, path, resp.StatusCode, body)
 				continue
 			}
-			if code := ociCode(t, resp, body); code != "UNSUPPORTED" {
+			if code := regtest.OCICode(t, resp, body); code != "UNSUPPORTED" {
 				t.Errorf("%s %s: code = %s, want UNSUPPORTED", method, path, code)
 			}
 		}
 	}
-	if n := e.counts.total(); n != 0 {
+	if n := e.counts.Total(); n != 0 {
 		t.Errorf("upstream requests = %d, want 0", n)
 	}
 }
@@ -111,7 +113,7 @@ func TestBadRequestsAreRefusedBeforeAnyFileOrUpstream(t *testing.T) {
 			}
 		})
 	}
-	if n := e.counts.total(); n != 0 {
+	if n := e.counts.Total(); n != 0 {
 		t.Errorf("upstream requests = %d, want 0", n)
 	}
 	if after := listFiles(t, e.dataDir); fmt.Sprint(after) != fmt.Sprint(before) {
@@ -148,7 +150,7 @@ func TestTagsListIsProxiedWithPagination(t *testing.T) {
 		t.Errorf("body = %s, want tags b and c of library/app", body)
 	}
 	resp, body = e.do(http.MethodGet, "/v2/nothing/tags/list", nil)
-	if resp.StatusCode != http.StatusNotFound || ociCode(t, resp, body) != "NAME_UNKNOWN" {
+	if resp.StatusCode != http.StatusNotFound || regtest.OCICode(t, resp, body) != "NAME_UNKNOWN" {
 		t.Errorf("unknown repo: status %d, body %s", resp.StatusCode, body)
 	}
 }
@@ -184,7 +186,7 @@ func TestUpstreamAuthFailuresKeepTheirStatus(t *testing.T) {
 			t.Errorf("GET %s: status = %d, want %d; body %s", tt.path, resp.StatusCode, tt.status, body)
 			continue
 		}
-		if code := ociCode(t, resp, body); code != tt.code {
+		if code := regtest.OCICode(t, resp, body); code != tt.code {
 			t.Errorf("GET %s: code = %s, want %s", tt.path, code, tt.code)
 		}
 		if resp.Header.Get("Www-Authenticate") != "" {
@@ -200,7 +202,7 @@ func TestUnreachableUpstreamIsAClearError(t *testing.T) {
 	if resp.StatusCode != http.StatusServiceUnavailable {
 		t.Fatalf("status = %d, want 503; body %s", resp.StatusCode, body)
 	}
-	if code := ociCode(t, resp, body); code != "UNAVAILABLE" {
+	if code := regtest.OCICode(t, resp, body); code != "UNAVAILABLE" {
 		t.Errorf("code = %s", code)
 	}
 	if !strings.Contains(string(body), "upstream docker.io is unreachable") {

@@ -372,21 +372,10 @@ func waitAccess(t *testing.T, m *mirrorProc, mark int, want []v1.Hash) []accessL
 	}
 }
 
-// upstreamSnapshot copies the upstream's request counts.
-func upstreamSnapshot(u *upstreamServer) map[string]int {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	out := make(map[string]int, len(u.hits))
-	for k, v := range u.hits {
-		out[k] = v
-	}
-	return out
-}
-
 // upstreamDelta is what the upstream was asked since before, by "METHOD /path".
 func upstreamDelta(u *upstreamServer, before map[string]int) map[string]int {
 	d := map[string]int{}
-	for k, v := range upstreamSnapshot(u) {
+	for k, v := range u.Snapshot() {
 		if n := v - before[k]; n > 0 {
 			d[k] = n
 		}

@@ -22,6 +22,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/validate"
+
+	"github.com/regmirror/regmirror/test/regtest"
 )
 
 // guard bounds every wait on the mirror: a mirror that does not stream, or
@@ -99,15 +101,6 @@ func childFor(t *testing.T, idx v1.ImageIndex, p v1.Platform) v1.Hash {
 	return v1.Hash{}
 }
 
-func digestOf(t *testing.T, d interface{ Digest() (v1.Hash, error) }) v1.Hash {
-	t.Helper()
-	h, err := d.Digest()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return h
-}
-
 // blobsOf returns the config and layer digests of img.
 func blobsOf(t *testing.T, img v1.Image) []v1.Hash {
 	t.Helper()
@@ -151,7 +144,7 @@ func pullImage(t *testing.T, m *mirrorProc, repoRef string, want v1.Hash, opts .
 	if err := validate.Image(img); err != nil {
 		t.Fatalf("pull %s: validate: %v", repoRef, err)
 	}
-	if got := digestOf(t, img); got != want {
+	if got := regtest.Digest(t, img); got != want {
 		t.Errorf("pull %s: digest = %s, want %s", repoRef, got, want)
 	}
 }
@@ -166,7 +159,7 @@ func pullIndex(t *testing.T, m *mirrorProc, repoRef string, want v1.Hash) {
 	if err := validate.Index(idx); err != nil {
 		t.Fatalf("pull %s: validate: %v", repoRef, err)
 	}
-	if got := digestOf(t, idx); got != want {
+	if got := regtest.Digest(t, idx); got != want {
 		t.Errorf("pull %s: digest = %s, want %s", repoRef, got, want)
 	}
 }
@@ -176,7 +169,7 @@ func TestPullThroughMirror(t *testing.T) {
 	up := startUpstream(t, nil)
 	s := seed(t, up)
 	m := startMirror(t, up.URL, "")
-	imgDigest, idxDigest := digestOf(t, s.img), digestOf(t, s.idx)
+	imgDigest, idxDigest := regtest.Digest(t, s.img), regtest.Digest(t, s.idx)
 	arm64 := platforms[1]
 	tests := []struct {
 		name     string
@@ -211,7 +204,7 @@ func TestCachedContentSkipsUpstream(t *testing.T) {
 	t.Parallel()
 	up := startUpstream(t, nil)
 	s := seed(t, up)
-	imgDigest, idxDigest := digestOf(t, s.img), digestOf(t, s.idx)
+	imgDigest, idxDigest := regtest.Digest(t, s.img), regtest.Digest(t, s.idx)
 
 	// Every upstream path that content by digest comes from.
 	byDigest := map[string]bool{}
@@ -236,14 +229,14 @@ func TestCachedContentSkipsUpstream(t *testing.T) {
 	checkOnce := func(when string) {
 		t.Helper()
 		for _, p := range slices.Sorted(maps.Keys(byDigest)) {
-			if n := up.count(http.MethodGet, p); n != 1 {
+			if n := up.Count(http.MethodGet, p); n != 1 {
 				t.Errorf("%s: upstream GET %s: %d times, want 1", when, p, n)
 			}
 		}
 		// Nothing else by digest either (a manifest fetched by digest that
 		// should have come from the cache, say).
-		got := up.countPrefix(http.MethodGet, "/v2/library/multi/blobs/") + up.countPrefix(http.MethodGet, "/v2/library/idx/blobs/") +
-			up.countPrefix(http.MethodGet, "/v2/library/multi/manifests/sha256:") + up.countPrefix(http.MethodGet, "/v2/library/idx/manifests/sha256:")
+		got := up.CountPrefix(http.MethodGet, "/v2/library/multi/blobs/") + up.CountPrefix(http.MethodGet, "/v2/library/idx/blobs/") +
+			up.CountPrefix(http.MethodGet, "/v2/library/multi/manifests/sha256:") + up.CountPrefix(http.MethodGet, "/v2/library/idx/manifests/sha256:")
 		if got != len(byDigest) {
 			t.Errorf("%s: upstream GETs by digest = %d, want %d", when, got, len(byDigest))
 		}
@@ -341,7 +334,7 @@ func TestConcurrentColdGetsShareOneStreamingDownload(t *testing.T) {
 			t.Errorf("client %d: got %d bytes hashing to %s, want %d bytes of %s", i, len(bodies[i]), got, len(g.data), g.digest)
 		}
 	}
-	if n := up.count(http.MethodGet, g.path); n != 1 {
+	if n := up.Count(http.MethodGet, g.path); n != 1 {
 		t.Errorf("upstream GET %s: %d times for %d concurrent clients, want 1", g.path, n, clients)
 	}
 }
@@ -401,7 +394,7 @@ func TestClientDisconnectDoesNotCancelSharedDownload(t *testing.T) {
 	if got := sha256Digest(bodyB); got != g.digest {
 		t.Errorf("client B: got %d bytes hashing to %s, want %d bytes of %s", len(bodyB), got, len(g.data), g.digest)
 	}
-	if n := up.count(http.MethodGet, g.path); n != 1 {
+	if n := up.Count(http.MethodGet, g.path); n != 1 {
 		t.Errorf("upstream GET %s: %d times, want 1", g.path, n)
 	}
 
@@ -410,7 +403,7 @@ func TestClientDisconnectDoesNotCancelSharedDownload(t *testing.T) {
 	if resp.StatusCode != http.StatusOK || sha256Digest(body) != g.digest {
 		t.Fatalf("GET %s after the download: status = %d, want %d; %d bytes hashing to %s, want %s", path, resp.StatusCode, http.StatusOK, len(body), sha256Digest(body), g.digest)
 	}
-	if n := up.count(http.MethodGet, g.path); n != 1 {
+	if n := up.Count(http.MethodGet, g.path); n != 1 {
 		t.Errorf("upstream GET %s after a cached read: %d times, want 1", g.path, n)
 	}
 }
@@ -475,7 +468,7 @@ func TestBadUpstreamContentNeverCached(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			data := randomBytes(t, size)
+			data, _ := regtest.RandomBlob(t, size)
 			h := sha256Digest(data)
 			upPath := "/v2/library/bad/blobs/" + h.String()
 			release := make(chan struct{})
@@ -515,7 +508,7 @@ func TestBadUpstreamContentNeverCached(t *testing.T) {
 						path, len(body), sha256Digest(body), resp.ContentLength)
 				}
 			}
-			if n := up.count(http.MethodGet, upPath); n != 1 {
+			if n := up.Count(http.MethodGet, upPath); n != 1 {
 				t.Fatalf("upstream GET %s: %d times, want 1", upPath, n)
 			}
 			if files := blobFiles(t, m.DataDir, h); len(files) != 0 {
@@ -530,7 +523,7 @@ func TestBadUpstreamContentNeverCached(t *testing.T) {
 			if got := sha256Digest(body); got != h {
 				t.Errorf("GET %s: %d bytes hashing to %s, want %s", path, len(body), got, h)
 			}
-			if n := up.count(http.MethodGet, upPath); n != 2 {
+			if n := up.Count(http.MethodGet, upPath); n != 2 {
 				t.Errorf("upstream GET %s: %d times, want 2", upPath, n)
 			}
 			// The failed download left the flight before the retry could start
@@ -559,7 +552,7 @@ func TestWriteMethodsUnsupported(t *testing.T) {
 		"/v2/x/tags/list",
 		"/v2/",
 	}
-	before := up.total()
+	before := up.Total()
 	for _, method := range []string{http.MethodPut, http.MethodPost, http.MethodPatch, http.MethodDelete} {
 		for _, p := range paths {
 			t.Run(method+" "+p, func(t *testing.T) {
@@ -567,7 +560,7 @@ func TestWriteMethodsUnsupported(t *testing.T) {
 				if resp.StatusCode != http.StatusMethodNotAllowed {
 					t.Fatalf("%s %s: status = %d, want %d; body %s", method, p, resp.StatusCode, http.StatusMethodNotAllowed, body)
 				}
-				if code := ociError(t, resp, body); code != "UNSUPPORTED" {
+				if code := regtest.OCICode(t, resp, body); code != "UNSUPPORTED" {
 					t.Errorf("%s %s: code = %s, want UNSUPPORTED", method, p, code)
 				}
 				if allow := resp.Header.Get("Allow"); !strings.Contains(allow, http.MethodGet) {
@@ -576,7 +569,7 @@ func TestWriteMethodsUnsupported(t *testing.T) {
 			})
 		}
 	}
-	if n := up.total() - before; n != 0 {
+	if n := up.Total() - before; n != 0 {
 		t.Errorf("upstream received %d requests for write methods, want 0", n)
 	}
 }
@@ -587,7 +580,7 @@ func TestPathTricksRefused(t *testing.T) {
 	s := seed(t, up)
 	m := startMirror(t, up.URL, "")
 	// Something in the cache, so that a trick has something to reach.
-	pullImage(t, m, "multi:latest", digestOf(t, s.img))
+	pullImage(t, m, "multi:latest", regtest.Digest(t, s.img))
 	layer := blobsOf(t, s.img)[1].String()
 	hex64 := strings.Repeat("ab", 32)
 
@@ -634,7 +627,7 @@ func TestPathTricksRefused(t *testing.T) {
 		return files
 	}
 	filesBefore := skipIndex(listFiles(t, m.DataDir))
-	upBefore := up.total()
+	upBefore := up.Total()
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			for _, method := range []string{http.MethodGet, http.MethodHead} {
@@ -648,13 +641,13 @@ func TestPathTricksRefused(t *testing.T) {
 					}
 					continue
 				}
-				if code := ociError(t, resp, body); !slices.Contains(tt.wantCodes, code) {
+				if code := regtest.OCICode(t, resp, body); !slices.Contains(tt.wantCodes, code) {
 					t.Errorf("%s %s: code = %s, want one of %v; body %s", method, tt.uri, code, tt.wantCodes, body)
 				}
 			}
 		})
 	}
-	if n := up.total() - upBefore; n != 0 {
+	if n := up.Total() - upBefore; n != 0 {
 		t.Errorf("upstream received %d requests for refused paths, want 0", n)
 	}
 	filesAfter := skipIndex(listFiles(t, m.DataDir))
@@ -666,10 +659,10 @@ func TestPathTricksRefused(t *testing.T) {
 func TestHeadUncachedBlobAsksUpstreamWithHead(t *testing.T) {
 	t.Parallel()
 	up := startUpstream(t, nil)
-	data := randomBytes(t, 100_000)
+	data, _ := regtest.RandomBlob(t, 100_000)
 	h := pushBlob(t, up, "library/headme", data)
 	upPath := "/v2/library/headme/blobs/" + h.String()
-	headsBefore := up.count(http.MethodHead, upPath) // the push asked whether it exists
+	headsBefore := up.Count(http.MethodHead, upPath) // the push asked whether it exists
 	m := startMirror(t, up.URL, "")
 
 	path := "/v2/headme/blobs/" + h.String()
@@ -683,10 +676,10 @@ func TestHeadUncachedBlobAsksUpstreamWithHead(t *testing.T) {
 	if got := resp.Header.Get("Docker-Content-Digest"); got != h.String() {
 		t.Errorf("HEAD %s: Docker-Content-Digest = %q, want %q", path, got, h)
 	}
-	if n := up.count(http.MethodHead, upPath) - headsBefore; n != 1 {
+	if n := up.Count(http.MethodHead, upPath) - headsBefore; n != 1 {
 		t.Errorf("upstream HEAD %s: %d times, want 1", upPath, n)
 	}
-	if n := up.count(http.MethodGet, upPath); n != 0 {
+	if n := up.Count(http.MethodGet, upPath); n != 0 {
 		t.Errorf("upstream GET %s: %d times, want 0 (a HEAD must not download)", upPath, n)
 	}
 	if files := blobFiles(t, m.DataDir, h); len(files) != 0 {
@@ -759,12 +752,12 @@ func TestKillDuringDownloadThenRestart(t *testing.T) {
 	}
 	path := "/v2/killed/blobs/" + g.digest.String()
 	// Not visible: a HEAD has to ask upstream.
-	heads := up.count(http.MethodHead, g.path)
+	heads := up.Count(http.MethodHead, g.path)
 	resp, body := m.do(http.MethodHead, path, nil)
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("HEAD %s: status = %d, want %d; body %s", path, resp.StatusCode, http.StatusOK, body)
 	}
-	if n := up.count(http.MethodHead, g.path) - heads; n != 1 {
+	if n := up.Count(http.MethodHead, g.path) - heads; n != 1 {
 		t.Errorf("upstream HEAD %s after restart: %d times, want 1 (the blob must not be cached)", g.path, n)
 	}
 	resp, body = m.do(http.MethodGet, path, nil)
@@ -774,7 +767,7 @@ func TestKillDuringDownloadThenRestart(t *testing.T) {
 	if got := sha256Digest(body); got != g.digest {
 		t.Errorf("GET %s: %d bytes hashing to %s, want %s", path, len(body), got, g.digest)
 	}
-	if n := up.count(http.MethodGet, g.path); n != 2 {
+	if n := up.Count(http.MethodGet, g.path); n != 2 {
 		t.Errorf("upstream GET %s: %d times, want 2 (one killed, one after restart)", g.path, n)
 	}
 	if files := blobFiles(t, m.DataDir, g.digest); len(files) != 1 {

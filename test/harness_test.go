@@ -6,7 +6,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -31,6 +30,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+	"github.com/regmirror/regmirror/test/regtest"
 )
 
 // binary is the regmirror binary built by TestMain.
@@ -60,8 +60,7 @@ func TestMain(m *testing.M) {
 // optionally, to inject faults.
 type upstreamServer struct {
 	*httptest.Server
-	mu   sync.Mutex
-	hits map[string]int // "METHOD /path" → count
+	*regtest.Counter
 }
 
 // startUpstream starts a go-containerregistry registry on 127.0.0.1. wrap, if
@@ -72,38 +71,14 @@ func startUpstream(t *testing.T, wrap func(http.Handler) http.Handler) *upstream
 	if wrap != nil {
 		h = wrap(h)
 	}
-	u := &upstreamServer{hits: map[string]int{}}
-	u.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		u.mu.Lock()
-		u.hits[r.Method+" "+r.URL.Path]++
-		u.mu.Unlock()
-		h.ServeHTTP(w, r)
-	}))
+	counter := regtest.Count(h)
+	u := &upstreamServer{Server: httptest.NewServer(counter), Counter: counter}
 	t.Cleanup(u.Close)
 	return u
 }
 
 // Host is host:port of the upstream, for go-containerregistry references.
 func (u *upstreamServer) Host() string { return strings.TrimPrefix(u.URL, "http://") }
-
-func (u *upstreamServer) count(method, path string) int {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	return u.hits[method+" "+path]
-}
-
-// countPrefix counts requests of method whose path starts with prefix.
-func (u *upstreamServer) countPrefix(method, prefix string) int {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	n := 0
-	for k, v := range u.hits {
-		if strings.HasPrefix(k, method+" "+prefix) {
-			n += v
-		}
-	}
-	return n
-}
 
 // mirrorProc is a running regmirror binary.
 type mirrorProc struct {
@@ -219,39 +194,10 @@ func (m *mirrorProc) Logs() string {
 // Host is host:port of the mirror, for go-containerregistry references.
 func (m *mirrorProc) Host() string { return m.Addr }
 
-// get sends a request to the mirror and returns the response with its body read.
+// do sends a request to the mirror and returns the response with its body read.
 func (m *mirrorProc) do(method, path string, header http.Header) (*http.Response, []byte) {
 	m.t.Helper()
-	req, err := http.NewRequestWithContext(m.t.Context(), method, m.URL+path, nil)
-	if err != nil {
-		m.t.Fatal(err)
-	}
-	for k, v := range header {
-		req.Header[k] = v
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		m.t.Fatalf("%s %s: %v", method, path, err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		m.t.Fatalf("%s %s: read body: %v", method, path, err)
-	}
-	return resp, body
-}
-
-// ociError decodes an OCI error body and returns its first code, failing the
-// test if the body is not one.
-func ociError(t *testing.T, resp *http.Response, body []byte) string {
-	t.Helper()
-	var e struct {
-		Errors []struct{ Code, Message string }
-	}
-	if resp.Header.Get("Content-Type") != "application/json" || json.Unmarshal(body, &e) != nil || len(e.Errors) == 0 {
-		t.Fatalf("status %d: not an OCI error (Content-Type %q): %q", resp.StatusCode, resp.Header.Get("Content-Type"), body)
-	}
-	return e.Errors[0].Code
+	return regtest.Do(m.t, method, m.URL+path, header)
 }
 
 // listFiles returns every regular file under dir with its size, for "nothing
@@ -280,17 +226,6 @@ func ref(t *testing.T, host, repoTag string) name.Reference {
 		t.Fatal(err)
 	}
 	return r
-}
-
-// total counts every request the upstream received, of any method and path.
-func (u *upstreamServer) total() int {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	n := 0
-	for _, v := range u.hits {
-		n += v
-	}
-	return n
 }
 
 // waitLog waits until the mirror has logged a JSON line for which match is
@@ -398,16 +333,6 @@ func pushBlob(t *testing.T, u *upstreamServer, repo string, data []byte) v1.Hash
 	return h
 }
 
-// randomBytes returns n random bytes.
-func randomBytes(t *testing.T, n int) []byte {
-	t.Helper()
-	b := make([]byte, n)
-	if _, err := rand.Read(b); err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
-
 // blobFiles lists the files under dataDir/blobs whose name holds h's hex, i.e.
 // the cached copies of h, wherever the store puts them.
 func blobFiles(t *testing.T, dataDir string, h v1.Hash) []string {
@@ -448,7 +373,7 @@ type gatedBlob struct {
 // library/<repo>. The gate opens when the test ends, if not before.
 func startGated(t *testing.T, repo string, size int) (*upstreamServer, *gatedBlob) {
 	t.Helper()
-	data := randomBytes(t, size)
+	data, _ := regtest.RandomBlob(t, size)
 	layer := static.NewLayer(data, types.OCILayer)
 	h, err := layer.Digest()
 	if err != nil {

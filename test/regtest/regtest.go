@@ -1,0 +1,154 @@
+// Package regtest is what regmirror's tests share: a request counter to put
+// in front of an upstream registry, a request helper, OCI error decoding,
+// random content with its digest, and the package-dependency check. Only
+// tests import it.
+package regtest
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"io"
+	"net/http"
+	"os/exec"
+	"strings"
+	"sync"
+	"testing"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+)
+
+// Counter wraps a handler and counts its requests by method and path, so
+// that "one upstream download" is an assertion.
+type Counter struct {
+	next http.Handler
+	mu   sync.Mutex
+	hits map[string]int // "METHOD /path" → requests
+}
+
+// Count returns a Counter in front of next.
+func Count(next http.Handler) *Counter {
+	return &Counter{next: next, hits: map[string]int{}}
+}
+
+func (c *Counter) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	c.mu.Lock()
+	c.hits[r.Method+" "+r.URL.Path]++
+	c.mu.Unlock()
+	c.next.ServeHTTP(w, r)
+}
+
+// Count is the number of requests of method for exactly path.
+func (c *Counter) Count(method, path string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.hits[method+" "+path]
+}
+
+// CountPrefix is the number of requests of method whose path starts with prefix.
+func (c *Counter) CountPrefix(method, prefix string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for k, v := range c.hits {
+		if strings.HasPrefix(k, method+" "+prefix) {
+			n += v
+		}
+	}
+	return n
+}
+
+// Total is the number of requests of any method and path, pings included.
+func (c *Counter) Total() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for _, v := range c.hits {
+		n += v
+	}
+	return n
+}
+
+// Snapshot copies the counts, keyed "METHOD /path".
+func (c *Counter) Snapshot() map[string]int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make(map[string]int, len(c.hits))
+	for k, v := range c.hits {
+		out[k] = v
+	}
+	return out
+}
+
+// Do sends a request and returns the response with its body read, failing
+// the test on any transport error.
+func Do(t testing.TB, method, url string, header http.Header) (*http.Response, []byte) {
+	t.Helper()
+	req, err := http.NewRequestWithContext(t.Context(), method, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range header {
+		req.Header[k] = v
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, url, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("%s %s: read body: %v", method, url, err)
+	}
+	return resp, body
+}
+
+// OCICode checks that resp carries an OCI error body and returns its first code.
+func OCICode(t testing.TB, resp *http.Response, body []byte) string {
+	t.Helper()
+	var e struct {
+		Errors []struct{ Code, Message string }
+	}
+	if resp.Header.Get("Content-Type") != "application/json" || json.Unmarshal(body, &e) != nil || len(e.Errors) == 0 {
+		t.Fatalf("status %d: not an OCI error (Content-Type %q): %q", resp.StatusCode, resp.Header.Get("Content-Type"), body)
+	}
+	return e.Errors[0].Code
+}
+
+// RandomBlob returns n random bytes and their sha256 digest.
+func RandomBlob(t testing.TB, n int) ([]byte, v1.Hash) {
+	t.Helper()
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(b)
+	return b, v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(sum[:])}
+}
+
+// Digest is d's digest, failing the test on error.
+func Digest(t testing.TB, d interface{ Digest() (v1.Hash, error) }) v1.Hash {
+	t.Helper()
+	h, err := d.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+// CheckDeps fails when the package in the current directory, self, imports
+// any other package of module: it keeps cache and upstream from growing a
+// dependency on proxy or on each other.
+func CheckDeps(t *testing.T, module, self string) {
+	t.Helper()
+	out, err := exec.Command("go", "list", "-deps", ".").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, dep := range strings.Fields(string(out)) {
+		if strings.HasPrefix(dep, module+"/") && dep != self {
+			t.Errorf("%s imports %s", self, dep)
+		}
+	}
+}
