@@ -69,9 +69,10 @@ type registries interface {
 // parseRoute turns a /v2/ request into a route. Errors are OCI errors ready
 // for the client; nothing has touched a file or an upstream yet.
 func parseRoute(r *http.Request, regs registries) (route, error) {
-	if r.URL.RawPath != "" {
+	if strings.Contains(r.URL.RawPath, "%") {
 		// Encoded characters (%2F and friends) have no place in a registry path;
-		// refusing them keeps one spelling per name.
+		// refusing them keeps one spelling per name. Other odd characters fail
+		// the name grammar below.
 		return route{}, errNameInvalid("encoded characters are not allowed in the path")
 	}
 	p := r.URL.Path

@@ -82,6 +82,7 @@ func TestBadRequestsAreRefusedBeforeAnyFileOrUpstream(t *testing.T) {
 		{"encoded slash", "/v2/a%2Fb/manifests/latest", 400, "NAME_INVALID"},
 		{"encoded dots in digest", "/v2/app/blobs/sha256:..%2F..%2Fx", 400, "NAME_INVALID"},
 		{"upper-case name", "/v2/Library/App/manifests/latest", 400, "NAME_INVALID"},
+		{"punctuation in the name", "/v2/app!/manifests/latest", 400, "NAME_INVALID"},
 		{"empty component", "/v2/a//b/manifests/latest", 400, "NAME_INVALID"},
 		{"name too long", "/v2/" + strings.Repeat("a", 300) + "/manifests/latest", 400, "NAME_INVALID"},
 		{"path too long", "/v2/" + strings.Repeat("ab/", 400) + "manifests/latest", 400, "NAME_INVALID"},
