@@ -24,6 +24,7 @@ const (
 	keyRemote   = "remote"
 	keyError    = "error"
 	keyAborted  = "aborted"
+	keyTold     = "told_client"
 )
 
 // Cache outcomes, as the access log reports them.
@@ -40,6 +41,7 @@ type logInfo struct {
 	route route
 	cache string
 	err   error
+	told  string // what a client was told of a server-side failure
 }
 
 type logInfoKey struct{}
@@ -82,6 +84,9 @@ func (p *Proxy) logged(w http.ResponseWriter, r *http.Request, h handlerFunc) {
 		if info.err != nil {
 			fields = append(fields, zap.Error(info.err))
 		}
+		if info.told != "" {
+			fields = append(fields, zap.String(keyTold, info.told))
+		}
 		if v != nil {
 			p.log.Warn("request", append(fields, zap.Bool(keyAborted, true))...)
 			panic(v)
@@ -92,6 +97,9 @@ func (p *Proxy) logged(w http.ResponseWriter, r *http.Request, h handlerFunc) {
 		oe := toOCI(err, info.route.kind)
 		if oe.status >= 500 || !errors.As(err, new(*ociError)) {
 			info.err = err
+		}
+		if oe.status >= 500 {
+			info.told = oe.message // e.g. which setting lets an untrusted certificate through
 		}
 		if rec.wroteHeader {
 			// Headers are out: the only honest failure left is an abort.

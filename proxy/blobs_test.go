@@ -25,12 +25,13 @@ import (
 // pushBlob puts b into the upstream's repo as a layer.
 func (e *env) pushBlob(repo string, b []byte) {
 	e.t.Helper()
-	l := static.NewLayer(b, types.OCIUncompressedLayer)
 	r := e.upRef(repo + ":unused")
-	if err := remote.WriteLayer(r.Context(), l); err != nil {
+	if err := remote.WriteLayer(r.Context(), staticLayer(b)); err != nil {
 		e.t.Fatal(err)
 	}
 }
+
+func staticLayer(b []byte) v1.Layer { return static.NewLayer(b, types.OCIUncompressedLayer) }
 
 // gate is an upstream fault: for GETs of one blob it sends the first half of
 // the body, flushes, and waits until the test opens the gate.

@@ -18,31 +18,35 @@ import (
 
 // ociError is an error as a client sees it: a status and an OCI error code.
 type ociError struct {
-	status  int
-	code    string
-	message string
+	status     int
+	code       string
+	message    string
+	retryAfter string // passed on from a rate-limiting upstream
 }
 
 func (e *ociError) Error() string { return e.code + ": " + e.message }
 
-func errNameInvalid(msg string) error { return &ociError{http.StatusBadRequest, "NAME_INVALID", msg} }
+func errNameInvalid(msg string) error {
+	return &ociError{status: http.StatusBadRequest, code: "NAME_INVALID", message: msg}
+}
 func errDigestInvalid(s string) error {
-	return &ociError{http.StatusBadRequest, "DIGEST_INVALID", fmt.Sprintf("invalid digest %q: want sha256:<64 lower-case hex digits>", s)}
+	return &ociError{status: http.StatusBadRequest, code: "DIGEST_INVALID", message: fmt.Sprintf("invalid digest %q: want sha256:<64 lower-case hex digits>", s)}
 }
 func errTagInvalid(s string) error {
-	return &ociError{http.StatusBadRequest, "TAG_INVALID", fmt.Sprintf("invalid tag %q", s)}
+	return &ociError{status: http.StatusBadRequest, code: "TAG_INVALID", message: fmt.Sprintf("invalid tag %q", s)}
 }
 func errNotFound() error {
-	return &ociError{http.StatusNotFound, "UNSUPPORTED", "no such endpoint in the registry API"}
+	return &ociError{status: http.StatusNotFound, code: "UNSUPPORTED", message: "no such endpoint in the registry API"}
 }
 func errUnsupported() error {
-	return &ociError{http.StatusMethodNotAllowed, "UNSUPPORTED", "this registry is a read-only mirror: only GET and HEAD are allowed"}
+	return &ociError{status: http.StatusMethodNotAllowed, code: "UNSUPPORTED", message: "this registry is a read-only mirror: only GET and HEAD are allowed"}
 }
 func errRegistryUnknown(reg string) error {
-	return &ociError{http.StatusNotFound, "NAME_UNKNOWN", fmt.Sprintf("registry %q is not configured on this mirror (see REGMIRROR_UPSTREAM)", reg)}
+	return &ociError{status: http.StatusNotFound, code: "NAME_UNKNOWN",
+		message: fmt.Sprintf("registry %q is not configured on this mirror: add it to REGMIRROR_UPSTREAMS", reg)}
 }
 func errManifestUnknown(msg string) error {
-	return &ociError{http.StatusNotFound, "MANIFEST_UNKNOWN", msg}
+	return &ociError{status: http.StatusNotFound, code: "MANIFEST_UNKNOWN", message: msg}
 }
 
 // toOCI maps any error a handler returns to what the client is told. The
@@ -54,23 +58,31 @@ func toOCI(err error, kind routeKind) *ociError {
 	if errors.Is(err, cache.ErrNotFound) {
 		return notFound(kind, "not found")
 	}
-	registry := "upstream"
+	registry, retryAfter := "upstream", ""
 	if ue, ok := errors.AsType[*upstream.Error](err); ok {
-		registry = "upstream " + ue.Registry
+		registry, retryAfter = "upstream "+ue.Registry, ue.RetryAfter
 	}
 	if te, ok := errors.AsType[*transport.Error](err); ok {
-		return fromUpstreamStatus(te.StatusCode, registry, kind)
+		oe := fromUpstreamStatus(te.StatusCode, registry, kind)
+		if oe.status == http.StatusTooManyRequests {
+			oe.retryAfter = retryAfter
+		}
+		return oe
+	}
+	if errors.Is(err, upstream.ErrUntrustedCertificate) {
+		return &ociError{status: http.StatusBadGateway, code: "UNAVAILABLE", message: registry +
+			" presented a TLS certificate that does not verify: list it in REGMIRROR_INSECURE_REGISTRIES, or add its CA to REGMIRROR_CA_FILE"}
 	}
 	if errors.Is(err, cache.ErrDigestMismatch) || errors.Is(err, cache.ErrSizeMismatch) || errors.Is(err, errUpstreamInvalid) {
-		return &ociError{http.StatusBadGateway, "UNKNOWN", registry + " sent content that does not match its digest"}
+		return &ociError{status: http.StatusBadGateway, code: "UNKNOWN", message: registry + " sent content that does not match its digest"}
 	}
 	if errors.Is(err, context.DeadlineExceeded) || isNetError(err) {
-		return &ociError{http.StatusServiceUnavailable, "UNAVAILABLE", registry + " is unreachable"}
+		return &ociError{status: http.StatusServiceUnavailable, code: "UNAVAILABLE", message: registry + " is unreachable"}
 	}
 	if errors.Is(err, context.Canceled) {
-		return &ociError{http.StatusServiceUnavailable, "UNAVAILABLE", "request canceled"}
+		return &ociError{status: http.StatusServiceUnavailable, code: "UNAVAILABLE", message: "request canceled"}
 	}
-	return &ociError{http.StatusInternalServerError, "UNKNOWN", "internal error"}
+	return &ociError{status: http.StatusInternalServerError, code: "UNKNOWN", message: "internal error"}
 }
 
 func notFound(kind routeKind, msg string) *ociError {
@@ -81,7 +93,7 @@ func notFound(kind routeKind, msg string) *ociError {
 	case routeBlob:
 		code = "BLOB_UNKNOWN"
 	}
-	return &ociError{http.StatusNotFound, code, msg}
+	return &ociError{status: http.StatusNotFound, code: code, message: msg}
 }
 
 func fromUpstreamStatus(status int, registry string, kind routeKind) *ociError {
@@ -90,15 +102,15 @@ func fromUpstreamStatus(status int, registry string, kind routeKind) *ociError {
 	case status == http.StatusNotFound:
 		return notFound(kind, said)
 	case status == http.StatusUnauthorized:
-		return &ociError{http.StatusUnauthorized, "UNAUTHORIZED", said + ": the repository is private or does not exist"}
+		return &ociError{status: http.StatusUnauthorized, code: "UNAUTHORIZED", message: said + ": the repository is private or does not exist"}
 	case status == http.StatusForbidden:
-		return &ociError{http.StatusForbidden, "DENIED", said}
+		return &ociError{status: http.StatusForbidden, code: "DENIED", message: said}
 	case status == http.StatusTooManyRequests:
-		return &ociError{http.StatusTooManyRequests, "TOOMANYREQUESTS", said}
+		return &ociError{status: http.StatusTooManyRequests, code: "TOOMANYREQUESTS", message: said}
 	case status >= 500:
-		return &ociError{http.StatusServiceUnavailable, "UNAVAILABLE", said}
+		return &ociError{status: http.StatusServiceUnavailable, code: "UNAVAILABLE", message: said}
 	default:
-		return &ociError{http.StatusBadGateway, "UNKNOWN", said}
+		return &ociError{status: http.StatusBadGateway, code: "UNKNOWN", message: said}
 	}
 }
 
@@ -126,6 +138,9 @@ func writeError(w http.ResponseWriter, r *http.Request, e *ociError) {
 	if e.status == http.StatusMethodNotAllowed {
 		h.Set("Allow", "GET, HEAD")
 	}
+	if e.retryAfter != "" {
+		h.Set("Retry-After", e.retryAfter)
+	}
 	w.WriteHeader(e.status)
 	if r.Method != http.MethodHead {
 		w.Write(body)
@@ -146,7 +161,7 @@ func (w *ociStatusWriter) WriteHeader(code int) {
 		w.ResponseWriter.WriteHeader(code)
 		return
 	}
-	oe := &ociError{code, "UNKNOWN", strings.ToLower(http.StatusText(code))}
+	oe := &ociError{status: code, code: "UNKNOWN", message: strings.ToLower(http.StatusText(code))}
 	switch code {
 	case http.StatusRequestedRangeNotSatisfiable:
 		oe.code = "RANGE_INVALID"

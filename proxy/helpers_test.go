@@ -39,6 +39,7 @@ type env struct {
 	t        *testing.T
 	upstream *httptest.Server
 	counts   *regtest.Counter
+	extra    map[string]*extraUpstream // by registry name
 	store    *cache.Store
 	proxy    *proxy.Proxy
 	mirror   *httptest.Server
@@ -47,12 +48,24 @@ type env struct {
 	dataDir  string
 }
 
+// extraUpstream is one more in-process registry behind the proxy.
+type extraUpstream struct {
+	server *httptest.Server
+	counts *regtest.Counter
+}
+
 type envOption func(*envConfig)
 
 type envConfig struct {
 	wrap       func(http.Handler) http.Handler
 	wrapMirror func(http.Handler) http.Handler
 	ttl        time.Duration
+	extra      []string // names of more upstreams, beside docker.io
+}
+
+// withUpstreams adds upstream registries by name, each its own in-process registry.
+func withUpstreams(names ...string) envOption {
+	return func(c *envConfig) { c.extra = append(c.extra, names...) }
 }
 
 // withMirrorWrap puts a handler in front of the proxy, to observe arrivals.
@@ -88,11 +101,23 @@ func newEnv(t *testing.T, opts ...envOption) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	client, err := upstream.New(upstream.Options{Name: "docker.io", URL: up.URL, Timeout: 5 * time.Second}, logger.Named("upstream"))
-	if err != nil {
-		t.Fatal(err)
+	newClient := func(name, url string) proxy.Upstream {
+		c, err := upstream.New(upstream.Options{Name: name, URL: url, Timeout: 5 * time.Second}, logger.Named("upstream"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
 	}
-	px, err := proxy.New(st, []proxy.Upstream{client}, proxy.Options{TagTTL: cfg.ttl, UpstreamTimeout: 5 * time.Second, Now: clk.Now}, logger.Named("proxy"))
+	clients := []proxy.Upstream{newClient("docker.io", up.URL)}
+	extra := map[string]*extraUpstream{}
+	for _, name := range cfg.extra {
+		x := &extraUpstream{counts: regtest.Count(registry.New(registry.Logger(log.New(io.Discard, "", 0))))}
+		x.server = httptest.NewServer(x.counts)
+		t.Cleanup(x.server.Close)
+		extra[name] = x
+		clients = append(clients, newClient(name, x.server.URL))
+	}
+	px, err := proxy.New(st, clients, proxy.Options{TagTTL: cfg.ttl, UpstreamTimeout: 5 * time.Second, Now: clk.Now}, logger.Named("proxy"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -104,7 +129,7 @@ func newEnv(t *testing.T, opts ...envOption) *env {
 			t.Error(err)
 		}
 	})
-	return &env{t: t, upstream: up, counts: counts, store: st, proxy: px, mirror: mirror, clock: clk, logs: logs, dataDir: dir}
+	return &env{t: t, upstream: up, counts: counts, extra: extra, store: st, proxy: px, mirror: mirror, clock: clk, logs: logs, dataDir: dir}
 }
 
 func host(s *httptest.Server) string { return strings.TrimPrefix(s.URL, "http://") }

@@ -131,6 +131,9 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) error {
 	}
 	info := logInfoFrom(r.Context())
 	info.route = rt
+	if rt.registry != "" {
+		w.Header().Set("OCI-Namespace", rt.registry)
+	}
 	switch rt.kind {
 	case routeManifest:
 		return p.serveManifest(w, r, rt)

@@ -27,10 +27,20 @@ func (k routeKind) String() string {
 type route struct {
 	kind     routeKind
 	registry string  // the configured upstream that owns the repository
+	via      via     // how the request named the registry
 	repo     string  // repository within that registry, Docker Hub's library/ added
 	tag      string  // set for a manifest by tag
 	digest   v1.Hash // set for a manifest by digest and for a blob
 }
+
+// via is how a request chose its registry.
+type via int
+
+const (
+	viaDefault via = iota // a plain path: the default upstream
+	viaNS                 // containerd's ?ns=
+	viaPrefix             // a first path component naming the registry
+)
 
 // byDigest reports whether the route names content by its digest.
 func (r route) byDigest() bool { return r.digest.Hex != "" }
@@ -106,11 +116,11 @@ func parseRoute(r *http.Request, regs registries) (route, error) {
 		return route{}, errNotFound()
 	}
 
-	registry, parts, err := pickRegistry(r.URL.Query().Get("ns"), parts, regs)
+	registry, how, parts, err := pickRegistry(r.URL.Query().Get("ns"), parts, regs)
 	if err != nil {
 		return route{}, err
 	}
-	rt.registry = registry
+	rt.registry, rt.via = registry, how
 	if rt.repo, err = repoName(registry, parts); err != nil {
 		return route{}, err
 	}
@@ -133,23 +143,23 @@ func parseRoute(r *http.Request, regs registries) (route, error) {
 // containerd's ?ns= parameter, a first path component naming a registry
 // (podman's "mirror.lan:5000/ghcr.io" prefix), then the default upstream.
 // A registry that is not configured is refused: we are never an open proxy.
-func pickRegistry(ns string, parts []string, regs registries) (string, []string, error) {
+func pickRegistry(ns string, parts []string, regs registries) (string, via, []string, error) {
 	if ns != "" {
 		if !regs.has(ns) {
-			return "", nil, errRegistryUnknown(ns)
+			return "", 0, nil, errRegistryUnknown(ns)
 		}
-		return ns, parts, nil
+		return ns, viaNS, parts, nil
 	}
 	if len(parts) > 1 && looksLikeHost(parts[0]) {
 		if !hostRE.MatchString(parts[0]) {
-			return "", nil, errNameInvalid("invalid registry host in the path")
+			return "", 0, nil, errNameInvalid("invalid registry host in the path")
 		}
 		if !regs.has(parts[0]) {
-			return "", nil, errRegistryUnknown(parts[0])
+			return "", 0, nil, errRegistryUnknown(parts[0])
 		}
-		return parts[0], parts[1:], nil
+		return parts[0], viaPrefix, parts[1:], nil
 	}
-	return regs.defaultName(), parts, nil
+	return regs.defaultName(), viaDefault, parts, nil
 }
 
 // looksLikeHost applies Docker's rule for the first component of a reference:

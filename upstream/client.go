@@ -4,6 +4,8 @@ package upstream
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
@@ -40,8 +42,13 @@ type Options struct {
 	// Timeout bounds connecting and waiting for response headers. It does
 	// not bound a body: long blob downloads are the caller's to watch.
 	Timeout time.Duration
-	// Auth authenticates us to the registry; nil means anonymous.
-	Auth authn.Authenticator
+	// Keychain finds our credentials for the registry (by Name) at each
+	// token handshake; nil means anonymous.
+	Keychain authn.Keychain
+	// Insecure skips TLS certificate verification (self-signed registries).
+	Insecure bool
+	// RootCAs, if set, is the CA pool that verifies the registry's certificate.
+	RootCAs *x509.CertPool
 	// UserAgent is sent with every request.
 	UserAgent string
 	// Transport, if set, replaces the base HTTP transport (tests use it to
@@ -51,12 +58,13 @@ type Options struct {
 
 // Client is a pull-only client for one upstream registry. It is safe for concurrent use.
 type Client struct {
-	name    string
-	base    *url.URL
-	timeout time.Duration
-	reg     name.Registry
-	auth    authn.Authenticator
-	rt      http.RoundTripper
+	name     string
+	base     *url.URL
+	timeout  time.Duration
+	reg      name.Registry
+	keychain authn.Keychain
+	rt       http.RoundTripper
+	limits   rateLimits
 
 	// One authenticated transport per repository: its bearer token carries
 	// that repository's pull scope and is refreshed by ggcr on a 401.
@@ -82,22 +90,25 @@ func New(opt Options, log *zap.Logger) (*Client, error) {
 	if opt.Timeout <= 0 {
 		opt.Timeout = 30 * time.Second
 	}
-	if opt.Auth == nil {
-		opt.Auth = authn.Anonymous
+	if opt.Keychain == nil {
+		opt.Keychain = anonymous{}
 	}
 	if opt.Name == "" {
 		opt.Name = base.Host
 	}
 	rt := opt.Transport
 	if rt == nil {
-		rt = baseTransport(opt.Timeout)
+		rt = baseTransport(opt.Timeout, opt.Insecure, opt.RootCAs)
 	}
+	// ggcr tries https and http on loopback and private addresses; we speak
+	// only the scheme the operator wrote, so https is never downgraded.
+	rt = schemeGuard{host: base.Host, scheme: base.Scheme, next: rt}
 	rt = transport.NewRetry(rt, transport.WithRetryStatusCodes(http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout))
 	if opt.UserAgent != "" {
 		rt = transport.NewUserAgent(rt, opt.UserAgent)
 	}
 	cache, _ := lru.New[string, http.RoundTripper](1024)
-	return &Client{name: opt.Name, base: base, timeout: opt.Timeout, reg: reg, auth: opt.Auth, rt: rt, transports: cache, log: log}, nil
+	return &Client{name: opt.Name, base: base, timeout: opt.Timeout, reg: reg, keychain: opt.Keychain, rt: rt, transports: cache, log: log}, nil
 }
 
 // ParseURL checks an upstream base URL: http or https, a host, nothing else.
@@ -119,8 +130,9 @@ func ParseURL(raw string) (*url.URL, error) {
 	return u, nil
 }
 
-func baseTransport(timeout time.Duration) *http.Transport {
+func baseTransport(timeout time.Duration, insecure bool, roots *x509.CertPool) *http.Transport {
 	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: insecure, RootCAs: roots}
 	t.DialContext = (&net.Dialer{Timeout: timeout, KeepAlive: 30 * time.Second}).DialContext
 	t.TLSHandshakeTimeout = timeout
 	t.ResponseHeaderTimeout = timeout
@@ -180,8 +192,9 @@ func (c *Client) doQuery(ctx context.Context, method, repo string, h http.Header
 	if err != nil {
 		return nil, c.wrap(err)
 	}
+	c.limits.observe(resp.Header, c.name, c.log)
 	if err := transport.CheckError(resp, http.StatusOK); err != nil {
-		return nil, c.wrap(err)
+		return nil, &Error{Registry: c.name, Err: err, RetryAfter: resp.Header.Get("Retry-After")}
 	}
 	return resp, nil
 }
@@ -199,7 +212,11 @@ func (c *Client) transport(ctx context.Context, repo string) (http.RoundTripper,
 		// The scope is built from repo as given: parsing it as a reference
 		// would take a dotted first component for a registry.
 		scope := "repository:" + repo + ":" + transport.PullScope
-		rt, err := transport.NewWithContext(hctx, c.reg, c.auth, c.rt, []string{scope})
+		auth, err := authn.Resolve(hctx, c.keychain, registryName(c.name))
+		if err != nil {
+			return nil, fmt.Errorf("credentials for %s: %w", c.name, err)
+		}
+		rt, err := transport.NewWithContext(hctx, c.reg, auth, c.rt, []string{scope})
 		if err != nil {
 			return nil, err
 		}
@@ -219,17 +236,45 @@ func (c *Client) transport(ctx context.Context, repo string) (http.RoundTripper,
 
 // Error is an upstream failure, with the registry's name for messages.
 type Error struct {
-	Registry string
-	Err      error
+	Registry   string
+	Err        error
+	RetryAfter string // the upstream's Retry-After, if it sent one
 }
 
 func (e *Error) Error() string { return fmt.Sprintf("upstream %s: %v", e.Registry, e.Err) }
 func (e *Error) Unwrap() error { return e.Err }
 
+// ErrUntrustedCertificate means the registry's TLS certificate did not verify.
+var ErrUntrustedCertificate = errors.New("TLS certificate not trusted")
+
 func (c *Client) wrap(err error) error {
-	var ue *Error
-	if errors.As(err, &ue) {
+	if _, ok := errors.AsType[*Error](err); ok {
 		return err
 	}
+	if isCertificateError(err) {
+		err = fmt.Errorf("%w: %v", ErrUntrustedCertificate, err)
+	}
 	return &Error{Registry: c.name, Err: err}
+}
+
+func isCertificateError(err error) bool {
+	_, verify := errors.AsType[*tls.CertificateVerificationError](err)
+	_, unknown := errors.AsType[x509.UnknownAuthorityError](err)
+	_, host := errors.AsType[x509.HostnameError](err)
+	_, invalid := errors.AsType[x509.CertificateInvalidError](err)
+	return verify || unknown || host || invalid
+}
+
+// schemeGuard refuses requests to the registry's own host in any scheme but
+// the configured one. Token servers and blob storage are other hosts.
+type schemeGuard struct {
+	host, scheme string
+	next         http.RoundTripper
+}
+
+func (g schemeGuard) RoundTrip(r *http.Request) (*http.Response, error) {
+	if r.URL.Host == g.host && r.URL.Scheme != g.scheme {
+		return nil, fmt.Errorf("not trying %s://%s: the upstream is configured as %s", r.URL.Scheme, g.host, g.scheme)
+	}
+	return g.next.RoundTrip(r)
 }

@@ -7,6 +7,8 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -22,15 +24,106 @@ const envPrefix = "REGMIRROR_"
 // flag wins over the environment. The README's settings table lists them all,
 // and a test keeps it honest.
 type Config struct {
-	Addr            string        `env:"ADDR"             envDefault:":5000"                        flag:"addr"             usage:"listen address"`
-	DataDir         string        `env:"DATA_DIR"         envDefault:"$XDG_CACHE_HOME/regmirror"     flag:"data-dir"         usage:"cache directory"`
-	Upstream        string        `env:"UPSTREAM"         envDefault:"https://registry-1.docker.io"  flag:"upstream"         usage:"base URL of the upstream registry (http:// for plain HTTP); it is known to clients as docker.io"`
-	TagTTL          time.Duration `env:"TAG_TTL"          envDefault:"5m"                            flag:"tag-ttl"          usage:"how long a tag's answer is served before asking upstream again"`
-	UpstreamTimeout time.Duration `env:"UPSTREAM_TIMEOUT" envDefault:"30s"                           flag:"upstream-timeout" usage:"timeout to connect to upstream and for its answer; also how long a download may stall"`
-	ShutdownTimeout time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"30s"                           flag:"shutdown-timeout" usage:"grace period for requests in progress on SIGTERM or SIGINT"`
-	LogLevel        zapcore.Level `env:"LOG_LEVEL"        envDefault:"info"                          flag:"log-level"        usage:"debug, info, warn or error"`
-	LogFormat       string        `env:"LOG_FORMAT"       envDefault:"json"                          flag:"log-format"       usage:"json or console"`
+	Addr               string        `env:"ADDR"                envDefault:":5000"                        flag:"addr"                usage:"listen address"`
+	DataDir            string        `env:"DATA_DIR"            envDefault:"$XDG_CACHE_HOME/regmirror"     flag:"data-dir"            usage:"cache directory"`
+	Upstream           string        `env:"UPSTREAM"            envDefault:"https://registry-1.docker.io"  flag:"upstream"            usage:"the default upstream, which answers plain paths: a registry name from -upstreams, or a base URL (known as docker.io)"`
+	Upstreams          string        `env:"UPSTREAMS"           envDefault:""                              flag:"upstreams"           usage:"more upstream registries: name=URL,name=URL (e.g. ghcr.io=https://ghcr.io)"`
+	InsecureRegistries string        `env:"INSECURE_REGISTRIES" envDefault:""                              flag:"insecure-registries" usage:"upstreams whose TLS certificates are not verified: host[:port],..."`
+	CAFile             string        `env:"CA_FILE"             envDefault:""                              flag:"ca-file"             usage:"PEM bundle of extra CAs trusted for upstream TLS"`
+	DockerConfig       string        `env:"DOCKER_CONFIG"       envDefault:""                              flag:"docker-config"       usage:"a Docker config.json with upstream credentials (credential helpers included)"`
+	CredentialsFile    string        `env:"CREDENTIALS_FILE"    envDefault:""                              flag:"credentials-file"    usage:"a file of upstream credentials, one 'registry username password' a line"`
+	TagTTL             time.Duration `env:"TAG_TTL"             envDefault:"5m"                            flag:"tag-ttl"             usage:"how long a tag's answer is served before asking upstream again"`
+	UpstreamTimeout    time.Duration `env:"UPSTREAM_TIMEOUT"    envDefault:"30s"                           flag:"upstream-timeout"    usage:"timeout to connect to upstream and for its answer; also how long a download may stall"`
+	ShutdownTimeout    time.Duration `env:"SHUTDOWN_TIMEOUT"    envDefault:"30s"                           flag:"shutdown-timeout"    usage:"grace period for requests in progress on SIGTERM or SIGINT"`
+	LogLevel           zapcore.Level `env:"LOG_LEVEL"           envDefault:"info"                          flag:"log-level"           usage:"debug, info, warn or error"`
+	LogFormat          string        `env:"LOG_FORMAT"          envDefault:"json"                          flag:"log-format"          usage:"json or console"`
 }
+
+// defaultUpstreamURL is Docker Hub, the upstream of a mirror with no configuration.
+const defaultUpstreamURL = "https://registry-1.docker.io"
+
+// upstreamSpec is one configured upstream registry.
+type upstreamSpec struct {
+	Name     string // as clients know it: docker.io, ghcr.io, build.lan:5000
+	URL      string
+	Insecure bool // TLS certificate not verified
+}
+
+// resolveUpstreams turns REGMIRROR_UPSTREAM and REGMIRROR_UPSTREAMS into the
+// list of upstreams (the default first) and the default's name.
+//
+// REGMIRROR_UPSTREAM is either a name from REGMIRROR_UPSTREAMS or a URL, which
+// is then docker.io. Left at its default (Docker Hub's URL), it gives way to a
+// docker.io entry in REGMIRROR_UPSTREAMS.
+func (c Config) resolveUpstreams() ([]upstreamSpec, string, error) {
+	var specs []upstreamSpec
+	byName := map[string]int{}
+	if c.Upstreams != "" {
+		for i, entry := range strings.Split(c.Upstreams, ",") {
+			name, raw, ok := strings.Cut(strings.TrimSpace(entry), "=")
+			if !ok || name == "" {
+				return nil, "", fmt.Errorf("%sUPSTREAMS: entry %d: want name=URL", envPrefix, i+1)
+			}
+			if !registryNameRE.MatchString(name) {
+				return nil, "", fmt.Errorf("%sUPSTREAMS: %q is not a registry name (host or host:port)", envPrefix, name)
+			}
+			if _, dup := byName[name]; dup {
+				return nil, "", fmt.Errorf("%sUPSTREAMS: %s listed twice", envPrefix, name)
+			}
+			if _, err := upstream.ParseURL(raw); err != nil {
+				return nil, "", fmt.Errorf("%sUPSTREAMS: %s: %v", envPrefix, name, err)
+			}
+			byName[name] = len(specs)
+			specs = append(specs, upstreamSpec{Name: name, URL: raw})
+		}
+	}
+	def := c.Upstream
+	if strings.Contains(def, "://") {
+		if _, err := upstream.ParseURL(def); err != nil {
+			return nil, "", fmt.Errorf("%sUPSTREAM: %v", envPrefix, err)
+		}
+		if i, ok := byName["docker.io"]; ok {
+			if def != defaultUpstreamURL && def != specs[i].URL {
+				return nil, "", fmt.Errorf("%sUPSTREAM is a URL, which means docker.io, but %sUPSTREAMS gives docker.io another URL: set %sUPSTREAM=docker.io", envPrefix, envPrefix, envPrefix)
+			}
+		} else {
+			byName["docker.io"] = len(specs)
+			specs = append(specs, upstreamSpec{Name: "docker.io", URL: def})
+		}
+		def = "docker.io"
+	}
+	i, ok := byName[def]
+	if !ok {
+		return nil, "", fmt.Errorf("%sUPSTREAM: %q is neither a URL nor a registry named in %sUPSTREAMS", envPrefix, def, envPrefix)
+	}
+	// The default goes first (it answers plain paths); the rest keep the
+	// operator's order.
+	first := specs[i]
+	specs = append([]upstreamSpec{first}, slices.Delete(specs, i, i+1)...)
+
+	insecure := map[string]bool{}
+	for _, h := range strings.Split(c.InsecureRegistries, ",") {
+		if h = strings.TrimSpace(h); h != "" {
+			insecure[h] = true
+		}
+	}
+	for i := range specs {
+		u, _ := upstream.ParseURL(specs[i].URL)
+		if insecure[specs[i].Name] || insecure[u.Host] {
+			specs[i].Insecure = true
+			delete(insecure, specs[i].Name)
+			delete(insecure, u.Host)
+		}
+	}
+	for h := range insecure {
+		return nil, "", fmt.Errorf("%sINSECURE_REGISTRIES: %s is not a configured upstream (by name or URL host)", envPrefix, h)
+	}
+	return specs, def, nil
+}
+
+// registryNameRE is a registry as a reference names it: DNS labels and an
+// optional port.
+var registryNameRE = regexp.MustCompile(`^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*(?::[0-9]{1,5})?$`)
 
 // defaultDataDir is the data dir when none is set: the user's cache
 // directory, so that a plain `regmirror` works for a normal user. The systemd
@@ -137,8 +230,8 @@ func (c Config) Validate() error {
 	if c.DataDir == "" {
 		bad("DATA_DIR", "must not be empty")
 	}
-	if _, err := upstream.ParseURL(c.Upstream); err != nil {
-		bad("UPSTREAM", "%v", err)
+	if _, _, err := c.resolveUpstreams(); err != nil {
+		errs = append(errs, err)
 	}
 	if c.TagTTL < 0 {
 		bad("TAG_TTL", "must not be negative")

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -107,9 +108,68 @@ func TestReadmeDocumentsEverySetting(t *testing.T) {
 		t.Fatal("no settings found")
 	}
 	for _, p := range params {
-		row := regexp.MustCompile("(?m)^\\| `" + regexp.QuoteMeta(p.Key) + "` \\| `" + regexp.QuoteMeta(p.DefaultValue) + "` \\|")
+		def := "`" + p.DefaultValue + "`"
+		if p.DefaultValue == "" {
+			def = "*(none)*"
+		}
+		row := regexp.MustCompile("(?m)^\\| `" + regexp.QuoteMeta(p.Key) + "` \\| " + regexp.QuoteMeta(def) + " \\|")
 		if !row.Match(readme) {
 			t.Errorf("README has no settings row for %s with default %q", p.Key, p.DefaultValue)
 		}
+	}
+}
+
+func TestResolveUpstreams(t *testing.T) {
+	hub := upstreamSpec{Name: "docker.io", URL: "https://registry-1.docker.io"}
+	tests := []struct {
+		name    string
+		environ map[string]string
+		want    []upstreamSpec // the default first
+		wantErr string
+	}{
+		{"no configuration is Docker Hub", nil, []upstreamSpec{hub}, ""},
+		{"a URL is docker.io", map[string]string{"REGMIRROR_UPSTREAM": "http://127.0.0.1:5001"},
+			[]upstreamSpec{{Name: "docker.io", URL: "http://127.0.0.1:5001"}}, ""},
+		{"more upstreams beside Docker Hub", map[string]string{"REGMIRROR_UPSTREAMS": "ghcr.io=https://ghcr.io, quay.io=https://quay.io"},
+			[]upstreamSpec{hub, {Name: "ghcr.io", URL: "https://ghcr.io"}, {Name: "quay.io", URL: "https://quay.io"}}, ""},
+		{"the issue's example", map[string]string{"REGMIRROR_UPSTREAMS": "docker.io=http://127.0.0.1:5001,ghcr.io=http://127.0.0.1:5002", "REGMIRROR_UPSTREAM": "docker.io"},
+			[]upstreamSpec{{Name: "docker.io", URL: "http://127.0.0.1:5001"}, {Name: "ghcr.io", URL: "http://127.0.0.1:5002"}}, ""},
+		{"docker.io in the list wins over the default URL", map[string]string{"REGMIRROR_UPSTREAMS": "ghcr.io=https://ghcr.io,docker.io=http://127.0.0.1:5001"},
+			[]upstreamSpec{{Name: "docker.io", URL: "http://127.0.0.1:5001"}, {Name: "ghcr.io", URL: "https://ghcr.io"}}, ""},
+		{"another default, no Docker Hub", map[string]string{"REGMIRROR_UPSTREAMS": "ghcr.io=https://ghcr.io", "REGMIRROR_UPSTREAM": "ghcr.io"},
+			[]upstreamSpec{{Name: "ghcr.io", URL: "https://ghcr.io"}}, ""},
+		{"insecure by name and by URL host", map[string]string{"REGMIRROR_UPSTREAMS": "build.lan:5000=https://10.0.0.5:5000,tls.lan=https://tls.lan", "REGMIRROR_INSECURE_REGISTRIES": "build.lan:5000, tls.lan"},
+			[]upstreamSpec{hub, {Name: "build.lan:5000", URL: "https://10.0.0.5:5000", Insecure: true}, {Name: "tls.lan", URL: "https://tls.lan", Insecure: true}}, ""},
+		{"two URLs for docker.io", map[string]string{"REGMIRROR_UPSTREAMS": "docker.io=http://a", "REGMIRROR_UPSTREAM": "http://b"}, nil, "REGMIRROR_UPSTREAM=docker.io"},
+		{"unknown default", map[string]string{"REGMIRROR_UPSTREAM": "ghcr.io"}, nil, "REGMIRROR_UPSTREAM"},
+		{"entry without URL", map[string]string{"REGMIRROR_UPSTREAMS": "ghcr.io"}, nil, "REGMIRROR_UPSTREAMS"},
+		{"bad name", map[string]string{"REGMIRROR_UPSTREAMS": "GHCR.io=https://ghcr.io"}, nil, "REGMIRROR_UPSTREAMS"},
+		{"bad URL", map[string]string{"REGMIRROR_UPSTREAMS": "ghcr.io=ghcr.io"}, nil, "REGMIRROR_UPSTREAMS"},
+		{"listed twice", map[string]string{"REGMIRROR_UPSTREAMS": "ghcr.io=https://a,ghcr.io=https://b"}, nil, "twice"},
+		{"insecure registry that is not configured", map[string]string{"REGMIRROR_INSECURE_REGISTRIES": "elsewhere:5000"}, nil, "REGMIRROR_INSECURE_REGISTRIES"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if tt.environ == nil {
+				tt.environ = map[string]string{}
+			}
+			cfg, err := loadConfig(nil, tt.environ)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("err = %v, want one mentioning %s", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, def, err := cfg.resolveUpstreams()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if fmt.Sprint(got) != fmt.Sprint(tt.want) || def != tt.want[0].Name {
+				t.Errorf("upstreams = %v (default %s)\nwant        %v", got, def, tt.want)
+			}
+		})
 	}
 }

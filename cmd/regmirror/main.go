@@ -7,6 +7,7 @@ package main
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -96,16 +97,11 @@ func serve(ctx context.Context, cfg Config) error {
 	go func() { st.Run(storeCtx); close(storeDone) }()
 	defer func() { stopStore(); <-storeDone }()
 
-	up, err := upstream.New(upstream.Options{
-		Name:      "docker.io",
-		URL:       cfg.Upstream,
-		Timeout:   cfg.UpstreamTimeout,
-		UserAgent: "regmirror/" + version,
-	}, log.Named("upstream"))
+	ups, err := newUpstreams(cfg, log.Named("upstream"))
 	if err != nil {
 		return err
 	}
-	px, err := proxy.New(st, []proxy.Upstream{up}, proxy.Options{
+	px, err := proxy.New(st, ups, proxy.Options{
 		TagTTL:          cfg.TagTTL,
 		UpstreamTimeout: cfg.UpstreamTimeout,
 	}, log.Named("proxy"))
@@ -127,7 +123,7 @@ func serve(ctx context.Context, cfg Config) error {
 		// No WriteTimeout: it would cut long blob streams.
 	}
 	log.Info("listening", zap.String("addr", ln.Addr().String()), zap.String("data_dir", cfg.DataDir),
-		zap.String("upstream", cfg.Upstream), zap.Duration("tag_ttl", cfg.TagTTL), zap.String("version", version))
+		zap.String("default_upstream", ups[0].Name()), zap.Duration("tag_ttl", cfg.TagTTL), zap.String("version", version))
 
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
@@ -148,4 +144,57 @@ func serve(ctx context.Context, cfg Config) error {
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// newUpstreams builds one client per configured upstream, the default first.
+func newUpstreams(cfg Config, log *zap.Logger) ([]proxy.Upstream, error) {
+	specs, _, err := cfg.resolveUpstreams()
+	if err != nil {
+		return nil, err
+	}
+	keychain, err := upstream.LoadKeychain(cfg.CredentialsFile, cfg.DockerConfig)
+	if err != nil {
+		return nil, fmt.Errorf("upstream credentials: %w", err)
+	}
+	var roots *x509.CertPool
+	if cfg.CAFile != "" {
+		if roots, err = loadCAs(cfg.CAFile); err != nil {
+			return nil, fmt.Errorf("%sCA_FILE: %w", envPrefix, err)
+		}
+	}
+	var ups []proxy.Upstream
+	for _, sp := range specs {
+		c, err := upstream.New(upstream.Options{
+			Name:      sp.Name,
+			URL:       sp.URL,
+			Timeout:   cfg.UpstreamTimeout,
+			Keychain:  keychain,
+			Insecure:  sp.Insecure,
+			RootCAs:   roots,
+			UserAgent: "regmirror/" + version,
+		}, log)
+		if err != nil {
+			return nil, err
+		}
+		log.Info("upstream", zap.String("registry", sp.Name), zap.String("url", sp.URL),
+			zap.Bool("insecure", sp.Insecure), zap.Bool("credentials", keychain.Has(sp.Name)))
+		ups = append(ups, c)
+	}
+	return ups, nil
+}
+
+// loadCAs is the system's CA pool plus the PEM certificates in file.
+func loadCAs(file string) (*x509.CertPool, error) {
+	pem, err := os.ReadFile(file)
+	if err != nil {
+		return nil, err
+	}
+	pool, err := x509.SystemCertPool()
+	if err != nil {
+		pool = x509.NewCertPool()
+	}
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("%s holds no PEM certificate", file)
+	}
+	return pool, nil
 }
