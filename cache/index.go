@@ -1,10 +1,12 @@
 package cache
 
 import (
+	"cmp"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -212,6 +214,42 @@ func (s *Store) Tags(registry, repo string) ([]string, error) {
 		return nil, fmt.Errorf("list tags of %s/%s: %w", registry, repo, err)
 	}
 	return tags, nil
+}
+
+// Repository is a repository the index holds tag answers for.
+type Repository struct {
+	Registry string
+	Name     string
+}
+
+// Repositories lists every repository with a tag answer, sorted by registry
+// and name. It reads keys only.
+func (s *Store) Repositories() ([]Repository, error) {
+	seen := map[Repository]bool{}
+	err := s.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte("t/")})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			key := strings.TrimPrefix(string(it.Item().Key()), "t/")
+			registry, rest, ok := strings.Cut(key, "/")
+			i := strings.LastIndexByte(rest, ':')
+			if ok && i > 0 {
+				seen[Repository{Registry: registry, Name: rest[:i]}] = true
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list repositories: %w", err)
+	}
+	out := make([]Repository, 0, len(seen))
+	for r := range seen {
+		out = append(out, r)
+	}
+	slices.SortFunc(out, func(a, b Repository) int {
+		return cmp.Or(cmp.Compare(a.Registry, b.Registry), cmp.Compare(a.Name, b.Name))
+	})
+	return out, nil
 }
 
 // badgerLogger routes badger's chatter into zap; its Info is our Debug.

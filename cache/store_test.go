@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -205,6 +206,12 @@ func TestIndexSurvivesReopen(t *testing.T) {
 	}
 	if tags, _ := s.Tags("docker.io", "library/app"); len(tags) != 1 || tags[0] != "1.0" {
 		t.Errorf("Tags = %v, want [1.0]", tags)
+	}
+	s.SetTag("ghcr.io", "owner/app", "1", a)
+	repos, err := s.Repositories()
+	want := []cache.Repository{{"docker.io", "library/app"}, {"docker.io", "library/app/sub"}, {"ghcr.io", "owner/app"}}
+	if err != nil || fmt.Sprint(repos) != fmt.Sprint(want) {
+		t.Errorf("Repositories = %v, %v; want %v", repos, err, want)
 	}
 	body, info, err := s.Manifest(t.Context(), h, 1<<20)
 	if err != nil || !bytes.Equal(body, m) || info.MediaType != a.MediaType || info.Size != 300 {

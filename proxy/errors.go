@@ -76,7 +76,7 @@ func toOCI(err error, kind routeKind) *ociError {
 	if errors.Is(err, cache.ErrDigestMismatch) || errors.Is(err, cache.ErrSizeMismatch) || errors.Is(err, errUpstreamInvalid) {
 		return &ociError{status: http.StatusBadGateway, code: "UNKNOWN", message: registry + " sent content that does not match its digest"}
 	}
-	if errors.Is(err, context.DeadlineExceeded) || isNetError(err) {
+	if errors.Is(err, context.DeadlineExceeded) || isNetError(err) || errors.Is(err, upstream.ErrDown) {
 		return &ociError{status: http.StatusServiceUnavailable, code: "UNAVAILABLE", message: registry + " is unreachable"}
 	}
 	if errors.Is(err, context.Canceled) {

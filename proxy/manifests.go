@@ -163,8 +163,7 @@ func (p *Proxy) revalidate(ctx context.Context, up Upstream, rt route, known cac
 		if cerr != nil {
 			return resolved{}, err
 		}
-		p.log.Warn("serving stale tag answer", zap.String(keyUpstream, rt.registry), zap.String(keyRepo, rt.repo),
-			zap.String("tag", rt.tag), zap.Time("learned_at", known.LearnedAt), zap.NamedError("upstream_error", err))
+		p.noteStale(rt, known, err)
 		res.source = cacheStale
 		return res, nil
 	}
@@ -179,6 +178,20 @@ func (p *Proxy) revalidate(ctx context.Context, up Upstream, rt route, known cac
 	}
 	p.learnTag(rt, res.m)
 	return res, nil
+}
+
+// noteStale counts a stale answer and logs it at Warn, at most once per tag
+// every staleWarnEvery, so an outage does not flood the log.
+func (p *Proxy) noteStale(rt route, known cache.TagAnswer, err error) {
+	p.stats.stale.Add(1)
+	key := rt.registry + "/" + rt.repo + ":" + rt.tag
+	now := p.opt.Now()
+	if last, ok := p.staleWarned.Get(key); ok && now.Sub(last) < staleWarnEvery {
+		return
+	}
+	p.staleWarned.Add(key, now)
+	p.log.Warn("serving stale tag answer", zap.String(keyUpstream, rt.registry), zap.String(keyRepo, rt.repo),
+		zap.String("tag", rt.tag), zap.Time("learned_at", known.LearnedAt), zap.NamedError("upstream_error", err))
 }
 
 func (p *Proxy) learnTag(rt route, m manifest) {
@@ -306,5 +319,5 @@ func upstreamUnavailable(err error) bool {
 	if te, ok := errors.AsType[*transport.Error](err); ok {
 		return te.StatusCode >= 500 || te.StatusCode == http.StatusTooManyRequests
 	}
-	return isNetError(err) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, io.ErrUnexpectedEOF)
+	return isNetError(err) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, upstream.ErrDown)
 }

@@ -11,9 +11,11 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	lru "github.com/hashicorp/golang-lru/v2"
 	"github.com/regmirror/regmirror/cache"
 	"go.uber.org/zap"
 	"golang.org/x/sync/singleflight"
@@ -29,6 +31,8 @@ type Store interface {
 	Tag(registry, repo, tag string) (cache.TagAnswer, error)
 	SetTag(registry, repo, tag string, a cache.TagAnswer) error
 	DeleteTag(registry, repo, tag string) error
+	Tags(registry, repo string) ([]string, error)
+	Repositories() ([]cache.Repository, error)
 }
 
 // Upstream is one upstream registry.
@@ -69,7 +73,27 @@ type Proxy struct {
 	wg      sync.WaitGroup // one per running download
 
 	resolve singleflight.Group // tag and manifest resolutions
+
+	staleWarned *lru.Cache[string, time.Time] // tag → when we last warned it was stale
+	stats       stats
 }
+
+// stats are counters for the operator (the metrics issue exports them).
+type stats struct {
+	stale atomic.Int64
+}
+
+// Stats is a snapshot of the proxy's counters.
+type Stats struct {
+	// Stale counts tag answers served past their TTL because upstream could not be asked.
+	Stale int64
+}
+
+// Stats returns the proxy's counters.
+func (p *Proxy) Stats() Stats { return Stats{Stale: p.stats.stale.Load()} }
+
+// staleWarnEvery bounds the Warn lines about one stale tag.
+const staleWarnEvery = 10 * time.Minute
 
 // New returns a Proxy serving from st and filling it from ups.
 func New(st Store, ups []Upstream, opt Options, log *zap.Logger) (*Proxy, error) {
@@ -96,7 +120,8 @@ func New(st Store, ups []Upstream, opt Options, log *zap.Logger) (*Proxy, error)
 		opt.Now = time.Now
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Proxy{st: st, ups: byName, opt: opt, log: log, ctx: ctx, cancel: cancel, flights: make(map[v1.Hash]*flight)}, nil
+	warned, _ := lru.New[string, time.Time](4096)
+	return &Proxy{st: st, ups: byName, opt: opt, log: log, ctx: ctx, cancel: cancel, flights: make(map[v1.Hash]*flight), staleWarned: warned}, nil
 }
 
 // Close stops every download in progress and waits for them to clean up.
@@ -121,6 +146,9 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) error {
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		return errUnsupported()
 	}
+	if r.URL.Path == CheckPath {
+		return p.serveCheck(w, r)
+	}
 	if !strings.HasPrefix(r.URL.Path, "/v2") {
 		return errNotFound()
 	}
@@ -141,6 +169,8 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) error {
 		return p.serveBlob(w, r, rt)
 	case routeTags:
 		return p.serveTags(w, r, rt)
+	case routeCatalog:
+		return p.serveCatalog(w, r)
 	default:
 		w.Header().Set("Content-Type", "application/json")
 		w.Header().Set("Content-Length", "2")

@@ -16,10 +16,11 @@ const (
 	routeManifest
 	routeBlob
 	routeTags
+	routeCatalog
 )
 
 func (k routeKind) String() string {
-	return [...]string{"base", "manifest", "blob", "tags"}[k]
+	return [...]string{"base", "manifest", "blob", "tags", "catalog"}[k]
 }
 
 // route is a /v2/ request parsed once at the edge: every field is validated,
@@ -91,6 +92,9 @@ func parseRoute(r *http.Request, regs registries) (route, error) {
 	}
 	if p == "/v2" || p == "/v2/" {
 		return route{kind: routeBase}, nil
+	}
+	if p == "/v2/_catalog" {
+		return route{kind: routeCatalog}, nil
 	}
 	rest, ok := strings.CutPrefix(p, "/v2/")
 	if !ok {

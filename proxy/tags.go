@@ -1,10 +1,12 @@
 package proxy
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -13,21 +15,27 @@ import (
 const maxTagList = 16 << 20
 
 // serveTags relays an upstream tag list, with n and last passed through.
+// When upstream cannot answer, the tags this mirror has answers for are
+// listed instead, with a Warning saying so.
 func (p *Proxy) serveTags(w http.ResponseWriter, r *http.Request, rt route) error {
-	q := r.URL.Query()
-	n, last := q.Get("n"), q.Get("last")
-	if n != "" {
-		if v, err := strconv.Atoi(n); err != nil || v < 0 {
-			return &ociError{status: http.StatusBadRequest, code: "PAGINATION_NUMBER_INVALID", message: fmt.Sprintf("invalid n %q", n)}
-		}
-	}
-	if last != "" && !tagRE.MatchString(last) {
-		return errTagInvalid(last)
-	}
-	setCache(r.Context(), cachePass)
-	resp, err := p.ups[rt.registry].Tags(r.Context(), rt.repo, n, last)
+	n, last, err := pageParams(r)
 	if err != nil {
 		return err
+	}
+	setCache(r.Context(), cachePass)
+	resp, err := p.ups[rt.registry].Tags(r.Context(), rt.repo, r.URL.Query().Get("n"), last)
+	if err != nil {
+		if !upstreamUnavailable(err) {
+			return err
+		}
+		tags, lerr := p.st.Tags(rt.registry, rt.repo)
+		if lerr != nil || len(tags) == 0 {
+			return err
+		}
+		setCache(r.Context(), cacheStale)
+		w.Header().Set("Warning", fmt.Sprintf(`299 - "upstream %s unreachable: tags known to this mirror's cache"`, rt.registry))
+		tags, more := page(tags, n, last)
+		return writeList(w, r, map[string]any{"name": rt.repo, "tags": tags}, more, n, tags)
 	}
 	defer resp.Body.Close()
 	h := w.Header()
@@ -41,6 +49,95 @@ func (p *Proxy) serveTags(w http.ResponseWriter, r *http.Request, rt route) erro
 	w.WriteHeader(http.StatusOK)
 	_, err = io.Copy(w, io.LimitReader(resp.Body, maxTagList))
 	return err
+}
+
+// serveCatalog lists the repositories this mirror has answers for: what an
+// offline mirror can serve. The default registry's repositories are listed
+// by name, others' with their registry in front, as clients address them.
+func (p *Proxy) serveCatalog(w http.ResponseWriter, r *http.Request) error {
+	n, last, err := pageParams(r)
+	if err != nil {
+		return err
+	}
+	repos, err := p.st.Repositories()
+	if err != nil {
+		return err
+	}
+	names := make([]string, 0, len(repos))
+	for _, repo := range repos {
+		if repo.Registry == p.opt.Default {
+			names = append(names, repo.Name)
+		} else if p.has(repo.Registry) {
+			names = append(names, repo.Registry+"/"+repo.Name)
+		}
+	}
+	slices.Sort(names)
+	names, more := page(names, n, last)
+	return writeList(w, r, map[string]any{"repositories": names}, more, n, names)
+}
+
+// defaultPage and maxPage bound a locally built list page.
+const (
+	defaultPage = 100
+	maxPage     = 10000
+)
+
+func pageParams(r *http.Request) (n int, last string, err error) {
+	q := r.URL.Query()
+	n = defaultPage
+	if s := q.Get("n"); s != "" {
+		if n, err = strconv.Atoi(s); err != nil || n < 0 {
+			return 0, "", &ociError{status: http.StatusBadRequest, code: "PAGINATION_NUMBER_INVALID", message: fmt.Sprintf("invalid n %q", s)}
+		}
+		n = min(n, maxPage)
+	}
+	last = q.Get("last")
+	if last != "" && len(last) > maxName+1+128 {
+		return 0, "", errTagInvalid(last)
+	}
+	if r.URL.Path != "/v2/_catalog" && last != "" && !tagRE.MatchString(last) {
+		return 0, "", errTagInvalid(last)
+	}
+	return n, last, nil
+}
+
+// page returns the sorted items after last, at most n of them, and whether
+// more follow.
+func page(items []string, n int, last string) ([]string, bool) {
+	start := 0
+	if last != "" {
+		start, _ = slices.BinarySearch(items, last)
+		if start < len(items) && items[start] == last {
+			start++
+		}
+	}
+	items = items[start:]
+	if len(items) > n {
+		return items[:n], true
+	}
+	return items, false
+}
+
+// writeList writes a JSON list page, with a Link to the next page when more follow.
+func writeList(w http.ResponseWriter, r *http.Request, body map[string]any, more bool, n int, items []string) error {
+	b, err := json.Marshal(body)
+	if err != nil {
+		return err
+	}
+	if more && len(items) > 0 {
+		q := url.Values{"n": {strconv.Itoa(n)}, "last": {items[len(items)-1]}}
+		if ns := r.URL.Query().Get("ns"); ns != "" {
+			q.Set("ns", ns)
+		}
+		w.Header().Set("Link", fmt.Sprintf(`<%s?%s>; rel="next"`, r.URL.Path, q.Encode()))
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", strconv.Itoa(len(b)))
+	w.WriteHeader(http.StatusOK)
+	if r.Method != http.MethodHead {
+		w.Write(b)
+	}
+	return nil
 }
 
 // rewriteLink keeps a client on the same registry when it follows the

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
@@ -54,6 +55,9 @@ type Options struct {
 	// Transport, if set, replaces the base HTTP transport (tests use it to
 	// count connections); retries and auth are still added on top.
 	Transport http.RoundTripper
+	// ProbeMin and ProbeMax bound the back-off of the probe that watches a
+	// down upstream (defaults 1s and 30s).
+	ProbeMin, ProbeMax time.Duration
 }
 
 // Client is a pull-only client for one upstream registry. It is safe for concurrent use.
@@ -65,6 +69,12 @@ type Client struct {
 	keychain authn.Keychain
 	rt       http.RoundTripper
 	limits   rateLimits
+
+	health             health
+	probeMin, probeMax time.Duration
+	probes             sync.WaitGroup
+	closed             chan struct{}
+	closeOnce          sync.Once
 
 	// One authenticated transport per repository: its bearer token carries
 	// that repository's pull scope and is refreshed by ggcr on a 401.
@@ -103,12 +113,34 @@ func New(opt Options, log *zap.Logger) (*Client, error) {
 	// ggcr tries https and http on loopback and private addresses; we speak
 	// only the scheme the operator wrote, so https is never downgraded.
 	rt = schemeGuard{host: base.Host, scheme: base.Scheme, next: rt}
-	rt = transport.NewRetry(rt, transport.WithRetryStatusCodes(http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout))
+	// Retry what a second try may fix (a reset connection, a 502/503/504)
+	// briefly, but never a timeout: an upstream that hangs is marked down
+	// rather than waited on three times.
+	rt = transport.NewRetry(rt,
+		transport.WithRetryStatusCodes(http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout),
+		transport.WithRetryPredicate(func(err error) bool {
+			if ne, ok := errors.AsType[net.Error](err); ok && ne.Timeout() {
+				return false
+			}
+			t, ok := errors.AsType[interface {
+				error
+				Temporary() bool
+			}](err)
+			return ok && t.Temporary() && !errors.Is(err, context.DeadlineExceeded)
+		}),
+		transport.WithRetryBackoff(transport.Backoff{Duration: 100 * time.Millisecond, Factor: 2, Steps: 2}))
 	if opt.UserAgent != "" {
 		rt = transport.NewUserAgent(rt, opt.UserAgent)
 	}
 	cache, _ := lru.New[string, http.RoundTripper](1024)
-	return &Client{name: opt.Name, base: base, timeout: opt.Timeout, reg: reg, keychain: opt.Keychain, rt: rt, transports: cache, log: log}, nil
+	if opt.ProbeMin <= 0 {
+		opt.ProbeMin = time.Second
+	}
+	if opt.ProbeMax < opt.ProbeMin {
+		opt.ProbeMax = max(30*time.Second, opt.ProbeMin)
+	}
+	return &Client{name: opt.Name, base: base, timeout: opt.Timeout, reg: reg, keychain: opt.Keychain, rt: rt, transports: cache, log: log,
+		probeMin: opt.ProbeMin, probeMax: opt.ProbeMax, closed: make(chan struct{})}, nil
 }
 
 // ParseURL checks an upstream base URL: http or https, a host, nothing else.
@@ -175,6 +207,17 @@ func (c *Client) do(ctx context.Context, method, repo string, h http.Header, pat
 }
 
 func (c *Client) doQuery(ctx context.Context, method, repo string, h http.Header, q url.Values, path ...string) (*http.Response, error) {
+	if c.isDown() {
+		return nil, &Error{Registry: c.name, Err: ErrDown}
+	}
+	resp, err := c.send(ctx, method, repo, h, q, path...)
+	if err != nil {
+		c.noteFailure(err)
+	}
+	return resp, err
+}
+
+func (c *Client) send(ctx context.Context, method, repo string, h http.Header, q url.Values, path ...string) (*http.Response, error) {
 	rt, err := c.transport(ctx, repo)
 	if err != nil {
 		return nil, c.wrap(err)

@@ -173,3 +173,18 @@ func TestResolveUpstreams(t *testing.T) {
 		})
 	}
 }
+
+func TestDefaultMirrorURL(t *testing.T) {
+	for addr, want := range map[string]string{
+		"":               "http://127.0.0.1:5000",
+		":5000":          "http://127.0.0.1:5000",
+		"0.0.0.0:6000":   "http://127.0.0.1:6000",
+		"[::]:7000":      "http://127.0.0.1:7000",
+		"10.0.0.5:5000":  "http://10.0.0.5:5000",
+		"[fd00::1]:5000": "http://[fd00::1]:5000",
+	} {
+		if got := defaultMirrorURL(addr); got != want {
+			t.Errorf("defaultMirrorURL(%q) = %s, want %s", addr, got, want)
+		}
+	}
+}

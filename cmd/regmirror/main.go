@@ -52,14 +52,20 @@ func run(args []string) error {
 		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 		defer stop()
 		return serve(ctx, cfg)
+	case "check":
+		err := runCheck(args, os.Stdout)
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
 	case "version":
 		fmt.Println(version)
 		return nil
 	case "help":
-		fmt.Println("usage: regmirror [serve] [flags]   (regmirror serve -h lists the flags)\n       regmirror version")
+		fmt.Println("usage: regmirror [serve] [flags]     serve (regmirror serve -h lists the flags)\n       regmirror check IMAGE...    would these images pull with the upstream down?\n       regmirror version")
 		return nil
 	default:
-		return fmt.Errorf("unknown command %q (try: serve, version, help)", cmd)
+		return fmt.Errorf("unknown command %q (try: serve, check, version, help)", cmd)
 	}
 }
 
@@ -97,9 +103,18 @@ func serve(ctx context.Context, cfg Config) error {
 	go func() { st.Run(storeCtx); close(storeDone) }()
 	defer func() { stopStore(); <-storeDone }()
 
-	ups, err := newUpstreams(cfg, log.Named("upstream"))
+	clients, err := newUpstreams(cfg, log.Named("upstream"))
 	if err != nil {
 		return err
+	}
+	defer func() {
+		for _, c := range clients {
+			c.Close()
+		}
+	}()
+	ups := make([]proxy.Upstream, len(clients))
+	for i, c := range clients {
+		ups[i] = c
 	}
 	px, err := proxy.New(st, ups, proxy.Options{
 		TagTTL:          cfg.TagTTL,
@@ -147,7 +162,7 @@ func serve(ctx context.Context, cfg Config) error {
 }
 
 // newUpstreams builds one client per configured upstream, the default first.
-func newUpstreams(cfg Config, log *zap.Logger) ([]proxy.Upstream, error) {
+func newUpstreams(cfg Config, log *zap.Logger) ([]*upstream.Client, error) {
 	specs, _, err := cfg.resolveUpstreams()
 	if err != nil {
 		return nil, err
@@ -162,7 +177,7 @@ func newUpstreams(cfg Config, log *zap.Logger) ([]proxy.Upstream, error) {
 			return nil, fmt.Errorf("%sCA_FILE: %w", envPrefix, err)
 		}
 	}
-	var ups []proxy.Upstream
+	var ups []*upstream.Client
 	for _, sp := range specs {
 		c, err := upstream.New(upstream.Options{
 			Name:      sp.Name,
@@ -174,6 +189,9 @@ func newUpstreams(cfg Config, log *zap.Logger) ([]proxy.Upstream, error) {
 			UserAgent: "regmirror/" + version,
 		}, log)
 		if err != nil {
+			for _, u := range ups {
+				u.Close()
+			}
 			return nil, err
 		}
 		log.Info("upstream", zap.String("registry", sp.Name), zap.String("url", sp.URL),

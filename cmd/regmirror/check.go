@@ -1,0 +1,82 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"time"
+
+	"github.com/regmirror/regmirror/proxy"
+)
+
+// runCheck is `regmirror check [-mirror URL] IMAGE…`: it asks a running
+// mirror whether each image would pull completely with the upstream down,
+// prints what is missing, and exits non-zero if anything is.
+func runCheck(args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("check", flag.ContinueOnError)
+	mirror := fs.String("mirror", defaultMirrorURL(os.Getenv(envPrefix+"ADDR")), "base URL of the running mirror")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "usage: regmirror check [-mirror URL] IMAGE...\n\nSays for each image whether the mirror could serve it completely with its upstream down.\n\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() == 0 {
+		fs.Usage()
+		return errors.New("no image named")
+	}
+	q := url.Values{"image": fs.Args()}
+	client := &http.Client{Timeout: time.Minute}
+	resp, err := client.Get(*mirror + proxy.CheckPath + "?" + q.Encode())
+	if err != nil {
+		return fmt.Errorf("ask the mirror: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		return fmt.Errorf("the mirror answered %s: %s", resp.Status, b)
+	}
+	var results []proxy.CheckResult
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 16<<20)).Decode(&results); err != nil {
+		return fmt.Errorf("read the mirror's answer: %w", err)
+	}
+	incomplete := 0
+	for _, r := range results {
+		switch {
+		case r.Problem != "":
+			incomplete++
+			fmt.Fprintf(stdout, "%s: NOT READY: %s\n", r.Image, r.Problem)
+		case r.Complete:
+			fmt.Fprintf(stdout, "%s: ready offline (%s, %d parts cached)\n", r.Image, r.Digest, r.Present)
+		default:
+			incomplete++
+			fmt.Fprintf(stdout, "%s: NOT READY: %d parts cached, %d missing\n", r.Image, r.Present, len(r.Missing))
+			for _, m := range r.Missing {
+				fmt.Fprintf(stdout, "  missing %s %s %s\n", m.Kind, m.Digest, m.Platform)
+			}
+		}
+	}
+	if incomplete > 0 {
+		return fmt.Errorf("%d of %d images would not pull offline", incomplete, len(results))
+	}
+	return nil
+}
+
+// defaultMirrorURL is the local mirror as REGMIRROR_ADDR places it.
+func defaultMirrorURL(addr string) string {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil || port == "" {
+		return "http://127.0.0.1:5000"
+	}
+	if host == "" || host == "0.0.0.0" || host == "::" {
+		host = "127.0.0.1"
+	}
+	return "http://" + net.JoinHostPort(host, port)
+}

@@ -1,0 +1,139 @@
+package upstream_test
+
+import (
+	"errors"
+	"io"
+	"log"
+	"net/http"
+	"net/http/httptest"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/registry"
+	"github.com/regmirror/regmirror/upstream"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
+)
+
+// flaky is a registry that can be switched to answering 503 to everything.
+type flaky struct {
+	failing atomic.Bool
+	hits    atomic.Int32
+	reg     http.Handler
+}
+
+func (f *flaky) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	f.hits.Add(1)
+	if f.failing.Load() {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		return
+	}
+	f.reg.ServeHTTP(w, r)
+}
+
+func TestDownUpstreamIsNotAskedUntilTheProbeSeesItBack(t *testing.T) {
+	f := &flaky{reg: registry.New(registry.Logger(log.New(io.Discard, "", 0)))}
+	srv := httptest.NewServer(f)
+	defer srv.Close()
+	core, logs := observer.New(zap.InfoLevel)
+	c, err := upstream.New(upstream.Options{Name: "docker.io", URL: srv.URL, Timeout: 5 * time.Second,
+		ProbeMin: 10 * time.Millisecond, ProbeMax: 20 * time.Millisecond}, zap.New(core))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+
+	f.failing.Store(true)
+	if _, err := c.Tags(t.Context(), "app", "", ""); err == nil {
+		t.Fatal("a failing upstream answered")
+	}
+	if h := c.Health(); h.Up || h.Reason != "Service Unavailable" {
+		t.Fatalf("Health after a 503 = %+v, want down", h)
+	}
+	// While down, requests fail at once with ErrDown. The probe alone asks.
+	failingHits := f.hits.Load()
+	for range 5 {
+		if _, err := c.Tags(t.Context(), "app", "", ""); !errors.Is(err, upstream.ErrDown) {
+			t.Fatalf("err = %v, want ErrDown", err)
+		}
+	}
+	if logs.FilterMessage("upstream down: serving from cache until it answers again").Len() != 1 {
+		t.Error("want exactly one Warn about the upstream going down")
+	}
+
+	f.failing.Store(false)
+	deadline := time.Now().Add(10 * time.Second)
+	for !c.Health().Up {
+		if time.Now().After(deadline) {
+			t.Fatalf("the probe did not see the upstream come back (hits %d)", f.hits.Load())
+		}
+		time.Sleep(5 * time.Millisecond) // the probe runs on its own clock
+	}
+	if f.hits.Load() <= failingHits {
+		t.Error("the upstream came back without being probed")
+	}
+	if _, err := c.Tags(t.Context(), "app", "", ""); errors.Is(err, upstream.ErrDown) {
+		t.Fatalf("still down after the probe: %v", err)
+	}
+	if logs.FilterMessage("upstream up again").Len() != 1 {
+		t.Error("want one Info line when the upstream is back")
+	}
+}
+
+func TestAnswersThatAreNotOutagesDoNotMarkDown(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/v2/":
+			w.WriteHeader(http.StatusOK)
+		case "/v2/limited/tags/list":
+			w.WriteHeader(http.StatusTooManyRequests)
+		default:
+			w.WriteHeader(http.StatusNotFound)
+		}
+	}))
+	defer srv.Close()
+	c, err := upstream.New(upstream.Options{Name: "docker.io", URL: srv.URL, Timeout: 5 * time.Second}, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Tags(t.Context(), "missing", "", "")
+	c.Tags(t.Context(), "limited", "", "")
+	if h := c.Health(); !h.Up {
+		t.Errorf("404 and 429 marked the upstream down: %+v", h)
+	}
+}
+
+func TestHangingUpstreamCostsOneTimeout(t *testing.T) {
+	release := make(chan struct{})
+	var hits atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hits.Add(1)
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	defer srv.Close()
+	defer close(release)
+	c, err := upstream.New(upstream.Options{Name: "docker.io", URL: srv.URL, Timeout: 200 * time.Millisecond, ProbeMin: time.Hour}, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Tags(t.Context(), "app", "", ""); err == nil {
+		t.Fatal("a hanging upstream answered")
+	}
+	if n := hits.Load(); n != 1 {
+		t.Errorf("requests to the hanging upstream = %d, want 1 (a timeout is not retried)", n)
+	}
+	for range 3 {
+		if _, err := c.Tags(t.Context(), "app", "", ""); !errors.Is(err, upstream.ErrDown) {
+			t.Fatalf("err = %v, want ErrDown", err)
+		}
+	}
+	if n := hits.Load(); n != 1 {
+		t.Errorf("requests after the timeout = %d, want still 1", n)
+	}
+}
