@@ -106,6 +106,7 @@ func newEnv(t *testing.T, opts ...envOption) *env {
 		if err != nil {
 			t.Fatal(err)
 		}
+		t.Cleanup(c.Close) // stops its probe if a test took the upstream down
 		return c
 	}
 	clients := []proxy.Upstream{newClient("docker.io", up.URL)}
