@@ -58,16 +58,24 @@ func toOCI(err error, kind routeKind) *ociError {
 	if errors.Is(err, cache.ErrNotFound) {
 		return notFound(kind, "not found")
 	}
-	registry, retryAfter := "upstream", ""
+	registry, retryAfter, withCreds := "upstream", "", false
 	if ue, ok := errors.AsType[*upstream.Error](err); ok {
-		registry, retryAfter = "upstream "+ue.Registry, ue.RetryAfter
+		registry, retryAfter, withCreds = "upstream "+ue.Registry, ue.RetryAfter, ue.WithCredentials
 	}
 	if te, ok := errors.AsType[*transport.Error](err); ok {
 		oe := fromUpstreamStatus(te.StatusCode, registry, kind)
-		if oe.status == http.StatusTooManyRequests {
+		switch {
+		case oe.status == http.StatusTooManyRequests:
 			oe.retryAfter = retryAfter
+		case oe.status == http.StatusUnauthorized && withCreds:
+			oe.message = registry + " refused this mirror's credentials for it: check REGMIRROR_CREDENTIALS_FILE or REGMIRROR_DOCKER_CONFIG"
 		}
 		return oe
+	}
+	if ue, ok := errors.AsType[*upstream.Error](err); ok && errors.Is(err, upstream.ErrHandshake) {
+		// The text is go-containerregistry's, about the registry's setup (e.g. a
+		// token server on a private address); it carries no credentials.
+		return &ociError{status: http.StatusBadGateway, code: "UNAVAILABLE", message: registry + ": " + ue.Err.Error()}
 	}
 	if errors.Is(err, upstream.ErrUntrustedCertificate) {
 		return &ociError{status: http.StatusBadGateway, code: "UNAVAILABLE", message: registry +

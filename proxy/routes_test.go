@@ -235,3 +235,22 @@ func TestAccessLogHasOneLinePerRequest(t *testing.T) {
 		}
 	}
 }
+
+func TestTokenServerOnAnotherPrivateAddressIsABadGatewayNotA500(t *testing.T) {
+	// go-containerregistry refuses a token realm on a private address other
+	// than the registry's own; the client must learn why, not get a 500.
+	challenge := func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="http://10.255.255.1:9/token",service="test"`)
+			w.WriteHeader(http.StatusUnauthorized)
+		})
+	}
+	e := newEnv(t, withUpstreamFault(challenge))
+	resp, body := e.do(http.MethodGet, "/v2/app/manifests/1", nil)
+	if resp.StatusCode != http.StatusBadGateway {
+		t.Fatalf("status = %d, want 502; body %s", resp.StatusCode, body)
+	}
+	if code := regtest.OCICode(t, resp, body); code != "UNAVAILABLE" || !strings.Contains(string(body), "private") {
+		t.Errorf("code %s, body %s: want UNAVAILABLE saying the realm is private", code, body)
+	}
+}

@@ -70,6 +70,8 @@ type Client struct {
 	rt       http.RoundTripper
 	limits   rateLimits
 
+	withCredentials bool // the keychain had credentials for us at start
+
 	health             health
 	probeMin, probeMax time.Duration
 	probes             sync.WaitGroup
@@ -139,8 +141,10 @@ func New(opt Options, log *zap.Logger) (*Client, error) {
 	if opt.ProbeMax < opt.ProbeMin {
 		opt.ProbeMax = max(30*time.Second, opt.ProbeMin)
 	}
+	auth, err := opt.Keychain.Resolve(registryName(opt.Name))
 	return &Client{name: opt.Name, base: base, timeout: opt.Timeout, reg: reg, keychain: opt.Keychain, rt: rt, transports: cache, log: log,
-		probeMin: opt.ProbeMin, probeMax: opt.ProbeMax, closed: make(chan struct{})}, nil
+		probeMin: opt.ProbeMin, probeMax: opt.ProbeMax, closed: make(chan struct{}),
+		withCredentials: err == nil && auth != authn.Anonymous}, nil
 }
 
 // ParseURL checks an upstream base URL: http or https, a host, nothing else.
@@ -220,6 +224,11 @@ func (c *Client) doQuery(ctx context.Context, method, repo string, h http.Header
 func (c *Client) send(ctx context.Context, method, repo string, h http.Header, q url.Values, path ...string) (*http.Response, error) {
 	rt, err := c.transport(ctx, repo)
 	if err != nil {
+		_, status := errors.AsType[*transport.Error](err)
+		_, isNet := errors.AsType[net.Error](err)
+		if !status && !isNet && !isCertificateError(err) && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
+			err = fmt.Errorf("%w: %v", ErrHandshake, err)
+		}
 		return nil, c.wrap(err)
 	}
 	u := c.base.JoinPath(append([]string{"v2", repo}, path...)...)
@@ -237,7 +246,7 @@ func (c *Client) send(ctx context.Context, method, repo string, h http.Header, q
 	}
 	c.limits.observe(resp.Header, c.name, c.log)
 	if err := transport.CheckError(resp, http.StatusOK); err != nil {
-		return nil, &Error{Registry: c.name, Err: err, RetryAfter: resp.Header.Get("Retry-After")}
+		return nil, &Error{Registry: c.name, Err: err, RetryAfter: resp.Header.Get("Retry-After"), WithCredentials: c.withCredentials}
 	}
 	return resp, nil
 }
@@ -279,9 +288,10 @@ func (c *Client) transport(ctx context.Context, repo string) (http.RoundTripper,
 
 // Error is an upstream failure, with the registry's name for messages.
 type Error struct {
-	Registry   string
-	Err        error
-	RetryAfter string // the upstream's Retry-After, if it sent one
+	Registry        string
+	Err             error
+	RetryAfter      string // the upstream's Retry-After, if it sent one
+	WithCredentials bool   // we presented credentials of our own
 }
 
 func (e *Error) Error() string { return fmt.Sprintf("upstream %s: %v", e.Registry, e.Err) }
@@ -290,6 +300,11 @@ func (e *Error) Unwrap() error { return e.Err }
 // ErrUntrustedCertificate means the registry's TLS certificate did not verify.
 var ErrUntrustedCertificate = errors.New("TLS certificate not trusted")
 
+// ErrHandshake means the token handshake failed for a reason of the
+// registry's setup, e.g. a token server go-containerregistry will not call
+// (a private address other than the registry's own: its guard against SSRF).
+var ErrHandshake = errors.New("token handshake failed")
+
 func (c *Client) wrap(err error) error {
 	if _, ok := errors.AsType[*Error](err); ok {
 		return err
@@ -297,7 +312,7 @@ func (c *Client) wrap(err error) error {
 	if isCertificateError(err) {
 		err = fmt.Errorf("%w: %v", ErrUntrustedCertificate, err)
 	}
-	return &Error{Registry: c.name, Err: err}
+	return &Error{Registry: c.name, Err: err, WithCredentials: c.withCredentials}
 }
 
 func isCertificateError(err error) bool {
