@@ -21,5 +21,8 @@ ENV REGMIRROR_DATA_DIR=/var/lib/regmirror \
 VOLUME ["/var/lib/regmirror"]
 EXPOSE 5000
 USER 65532:65532
+# No shell in the image: the binary checks itself (GET /readyz).
+HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
+  CMD ["/usr/local/bin/regmirror", "healthcheck"]
 ENTRYPOINT ["/usr/local/bin/regmirror"]
 CMD ["serve"]

@@ -250,6 +250,18 @@ func (s *Store) remember(h v1.Hash, body []byte, info Info) {
 	}
 }
 
+// Healthy reports whether the store can serve: the index is open and the
+// content directory is there.
+func (s *Store) Healthy() error {
+	if s.db.IsClosed() {
+		return errors.New("index closed")
+	}
+	if _, err := os.Stat(blobRoot(s.dir)); err != nil {
+		return fmt.Errorf("content directory: %w", err)
+	}
+	return nil
+}
+
 // Run does the store's background work until ctx ends: flushing batched
 // access times and collecting badger's value log. It flushes once more on exit.
 func (s *Store) Run(ctx context.Context) {

@@ -3,11 +3,9 @@ package proxy
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
-	"strconv"
 	"strings"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -46,15 +44,7 @@ func (p *Proxy) serveCheck(w http.ResponseWriter, r *http.Request) error {
 	for _, img := range images {
 		results = append(results, p.Check(r.Context(), img))
 	}
-	b, err := json.Marshal(results)
-	if err != nil {
-		return err
-	}
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Content-Length", strconv.Itoa(len(b)))
-	w.WriteHeader(http.StatusOK)
-	w.Write(b)
-	return nil
+	return writeJSON(w, r, http.StatusOK, results)
 }
 
 // Check walks an image in the cache alone, never asking upstream: the tag's

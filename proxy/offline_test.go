@@ -128,3 +128,37 @@ func TestCheckSaysWhatAnOfflinePullWouldMiss(t *testing.T) {
 		t.Errorf("check asked upstream %d times, want 0", n)
 	}
 }
+
+func TestHealthAndReadiness(t *testing.T) {
+	e := newEnv(t, withUpstreams("ghcr.io"))
+	resp, body := e.do(http.MethodGet, proxy.HealthPath, nil)
+	if resp.StatusCode != http.StatusOK || string(body) != `{"status":"ok"}` {
+		t.Errorf("healthz: %d %s", resp.StatusCode, body)
+	}
+	// An upstream that is down leaves the mirror ready: it serves its cache.
+	e.upstream.Close()
+	e.do(http.MethodGet, "/v2/app/manifests/1", nil)
+	resp, body = e.do(http.MethodGet, proxy.ReadyPath, nil)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("readyz with docker.io down: %d %s", resp.StatusCode, body)
+	}
+	var ready struct {
+		Ready     bool
+		Upstreams []struct {
+			Name string
+			Up   bool
+		}
+	}
+	if err := json.Unmarshal(body, &ready); err != nil {
+		t.Fatal(err)
+	}
+	if !ready.Ready || len(ready.Upstreams) != 2 || ready.Upstreams[0].Name != "docker.io" || ready.Upstreams[0].Up || !ready.Upstreams[1].Up {
+		t.Errorf("readyz = %s, want ready with docker.io down and ghcr.io up", body)
+	}
+	// A store that cannot serve makes it unready.
+	e.store.Close()
+	resp, body = e.do(http.MethodGet, proxy.ReadyPath, nil)
+	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(body), `"ready":false`) {
+		t.Errorf("readyz with the store closed: %d %s", resp.StatusCode, body)
+	}
+}

@@ -17,6 +17,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	lru "github.com/hashicorp/golang-lru/v2"
 	"github.com/regmirror/regmirror/cache"
+	"github.com/regmirror/regmirror/upstream"
 	"go.uber.org/zap"
 	"golang.org/x/sync/singleflight"
 )
@@ -33,6 +34,7 @@ type Store interface {
 	DeleteTag(registry, repo, tag string) error
 	Tags(registry, repo string) ([]string, error)
 	Repositories() ([]cache.Repository, error)
+	Healthy() error
 }
 
 // Upstream is one upstream registry.
@@ -41,6 +43,7 @@ type Upstream interface {
 	Manifest(ctx context.Context, method, repo, ref string) (*http.Response, error)
 	Blob(ctx context.Context, method, repo string, h v1.Hash) (*http.Response, error)
 	Tags(ctx context.Context, repo, n, last string) (*http.Response, error)
+	Health() upstream.Health
 }
 
 // Options tune a Proxy.
@@ -58,10 +61,11 @@ type Options struct {
 
 // Proxy is the registry API handler. Close it to stop its downloads.
 type Proxy struct {
-	st  Store
-	ups map[string]Upstream
-	opt Options
-	log *zap.Logger
+	st    Store
+	ups   map[string]Upstream
+	names []string // the upstreams in configured order, the default first
+	opt   Options
+	log   *zap.Logger
 
 	// ctx bounds the shared work that outlives any one request (downloads,
 	// resolutions); Close cancels it.
@@ -101,7 +105,9 @@ func New(st Store, ups []Upstream, opt Options, log *zap.Logger) (*Proxy, error)
 		return nil, errors.New("no upstream registry configured")
 	}
 	byName := make(map[string]Upstream, len(ups))
+	var names []string
 	for _, u := range ups {
+		names = append(names, u.Name())
 		if _, dup := byName[u.Name()]; dup {
 			return nil, fmt.Errorf("upstream %q configured twice", u.Name())
 		}
@@ -121,7 +127,7 @@ func New(st Store, ups []Upstream, opt Options, log *zap.Logger) (*Proxy, error)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	warned, _ := lru.New[string, time.Time](4096)
-	return &Proxy{st: st, ups: byName, opt: opt, log: log, ctx: ctx, cancel: cancel, flights: make(map[v1.Hash]*flight), staleWarned: warned}, nil
+	return &Proxy{st: st, ups: byName, names: names, opt: opt, log: log, ctx: ctx, cancel: cancel, flights: make(map[v1.Hash]*flight), staleWarned: warned}, nil
 }
 
 // Close stops every download in progress and waits for them to clean up.
@@ -146,8 +152,13 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) error {
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		return errUnsupported()
 	}
-	if r.URL.Path == CheckPath {
+	switch r.URL.Path {
+	case CheckPath:
 		return p.serveCheck(w, r)
+	case HealthPath:
+		return writeJSON(w, r, http.StatusOK, map[string]string{"status": "ok"})
+	case ReadyPath:
+		return p.serveReady(w, r)
 	}
 	if !strings.HasPrefix(r.URL.Path, "/v2") {
 		return errNotFound()

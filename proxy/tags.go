@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -120,10 +119,6 @@ func page(items []string, n int, last string) ([]string, bool) {
 
 // writeList writes a JSON list page, with a Link to the next page when more follow.
 func writeList(w http.ResponseWriter, r *http.Request, body map[string]any, more bool, n int, items []string) error {
-	b, err := json.Marshal(body)
-	if err != nil {
-		return err
-	}
 	if more && len(items) > 0 {
 		q := url.Values{"n": {strconv.Itoa(n)}, "last": {items[len(items)-1]}}
 		if ns := r.URL.Query().Get("ns"); ns != "" {
@@ -131,13 +126,7 @@ func writeList(w http.ResponseWriter, r *http.Request, body map[string]any, more
 		}
 		w.Header().Set("Link", fmt.Sprintf(`<%s?%s>; rel="next"`, r.URL.Path, q.Encode()))
 	}
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Content-Length", strconv.Itoa(len(b)))
-	w.WriteHeader(http.StatusOK)
-	if r.Method != http.MethodHead {
-		w.Write(b)
-	}
-	return nil
+	return writeJSON(w, r, http.StatusOK, body)
 }
 
 // rewriteLink keeps a client on the same registry when it follows the

@@ -18,6 +18,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/coreos/go-systemd/v22/daemon"
 	"github.com/regmirror/regmirror/cache"
 	"github.com/regmirror/regmirror/proxy"
 	"github.com/regmirror/regmirror/upstream"
@@ -58,14 +59,16 @@ func run(args []string) error {
 			return nil
 		}
 		return err
+	case "healthcheck":
+		return runHealthcheck(args)
 	case "version":
 		fmt.Println(version)
 		return nil
 	case "help":
-		fmt.Println("usage: regmirror [serve] [flags]     serve (regmirror serve -h lists the flags)\n       regmirror check IMAGE...    would these images pull with the upstream down?\n       regmirror version")
+		fmt.Println("usage: regmirror [serve] [flags]     serve (regmirror serve -h lists the flags)\n       regmirror check IMAGE...    would these images pull with the upstream down?\n       regmirror healthcheck        is the local mirror ready? (for container health checks)\n       regmirror version")
 		return nil
 	default:
-		return fmt.Errorf("unknown command %q (try: serve, check, version, help)", cmd)
+		return fmt.Errorf("unknown command %q (try: serve, check, healthcheck, version, help)", cmd)
 	}
 }
 
@@ -142,11 +145,19 @@ func serve(ctx context.Context, cfg Config) error {
 
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
+	// systemd (Type=notify): ready once the store is open and the listener is
+	// up; no-ops without NOTIFY_SOCKET.
+	if _, err := daemon.SdNotify(false, daemon.SdNotifyReady); err != nil {
+		log.Warn("tell systemd we are ready", zap.Error(err))
+	}
+	stopWatchdog := watchdog(st, log)
+	defer stopWatchdog()
 	select {
 	case err := <-errc:
 		return err
 	case <-ctx.Done():
 	}
+	daemon.SdNotify(false, daemon.SdNotifyStopping)
 	log.Info("shutting down", zap.Duration("grace", cfg.ShutdownTimeout))
 	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 	defer cancel()
@@ -215,4 +226,55 @@ func loadCAs(file string) (*x509.CertPool, error) {
 		return nil, fmt.Errorf("%s holds no PEM certificate", file)
 	}
 	return pool, nil
+}
+
+// watchdog pings systemd's watchdog (WatchdogSec=) at half its interval
+// while the store is healthy, so a mirror whose store broke is restarted.
+// It returns a function that stops it.
+func watchdog(st *cache.Store, log *zap.Logger) (stop func()) {
+	interval, err := daemon.SdWatchdogEnabled(false)
+	if err != nil || interval <= 0 {
+		return func() {}
+	}
+	done := make(chan struct{})
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		t := time.NewTicker(interval / 2)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				if err := st.Healthy(); err != nil {
+					log.Error("store unhealthy: not pinging the watchdog", zap.Error(err))
+					continue
+				}
+				daemon.SdNotify(false, daemon.SdNotifyWatchdog)
+			}
+		}
+	}()
+	return func() { close(done); <-finished }
+}
+
+// runHealthcheck is `regmirror healthcheck [-mirror URL]`, for a container's
+// HEALTHCHECK (the image has no shell or curl): exit 0 when the mirror
+// answers its /readyz with 200.
+func runHealthcheck(args []string) error {
+	fs := flag.NewFlagSet("healthcheck", flag.ContinueOnError)
+	mirror := fs.String("mirror", defaultMirrorURL(os.Getenv(envPrefix+"ADDR")), "base URL of the running mirror")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	client := &http.Client{Timeout: 5 * time.Second}
+	resp, err := client.Get(*mirror + proxy.ReadyPath)
+	if err != nil {
+		return fmt.Errorf("unhealthy: %w", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("unhealthy: %s answered %s", proxy.ReadyPath, resp.Status)
+	}
+	return nil
 }
