@@ -75,8 +75,9 @@ type Client struct {
 	health             health
 	probeMin, probeMax time.Duration
 	probes             sync.WaitGroup
-	closed             chan struct{}
-	closeOnce          sync.Once
+	// life ends when the client is closed; only the probe uses it.
+	life context.Context
+	stop context.CancelFunc
 
 	// One authenticated transport per repository: its bearer token carries
 	// that repository's pull scope and is refreshed by ggcr on a 401.
@@ -142,8 +143,9 @@ func New(opt Options, log *zap.Logger) (*Client, error) {
 		opt.ProbeMax = max(30*time.Second, opt.ProbeMin)
 	}
 	auth, err := opt.Keychain.Resolve(registryName(opt.Name))
+	life, stop := context.WithCancel(context.Background())
 	return &Client{name: opt.Name, base: base, timeout: opt.Timeout, reg: reg, keychain: opt.Keychain, rt: rt, transports: cache, log: log,
-		probeMin: opt.ProbeMin, probeMax: opt.ProbeMax, closed: make(chan struct{}),
+		probeMin: opt.ProbeMin, probeMax: opt.ProbeMax, life: life, stop: stop,
 		withCredentials: err == nil && auth != authn.Anonymous}, nil
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"os"
 	"sync"
 	"time"
 
@@ -85,7 +86,9 @@ func reason(err error) string {
 	if te, ok := errors.AsType[*transport.Error](err); ok {
 		return http.StatusText(te.StatusCode)
 	}
-	if ne, ok := errors.AsType[net.Error](err); ok && ne.Timeout() {
+	// Is, not As: go-containerregistry joins its https and http ping errors,
+	// and the first may be our own refusal to try the other scheme.
+	if errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, context.DeadlineExceeded) {
 		return "timeout"
 	}
 	if _, ok := errors.AsType[*net.OpError](err); ok {
@@ -105,7 +108,7 @@ func (c *Client) probe() {
 	for {
 		t := time.NewTimer(wait)
 		select {
-		case <-c.closed:
+		case <-c.life.Done():
 			t.Stop()
 			return
 		case <-t.C:
@@ -123,7 +126,8 @@ func (c *Client) probe() {
 }
 
 func (c *Client) ping() bool {
-	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
+	// Under the client's own context, so Close interrupts a ping in progress.
+	ctx, cancel := context.WithTimeout(c.life, c.timeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base.JoinPath("v2/").String(), nil)
 	if err != nil {
@@ -137,8 +141,8 @@ func (c *Client) ping() bool {
 	return resp.StatusCode < 500 // 401 is a registry asking for a token: it is up
 }
 
-// Close stops the client's background probe, if one runs.
+// Close stops the client's background probe, if one runs, even mid-ping.
 func (c *Client) Close() {
-	c.closeOnce.Do(func() { close(c.closed) })
+	c.stop()
 	c.probes.Wait()
 }

@@ -128,6 +128,9 @@ func TestHangingUpstreamCostsOneTimeout(t *testing.T) {
 	if n := hits.Load(); n != 1 {
 		t.Errorf("requests to the hanging upstream = %d, want 1 (a timeout is not retried)", n)
 	}
+	if h := c.Health(); h.Reason != "timeout" {
+		t.Errorf("Health().Reason = %q, want timeout", h.Reason)
+	}
 	for range 3 {
 		if _, err := c.Tags(t.Context(), "app", "", ""); !errors.Is(err, upstream.ErrDown) {
 			t.Fatalf("err = %v, want ErrDown", err)

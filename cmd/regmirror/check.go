@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/regmirror/regmirror/proxy"
@@ -28,6 +29,7 @@ func runCheck(args []string, stdout io.Writer) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	*mirror = strings.TrimSuffix(*mirror, "/")
 	if fs.NArg() == 0 {
 		fs.Usage()
 		return errors.New("no image named")

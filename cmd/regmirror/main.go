@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -267,6 +268,7 @@ func runHealthcheck(args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	*mirror = strings.TrimSuffix(*mirror, "/")
 	client := &http.Client{Timeout: 5 * time.Second}
 	resp, err := client.Get(*mirror + proxy.ReadyPath)
 	if err != nil {
