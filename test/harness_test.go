@@ -109,6 +109,7 @@ func startMirror(t *testing.T, upstreamURL, dataDir string, extraEnv ...string) 
 		"REGMIRROR_LOG_FORMAT=json",
 		"REGMIRROR_LOG_LEVEL=debug",
 		"REGMIRROR_UPSTREAM_TIMEOUT=5s",
+		"GORACE=atexit_sleep_ms=0", // a -race binary would sleep 1s on every exit
 	)
 	cmd.Env = append(cmd.Env, extraEnv...)
 	stderr, err := cmd.StderrPipe()
