@@ -1,0 +1,793 @@
+#!/usr/bin/env bash
+# bench/run.sh: regmirror side by side with distribution's proxy and nginx, in one command.
+#
+#   bench/run.sh              # the full benchmark, from the repository root (or anywhere)
+#   bench/run.sh --smoke      # every scenario with tiny sizes and every check, for CI
+#   PERF=1 bench/run.sh       # also perf-profile regmirror in the herd, the warm run and the HEAD load
+#
+# It installs what it needs (Debian: docker-registry, nginx, wrk, curl, jq,
+# openssl, iproute2; Go module proxy: hey and crane, built into its temp dir),
+# builds regmirror and bench/seed, and starts on free 127.0.0.1 ports, each
+# with its own temp dir:
+#   upstream   Debian's docker-registry (distribution 2.8), filesystem storage,
+#              its access log counting every request; bench/seed pushes
+#              library/big (one layer of BIG bytes), library/small (one layer
+#              of SMALL bytes) and library/fifty (LAYERS layers, FIFTY bytes in
+#              all), all pseudo-random, so nothing compresses
+#   peer       a second docker-registry with `proxy: remoteurl:` the upstream:
+#              distribution's pull-through cache, what people run today
+#   regmirror  the binary built from this repository (REGMIRROR_LOG_LEVEL=warn)
+#   nginx      library/big's layer as a static file (sendfile, 2 workers),
+#              the reference for disk and loopback speed
+# Both mirrors are asked for two-component names (library/big), which both
+# pass upstream unchanged. The scenarios, each for regmirror and the peer:
+#   1. cold herd: CLIENTS curl clients start the uncached big blob at once on a
+#      fresh mirror (bodies hashed by openssl in a pipe), and one client alone;
+#      the same with bodies discarded; upstream requests and bytes counted
+#   2. warm: CLIENTS clients x ROUNDS rounds of the cached big blob, servers
+#      interleaved per round, nginx included
+#   3. manifests: HEAD by tag (hey -m HEAD) and GET by digest (wrk), CONNS
+#      connections for LOAD each, with Docker's Accept header
+#   4. a whole pull of library/fifty with crane, cold and then warm
+#   5. peak RSS (VmHWM) of each mirror in each phase
+# and then the targets. Settings (environment): BIG, SMALL, LAYERS, FIFTY,
+# CLIENTS, ROUNDS, LOAD, CONNS. It exits non-zero if a server does not start,
+# any server sends wrong bytes or an error, or regmirror downloads a blob from
+# the upstream more than once (or at all when it has it).
+set -euo pipefail
+
+SMOKE=0
+case "${1:-}" in
+--smoke) SMOKE=1 ;;
+"") ;;
+*)
+	echo "usage: bench/run.sh [--smoke]" >&2
+	exit 2
+	;;
+esac
+if [ "$SMOKE" = 1 ]; then
+	BIG=${BIG:-5000000} SMALL=${SMALL:-300000} LAYERS=${LAYERS:-50} FIFTY=${FIFTY:-1000000}
+	CLIENTS=${CLIENTS:-2} ROUNDS=${ROUNDS:-1} LOAD=${LOAD:-2s} SETTLE=${SETTLE:-3}
+else
+	BIG=${BIG:-200000000} SMALL=${SMALL:-3000000} LAYERS=${LAYERS:-50} FIFTY=${FIFTY:-50000000}
+	CLIENTS=${CLIENTS:-8} ROUNDS=${ROUNDS:-3} LOAD=${LOAD:-10s} SETTLE=${SETTLE:-10}
+fi
+CONNS=${CONNS:-16}
+PERF=${PERF:-0}
+# SETTLE: tenths of a second without a new upstream request before counting them.
+HEY_VERSION=v0.1.5      # what @latest is; pinned so that runs compare
+CRANE_VERSION=v0.22.1   # the go-containerregistry of go.mod
+ACCEPT='application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json'
+
+REPO_ROOT=$(cd "$(dirname "$0")/.." && pwd)
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/regmirror-run.XXXXXX")
+PIDS=()
+
+cleanup() {
+	local p
+	for p in "${PIDS[@]}"; do
+		kill "$p" 2>/dev/null || true
+	done
+	for p in "${PIDS[@]}"; do
+		wait "$p" 2>/dev/null || true
+	done
+	rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+log() { printf '%s\n' "$*" >&2; }
+die() { log "run.sh: $*"; exit 1; }
+# fail records a failed check; it works in subshells too, and run.sh exits 1 at the end.
+fail() {
+	log "FAIL: $*"
+	echo "$*" >>"$WORK/failures"
+}
+
+# need CMD PKG: install the Debian package PKG if CMD is missing.
+APT_UPDATED=0
+need() {
+	if command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; then
+		return
+	fi
+	log "installing $2 (apt-get)"
+	if [ "$APT_UPDATED" = 0 ]; then
+		apt-get update -qq >&2
+		APT_UPDATED=1
+	fi
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$2" >&2
+}
+
+# free_port prints a TCP port that no socket uses at the moment, below the
+# kernel's ephemeral range, so that no client connection can take it before
+# the server binds it (the herds open many connections).
+EPHEMERAL_LOW=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
+free_port() {
+	local p
+	while :; do
+		p=$((10000 + RANDOM % (EPHEMERAL_LOW - 10000)))
+		if ! ss -Htan "sport = :$p" | grep -q .; then
+			echo "$p"
+			return
+		fi
+	done
+}
+
+now_ns() { date +%s%N; }
+secs() { awk -v ns="$1" 'BEGIN { printf "%.2f", ns / 1e9 }'; }
+mbps() { awk -v b="$1" -v ns="$2" 'BEGIN { printf "%.0f", b / 1e6 / (ns / 1e9) }'; }
+# ratio A B: A/B to two decimals, or - when either is missing or B is 0.
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || a == "-" || b == "-" || b + 0 == 0) print "-"; else printf "%.2f", a / b }'; }
+
+# wait_http URL PID LOG: wait up to 30 s for URL to answer 200 while PID lives.
+wait_http() {
+	for _ in $(seq 300); do
+		if [ "$(curl -s -o /dev/null -w '%{http_code}' "$1" || true)" = 200 ]; then
+			return
+		fi
+		kill -0 "$2" 2>/dev/null || break
+		sleep 0.1
+	done
+	die "$1 did not answer 200 within 30s; its log: $(tail -c 2000 "$3")"
+}
+
+# hwm PID: peak RSS in MB; reset_hwm PID starts a new peak (clear_refs 5).
+hwm() { awk '/^VmHWM/ { printf "%.0f", $2 / 1024 }' "/proc/$1/status"; }
+reset_hwm() { echo 5 >"/proc/$1/clear_refs" 2>/dev/null || log "note: cannot reset VmHWM of $1"; }
+# cpu_ticks PID: user+system CPU time of PID (and its children: nginx's workers) in clock ticks.
+cpu_ticks() {
+	local t=0 p
+	for p in "$1" $(pgrep -P "$1" || true); do
+		t=$((t + $(awk '{ print $14 + $15 }' "/proc/$p/stat")))
+	done
+	echo "$t"
+}
+HZ=$(getconf CLK_TCK)
+cpu_secs() { awk -v t="$1" -v hz="$HZ" 'BEGIN { printf "%.2f", t / hz }'; }
+
+# --- servers -------------------------------------------------------------
+
+# The servers by name: their kind (regmirror or peer), pid, base URL, data dir.
+declare -A KIND=() PID=() URL=() DATA=()
+
+# start_regmirror NAME [VAR=VALUE...]: a regmirror on a fresh data dir.
+start_regmirror() {
+	local name=$1 port
+	shift
+	port=$(free_port)
+	DATA[$name]=$WORK/data-$name
+	env REGMIRROR_ADDR="127.0.0.1:$port" REGMIRROR_DATA_DIR="${DATA[$name]}" REGMIRROR_UPSTREAM="$UP_URL" \
+		REGMIRROR_LOG_LEVEL=warn "$@" "$WORK/regmirror" 2>"$WORK/log-$name" &
+	PID[$name]=$!
+	PIDS+=("${PID[$name]}")
+	KIND[$name]=regmirror
+	URL[$name]=http://127.0.0.1:$port
+	wait_http "${URL[$name]}/v2/" "${PID[$name]}" "$WORK/log-$name"
+}
+
+# start_peer NAME: distribution's proxy on a fresh storage dir, in front of the upstream.
+start_peer() {
+	local name=$1 port
+	port=$(free_port)
+	DATA[$name]=$WORK/data-$name
+	cat >"$WORK/$name.yml" <<EOF
+version: 0.1
+log:
+  level: warn
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: ${DATA[$name]}
+  cache:
+    blobdescriptor: inmemory
+http:
+  addr: 127.0.0.1:$port
+  secret: regmirror-bench-$name
+proxy:
+  remoteurl: $UP_URL
+EOF
+	docker-registry serve "$WORK/$name.yml" >"$WORK/log-$name" 2>&1 &
+	PID[$name]=$!
+	PIDS+=("${PID[$name]}")
+	KIND[$name]=peer
+	URL[$name]=http://127.0.0.1:$port
+	wait_http "${URL[$name]}/v2/" "${PID[$name]}" "$WORK/log-$name"
+}
+
+start_server() {
+	if [ "$1" = regmirror ]; then start_regmirror "$2"; else start_peer "$2"; fi
+}
+
+stop() {
+	local name=$1
+	kill "${PID[$name]}" 2>/dev/null || true
+	wait "${PID[$name]}" 2>/dev/null || true
+}
+
+# stored_path NAME DIGEST: where server NAME keeps blob DIGEST once it has it.
+stored_path() {
+	local hex=${2#sha256:}
+	if [ "${KIND[$1]}" = regmirror ]; then
+		echo "${DATA[$1]}/blobs/sha256/${hex:0:2}/$hex"
+	else
+		echo "${DATA[$1]}/docker/registry/v2/blobs/sha256/${hex:0:2}/$hex/data"
+	fi
+}
+
+# wait_stored NAME DIGEST...: wait up to 60 s until server NAME has stored every
+# blob (the peer stores in the background after the clients are served). Prints
+# how many are missing.
+wait_stored() {
+	local name=$1 d missing
+	shift
+	for _ in $(seq 600); do
+		missing=0
+		for d in "$@"; do
+			[ -e "$(stored_path "$name" "$d")" ] || missing=$((missing + 1))
+		done
+		[ "$missing" = 0 ] && break
+		sleep 0.1
+	done
+	echo "$missing"
+}
+
+# --- the upstream's access log ----------------------------------------------
+# docker-registry writes one line per finished request, combined log format:
+# 127.0.0.1 - - [date +0000] "GET /v2/... HTTP/1.1" 200 bytes "" "agent"
+
+up_mark() { wc -l <"$WORK/upstream.access"; }
+# settle: wait (at most 60 s) until the upstream's log has not grown for SETTLE tenths of a second.
+settle() {
+	local last cur quiet=0
+	last=$(up_mark)
+	for _ in $(seq 600); do
+		sleep 0.1
+		cur=$(up_mark)
+		if [ "$cur" = "$last" ]; then
+			quiet=$((quiet + 1))
+			[ "$quiet" -ge "$SETTLE" ] && return
+		else
+			quiet=0
+			last=$cur
+		fi
+	done
+}
+# up_gets MARK: "n bytes" of the upstream's blob GETs since line MARK.
+up_gets() {
+	awk -v m="$1" 'NR > m && $6 == "\"GET" && $7 ~ /\/blobs\/sha256:/ { n++; b += $10 } END { printf "%d %d\n", n, b }' "$WORK/upstream.access"
+}
+# up_max_per_blob MARK: the most GETs any one blob got since line MARK.
+up_max_per_blob() {
+	awk -v m="$1" 'NR > m && $6 == "\"GET" && $7 ~ /\/blobs\/sha256:/ { if (++c[$7] > max) max = c[$7] } END { print max + 0 }' "$WORK/upstream.access"
+}
+# up_summary MARK: the upstream's requests since line MARK, by method and kind.
+up_summary() {
+	awk -v m="$1" 'NR > m {
+		u = $7; k = u == "/v2/" ? "/v2/" : u ~ /\/blobs\/uploads/ ? "upload" : u ~ /\/blobs\// ? "blob" : u ~ /\/manifests\// ? "manifest" : "other"
+		c[substr($6, 2) " " k]++
+	} END { for (x in c) print x "=" c[x] }' "$WORK/upstream.access" | sort | paste -sd, | sed 's/,/, /g; s/^$/none/'
+}
+
+# --- clients -----------------------------------------------------------------
+
+# fetch N URL OUT HASH: N curl clients at once. OUT.i gets each client's curl
+# errors and, as its last line, "status ttfb total bytes". With HASH=1 the body
+# is piped to openssl and OUT.i.sum gets its sha256; otherwise it is discarded.
+# Prints the wall time in ns, from the start of the first to the end of the last.
+fetch() {
+	local n=$1 url=$2 out=$3 hash=$4 i start pids=()
+	local fmt='%{http_code} %{time_starttransfer} %{time_total} %{size_download}\n'
+	start=$(now_ns)
+	for i in $(seq "$n"); do
+		if [ "$hash" = 1 ]; then
+			(curl -sS -w "%{stderr}$fmt" "$url" 2>"$out.$i" | openssl dgst -sha256 -r >"$out.$i.sum") &
+		else
+			curl -sS -o /dev/null -w "$fmt" "$url" >"$out.$i" 2>&1 &
+		fi
+		pids+=($!)
+	done
+	for i in "${pids[@]}"; do
+		wait "$i" || true
+	done
+	echo $(($(now_ns) - start))
+}
+
+# check N OUT WHAT: every client got 200 and BIG bytes and, if hashed, a body
+# that hashes to the big layer's digest. Prints how many bodies matched.
+check() {
+	local i code bytes sum ok=0
+	for i in $(seq "$1"); do
+		read -r code _ _ bytes < <(tail -n1 "$2.$i")
+		if [ "${code:-}" != 200 ] || [ "${bytes:-}" != "$BIG" ]; then
+			fail "$3 client $i: status ${code:-none}, ${bytes:-0} bytes, want 200 and $BIG; curl said: $(head -c 300 "$2.$i")"
+		fi
+		if [ -f "$2.$i.sum" ]; then
+			sum=sha256:$(cut -d' ' -f1 "$2.$i.sum")
+			if [ "$sum" = "$BIG_LAYER" ]; then
+				ok=$((ok + 1))
+			else
+				fail "$3 client $i: body hashes to $sum, want $BIG_LAYER"
+			fi
+		fi
+	done
+	echo "$ok"
+}
+
+# ttfbs N OUT: the clients' times to first byte in ms, in client order.
+ttfbs() {
+	local i
+	for i in $(seq "$1"); do
+		tail -n1 "$2.$i" | awk '{ printf "%.1f ", $2 * 1000 }'
+	done
+}
+# spread: "min/median/max" of the numbers on stdin.
+spread() {
+	tr ' ' '\n' | grep . | sort -n | awk '{ v[NR] = $1 }
+		END { m = NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2; printf "%.1f/%.1f/%.1f", v[1], m, v[NR] }'
+}
+
+# perf_start PID NAME: with PERF=1, profile PID (or with "all", every process)
+# into WORK/NAME.perf until perf_stop.
+PERF_PID=
+perf_start() {
+	PERF_PID=
+	if [ "$PERF" = 1 ]; then
+		if [ "$1" = all ]; then
+			perf record -q -F 999 -g -a -o "$WORK/$2.perf" >/dev/null 2>&1 &
+		else
+			perf record -q -F 999 -g -p "$1" -o "$WORK/$2.perf" >/dev/null 2>&1 &
+		fi
+		PERF_PID=$!
+		PIDS+=("$PERF_PID")
+		PERFS+=("$2")
+		sleep 0.5 # let perf attach
+	fi
+}
+perf_stop() {
+	if [ -n "$PERF_PID" ]; then
+		kill -INT "$PERF_PID"
+		wait "$PERF_PID" 2>/dev/null || true
+		PERF_PID=
+	fi
+}
+PERFS=()
+
+# Results, by "scenario server" keys.
+declare -A WALL=() GETS=() RSS=() RPS=() P99=() MBPS=()
+
+# --- 1. cold ------------------------------------------------------------------
+
+COLD_ROW='  %-15s %-9s %7s %-9s %7s %6s  %-18s %7s %8s %6s %6s  %s\n'
+
+# cold SCENARIO KIND N HASH: N clients at once fetch the uncached big blob from
+# a fresh server of KIND on a fresh data dir, which is then stopped.
+cold() {
+	local scen=$1 kind=$2 n=$3 hash=$4 name=$1-$2 pid mark ns t0 t1 ok gets bytes missing bodies=discarded note=
+	start_server "$kind" "$name"
+	pid=${PID[$name]}
+	settle
+	mark=$(up_mark)
+	sync
+	t0=$(cpu_ticks "$pid")
+	if [ "$scen" = herd ] && [ "$kind" = regmirror ]; then
+		perf_start all herd
+	fi
+	ns=$(fetch "$n" "${URL[$name]}$BIG_PATH" "$WORK/$name" "$hash")
+	perf_stop
+	missing=$(wait_stored "$name" "$BIG_LAYER")
+	[ "$missing" = 0 ] || note="; did not store the blob within 60 s"
+	settle
+	t1=$(cpu_ticks "$pid")
+	ok=$(check "$n" "$WORK/$name" "cold $scen $kind")
+	read -r gets bytes <<<"$(up_gets "$mark")"
+	if [ "$kind" = regmirror ] && [ "$gets" != 1 ]; then
+		fail "cold $scen regmirror: the upstream got $gets GETs of the blob, want 1 ($(up_summary "$mark"))"
+	fi
+	if [ "$hash" = 1 ]; then
+		bodies="$ok/$n ok"
+	fi
+	WALL[$scen $kind]=$(secs "$ns")
+	GETS[$scen $kind]=$gets
+	RSS[$scen $kind]=$(hwm "$pid")
+	# shellcheck disable=SC2059
+	printf "$COLD_ROW" "$scen" "$kind" "$n" "$bodies" "${WALL[$scen $kind]}" "$(mbps $((BIG * n)) "$ns")" \
+		"$(ttfbs "$n" "$WORK/$name" | spread)" "$gets" "$(awk -v b="$bytes" 'BEGIN { printf "%.0f", b / 1e6 }')" \
+		"$(cpu_secs $((t1 - t0)))" "${RSS[$scen $kind]}" "$(up_summary "$mark")$note"
+	if [[ $scen == herd* ]]; then
+		again "$scen" "$kind" "$n" "$hash"
+	fi
+	stop "$name"
+	rm -rf "${DATA[$name]}"
+}
+
+# again SCENARIO KIND N HASH: the same clients again against the same server,
+# which now has the blob: what delivering these bodies costs on this machine
+# without the upstream.
+again() {
+	local scen=$1 kind=$2 n=$3 hash=$4 name=$1-$2 pid mark ns t0 t1 ok gets bytes bodies=discarded
+	pid=${PID[$name]}
+	mark=$(up_mark)
+	sync
+	t0=$(cpu_ticks "$pid")
+	ns=$(fetch "$n" "${URL[$name]}$BIG_PATH" "$WORK/$name-again" "$hash")
+	settle
+	t1=$(cpu_ticks "$pid")
+	ok=$(check "$n" "$WORK/$name-again" "$scen again $kind")
+	read -r gets bytes <<<"$(up_gets "$mark")"
+	if [ "$kind" = regmirror ] && [ "$gets" != 0 ]; then
+		fail "$scen again regmirror: the upstream got $gets GETs of the blob, want 0"
+	fi
+	if [ "$hash" = 1 ]; then
+		bodies="$ok/$n ok"
+	fi
+	WALL[$scen-again $kind]=$(secs "$ns")
+	# shellcheck disable=SC2059
+	printf "$COLD_ROW" "  again, cached" "$kind" "$n" "$bodies" "${WALL[$scen-again $kind]}" "$(mbps $((BIG * n)) "$ns")" \
+		"$(ttfbs "$n" "$WORK/$name-again" | spread)" "$gets" "$(awk -v b="$bytes" 'BEGIN { printf "%.0f", b / 1e6 }')" \
+		"$(cpu_secs $((t1 - t0)))" - "$(up_summary "$mark")"
+}
+
+# --- 2. warm ------------------------------------------------------------------
+
+# warm NAME...: CLIENTS clients at once against each server in turn, ROUNDS
+# times (interleaved, so drift on the machine affects all alike).
+warm() {
+	local name r ns t0 t1 bytes=$((BIG * CLIENTS * ROUNDS)) url
+	local -A total=() rounds=() ticks=()
+	for r in $(seq "$ROUNDS"); do
+		for name in "$@"; do
+			url=$NG_URL
+			[ "$name" = nginx ] || url=${URL[$name]}$BIG_PATH
+			sync
+			t0=$(cpu_ticks "${PID[$name]}")
+			ns=$(fetch "$CLIENTS" "$url" "$WORK/warm-$name-$r" 0)
+			t1=$(cpu_ticks "${PID[$name]}")
+			check "$CLIENTS" "$WORK/warm-$name-$r" "warm $name round $r" >/dev/null
+			total[$name]=$((${total[$name]:-0} + ns))
+			ticks[$name]=$((${ticks[$name]:-0} + t1 - t0))
+			rounds[$name]+="$(secs "$ns") "
+		done
+	done
+	printf '  %-10s %7s  %-20s %7s %9s\n' server "MB/s" "round times s" "CPU s" "CPU s/GB"
+	for name in "$@"; do
+		MBPS[$name]=$(mbps "$bytes" "${total[$name]}")
+		printf '  %-10s %7s  %-20s %7s %9s\n' "$name" "${MBPS[$name]}" "${rounds[$name]}" \
+			"$(cpu_secs "${ticks[$name]}")" "$(awk -v t="${ticks[$name]}" -v hz="$HZ" -v b="$bytes" 'BEGIN { printf "%.2f", t / hz / (b / 1e9) }')"
+	done
+}
+
+# --- 3. manifests ---------------------------------------------------------------
+
+# ms VALUE: wrk's latency (95.00us, 1.23ms, 1.02s) in ms.
+ms() {
+	awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n += 0; else if (v ~ /m$/) n *= 60000; else if (v ~ /s$/) n *= 1000; printf "%.2f", n }'
+}
+
+LOAD_ROW='  %-22s %-16s %9s %8s %9s  %s\n'
+
+# load TOOL WHAT NAME URL: TOOL (hey: HEAD, wrk: GET) with CONNS connections for
+# LOAD against URL on server NAME; records RPS and P99 under "WHAT NAME".
+load() {
+	local tool=$1 what=$2 name=$3 url=$4 out mark rps p99 n bad
+	out=$WORK/$tool-$name.txt
+	settle
+	mark=$(up_mark)
+	if [ "$what" = head-tag ] && [ "$name" = reg ]; then
+		perf_start "${PID[$name]}" head
+	fi
+	if [ "$tool" = hey ]; then
+		"$HEY" -z "$LOAD" -c "$CONNS" -m HEAD -A "$ACCEPT" "$url" >"$out" 2>&1 || fail "hey against $name exited non-zero: $(tail -n 5 "$out")"
+		rps=$(awk '/Requests\/sec:/ { printf "%.0f", $2 }' "$out")
+		p99=$(awk '$1 ~ /^99%/ && $2 == "in" { printf "%.2f", $3 * 1000 }' "$out") # hey prints "99%% in"
+		n=$(awk '/^ *\[[0-9]+\]/ { n += $2 } END { print n + 0 }' "$out")
+		bad=$(awk '/^ *\[[0-9]+\]/ && $1 != "[200]" { b += $2 } END { print b + 0 }' "$out")
+		if grep -q 'Error distribution' "$out"; then
+			fail "hey $what against $name: errors: $(sed -n '/Error distribution/,$p' "$out" | head -n 5 | tr '\n' ' ')"
+		fi
+	else
+		wrk -t2 -c"$CONNS" -d"$LOAD" --latency -H "Accept: $ACCEPT" "$url" >"$out" 2>&1 || fail "wrk against $name exited non-zero: $(tail -n 5 "$out")"
+		rps=$(awk '/Requests\/sec:/ { printf "%.0f", $2 }' "$out")
+		p99=$(ms "$(awk '$1 == "99%" { print $2 }' "$out")")
+		n=$(awk '/requests in/ { print $1 }' "$out")
+		bad=$(awk '/Non-2xx or 3xx responses:/ { print $NF }' "$out")
+		bad=${bad:-0}
+		if grep -q 'Socket errors' "$out"; then
+			log "note: wrk $what against $name: $(grep 'Socket errors' "$out")"
+		fi
+	fi
+	perf_stop
+	[ "$bad" = 0 ] || fail "$tool $what against $name: $bad of $n responses were not 200"
+	settle
+	RPS[$what $name]=$rps
+	P99[$what $name]=$p99
+	# shellcheck disable=SC2059
+	printf "$LOAD_ROW" "$what" "$name" "$rps" "$p99" "$n" "$(up_summary "$mark")"
+}
+
+# prime_manifest NAME: GET library/small by tag through server NAME, and check it.
+prime_manifest() {
+	local name=$1 got sum
+	got=$(curl -sS -D "$WORK/manifest-$name.h" -o "$WORK/manifest-$name" -w '%{http_code}' -H "Accept: $ACCEPT" \
+		"${URL[$name]}/v2/library/small/manifests/latest") || true
+	sum=sha256:$(openssl dgst -sha256 -r <"$WORK/manifest-$name" | cut -d' ' -f1)
+	if [ "$got" != 200 ] || [ "$sum" != "$SMALL_MANIFEST" ]; then
+		fail "GET library/small:latest from $name: status $got, body $sum, want 200 and $SMALL_MANIFEST"
+	fi
+	if ! grep -qi "^docker-content-digest: $SMALL_MANIFEST" "$WORK/manifest-$name.h"; then
+		fail "GET library/small:latest from $name: no Docker-Content-Digest: $SMALL_MANIFEST"
+	fi
+}
+
+# --- 4. crane -------------------------------------------------------------------
+
+CRANE_ROW='  %-10s %-16s %8s %7s %7s  %s\n'
+
+# crane_pull WHAT NAME HOST: one whole pull of library/fifty with crane.
+crane_pull() {
+	local what=$1 name=$2 host=$3 mark t0 t1 gets bytes max missing note=
+	settle
+	mark=$(up_mark)
+	t0=$(now_ns)
+	"$CRANE" pull --insecure "$host/library/fifty:latest" /dev/null >"$WORK/crane-$what-$name.out" 2>&1 ||
+		fail "crane pull ($what) from $name: $(tail -n 3 "$WORK/crane-$what-$name.out")"
+	t1=$(now_ns)
+	if [ "$name" != upstream ]; then
+		missing=$(wait_stored "$name" "${FIFTY_BLOBS[@]}")
+		[ "$missing" = 0 ] || note="; $missing blobs not stored after 60 s"
+	fi
+	settle
+	read -r gets bytes <<<"$(up_gets "$mark")"
+	max=$(up_max_per_blob "$mark")
+	if [ "$name" = reg ]; then
+		if [ "$what" = cold ] && [ "$max" -gt 1 ]; then
+			fail "crane cold pull through regmirror: a blob was downloaded $max times ($(up_summary "$mark"))"
+		fi
+		if [ "$what" = warm ] && [ "$gets" != 0 ]; then
+			fail "crane warm pull through regmirror: the upstream got $gets blob GETs, want 0"
+		fi
+	fi
+	WALL[crane-$what $name]=$(secs $((t1 - t0)))
+	# shellcheck disable=SC2059
+	printf "$CRANE_ROW" "$what" "$name" "${WALL[crane-$what $name]}" "$gets" "$(awk -v b="$bytes" 'BEGIN { printf "%.0f", b / 1e6 }')" "$(up_summary "$mark")$note"
+}
+
+# --- setup ------------------------------------------------------------------------
+
+need curl curl
+need jq jq
+need ss iproute2
+need nginx nginx
+need openssl openssl
+need docker-registry docker-registry
+need wrk wrk
+if [ "$PERF" = 1 ]; then
+	need perf linux-perf
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+
+log "building regmirror and bench/seed; hey $HEY_VERSION and crane $CRANE_VERSION (Go module proxy)"
+(cd "$REPO_ROOT" && go build -o "$WORK/regmirror" ./cmd/regmirror && go build -o "$WORK/seed" ./bench/seed)
+(cd "$WORK" && GOBIN=$WORK/bin go install "github.com/rakyll/hey@$HEY_VERSION" &&
+	GOBIN=$WORK/bin go install "github.com/google/go-containerregistry/cmd/crane@$CRANE_VERSION")
+HEY=$WORK/bin/hey
+CRANE=$WORK/bin/crane
+
+# The upstream.
+UP_PORT=$(free_port)
+UP_URL=http://127.0.0.1:$UP_PORT
+cat >"$WORK/upstream.yml" <<EOF
+version: 0.1
+log:
+  level: warn
+  accesslog:
+    disabled: false
+storage:
+  filesystem:
+    rootdirectory: $WORK/data-upstream
+  cache:
+    blobdescriptor: inmemory
+http:
+  addr: 127.0.0.1:$UP_PORT
+  secret: regmirror-bench-upstream
+EOF
+docker-registry serve "$WORK/upstream.yml" >"$WORK/upstream.access" 2>"$WORK/log-upstream" &
+PID[upstream]=$!
+PIDS+=("${PID[upstream]}")
+wait_http "$UP_URL/v2/" "${PID[upstream]}" "$WORK/log-upstream"
+
+mkdir -p "$WORK/www"
+log "seeding the upstream"
+"$WORK/seed" -registry "127.0.0.1:$UP_PORT" -big "$BIG" -small "$SMALL" -layers "$LAYERS" -fifty "$FIFTY" \
+	-blob-out "$WORK/www/blob" >"$WORK/seed.json" || die "seeding failed"
+BIG_LAYER=$(jq -r '.big.layers[0]' "$WORK/seed.json")
+SMALL_MANIFEST=$(jq -r '.small.manifest' "$WORK/seed.json")
+mapfile -t FIFTY_BLOBS < <(jq -r '.fifty.config, .fifty.layers[]' "$WORK/seed.json")
+BIG_PATH=/v2/library/big/blobs/$BIG_LAYER
+[ "sha256:$(openssl dgst -sha256 -r <"$WORK/www/blob" | cut -d' ' -f1)" = "$BIG_LAYER" ] || die "the blob file does not hash to $BIG_LAYER"
+
+# nginx, serving the same blob from a file.
+NG_PORT=$(free_port)
+mkdir -p "$WORK/nginx"
+chmod 755 "$WORK" "$WORK/www"
+cat >"$WORK/nginx/nginx.conf" <<EOF
+daemon off;
+worker_processes 2;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log warn;
+events { worker_connections 256; }
+http {
+	sendfile on;
+	tcp_nopush on;
+	access_log off;
+	client_body_temp_path $WORK/nginx/tmp;
+	proxy_temp_path $WORK/nginx/tmp;
+	fastcgi_temp_path $WORK/nginx/tmp;
+	uwsgi_temp_path $WORK/nginx/tmp;
+	scgi_temp_path $WORK/nginx/tmp;
+	server {
+		listen 127.0.0.1:$NG_PORT;
+		root $WORK/www;
+	}
+}
+EOF
+"$NGINX" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" 2>"$WORK/nginx/stderr" &
+PID[nginx]=$!
+PIDS+=("${PID[nginx]}")
+NG_URL=http://127.0.0.1:$NG_PORT/blob
+wait_http "$NG_URL" "${PID[nginx]}" "$WORK/nginx/error.log"
+
+mode=full
+[ "$SMOKE" = 1 ] && mode=smoke
+echo "regmirror side by side with distribution's proxy and nginx ($mode), $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+echo "$(nproc) cores, $(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo), kernel $(uname -r), $(go version | cut -d' ' -f3)"
+echo "$(docker-registry --version | cut -d' ' -f2-), $("$NGINX" -v 2>&1 | cut -d' ' -f3), $(wrk -v 2>&1 | head -n1 | cut -d' ' -f1-2), hey $HEY_VERSION, crane $("$CRANE" version), $(curl --version | head -n1 | cut -d' ' -f1-2), $(openssl version | cut -d' ' -f1-2)"
+changed=$(git -C "$REPO_ROOT" status --porcelain -- . ':(exclude)bench' 2>/dev/null | wc -l)
+echo "regmirror at commit $(git -C "$REPO_ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown), $changed uncommitted paths outside bench/"
+echo "images: library/big $BIG bytes in one layer ($BIG_LAYER); library/small $SMALL bytes; library/fifty $LAYERS layers, $FIFTY bytes in all"
+echo "clients $CLIENTS, rounds $ROUNDS, load $LOAD with $CONNS connections; MB = 10^6 bytes; load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+
+# --- 1 ----------------------------------------------------------------------------
+echo
+echo "1. cold: clients start the uncached big blob at once, each mirror fresh on an empty data dir"
+echo "   (hashed: bodies piped to openssl dgst -sha256; up GETs/MB: the upstream's blob GETs and bytes sent;"
+echo "    CPU s and RSS MB are the mirror's own, counted until the upstream is quiet)"
+# shellcheck disable=SC2059
+printf "$COLD_ROW" scenario server clients bodies "wall s" "MB/s" "TTFB ms min/med/max" "up GETs" "up MB" "CPU s" "RSS MB" "all upstream requests"
+for spec in "herd $CLIENTS 1" "single 1 1" "herd-discard $CLIENTS 0" "single-discard 1 0"; do
+	read -r scen n hash <<<"$spec"
+	for kind in regmirror peer; do
+		cold "$scen" "$kind" "$n" "$hash"
+	done
+done
+echo "  herd/single wall time: regmirror $(ratio "${WALL[herd regmirror]}" "${WALL[single regmirror]}") (discarded $(ratio "${WALL[herd-discard regmirror]}" "${WALL[single-discard regmirror]}")), peer $(ratio "${WALL[herd peer]}" "${WALL[single peer]}") (discarded $(ratio "${WALL[herd-discard peer]}" "${WALL[single-discard peer]}"))"
+echo "  herd cold/herd again (cached): regmirror $(ratio "${WALL[herd regmirror]}" "${WALL[herd-again regmirror]}") (discarded $(ratio "${WALL[herd-discard regmirror]}" "${WALL[herd-discard-again regmirror]}")), peer $(ratio "${WALL[herd peer]}" "${WALL[herd-again peer]}") (discarded $(ratio "${WALL[herd-discard peer]}" "${WALL[herd-discard-again peer]}"))"
+echo "  regmirror/peer wall time: herd $(ratio "${WALL[herd regmirror]}" "${WALL[herd peer]}"), single $(ratio "${WALL[single regmirror]}" "${WALL[single peer]}"), herd-discard $(ratio "${WALL[herd-discard regmirror]}" "${WALL[herd-discard peer]}"), single-discard $(ratio "${WALL[single-discard regmirror]}" "${WALL[single-discard peer]}")"
+
+# --- 2 ----------------------------------------------------------------------------
+echo
+echo "2. warm: $CLIENTS clients at once x $ROUNDS rounds of the cached big blob, bodies discarded, servers interleaved"
+start_regmirror reg
+start_peer peer
+for name in reg peer; do
+	fetch 1 "${URL[$name]}$BIG_PATH" "$WORK/prime-$name" 1 >/dev/null
+	check 1 "$WORK/prime-$name" "priming GET from $name" >/dev/null
+done
+[ "$(wait_stored peer "$BIG_LAYER")" = 0 ] || fail "the peer did not store the big blob within 60 s of the priming GET"
+settle
+mark=$(up_mark)
+reset_hwm "${PID[reg]}"
+reset_hwm "${PID[peer]}"
+perf_start "${PID[reg]}" warm
+warm reg peer nginx
+perf_stop
+settle
+RSS[warm regmirror]=$(hwm "${PID[reg]}")
+RSS[warm peer]=$(hwm "${PID[peer]}")
+read -r gets _ <<<"$(up_gets "$mark")"
+[ "$gets" = 0 ] || fail "warm: the upstream got $gets blob GETs, want 0 ($(up_summary "$mark"))"
+echo "  (reg is regmirror; CPU s is the server's user+system time, nginx's workers included)"
+echo "  regmirror/nginx $(ratio "${MBPS[reg]}" "${MBPS[nginx]}"), regmirror/peer $(ratio "${MBPS[reg]}" "${MBPS[peer]}"), peer/nginx $(ratio "${MBPS[peer]}" "${MBPS[nginx]}"); upstream requests during the rounds: $(up_summary "$mark")"
+
+# --- 3 ----------------------------------------------------------------------------
+echo
+echo "3. manifests of library/small, $CONNS connections for $LOAD each, Docker's Accept header"
+echo "   (reg-ttl0 is a regmirror with REGMIRROR_TAG_TTL=0s, which asks upstream for the tag every time, as the peer does)"
+start_regmirror reg-ttl0 REGMIRROR_TAG_TTL=0s
+for name in reg peer reg-ttl0; do
+	prime_manifest "$name"
+done
+reset_hwm "${PID[reg]}"
+reset_hwm "${PID[peer]}"
+# shellcheck disable=SC2059
+printf "$LOAD_ROW" "request (tool)" server "req/s" "p99 ms" requests "upstream requests during the load"
+for name in reg peer reg-ttl0; do
+	load hey head-tag "$name" "${URL[$name]}/v2/library/small/manifests/latest"
+done
+for name in reg peer; do
+	load wrk get-digest "$name" "${URL[$name]}/v2/library/small/manifests/$SMALL_MANIFEST"
+done
+RSS[manifests regmirror]=$(hwm "${PID[reg]}")
+RSS[manifests peer]=$(hwm "${PID[peer]}")
+stop reg-ttl0
+echo "  regmirror/peer req/s: HEAD by tag $(ratio "${RPS[head-tag reg]}" "${RPS[head-tag peer]}") (TAG_TTL=0s: $(ratio "${RPS[head-tag reg-ttl0]}" "${RPS[head-tag peer]}")), GET by digest $(ratio "${RPS[get-digest reg]}" "${RPS[get-digest peer]}")"
+echo "  regmirror/peer p99: HEAD by tag $(ratio "${P99[head-tag reg]}" "${P99[head-tag peer]}"), GET by digest $(ratio "${P99[get-digest reg]}" "${P99[get-digest peer]}")"
+
+# --- 4 ----------------------------------------------------------------------------
+echo
+echo "4. crane pull of library/fifty ($LAYERS layers) to /dev/null, cold (first pull through each mirror) then warm"
+reset_hwm "${PID[reg]}"
+reset_hwm "${PID[peer]}"
+# shellcheck disable=SC2059
+printf "$CRANE_ROW" pull server "wall s" "up GETs" "up MB" "all upstream requests"
+for what in cold warm; do
+	for name in reg peer; do
+		crane_pull "$what" "$name" "${URL[$name]#http://}"
+	done
+done
+crane_pull direct upstream "127.0.0.1:$UP_PORT"
+RSS[crane regmirror]=$(hwm "${PID[reg]}")
+RSS[crane peer]=$(hwm "${PID[peer]}")
+echo "  regmirror/peer wall time: cold $(ratio "${WALL[crane-cold reg]}" "${WALL[crane-cold peer]}"), warm $(ratio "${WALL[crane-warm reg]}" "${WALL[crane-warm peer]}")"
+
+# --- 5 ----------------------------------------------------------------------------
+echo
+echo "5. peak RSS (VmHWM, MB); herd: a fresh process; later phases: VmHWM reset at the start of each"
+printf '  %-10s %6s %6s %10s %6s\n' server herd warm manifests crane
+for kind in regmirror peer; do
+	printf '  %-10s %6s %6s %10s %6s\n' "$kind" "${RSS[herd $kind]}" "${RSS[warm $kind]}" "${RSS[manifests $kind]}" "${RSS[crane $kind]}"
+done
+
+# --- targets ------------------------------------------------------------------------
+met() { if [ "$1" = 1 ]; then echo met; else echo MISSED; fi; }
+echo
+echo "targets"
+t=$(awk -v a="${MBPS[reg]}" -v b="${MBPS[nginx]}" 'BEGIN { print (a >= 0.9 * b) ? 1 : 0 }')
+echo "  warm blob throughput >= 0.9x nginx: $(met "$t") ($(ratio "${MBPS[reg]}" "${MBPS[nginx]}")x: ${MBPS[reg]} vs ${MBPS[nginx]} MB/s)"
+t=$(awk -v a="${RPS[head-tag reg]}" -v b="${RPS[head-tag peer]}" 'BEGIN { print (a >= 10 * b) ? 1 : 0 }')
+echo "  manifest HEAD by tag >= 10x the peer's req/s: $(met "$t") ($(ratio "${RPS[head-tag reg]}" "${RPS[head-tag peer]}")x: ${RPS[head-tag reg]} vs ${RPS[head-tag peer]})"
+hs=$(ratio "${WALL[herd regmirror]}" "${WALL[single regmirror]}")
+t=$(awk -v g="${GETS[herd regmirror]}" -v r="$hs" 'BEGIN { print (g == 1 && r != "-" && r <= 1.2) ? 1 : 0 }')
+echo "  cold herd: one upstream download and <= 1.2x one client alone: $(met "$t") (${GETS[herd regmirror]} upstream GET; ${hs}x: ${WALL[herd regmirror]} s vs ${WALL[single regmirror]} s; the same clients from the cache: ${WALL[herd-again regmirror]} s)"
+maxrss=0
+for p in herd warm manifests crane; do
+	[ "${RSS[$p regmirror]}" -gt "$maxrss" ] && maxrss=${RSS[$p regmirror]}
+done
+t=$([ "$maxrss" -lt 100 ] && echo 1 || echo 0)
+echo "  peak RSS < 100 MB in every scenario: $(met "$t") (regmirror's highest: $maxrss MB)"
+
+if [ "$PERF" = 1 ]; then
+	for f in "${PERFS[@]}"; do
+		comms=()
+		if [ "$f" = herd ]; then
+			echo
+			echo "perf (herd, every process on the machine): CPU time by command"
+			perf report -i "$WORK/herd.perf" --no-children --sort comm --stdio -q -g none 2>/dev/null |
+				awk 'NF && n++ < 8 { printf "  %s %s\n", $1, $2 }'
+			comms=(--comms regmirror --percentage relative)
+		fi
+		echo
+		echo "perf ($f): where regmirror's CPU time went, by object, then the top symbols (self time)"
+		perf report -i "$WORK/$f.perf" "${comms[@]}" --no-children --sort dso --stdio -q -g none 2>/dev/null |
+			awk 'NF && n++ < 4 { printf "  %s %s\n", $1, $2 }'
+		perf report -i "$WORK/$f.perf" "${comms[@]}" --no-children --sort dso,symbol --stdio -q -g none 2>/dev/null |
+			awk 'NF && n++ < 20 { printf "  %-7s %-18s %s\n", $1, $2, $4 }'
+	done
+fi
+
+echo
+echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
+logs=$(cat "$WORK"/log-reg* "$WORK"/log-*-regmirror 2>/dev/null || true)
+if [ -n "$logs" ]; then
+	echo "regmirror logged at warn or above (first 10 lines):"
+	head -n 10 <<<"$logs" | cut -c1-300 | sed 's/^/  /'
+fi
+logs=$(grep -hv -e 'No HTTP secret' -e 'RempositoryRemover' "$WORK"/log-peer* "$WORK"/log-*-peer 2>/dev/null | grep -c . || true)
+echo "the peer logged $logs lines at warn or above besides its two start-up warnings"
+if [ -s "$WORK/failures" ]; then
+	echo
+	echo "FAILED checks:"
+	sed 's/^/  /' "$WORK/failures"
+	exit 1
+fi
+echo "all checks passed"
