@@ -64,14 +64,15 @@ func (p *Proxy) logged(w http.ResponseWriter, r *http.Request, h handlerFunc) {
 	rec := &recorder{ResponseWriter: w}
 	defer func() {
 		v := recover()
-		fields := []zap.Field{
+		fields := make([]zap.Field, 0, 12)
+		fields = append(fields,
 			zap.String(keyMethod, r.Method),
 			zap.String(keyPath, r.URL.Path),
 			zap.Int(keyStatus, rec.statusCode()),
 			zap.Int64(keyBytes, rec.n),
 			zap.Duration(keyTook, time.Since(start)),
 			zap.String(keyRemote, r.RemoteAddr),
-		}
+		)
 		if info.cache != "" {
 			fields = append(fields, zap.String(keyCache, info.cache))
 		}
@@ -95,7 +96,7 @@ func (p *Proxy) logged(w http.ResponseWriter, r *http.Request, h handlerFunc) {
 	}()
 	if err := h(rec, r); err != nil {
 		oe := toOCI(err, info.route.kind)
-		if oe.status >= 500 || !errors.As(err, new(*ociError)) {
+		if _, isOCI := errors.AsType[*ociError](err); oe.status >= 500 || !isOCI {
 			info.err = err
 		}
 		if oe.status >= 500 {
@@ -139,13 +140,29 @@ func (r *recorder) ReadFrom(src io.Reader) (n int64, err error) {
 	if !r.wroteHeader {
 		r.WriteHeader(http.StatusOK)
 	}
-	if rf, ok := r.ResponseWriter.(io.ReaderFrom); ok {
-		n, err = rf.ReadFrom(src)
-	} else {
+	rf, ok := r.ResponseWriter.(io.ReaderFrom)
+	switch {
+	case !ok:
 		n, err = io.Copy(writerOnly{r.ResponseWriter}, src)
+	case isFlight(src):
+		// A blob in flight: send the temp file's sections as they arrive.
+		lr := src.(*io.LimitedReader)
+		n, err = lr.R.(*flightReader).sendTo(rf, lr)
+	default:
+		n, err = rf.ReadFrom(src)
 	}
 	r.n += n
 	return n, err
+}
+
+// isFlight reports whether src is ServeContent's limit around a flightReader.
+func isFlight(src io.Reader) bool {
+	lr, ok := src.(*io.LimitedReader)
+	if !ok {
+		return false
+	}
+	_, ok = lr.R.(*flightReader)
+	return ok
 }
 
 func (r *recorder) statusCode() int {

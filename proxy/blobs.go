@@ -17,7 +17,7 @@ func (p *Proxy) serveBlob(w http.ResponseWriter, r *http.Request, rt route) erro
 	// A flight can finish between our miss and our join; then the blob is in
 	// the store and we look again. Twice is plenty; more means it vanished.
 	for range 3 {
-		f, _, err := p.st.Open(ctx, rt.digest)
+		f, err := p.st.OpenFile(rt.digest)
 		if err == nil {
 			defer f.Close()
 			setCache(ctx, cacheHit)
@@ -66,7 +66,7 @@ func (p *Proxy) follow(w http.ResponseWriter, r *http.Request, fl *flight) error
 			if _, err := io.Copy(io.Discard, rd); err != nil {
 				return err
 			}
-			f, _, err := p.st.Open(r.Context(), fl.digest)
+			f, err := p.st.OpenFile(fl.digest)
 			if err != nil {
 				return err
 			}
@@ -116,8 +116,15 @@ func writeBlobHead(w http.ResponseWriter, h v1.Hash, size int64) {
 
 func setBlobHeaders(h http.Header, d v1.Hash) {
 	h.Set("Content-Type", "application/octet-stream")
-	h.Set("Docker-Content-Digest", d.String())
-	h.Set("Etag", `"`+d.String()+`"`)
+	setDigestHeaders(h, d)
+}
+
+// setDigestHeaders sets Docker-Content-Digest and the ETag (the digest),
+// formatting the digest once: v1.Hash.String is a Sprintf.
+func setDigestHeaders(h http.Header, d v1.Hash) {
+	s := d.Algorithm + ":" + d.Hex
+	h.Set("Docker-Content-Digest", s)
+	h.Set("Etag", `"`+s+`"`)
 }
 
 // serveContent serves blob content with Range, conditional requests and, for

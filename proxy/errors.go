@@ -131,11 +131,19 @@ func isNetError(err error) bool {
 // oversized manifest).
 var errUpstreamInvalid = errors.New("invalid upstream answer")
 
+// errorBody is the OCI error body: {"errors":[{"code":…,"message":…}]}.
+type errorBody struct {
+	Errors []errorEntry `json:"errors"`
+}
+
+type errorEntry struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
 // writeError writes e as an OCI JSON error body.
 func writeError(w http.ResponseWriter, r *http.Request, e *ociError) {
-	body, _ := json.Marshal(map[string]any{
-		"errors": []map[string]string{{"code": e.code, "message": e.message}},
-	})
+	body, _ := json.Marshal(errorBody{Errors: []errorEntry{{Code: e.code, Message: e.message}}})
 	h := w.Header()
 	for _, k := range []string{"Content-Length", "Docker-Content-Digest", "Etag", "Last-Modified"} {
 		h.Del(k)

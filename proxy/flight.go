@@ -194,7 +194,10 @@ func (fl *flight) reader(ctx context.Context, flush func()) (*flightReader, erro
 	return &flightReader{fl: fl, f: f, ctx: ctx, flush: flush}, nil
 }
 
-func (r *flightReader) Read(p []byte) (int, error) {
+// available blocks until bytes past r.off may be read and returns how many:
+// what the flight has written, less the last byte while it is unverified.
+// It returns io.EOF after a verified end, and the flight's error after a failure.
+func (r *flightReader) available() (int64, error) {
 	for {
 		written, done, err, next := r.fl.state()
 		if err != nil {
@@ -206,13 +209,7 @@ func (r *flightReader) Read(p []byte) (int, error) {
 			limit = min(written, r.fl.size-1)
 		}
 		if r.off < limit {
-			n, rerr := r.f.ReadAt(p[:min(int64(len(p)), limit-r.off)], r.off)
-			r.off += int64(n)
-			if rerr != nil && rerr != io.EOF {
-				r.err = rerr
-				return n, rerr
-			}
-			return n, nil
+			return limit - r.off, nil
 		}
 		if done {
 			return 0, io.EOF
@@ -226,6 +223,51 @@ func (r *flightReader) Read(p []byte) (int, error) {
 			return 0, r.ctx.Err()
 		}
 	}
+}
+
+func (r *flightReader) Read(p []byte) (int, error) {
+	avail, err := r.available()
+	if err != nil {
+		return 0, err
+	}
+	n, rerr := r.f.ReadAt(p[:min(int64(len(p)), avail)], r.off)
+	r.off += int64(n)
+	if rerr != nil && rerr != io.EOF {
+		r.err = rerr
+		return n, rerr
+	}
+	return n, nil
+}
+
+// sendTo copies up to lr.N bytes to dst as sections of the temp file, as
+// each becomes available, so a socket sends them with sendfile instead of
+// copying them through user space. lr is the limit ServeContent put around r.
+func (r *flightReader) sendTo(dst io.ReaderFrom, lr *io.LimitedReader) (int64, error) {
+	var total int64
+	for lr.N > 0 {
+		avail, err := r.available()
+		if err == io.EOF {
+			return total, nil
+		}
+		if err != nil {
+			return total, err
+		}
+		if _, err := r.f.Seek(r.off, io.SeekStart); err != nil {
+			r.err = err
+			return total, err
+		}
+		n, err := dst.ReadFrom(&io.LimitedReader{R: r.f, N: min(avail, lr.N)})
+		r.off += n
+		lr.N -= n
+		total += n
+		if err != nil {
+			return total, err
+		}
+		if n == 0 {
+			return total, io.ErrNoProgress
+		}
+	}
+	return total, nil
 }
 
 func (r *flightReader) Seek(offset int64, whence int) (int64, error) {

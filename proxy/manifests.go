@@ -73,8 +73,7 @@ func (p *Proxy) serveManifest(w http.ResponseWriter, r *http.Request, rt route) 
 	}
 	h := w.Header()
 	h.Set("Content-Type", m.mediaType)
-	h.Set("Docker-Content-Digest", m.digest.String())
-	h.Set("Etag", `"`+m.digest.String()+`"`)
+	setDigestHeaders(h, m.digest)
 	http.ServeContent(&ociStatusWriter{ResponseWriter: w, r: r}, r, "", time.Time{}, bytes.NewReader(m.body))
 	return nil
 }
@@ -239,6 +238,9 @@ func (p *Proxy) fetchManifest(ctx context.Context, up Upstream, repo, ref string
 // manifestType is the media type to serve a manifest with: the one upstream
 // (or the index) gave, or else the one the manifest names itself.
 func manifestType(given string, body []byte) string {
+	if isManifestType(given) {
+		return given // the common case, without parsing parameters
+	}
 	if mt, _, err := mime.ParseMediaType(given); err == nil && isManifestType(mt) {
 		return mt
 	}

@@ -24,7 +24,7 @@ import (
 
 // Store is what the proxy needs of the cache.
 type Store interface {
-	Open(ctx context.Context, h v1.Hash) (*os.File, cache.Info, error)
+	OpenFile(h v1.Hash) (*os.File, error)
 	Has(h v1.Hash) bool
 	Create(h v1.Hash, size int64, mediaType string) (*cache.Writer, error)
 	Manifest(ctx context.Context, h v1.Hash, max int64) ([]byte, cache.Info, error)
@@ -171,7 +171,7 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) error {
 	info := logInfoFrom(r.Context())
 	info.route = rt
 	if rt.registry != "" {
-		w.Header().Set("OCI-Namespace", rt.registry)
+		w.Header().Set("Oci-Namespace", rt.registry) // canonical form: no rewrite per request
 	}
 	switch rt.kind {
 	case routeManifest:

@@ -120,7 +120,11 @@ func parseRoute(r *http.Request, regs registries) (route, error) {
 		return route{}, errNotFound()
 	}
 
-	registry, how, parts, err := pickRegistry(r.URL.Query().Get("ns"), parts, regs)
+	var ns string
+	if r.URL.RawQuery != "" { // Query allocates a map even for no query
+		ns = r.URL.Query().Get("ns")
+	}
+	registry, how, parts, err := pickRegistry(ns, parts, regs)
 	if err != nil {
 		return route{}, err
 	}
