@@ -60,17 +60,8 @@ need() {
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$2" >&2
 }
 
-# free_port prints a TCP port nobody listens on at the moment.
-free_port() {
-	local p
-	while :; do
-		p=$((30000 + RANDOM % 30000))
-		if ! ss -Htln "sport = :$p" | grep -q .; then
-			echo "$p"
-			return
-		fi
-	done
-}
+# shellcheck source=bench/lib.sh
+source "$(dirname "$0")/lib.sh" # free_port
 
 now_ns() { date +%s%N; }
 secs() { awk -v ns="$1" 'BEGIN { printf "%.2f", ns / 1e9 }'; }

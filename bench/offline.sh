@@ -59,17 +59,8 @@ trap 'exit 130' INT TERM
 log() { printf '%s\n' "$*" >&2; }
 die() { log "offline.sh: $*"; exit 1; }
 
-# free_port prints a TCP port nobody listens on at the moment.
-free_port() {
-	local p
-	while :; do
-		p=$((30000 + RANDOM % 30000))
-		if ! ss -Htln "sport = :$p" | grep -q .; then
-			echo "$p"
-			return
-		fi
-	done
-}
+# shellcheck source=bench/lib.sh
+source "$(dirname "$0")/lib.sh" # free_port
 
 # wait_http URL PID LOG: wait up to 30 s for URL to answer 200 while PID lives.
 wait_http() {

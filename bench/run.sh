@@ -98,20 +98,8 @@ need() {
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$2" >&2
 }
 
-# free_port prints a TCP port that no socket uses at the moment, below the
-# kernel's ephemeral range, so that no client connection can take it before
-# the server binds it (the herds open many connections).
-EPHEMERAL_LOW=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
-free_port() {
-	local p
-	while :; do
-		p=$((10000 + RANDOM % (EPHEMERAL_LOW - 10000)))
-		if ! ss -Htan "sport = :$p" | grep -q .; then
-			echo "$p"
-			return
-		fi
-	done
-}
+# shellcheck source=bench/lib.sh
+source "$(dirname "$0")/lib.sh" # free_port
 
 now_ns() { date +%s%N; }
 secs() { awk -v ns="$1" 'BEGIN { printf "%.2f", ns / 1e9 }'; }
