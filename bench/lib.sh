@@ -15,3 +15,70 @@ free_port() {
 		fi
 	done
 }
+
+log() { printf '%s\n' "$*" >&2; }
+
+# fail records a failed check; it works in subshells too, and the script exits 1 at the end.
+fail() {
+	log "FAIL: $*"
+	echo "$*" >>"$WORK/failures"
+}
+
+need() {
+	if command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; then
+		return
+	fi
+	log "installing $2 (apt-get)"
+	if [ "$APT_UPDATED" = 0 ]; then
+		apt-get update -qq >&2
+		APT_UPDATED=1
+	fi
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$2" >&2
+}
+
+now_ns() { date +%s%N; }
+
+secs() { awk -v ns="$1" 'BEGIN { printf "%.2f", ns / 1e9 }'; }
+
+mbps() { awk -v b="$1" -v ns="$2" 'BEGIN { printf "%.0f", b / 1e6 / (ns / 1e9) }'; }
+
+# fetch N URL OUT HASH: N curl clients at once. OUT.i gets each client's curl
+# errors and, as its last line, "status ttfb total bytes". With HASH=1 the body
+# is piped to openssl and OUT.i.sum gets its sha256; otherwise it is discarded.
+# Prints the wall time in ns, from the start of the first to the end of the last.
+fetch() {
+	local n=$1 url=$2 out=$3 hash=$4 i start pids=()
+	local fmt='%{http_code} %{time_starttransfer} %{time_total} %{size_download}\n'
+	start=$(now_ns)
+	for i in $(seq "$n"); do
+		if [ "$hash" = 1 ]; then
+			(curl -sS -w "%{stderr}$fmt" "$url" 2>"$out.$i" | openssl dgst -sha256 -r >"$out.$i.sum") &
+		else
+			curl -sS -o /dev/null -w "$fmt" "$url" >"$out.$i" 2>&1 &
+		fi
+		pids+=($!)
+	done
+	for i in "${pids[@]}"; do
+		wait "$i" || true
+	done
+	echo $(($(now_ns) - start))
+}
+
+# ttfbs N OUT: the clients' times to first byte in ms, in client order.
+ttfbs() {
+	local i
+	for i in $(seq "$1"); do
+		tail -n1 "$2.$i" | awk '{ printf "%.1f ", $2 * 1000 }'
+	done
+}
+
+# spread: "min/median/max" of the numbers on stdin.
+spread() {
+	tr ' ' '\n' | grep . | sort -n | awk '{ v[NR] = $1 }
+		END { m = NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2; printf "%.1f/%.1f/%.1f", v[1], m, v[NR] }'
+}
+
+# hwm PID: peak RSS in MB; reset_hwm PID starts a new peak (clear_refs 5).
+hwm() { awk '/^VmHWM/ { printf "%.0f", $2 / 1024 }' "/proc/$1/status"; }
+
+reset_hwm() { echo 5 >"/proc/$1/clear_refs" 2>/dev/null || log "note: cannot reset VmHWM of $1"; }

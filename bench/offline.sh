@@ -25,6 +25,8 @@
 # counted). Settings (environment): LAYERS (50), SIZE (5000000), PULLS (20),
 # SOAK (seconds, 10).
 set -euo pipefail
+# shellcheck source=bench/lib.sh
+source "$(dirname "$0")/lib.sh" # free_port, fetch, need, log …
 
 LAYERS=${LAYERS:-50}
 SIZE=${SIZE:-5000000}
@@ -56,11 +58,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-log() { printf '%s\n' "$*" >&2; }
 die() { log "offline.sh: $*"; exit 1; }
-
-# shellcheck source=bench/lib.sh
-source "$(dirname "$0")/lib.sh" # free_port
 
 # wait_http URL PID LOG: wait up to 30 s for URL to answer 200 while PID lives.
 wait_http() {
@@ -86,8 +84,6 @@ start_mirror() {
 	MIRROR_HOST=127.0.0.1:$port
 	wait_http "http://$MIRROR_HOST/v2/" "$MIRROR_PID" "$2"
 }
-
-secs() { awk -v ns="$1" 'BEGIN { printf "%.2f", ns / 1e9 }'; }
 
 stop() {
 	kill "$1" 2>/dev/null || true
