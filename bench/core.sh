@@ -45,19 +45,6 @@ die() { log "core.sh: $*"; exit 1; }
 # need CMD PKG: install the Debian package PKG if CMD is missing.
 APT_UPDATED=0
 
-# wait_http URL PID LOG: wait up to 30 s for URL to answer 200 while PID lives.
-wait_http() {
-	local i
-	for i in $(seq 300); do
-		if [ "$(curl -s -o /dev/null -w '%{http_code}' "$1" || true)" = 200 ]; then
-			return
-		fi
-		kill -0 "$2" 2>/dev/null || break
-		sleep 0.1
-	done
-	die "$1 did not answer 200 within 30s; its log: $(tail -c 2000 "$3")"
-}
-
 # start_mirror DATADIR LOGFILE: starts regmirror; sets MIRROR_PID and MIRROR_URL.
 start_mirror() {
 	local port
@@ -247,36 +234,7 @@ done
 DIGEST=$(head -n1 "$WORK/upstream.out")
 [[ $DIGEST == sha256:* ]] || die "upstream printed no digest: $(cat "$WORK/upstream.log")"
 
-NG_PORT=$(free_port)
-mkdir -p "$WORK/nginx"
-chmod 755 "$WORK" "$WORK/www"
-cat >"$WORK/nginx/nginx.conf" <<EOF
-daemon off;
-worker_processes 2;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/error.log warn;
-events { worker_connections 256; }
-http {
-	sendfile on;
-	tcp_nopush on;
-	access_log off;
-	client_body_temp_path $WORK/nginx/tmp;
-	proxy_temp_path $WORK/nginx/tmp;
-	fastcgi_temp_path $WORK/nginx/tmp;
-	uwsgi_temp_path $WORK/nginx/tmp;
-	scgi_temp_path $WORK/nginx/tmp;
-	server {
-		listen 127.0.0.1:$NG_PORT;
-		root $WORK/www;
-	}
-}
-EOF
-"$NGINX" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" 2>"$WORK/nginx/stderr" &
-NG_PID=$!
-PIDS+=("$NG_PID")
-NG_URL=http://127.0.0.1:$NG_PORT/blob
-
-wait_http "$NG_URL" "$NG_PID" "$WORK/nginx/error.log"
+start_nginx
 
 BLOB_PATH=/v2/big/blobs/$DIGEST
 DETAILS=()

@@ -82,3 +82,51 @@ spread() {
 hwm() { awk '/^VmHWM/ { printf "%.0f", $2 / 1024 }' "/proc/$1/status"; }
 
 reset_hwm() { echo 5 >"/proc/$1/clear_refs" 2>/dev/null || log "note: cannot reset VmHWM of $1"; }
+
+# wait_http URL PID LOG: wait up to 30 s for URL to answer 200 while PID lives.
+wait_http() {
+	for _ in $(seq 300); do
+		if [ "$(curl -s -o /dev/null -w '%{http_code}' "$1" || true)" = 200 ]; then
+			return
+		fi
+		kill -0 "$2" 2>/dev/null || break
+		sleep 0.1
+	done
+	die "$1 did not answer 200 within 30s; its log: $(tail -c 2000 "$3")"
+}
+
+# start_nginx: nginx (NGINX, the binary) serving WORK/www with sendfile on a
+# free port, the reference for disk and loopback speed. Sets NG_PID and
+# NG_URL (WORK/www/blob) and adds the pid to PIDS.
+start_nginx() {
+	local port
+	port=$(free_port)
+	mkdir -p "$WORK/nginx"
+	chmod 755 "$WORK" "$WORK/www"
+	cat >"$WORK/nginx/nginx.conf" <<EOF
+daemon off;
+worker_processes 2;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log warn;
+events { worker_connections 256; }
+http {
+	sendfile on;
+	tcp_nopush on;
+	access_log off;
+	client_body_temp_path $WORK/nginx/tmp;
+	proxy_temp_path $WORK/nginx/tmp;
+	fastcgi_temp_path $WORK/nginx/tmp;
+	uwsgi_temp_path $WORK/nginx/tmp;
+	scgi_temp_path $WORK/nginx/tmp;
+	server {
+		listen 127.0.0.1:$port;
+		root $WORK/www;
+	}
+}
+EOF
+	"$NGINX" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" 2>"$WORK/nginx/stderr" &
+	NG_PID=$!
+	PIDS+=("$NG_PID")
+	NG_URL=http://127.0.0.1:$port/blob
+	wait_http "$NG_URL" "$NG_PID" "$WORK/nginx/error.log"
+}

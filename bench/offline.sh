@@ -60,18 +60,6 @@ trap 'exit 130' INT TERM
 
 die() { log "offline.sh: $*"; exit 1; }
 
-# wait_http URL PID LOG: wait up to 30 s for URL to answer 200 while PID lives.
-wait_http() {
-	for _ in $(seq 300); do
-		if [ "$(curl -s -o /dev/null -w '%{http_code}' "$1" || true)" = 200 ]; then
-			return
-		fi
-		kill -0 "$2" 2>/dev/null || break
-		sleep 0.1
-	done
-	die "$1 did not answer 200 within 30s; its log: $(tail -c 2000 "$3")"
-}
-
 # start_mirror TAG_TTL LOGFILE [UPSTREAM_TIMEOUT]: regmirror on WORK/data; sets
 # MIRROR_PID, MIRROR_HOST.
 start_mirror() {

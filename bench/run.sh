@@ -86,18 +86,6 @@ APT_UPDATED=0
 # ratio A B: A/B to two decimals, or - when either is missing or B is 0.
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || a == "-" || b == "-" || b + 0 == 0) print "-"; else printf "%.2f", a / b }'; }
 
-# wait_http URL PID LOG: wait up to 30 s for URL to answer 200 while PID lives.
-wait_http() {
-	for _ in $(seq 300); do
-		if [ "$(curl -s -o /dev/null -w '%{http_code}' "$1" || true)" = 200 ]; then
-			return
-		fi
-		kill -0 "$2" 2>/dev/null || break
-		sleep 0.1
-	done
-	die "$1 did not answer 200 within 30s; its log: $(tail -c 2000 "$3")"
-}
-
 # cpu_ticks PID: user+system CPU time of PID (and its children: nginx's workers) in clock ticks.
 cpu_ticks() {
 	local t=0 p
@@ -536,35 +524,8 @@ BIG_PATH=/v2/library/big/blobs/$BIG_LAYER
 [ "sha256:$(openssl dgst -sha256 -r <"$WORK/www/blob" | cut -d' ' -f1)" = "$BIG_LAYER" ] || die "the blob file does not hash to $BIG_LAYER"
 
 # nginx, serving the same blob from a file.
-NG_PORT=$(free_port)
-mkdir -p "$WORK/nginx"
-chmod 755 "$WORK" "$WORK/www"
-cat >"$WORK/nginx/nginx.conf" <<EOF
-daemon off;
-worker_processes 2;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/error.log warn;
-events { worker_connections 256; }
-http {
-	sendfile on;
-	tcp_nopush on;
-	access_log off;
-	client_body_temp_path $WORK/nginx/tmp;
-	proxy_temp_path $WORK/nginx/tmp;
-	fastcgi_temp_path $WORK/nginx/tmp;
-	uwsgi_temp_path $WORK/nginx/tmp;
-	scgi_temp_path $WORK/nginx/tmp;
-	server {
-		listen 127.0.0.1:$NG_PORT;
-		root $WORK/www;
-	}
-}
-EOF
-"$NGINX" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" 2>"$WORK/nginx/stderr" &
-PID[nginx]=$!
-PIDS+=("${PID[nginx]}")
-NG_URL=http://127.0.0.1:$NG_PORT/blob
-wait_http "$NG_URL" "${PID[nginx]}" "$WORK/nginx/error.log"
+start_nginx
+PID[nginx]=$NG_PID
 
 mode=full
 [ "$SMOKE" = 1 ] && mode=smoke
