@@ -42,8 +42,6 @@ trap 'exit 130' INT TERM
 
 die() { log "core.sh: $*"; exit 1; }
 
-# need CMD PKG: install the Debian package PKG if CMD is missing.
-APT_UPDATED=0
 
 # start_mirror DATADIR LOGFILE: starts regmirror; sets MIRROR_PID and MIRROR_URL.
 start_mirror() {

@@ -24,6 +24,8 @@ fail() {
 	echo "$*" >>"$WORK/failures"
 }
 
+# need CMD PKG: install the Debian package PKG if CMD is missing.
+APT_UPDATED=0
 need() {
 	if command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; then
 		return

@@ -80,8 +80,6 @@ trap 'exit 130' INT TERM
 
 die() { log "run.sh: $*"; exit 1; }
 
-# need CMD PKG: install the Debian package PKG if CMD is missing.
-APT_UPDATED=0
 
 # ratio A B: A/B to two decimals, or - when either is missing or B is 0.
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || a == "-" || b == "-" || b + 0 == 0) print "-"; else printf "%.2f", a / b }'; }
