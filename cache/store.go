@@ -163,15 +163,9 @@ func (s *Store) removeTemps() error {
 // Open returns the verified content of h, opened for reading, and what the
 // index knows of it. It returns ErrNotFound when h is not cached.
 func (s *Store) Open(ctx context.Context, h v1.Hash) (*os.File, Info, error) {
-	if err := checkHash(h); err != nil {
-		return nil, Info{}, err
-	}
-	f, err := os.Open(s.path(h))
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, Info{}, ErrNotFound
-	}
+	f, err := s.OpenFile(h)
 	if err != nil {
-		return nil, Info{}, fmt.Errorf("open blob %s: %w", h, err)
+		return nil, Info{}, err
 	}
 	info, err := s.info(h)
 	if err != nil || info.Size < 0 {
@@ -183,7 +177,6 @@ func (s *Store) Open(ctx context.Context, h v1.Hash) (*os.File, Info, error) {
 		}
 		info = Info{Size: st.Size()}
 	}
-	s.Touch(h)
 	return f, info, nil
 }
 
