@@ -21,22 +21,21 @@ import (
 // prints what is missing, and exits non-zero if anything is.
 func runCheck(args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("check", flag.ContinueOnError)
-	mirror := fs.String("mirror", defaultMirrorURL(os.Getenv(envPrefix+"ADDR")), "base URL of the running mirror")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: regmirror check [-mirror URL] IMAGE...\n\nSays for each image whether the mirror could serve it completely with its upstream down.\n\n")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
+	mirror, err := parseMirror(fs, args)
+	if err != nil {
 		return err
 	}
-	*mirror = strings.TrimSuffix(*mirror, "/")
 	if fs.NArg() == 0 {
 		fs.Usage()
 		return errors.New("no image named")
 	}
 	q := url.Values{"image": fs.Args()}
 	client := &http.Client{Timeout: time.Minute}
-	resp, err := client.Get(*mirror + proxy.CheckPath + "?" + q.Encode())
+	resp, err := client.Get(mirror + proxy.CheckPath + "?" + q.Encode())
 	if err != nil {
 		return fmt.Errorf("ask the mirror: %w", err)
 	}
@@ -69,6 +68,17 @@ func runCheck(args []string, stdout io.Writer) error {
 		return fmt.Errorf("%d of %d images would not pull offline", incomplete, len(results))
 	}
 	return nil
+}
+
+// parseMirror parses args with a -mirror flag, the base URL of the running
+// mirror (the local one by default, as REGMIRROR_ADDR places it), and
+// returns it without a trailing slash.
+func parseMirror(fs *flag.FlagSet, args []string) (string, error) {
+	mirror := fs.String("mirror", defaultMirrorURL(os.Getenv(envPrefix+"ADDR")), "base URL of the running mirror")
+	if err := fs.Parse(args); err != nil {
+		return "", err
+	}
+	return strings.TrimSuffix(*mirror, "/"), nil
 }
 
 // defaultMirrorURL is the local mirror as REGMIRROR_ADDR places it.

@@ -15,7 +15,6 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 	"time"
 
@@ -263,14 +262,12 @@ func watchdog(st *cache.Store, log *zap.Logger) (stop func()) {
 // HEALTHCHECK (the image has no shell or curl): exit 0 when the mirror
 // answers its /readyz with 200.
 func runHealthcheck(args []string) error {
-	fs := flag.NewFlagSet("healthcheck", flag.ContinueOnError)
-	mirror := fs.String("mirror", defaultMirrorURL(os.Getenv(envPrefix+"ADDR")), "base URL of the running mirror")
-	if err := fs.Parse(args); err != nil {
+	mirror, err := parseMirror(flag.NewFlagSet("healthcheck", flag.ContinueOnError), args)
+	if err != nil {
 		return err
 	}
-	*mirror = strings.TrimSuffix(*mirror, "/")
 	client := &http.Client{Timeout: 5 * time.Second}
-	resp, err := client.Get(*mirror + proxy.ReadyPath)
+	resp, err := client.Get(mirror + proxy.ReadyPath)
 	if err != nil {
 		return fmt.Errorf("unhealthy: %w", err)
 	}
