@@ -23,24 +23,7 @@ CLIENTS=${CLIENTS:-8}
 ROUNDS=${ROUNDS:-3}
 PERF=${PERF:-0}
 
-REPO_ROOT=$(cd "$(dirname "$0")/.." && pwd)
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/regmirror-bench.XXXXXX")
-PIDS=()
-
-cleanup() {
-	local p
-	for p in "${PIDS[@]}"; do
-		kill "$p" 2>/dev/null || true
-	done
-	for p in "${PIDS[@]}"; do
-		wait "$p" 2>/dev/null || true
-	done
-	rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-die() { log "core.sh: $*"; exit 1; }
+bench_init bench
 
 
 # start_mirror DATADIR LOGFILE: starts regmirror; sets MIRROR_PID and MIRROR_URL.

@@ -1,6 +1,34 @@
 # shellcheck shell=bash
 # Shared by the bench scripts: source it, don't run it.
 
+# bench_init PREFIX: REPO_ROOT, a temp dir WORK (regmirror-PREFIX.*) and PIDS.
+# On exit the script's cleanup_extra runs, if it defines one, then every pid
+# in PIDS is stopped and WORK removed.
+bench_init() {
+	# shellcheck disable=SC2034 # used by the scripts that source this file
+	REPO_ROOT=$(cd "$(dirname "$0")/.." && pwd)
+	WORK=$(mktemp -d "${TMPDIR:-/tmp}/regmirror-$1.XXXXXX")
+	PIDS=()
+	trap bench_cleanup EXIT
+	trap 'exit 130' INT TERM
+}
+
+bench_cleanup() {
+	local p
+	if declare -F cleanup_extra >/dev/null; then
+		cleanup_extra
+	fi
+	for p in "${PIDS[@]}"; do
+		kill "$p" 2>/dev/null || true
+	done
+	for p in "${PIDS[@]}"; do
+		wait "$p" 2>/dev/null || true
+	done
+	rm -rf "$WORK"
+}
+
+die() { log "$(basename "$0"): $*"; exit 1; }
+
 # free_port prints a TCP port that no socket uses at the moment, below the
 # kernel's ephemeral range, so that no client connection can take it before
 # the server binds it (the herds open many connections).

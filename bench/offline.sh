@@ -33,32 +33,19 @@ SIZE=${SIZE:-5000000}
 PULLS=${PULLS:-20}
 SOAK=${SOAK:-10}
 
-REPO_ROOT=$(cd "$(dirname "$0")/.." && pwd)
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/regmirror-offline.XXXXXX")
-PIDS=()
+bench_init offline
 RULE=()
 DROP=()
 
-cleanup() {
-	local p
+# cleanup_extra removes the iptables rules this script added.
+cleanup_extra() {
 	if [ "${#DROP[@]}" -gt 0 ]; then
 		iptables -D "${DROP[@]}" 2>/dev/null || true
 	fi
 	if [ "${#RULE[@]}" -gt 0 ]; then
 		iptables -D "${RULE[@]}" 2>/dev/null || true
 	fi
-	for p in "${PIDS[@]}"; do
-		kill "$p" 2>/dev/null || true
-	done
-	for p in "${PIDS[@]}"; do
-		wait "$p" 2>/dev/null || true
-	done
-	rm -rf "$WORK"
 }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-die() { log "offline.sh: $*"; exit 1; }
 
 # start_mirror TAG_TTL LOGFILE [UPSTREAM_TIMEOUT]: regmirror on WORK/data; sets
 # MIRROR_PID, MIRROR_HOST.

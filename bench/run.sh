@@ -61,24 +61,7 @@ HEY_VERSION=v0.1.5      # what @latest is; pinned so that runs compare
 CRANE_VERSION=v0.22.1   # the go-containerregistry of go.mod
 ACCEPT='application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json'
 
-REPO_ROOT=$(cd "$(dirname "$0")/.." && pwd)
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/regmirror-run.XXXXXX")
-PIDS=()
-
-cleanup() {
-	local p
-	for p in "${PIDS[@]}"; do
-		kill "$p" 2>/dev/null || true
-	done
-	for p in "${PIDS[@]}"; do
-		wait "$p" 2>/dev/null || true
-	done
-	rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-die() { log "run.sh: $*"; exit 1; }
+bench_init run
 
 
 # ratio A B: A/B to two decimals, or - when either is missing or B is 0.
