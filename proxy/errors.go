@@ -58,21 +58,22 @@ func toOCI(err error, kind routeKind) *ociError {
 	if errors.Is(err, cache.ErrNotFound) {
 		return notFound(kind, "not found")
 	}
-	registry, retryAfter, withCreds := "upstream", "", false
-	if ue, ok := errors.AsType[*upstream.Error](err); ok {
-		registry, retryAfter, withCreds = "upstream "+ue.Registry, ue.RetryAfter, ue.WithCredentials
+	registry := "upstream"
+	ue, fromUpstream := errors.AsType[*upstream.Error](err)
+	if fromUpstream {
+		registry = "upstream " + ue.Registry
 	}
 	if te, ok := errors.AsType[*transport.Error](err); ok {
 		oe := fromUpstreamStatus(te.StatusCode, registry, kind)
 		switch {
-		case oe.status == http.StatusTooManyRequests:
-			oe.retryAfter = retryAfter
-		case oe.status == http.StatusUnauthorized && withCreds:
+		case oe.status == http.StatusTooManyRequests && fromUpstream:
+			oe.retryAfter = ue.RetryAfter
+		case oe.status == http.StatusUnauthorized && fromUpstream && ue.WithCredentials:
 			oe.message = registry + " refused this mirror's credentials for it: check REGMIRROR_CREDENTIALS_FILE or REGMIRROR_DOCKER_CONFIG"
 		}
 		return oe
 	}
-	if ue, ok := errors.AsType[*upstream.Error](err); ok && errors.Is(err, upstream.ErrHandshake) {
+	if fromUpstream && errors.Is(err, upstream.ErrHandshake) {
 		// The text is go-containerregistry's, about the registry's setup (e.g. a
 		// token server on a private address); it carries no credentials.
 		return &ociError{status: http.StatusBadGateway, code: "UNAVAILABLE", message: registry + ": " + ue.Err.Error()}

@@ -155,7 +155,7 @@ func (p *Proxy) revalidate(ctx context.Context, up Upstream, rt route, known cac
 			}
 			return resolved{}, err
 		}
-		if !upstreamUnavailable(err) {
+		if !upstream.Unavailable(err) {
 			return resolved{}, err
 		}
 		res, cerr := p.manifestByDigest(ctx, up, rt.repo, known.Digest)
@@ -312,14 +312,4 @@ func coalesced(outcome string, shared bool) string {
 func isNotFound(err error) bool {
 	te, ok := errors.AsType[*transport.Error](err)
 	return ok && te.StatusCode == http.StatusNotFound
-}
-
-// upstreamUnavailable reports whether err means the upstream could not be
-// asked: unreachable, timed out, failing (5xx) or rate limiting us (429).
-// Only then is a stale answer better than an error.
-func upstreamUnavailable(err error) bool {
-	if te, ok := errors.AsType[*transport.Error](err); ok {
-		return te.StatusCode >= 500 || te.StatusCode == http.StatusTooManyRequests
-	}
-	return isNetError(err) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, upstream.ErrDown)
 }

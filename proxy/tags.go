@@ -8,6 +8,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/regmirror/regmirror/upstream"
 )
 
 // maxTagList caps a tag list relayed from upstream.
@@ -24,7 +26,7 @@ func (p *Proxy) serveTags(w http.ResponseWriter, r *http.Request, rt route) erro
 	setCache(r.Context(), cachePass)
 	resp, err := p.ups[rt.registry].Tags(r.Context(), rt.repo, r.URL.Query().Get("n"), last)
 	if err != nil {
-		if !upstreamUnavailable(err) {
+		if !upstream.Unavailable(err) {
 			return err
 		}
 		tags, lerr := p.st.Tags(rt.registry, rt.repo)

@@ -226,9 +226,10 @@ func (c *Client) doQuery(ctx context.Context, method, repo string, h http.Header
 func (c *Client) send(ctx context.Context, method, repo string, h http.Header, q url.Values, path ...string) (*http.Response, error) {
 	rt, err := c.transport(ctx, repo)
 	if err != nil {
-		_, status := errors.AsType[*transport.Error](err)
-		_, isNet := errors.AsType[net.Error](err)
-		if !status && !isNet && !isCertificateError(err) && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
+		// Anything but an answer, an outage, a certificate or our caller leaving
+		// is about the registry's token setup.
+		_, answered := errors.AsType[*transport.Error](err)
+		if !answered && !unreachable(err) && !isCertificateError(err) && !errors.Is(err, context.Canceled) {
 			err = fmt.Errorf("%w: %v", ErrHandshake, err)
 		}
 		return nil, c.wrap(err)

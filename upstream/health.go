@@ -3,6 +3,7 @@ package upstream
 import (
 	"context"
 	"errors"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -80,6 +81,17 @@ func unreachable(err error) bool {
 	}
 	_, isNet := errors.AsType[net.Error](err)
 	return isNet || errors.Is(err, context.DeadlineExceeded)
+}
+
+// Unavailable reports whether err means the upstream could not be asked:
+// unreachable, timed out, failing (5xx), rate limiting us (429), or known to
+// be down. Only then is an answer from the cache better than the error.
+func Unavailable(err error) bool {
+	if te, ok := errors.AsType[*transport.Error](err); ok {
+		return te.StatusCode >= 500 || te.StatusCode == http.StatusTooManyRequests
+	}
+	_, isNet := errors.AsType[net.Error](err)
+	return isNet || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, ErrDown)
 }
 
 func reason(err error) string {
