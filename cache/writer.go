@@ -61,9 +61,6 @@ func (w *Writer) Write(p []byte) (int, error) {
 	return n, nil
 }
 
-// Written is how many bytes have been written so far.
-func (w *Writer) Written() int64 { return w.n }
-
 // Commit verifies the content and makes it visible. On any failure the temp
 // file is removed and nothing becomes visible.
 func (w *Writer) Commit() error {

@@ -54,8 +54,8 @@ func TestCatalogListsCachedRepositories(t *testing.T) {
 		}
 	}
 	resp, body := e.do(http.MethodGet, "/v2/_catalog", nil)
-	if string(body) != `{"repositories":["ghcr.io/owner/cli","library/app","team/tool"]}` {
-		t.Errorf("catalog = %s", body)
+	if resp.StatusCode != http.StatusOK || string(body) != `{"repositories":["ghcr.io/owner/cli","library/app","team/tool"]}` {
+		t.Errorf("catalog: status %d, body %s", resp.StatusCode, body)
 	}
 	resp, body = e.do(http.MethodGet, "/v2/_catalog?n=1&last=ghcr.io/owner/cli", nil)
 	if string(body) != `{"repositories":["library/app"]}` {

@@ -46,14 +46,6 @@ const (
 // byDigest reports whether the route names content by its digest.
 func (r route) byDigest() bool { return r.digest.Hex != "" }
 
-// reference is the tag or the digest, as the upstream expects it in a path.
-func (r route) reference() string {
-	if r.byDigest() {
-		return r.digest.String()
-	}
-	return r.tag
-}
-
 const (
 	// maxPath bounds the whole request path: a 255-character name plus the
 	// longest suffix fits with room to spare.
