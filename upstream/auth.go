@@ -107,12 +107,6 @@ func (k *Keychain) Resolve(r authn.Resource) (authn.Authenticator, error) {
 	}), nil
 }
 
-// Has reports whether the keychain holds credentials for reg, for start-up logs.
-func (k *Keychain) Has(reg string) bool {
-	a, err := k.Resolve(registryName(reg))
-	return err == nil && a != authn.Anonymous
-}
-
 // registryName is an authn.Resource naming a registry as clients know it.
 type registryName string
 

@@ -83,9 +83,14 @@ func TestKeychainFromFileAndDockerConfig(t *testing.T) {
 		if cfg.Username != tt.user {
 			t.Errorf("%s: user = %q, want %q", tt.registry, cfg.Username, tt.user)
 		}
-		if got := k.Has(tt.registry); got != (tt.user != "") {
-			t.Errorf("%s: Has = %v", tt.registry, got)
+		c, err := upstream.New(upstream.Options{Name: tt.registry, URL: "https://" + tt.registry, Keychain: k}, zap.NewNop())
+		if err != nil {
+			t.Fatal(err)
 		}
+		if got := c.HasCredentials(); got != (tt.user != "") {
+			t.Errorf("%s: HasCredentials = %v", tt.registry, got)
+		}
+		c.Close()
 	}
 	if _, err := upstream.LoadKeychain("", filepath.Join(dir, "missing.json")); err == nil {
 		t.Error("a missing Docker config was accepted")

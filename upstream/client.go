@@ -180,6 +180,10 @@ func baseTransport(timeout time.Duration, insecure bool, roots *x509.CertPool) *
 	return t
 }
 
+// HasCredentials reports whether the keychain had credentials for this
+// registry when the client was made (for start-up logs).
+func (c *Client) HasCredentials() bool { return c.withCredentials }
+
 // Name is the registry's name as clients know it.
 func (c *Client) Name() string { return c.name }
 

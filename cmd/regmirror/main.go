@@ -206,7 +206,7 @@ func newUpstreams(cfg Config, log *zap.Logger) ([]*upstream.Client, error) {
 			return nil, err
 		}
 		log.Info("upstream", zap.String("registry", sp.Name), zap.String("url", sp.URL),
-			zap.Bool("insecure", sp.Insecure), zap.Bool("credentials", keychain.Has(sp.Name)))
+			zap.Bool("insecure", sp.Insecure), zap.Bool("credentials", c.HasCredentials()))
 		ups = append(ups, c)
 	}
 	return ups, nil
