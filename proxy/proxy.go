@@ -35,6 +35,8 @@ type Store interface {
 	Tags(registry, repo string) ([]string, error)
 	Repositories() ([]cache.Repository, error)
 	Healthy() error
+	// Hold keeps h from eviction until release is called.
+	Hold(h v1.Hash) (release func())
 }
 
 // Upstream is one upstream registry.
@@ -79,6 +81,7 @@ type Proxy struct {
 	resolve singleflight.Group // tag and manifest resolutions
 
 	staleWarned *lru.Cache[string, time.Time] // tag → when we last warned it was stale
+	noRoom      *lru.Cache[v1.Hash, struct{}] // blobs that ran out of room while stored: streamed from now on
 	stats       stats
 }
 
@@ -127,7 +130,9 @@ func New(st Store, ups []Upstream, opt Options, log *zap.Logger) (*Proxy, error)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	warned, _ := lru.New[string, time.Time](4096)
-	return &Proxy{st: st, ups: byName, names: names, opt: opt, log: log, ctx: ctx, cancel: cancel, flights: make(map[v1.Hash]*flight), staleWarned: warned}, nil
+	noRoom, _ := lru.New[v1.Hash, struct{}](1024)
+	return &Proxy{st: st, ups: byName, names: names, opt: opt, log: log, ctx: ctx, cancel: cancel,
+		flights: make(map[v1.Hash]*flight), staleWarned: warned, noRoom: noRoom}, nil
 }
 
 // Close stops every download in progress and waits for them to clean up.
