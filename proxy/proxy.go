@@ -44,6 +44,9 @@ type Upstream interface {
 	Name() string
 	Manifest(ctx context.Context, method, repo, ref string) (*http.Response, error)
 	Blob(ctx context.Context, method, repo string, h v1.Hash) (*http.Response, error)
+	// BlobFrom GETs the blob from offset on: 206 with the rest, or 200 with
+	// the whole blob from a registry that ignores Range.
+	BlobFrom(ctx context.Context, repo string, h v1.Hash, offset int64) (*http.Response, error)
 	Tags(ctx context.Context, repo, n, last string) (*http.Response, error)
 	Health() upstream.Health
 }
@@ -57,6 +60,9 @@ type Options struct {
 	// UpstreamTimeout bounds a manifest or tag exchange with an upstream, and
 	// how long a blob download may go without receiving a byte.
 	UpstreamTimeout time.Duration
+	// MaxDownloads bounds the blob downloads from upstreams running at once;
+	// more wait their turn (their clients wait with them). 0 means no bound.
+	MaxDownloads int
 	// Now is the clock; tests set it, production leaves it nil.
 	Now func() time.Time
 }
@@ -77,6 +83,7 @@ type Proxy struct {
 	mu      sync.Mutex
 	flights map[v1.Hash]*flight
 	wg      sync.WaitGroup // one per running download
+	slots   chan struct{}  // one per download running upstream; nil: no bound
 
 	resolve singleflight.Group // tag and manifest resolutions
 
@@ -87,17 +94,22 @@ type Proxy struct {
 
 // stats are counters for the operator (the metrics issue exports them).
 type stats struct {
-	stale atomic.Int64
+	stale  atomic.Int64
+	queued atomic.Int64
 }
 
 // Stats is a snapshot of the proxy's counters.
 type Stats struct {
 	// Stale counts tag answers served past their TTL because upstream could not be asked.
 	Stale int64
+	// Queued is how many downloads wait for a slot (Options.MaxDownloads) now.
+	Queued int64
 }
 
 // Stats returns the proxy's counters.
-func (p *Proxy) Stats() Stats { return Stats{Stale: p.stats.stale.Load()} }
+func (p *Proxy) Stats() Stats {
+	return Stats{Stale: p.stats.stale.Load(), Queued: p.stats.queued.Load()}
+}
 
 // staleWarnEvery bounds the Warn lines about one stale tag.
 const staleWarnEvery = 10 * time.Minute
@@ -131,8 +143,12 @@ func New(st Store, ups []Upstream, opt Options, log *zap.Logger) (*Proxy, error)
 	ctx, cancel := context.WithCancel(context.Background())
 	warned, _ := lru.New[string, time.Time](4096)
 	noRoom, _ := lru.New[v1.Hash, struct{}](1024)
-	return &Proxy{st: st, ups: byName, names: names, opt: opt, log: log, ctx: ctx, cancel: cancel,
-		flights: make(map[v1.Hash]*flight), staleWarned: warned, noRoom: noRoom}, nil
+	px := &Proxy{st: st, ups: byName, names: names, opt: opt, log: log, ctx: ctx, cancel: cancel,
+		flights: make(map[v1.Hash]*flight), staleWarned: warned, noRoom: noRoom}
+	if opt.MaxDownloads > 0 {
+		px.slots = make(chan struct{}, opt.MaxDownloads)
+	}
+	return px, nil
 }
 
 // Close stops every download in progress and waits for them to clean up.

@@ -141,6 +141,7 @@ func serve(ctx context.Context, cfg Config) error {
 	px, err := proxy.New(st, ups, proxy.Options{
 		TagTTL:          cfg.TagTTL,
 		UpstreamTimeout: cfg.UpstreamTimeout,
+		MaxDownloads:    cfg.MaxDownloads,
 	}, log.Named("proxy"))
 	if err != nil {
 		return err
