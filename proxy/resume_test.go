@@ -165,3 +165,31 @@ func TestMaxDownloadsQueuesTheRest(t *testing.T) {
 		t.Fatalf("queued = %d after both finished", q)
 	}
 }
+
+func TestStalledClientDoesNotSlowTheOthers(t *testing.T) {
+	body, h := regtest.RandomBlob(t, 8<<20) // far more than socket buffers hold
+	g := newGate(h, body)
+	e := newEnv(t, withUpstreamFault(g.wrap))
+	// The stalled client asks first, so it is the flight's leader, then reads nothing.
+	stalled, err := http.Get(e.mirror.URL + "/v2/app/blobs/" + h.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stalled.Body.Close()
+	<-g.sent
+	close(g.open)
+	// If the stalled reader held the download back, this would never finish.
+	resp, err := http.Get(e.mirror.URL + "/v2/app/blobs/" + h.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil || !bytes.Equal(got, body) {
+		t.Fatalf("the other client got %d bytes, %v", len(got), err)
+	}
+	e.proxy.Close() // the download finished whole though one reader never read
+	if !e.store.Has(h) {
+		t.Fatal("the blob was not stored")
+	}
+}
