@@ -136,6 +136,12 @@ func (p *Proxy) download(fl *flight, up Upstream, repo string) {
 	defer p.st.Hold(fl.digest)() // eviction leaves a blob alone while it downloads
 	start := time.Now()
 	err := p.fill(fl, up, repo)
+	if errors.Is(err, cache.ErrNoSpace) {
+		// It ran out of room while writing (a full disk, or a blob of
+		// unknown size that outgrew the budget): the next requests stream
+		// it. Noted before the flight ends, so a retry already knows.
+		p.noRoom.Add(fl.digest, struct{}{})
+	}
 	// Leave the map before finishing: a requester that then finds no flight
 	// finds the committed blob, or starts a fresh attempt after a failure.
 	p.mu.Lock()
@@ -143,11 +149,6 @@ func (p *Proxy) download(fl *flight, up Upstream, repo string) {
 	p.mu.Unlock()
 	fl.finish(err)
 	written, _, _, _ := fl.state()
-	if errors.Is(err, cache.ErrNoSpace) {
-		// It ran out of room while writing (a full disk, or a blob of
-		// unknown size that outgrew the budget): the next requests stream it.
-		p.noRoom.Add(fl.digest, struct{}{})
-	}
 	if errors.Is(err, errPassThrough) {
 		// Nobody claimed the response in time: the requesters left.
 		time.AfterFunc(p.opt.UpstreamTimeout, func() {
