@@ -55,6 +55,8 @@ type Options struct {
 	// Transport, if set, replaces the base HTTP transport (tests use it to
 	// count connections); retries and auth are still added on top.
 	Transport http.RoundTripper
+	// Observer, if set, hears of every request and every body byte, for metrics.
+	Observer Observer
 	// ProbeMin and ProbeMax bound the back-off of the probe that watches a
 	// down upstream (defaults 1s and 30s).
 	ProbeMin, ProbeMax time.Duration
@@ -69,6 +71,7 @@ type Client struct {
 	keychain authn.Keychain
 	rt       http.RoundTripper
 	limits   rateLimits
+	obs      Observer // nil: nobody listens
 
 	withCredentials bool // the keychain had credentials for us at start
 
@@ -144,7 +147,7 @@ func New(opt Options, log *zap.Logger) (*Client, error) {
 	}
 	auth, err := opt.Keychain.Resolve(registryName(opt.Name))
 	life, stop := context.WithCancel(context.Background())
-	return &Client{name: opt.Name, base: base, timeout: opt.Timeout, reg: reg, keychain: opt.Keychain, rt: rt, transports: cache, log: log,
+	return &Client{name: opt.Name, base: base, timeout: opt.Timeout, reg: reg, keychain: opt.Keychain, rt: rt, transports: cache, log: log, obs: opt.Observer,
 		probeMin: opt.ProbeMin, probeMax: opt.ProbeMax, life: life, stop: stop,
 		withCredentials: err == nil && auth != authn.Anonymous}, nil
 }
@@ -218,13 +221,30 @@ func (c *Client) do(ctx context.Context, method, repo string, h http.Header, pat
 
 func (c *Client) doQuery(ctx context.Context, method, repo string, h http.Header, q url.Values, path ...string) (*http.Response, error) {
 	if c.isDown() {
-		return nil, &Error{Registry: c.name, Err: ErrDown}
+		err := &Error{Registry: c.name, Err: ErrDown}
+		c.observe(path[0], 0, err)
+		return nil, err
 	}
+	start := time.Now()
 	resp, err := c.send(ctx, method, repo, h, q, path...)
+	c.observe(path[0], time.Since(start), err)
 	if err != nil {
 		c.noteFailure(err)
+		return nil, err
 	}
-	return resp, err
+	if c.obs != nil {
+		resp.Body = &countingBody{ReadCloser: resp.Body, registry: c.name, obs: c.obs}
+	}
+	return resp, nil
+}
+
+// ops names the API endpoints for the Observer: "manifests" is "manifest".
+var ops = map[string]string{"manifests": "manifest", "blobs": "blob", "tags": "tags"}
+
+func (c *Client) observe(endpoint string, took time.Duration, err error) {
+	if c.obs != nil {
+		c.obs.Answered(c.name, ops[endpoint], took, Failure(err))
+	}
 }
 
 func (c *Client) send(ctx context.Context, method, repo string, h http.Header, q url.Values, path ...string) (*http.Response, error) {
