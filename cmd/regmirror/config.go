@@ -4,6 +4,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -25,6 +26,7 @@ const envPrefix = "REGMIRROR_"
 // and a test keeps it honest.
 type Config struct {
 	Addr               string        `env:"ADDR"                envDefault:":5000"                        flag:"addr"                usage:"listen address"`
+	MetricsAddr        string        `env:"METRICS_ADDR"        envDefault:""                              flag:"metrics-addr"        usage:"serve /metrics only on this address (e.g. 127.0.0.1:9090) instead of on the listen address"`
 	DataDir            string        `env:"DATA_DIR"            envDefault:"$XDG_CACHE_HOME/regmirror"     flag:"data-dir"            usage:"cache directory"`
 	Upstream           string        `env:"UPSTREAM"            envDefault:"https://registry-1.docker.io"  flag:"upstream"            usage:"the default upstream, which answers plain paths: a registry name from -upstreams, or a base URL (known as docker.io)"`
 	Upstreams          string        `env:"UPSTREAMS"           envDefault:""                              flag:"upstreams"           usage:"more upstream registries: name=URL,name=URL (e.g. ghcr.io=https://ghcr.io)"`
@@ -226,6 +228,9 @@ func (c Config) Validate() error {
 	}
 	if c.Addr == "" {
 		bad("ADDR", "must not be empty")
+	}
+	if _, port, _ := net.SplitHostPort(c.MetricsAddr); c.MetricsAddr != "" && c.MetricsAddr == c.Addr && port != "0" { // port 0: each its own
+		bad("METRICS_ADDR", "is the same as %sADDR: leave it empty to serve /metrics there", envPrefix)
 	}
 	if c.DataDir == "" {
 		bad("DATA_DIR", "must not be empty")

@@ -66,6 +66,7 @@ func TestBadValuesNameTheirSetting(t *testing.T) {
 			[]string{"REGMIRROR_LOG_FORMAT", "REGMIRROR_UPSTREAM", "REGMIRROR_UPSTREAM_TIMEOUT"}},
 		{"negative ttl by flag", nil, []string{"-tag-ttl", "-1s"}, []string{"REGMIRROR_TAG_TTL"}},
 		{"empty address by flag", nil, []string{"-addr", ""}, []string{"REGMIRROR_ADDR"}},
+		{"metrics on the registry's own address", map[string]string{"REGMIRROR_ADDR": ":5000", "REGMIRROR_METRICS_ADDR": ":5000"}, nil, []string{"REGMIRROR_METRICS_ADDR"}},
 		{"stray argument", nil, []string{"extra"}, []string{`"extra"`}},
 	}
 	for _, tt := range tests {

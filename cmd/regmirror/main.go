@@ -19,6 +19,9 @@ import (
 	"time"
 
 	"github.com/coreos/go-systemd/v22/daemon"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/regmirror/regmirror/cache"
 	"github.com/regmirror/regmirror/proxy"
 	"github.com/regmirror/regmirror/upstream"
@@ -106,7 +109,19 @@ func serve(ctx context.Context, cfg Config) error {
 	go func() { st.Run(storeCtx); close(storeDone) }()
 	defer func() { stopStore(); <-storeDone }()
 
-	clients, err := newUpstreams(cfg, log.Named("upstream"))
+	// Our own registry, not the global one: only what we register is exported.
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics, err := proxy.NewMetrics(reg)
+	if err != nil {
+		return err
+	}
+	metricsHandler := promhttp.HandlerFor(reg, promhttp.HandlerOpts{
+		ErrorLog:      zap.NewStdLog(log.Named("metrics")),
+		ErrorHandling: promhttp.ContinueOnError, // one failing collector does not blank the scrape
+	})
+
+	clients, err := newUpstreams(cfg, metrics, log.Named("upstream"))
 	if err != nil {
 		return err
 	}
@@ -119,14 +134,33 @@ func serve(ctx context.Context, cfg Config) error {
 	for i, c := range clients {
 		ups[i] = c
 	}
-	px, err := proxy.New(st, ups, proxy.Options{
+	opts := proxy.Options{
 		TagTTL:          cfg.TagTTL,
 		UpstreamTimeout: cfg.UpstreamTimeout,
-	}, log.Named("proxy"))
+		Metrics:         metrics,
+	}
+	if cfg.MetricsAddr == "" {
+		opts.MetricsHandler = metricsHandler
+	}
+	px, err := proxy.New(st, ups, opts, log.Named("proxy"))
 	if err != nil {
 		return err
 	}
 	defer px.Close()
+
+	var metricsSrv *http.Server
+	metricsErr := make(chan error, 1)
+	if cfg.MetricsAddr != "" {
+		mln, err := net.Listen("tcp", cfg.MetricsAddr)
+		if err != nil {
+			return fmt.Errorf("%sMETRICS_ADDR: %w", envPrefix, err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("GET "+proxy.MetricsPath, metricsHandler)
+		metricsSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ErrorLog: zap.NewStdLog(log.Named("http"))}
+		log.Info("serving metrics", zap.String("addr", mln.Addr().String()))
+		go func() { metricsErr <- metricsSrv.Serve(mln) }()
+	}
 
 	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
@@ -155,12 +189,18 @@ func serve(ctx context.Context, cfg Config) error {
 	select {
 	case err := <-errc:
 		return err
+	case err := <-metricsErr:
+		return fmt.Errorf("metrics listener: %w", err)
 	case <-ctx.Done():
 	}
 	daemon.SdNotify(false, daemon.SdNotifyStopping)
 	log.Info("shutting down", zap.Duration("grace", cfg.ShutdownTimeout))
 	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 	defer cancel()
+	if metricsSrv != nil {
+		metricsSrv.Shutdown(sctx) // scrapes are short; Close below cuts any left
+		metricsSrv.Close()
+	}
 	if err := srv.Shutdown(sctx); err != nil {
 		log.Warn("requests still running after the grace period were cut", zap.Error(err))
 		srv.Close()
@@ -173,7 +213,7 @@ func serve(ctx context.Context, cfg Config) error {
 }
 
 // newUpstreams builds one client per configured upstream, the default first.
-func newUpstreams(cfg Config, log *zap.Logger) ([]*upstream.Client, error) {
+func newUpstreams(cfg Config, obs upstream.Observer, log *zap.Logger) ([]*upstream.Client, error) {
 	specs, _, err := cfg.resolveUpstreams()
 	if err != nil {
 		return nil, err
@@ -198,6 +238,7 @@ func newUpstreams(cfg Config, log *zap.Logger) ([]*upstream.Client, error) {
 			Insecure:  sp.Insecure,
 			RootCAs:   roots,
 			UserAgent: "regmirror/" + version,
+			Observer:  obs,
 		}, log)
 		if err != nil {
 			for _, u := range ups {
