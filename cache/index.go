@@ -19,15 +19,66 @@ import (
 //
 //	b/sha256:<hex>                     blob record (size, media type)
 //	a/sha256:<hex>                     last access, unix nanoseconds
+//	r/sha256:<hex>                     what a manifest refers to: raw 32-byte digests
 //	t/<registry>/<repository>:<tag>    tag answer
+//	p/<registry>/<repository>:<ref>    pin (the ref is a tag or a digest)
+//	m/clean                            usage totals, present only after a clean close
 //
 // A tag cannot contain ':' or '/', so the last ':' ends the repository.
-func blobKey(h v1.Hash) []byte   { return []byte("b/" + h.String()) }
-func accessKey(h v1.Hash) []byte { return []byte("a/" + h.String()) }
+const (
+	prefixBlob   = "b/"
+	prefixAccess = "a/"
+	prefixRefs   = "r/"
+	prefixTag    = "t/"
+	prefixPin    = "p/"
+)
+
+var keyClean = []byte("m/clean")
+
+func blobKey(h v1.Hash) []byte   { return []byte(prefixBlob + h.String()) }
+func accessKey(h v1.Hash) []byte { return []byte(prefixAccess + h.String()) }
+func refsKey(h v1.Hash) []byte   { return []byte(prefixRefs + h.String()) }
 func tagKey(registry, repo, tag string) []byte {
-	return []byte("t/" + registry + "/" + repo + ":" + tag)
+	return []byte(prefixTag + registry + "/" + repo + ":" + tag)
 }
-func tagPrefix(registry, repo string) []byte { return []byte("t/" + registry + "/" + repo + ":") }
+func tagPrefix(registry, repo string) []byte { return []byte(prefixTag + registry + "/" + repo + ":") }
+func pinKey(registry, repo, ref string) []byte {
+	return []byte(prefixPin + registry + "/" + repo + ":" + ref)
+}
+
+// scan calls fn with the key (without prefix) and value of every item under
+// prefix, in key order. The value is only valid during the call.
+func scan(txn *badger.Txn, prefix string, fn func(key string, val []byte) error) error {
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(prefix), PrefetchValues: true, PrefetchSize: 256})
+	defer it.Close()
+	for it.Rewind(); it.Valid(); it.Next() {
+		item := it.Item()
+		k := string(item.Key()[len(prefix):])
+		if err := item.Value(func(v []byte) error { return fn(k, v) }); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// encodeRefs and decodeRefs store a manifest's children compactly.
+func encodeRefs(refs []v1.Hash) []byte {
+	out := make([]byte, 0, 32*len(refs))
+	for _, h := range refs {
+		if raw, ok := hashHex(h.String()); ok {
+			out = append(out, raw[:]...)
+		}
+	}
+	return out
+}
+
+func decodeRefs(v []byte) [][32]byte {
+	out := make([][32]byte, 0, len(v)/32)
+	for ; len(v) >= 32; v = v[32:] {
+		out = append(out, [32]byte(v[:32]))
+	}
+	return out
+}
 
 // record is a blob record as stored in the index.
 type record struct {
@@ -87,12 +138,20 @@ func (s *Store) getJSON(key []byte, v any) error {
 	return err
 }
 
-func (s *Store) putRecord(h v1.Hash, info Info) error {
+// putRecord writes a blob record and, for a manifest, what it refers to.
+func (s *Store) putRecord(h v1.Hash, info Info, refs []v1.Hash) error {
 	v, err := json.Marshal(record(info))
 	if err != nil {
 		return err
 	}
-	return s.db.Update(func(txn *badger.Txn) error { return txn.Set(blobKey(h), v) })
+	return s.db.Update(func(txn *badger.Txn) error {
+		if len(refs) > 0 {
+			if err := txn.Set(refsKey(h), encodeRefs(refs)); err != nil {
+				return err
+			}
+		}
+		return txn.Set(blobKey(h), v)
+	})
 }
 
 // Touch records that h was used now. The time is kept in memory and written
@@ -227,10 +286,10 @@ type Repository struct {
 func (s *Store) Repositories() ([]Repository, error) {
 	seen := map[Repository]bool{}
 	err := s.db.View(func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte("t/")})
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(prefixTag)})
 		defer it.Close()
 		for it.Rewind(); it.Valid(); it.Next() {
-			key := strings.TrimPrefix(string(it.Item().Key()), "t/")
+			key := strings.TrimPrefix(string(it.Item().Key()), prefixTag)
 			registry, rest, ok := strings.Cut(key, "/")
 			i := strings.LastIndexByte(rest, ':')
 			if ok && i > 0 {

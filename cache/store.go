@@ -44,8 +44,21 @@ type Options struct {
 	MemoryManifests int
 	// MemoryManifestMax is the largest manifest kept in memory (bytes).
 	MemoryManifestMax int
+	// MaxSize is the byte budget for stored content; 0 means no limit.
+	MaxSize int64
+	// HighWater and LowWater are fractions of MaxSize: past the high mark the
+	// store evicts in the background down to the low mark. Defaults 0.95, 0.90.
+	HighWater, LowWater float64
+	// MinFree is a floor of free bytes kept on the filesystem; 0 means none.
+	MinFree int64
+	// CheckInterval is how often the background evictor checks the free-space
+	// floor, which other programs on the disk can cross at any time.
+	CheckInterval time.Duration
 	// Now is the clock; tests set it, production leaves it nil.
 	Now func() time.Time
+	// FreeSpace reports the filesystem's free bytes; tests set it,
+	// production leaves it nil for statfs.
+	FreeSpace func() (int64, error)
 }
 
 func (o *Options) defaults() {
@@ -66,6 +79,15 @@ func (o *Options) defaults() {
 	}
 	if o.Now == nil {
 		o.Now = time.Now
+	}
+	if o.HighWater <= 0 || o.HighWater > 1 {
+		o.HighWater = 0.95
+	}
+	if o.LowWater <= 0 || o.LowWater > o.HighWater {
+		o.LowWater = min(0.90, o.HighWater)
+	}
+	if o.CheckInterval <= 0 {
+		o.CheckInterval = time.Minute
 	}
 }
 
@@ -92,6 +114,20 @@ type Store struct {
 
 	accessMu sync.Mutex
 	access   map[v1.Hash]time.Time // touched since the last flush
+
+	// mu guards the accounting of the budget and the set of held objects.
+	// Renames into place and removals by eviction happen under it too.
+	mu           sync.Mutex
+	used         int64 // bytes of committed content
+	objects      int64
+	reserved     int64 // bytes promised to writers in progress
+	held         map[v1.Hash]int
+	evictions    int64
+	evictedBytes int64
+	streamed     int64
+
+	evictMu  sync.Mutex    // one eviction pass at a time
+	evictNow chan struct{} // asks the background evictor for a pass
 }
 
 // Open opens (creating if needed) the store under dir. Leftover temp files of
@@ -109,10 +145,19 @@ func Open(dir string, opt Options, log *zap.Logger) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Store{dir: dir, opt: opt, log: log, db: db, access: make(map[v1.Hash]time.Time)}
+	s := &Store{
+		dir: dir, opt: opt, log: log, db: db,
+		access:   make(map[v1.Hash]time.Time),
+		held:     make(map[v1.Hash]int),
+		evictNow: make(chan struct{}, 1),
+	}
 	s.tags, _ = lru.New[string, TagAnswer](opt.MemoryTags)
 	s.manifests, _ = lru.New[v1.Hash, memManifest](opt.MemoryManifests)
 	if err := s.removeTemps(); err != nil {
+		db.Close()
+		return nil, err
+	}
+	if err := s.loadTotals(); err != nil {
 		db.Close()
 		return nil, err
 	}
@@ -244,6 +289,7 @@ func (s *Store) PutManifest(h v1.Hash, body []byte, mediaType string) error {
 	if err != nil {
 		return err
 	}
+	w.refs = manifestRefs(body)
 	if _, err := w.Write(body); err != nil {
 		w.Abort()
 		return err
@@ -274,12 +320,16 @@ func (s *Store) Healthy() error {
 }
 
 // Run does the store's background work until ctx ends: flushing batched
-// access times and collecting badger's value log. It flushes once more on exit.
+// access times, evicting past the high mark or below the free-space floor,
+// and collecting badger's value log. It flushes once more on exit.
 func (s *Store) Run(ctx context.Context) {
 	flush := time.NewTicker(s.opt.AccessFlushInterval)
 	defer flush.Stop()
 	gc := time.NewTicker(s.opt.GCInterval)
 	defer gc.Stop()
+	check := time.NewTicker(s.opt.CheckInterval)
+	defer check.Stop()
+	s.kick() // the budget may have shrunk since the last run
 	for {
 		select {
 		case <-ctx.Done():
@@ -289,7 +339,22 @@ func (s *Store) Run(ctx context.Context) {
 			s.flushAccess()
 		case <-gc.C:
 			s.valueLogGC()
+		case <-check.C:
+			if s.overHigh() {
+				s.background()
+			}
+		case <-s.evictNow:
+			if s.overHigh() {
+				s.background()
+			}
 		}
+	}
+}
+
+// background is an eviction pass of the background evictor.
+func (s *Store) background() {
+	if _, err := s.GC(); err != nil {
+		s.log.Warn("evict", zap.Error(err))
 	}
 }
 
@@ -305,9 +370,13 @@ func (s *Store) valueLogGC() {
 	}
 }
 
-// Close flushes pending access times and closes the index.
+// Close flushes pending access times, records the usage totals so the next
+// start need not count them, and closes the index.
 func (s *Store) Close() error {
 	s.flushAccess()
+	if err := s.saveTotals(); err != nil {
+		s.log.Warn("record usage totals", zap.Error(err))
+	}
 	if err := s.db.Close(); err != nil {
 		return fmt.Errorf("close index: %w", err)
 	}

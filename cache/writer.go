@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"go.uber.org/zap"
@@ -23,9 +24,11 @@ type Writer struct {
 	size      int64 // -1 when unknown
 	mediaType string
 
-	f      *os.File
-	hasher hash.Hash
-	n      int64
+	f        *os.File
+	hasher   hash.Hash
+	n        int64
+	refs     []v1.Hash // what a manifest refers to, for eviction
+	reserved int64     // bytes of the budget promised to this writer
 
 	mu       sync.Mutex // guards the state below against OpenReader
 	tmp      string
@@ -34,16 +37,25 @@ type Writer struct {
 }
 
 // Create starts writing the content of h. size is the announced length, or -1
-// when it is unknown; content of another length never commits.
+// when it is unknown; content of another length never commits. Room for size
+// bytes is made first; when it cannot be, Create returns ErrNoSpace and the
+// caller serves the content without storing it.
 func (s *Store) Create(h v1.Hash, size int64, mediaType string) (*Writer, error) {
 	if err := checkHash(h); err != nil {
 		return nil, err
 	}
+	if err := s.reserve(h, size); err != nil {
+		return nil, err
+	}
 	f, err := os.CreateTemp(tmpDir(s.dir), h.Hex[:16]+"-*")
 	if err != nil {
+		s.unreserve(size)
+		if errors.Is(err, syscall.ENOSPC) {
+			return nil, s.refuse(fmt.Errorf("%w: create temp file for %s: %w", ErrNoSpace, h, err))
+		}
 		return nil, fmt.Errorf("create temp file for %s: %w", h, err)
 	}
-	return &Writer{s: s, h: h, size: size, mediaType: mediaType, f: f, hasher: sha256.New(), tmp: f.Name()}, nil
+	return &Writer{s: s, h: h, size: size, mediaType: mediaType, f: f, hasher: sha256.New(), tmp: f.Name(), reserved: max(size, 0)}, nil
 }
 
 // Write appends p to the temp file. It fails early once more bytes arrive than
@@ -55,6 +67,9 @@ func (w *Writer) Write(p []byte) (int, error) {
 	n, err := w.f.Write(p)
 	w.hasher.Write(p[:n])
 	w.n += int64(n)
+	if errors.Is(err, syscall.ENOSPC) {
+		return n, fmt.Errorf("write blob %s: %w: %w", w.h, ErrNoSpace, err)
+	}
 	if err != nil {
 		return n, fmt.Errorf("write blob %s: %w", w.h, err)
 	}
@@ -72,11 +87,14 @@ func (w *Writer) Commit() error {
 		w.finish(err)
 		return err
 	}
-	if err := w.s.putRecord(w.h, Info{Size: w.n, MediaType: w.mediaType}); err != nil {
+	if err := w.s.putRecord(w.h, Info{Size: w.n, MediaType: w.mediaType}, w.refs); err != nil {
 		// The file is verified and in place; a lost record is rebuilt from it.
 		w.s.log.Warn("index blob record", zap.Stringer("digest", w.h), zap.Error(err))
 	}
 	w.s.Touch(w.h)
+	if w.s.overHigh() {
+		w.s.kick()
+	}
 	return nil
 }
 
@@ -106,9 +124,22 @@ func (w *Writer) publish() error {
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	// Under the store's lock, so eviction and accounting see the rename and
+	// the new total together. The same digest stored twice counts once.
+	s := w.s
+	s.mu.Lock()
+	_, statErr := os.Stat(final)
 	if err := os.Rename(w.tmp, final); err != nil {
+		s.mu.Unlock()
 		return fmt.Errorf("rename blob %s into place: %w", w.h, err)
 	}
+	s.reserved -= w.reserved
+	w.reserved = 0
+	if statErr != nil {
+		s.used += w.n
+		s.objects++
+	}
+	s.mu.Unlock()
 	w.tmp = final
 	w.finished = true
 	return syncDir(dir)
@@ -139,6 +170,8 @@ func (w *Writer) finish(err error) {
 	}
 	w.finished = true
 	w.err = err
+	w.s.unreserve(w.reserved)
+	w.reserved = 0
 	w.f.Close()
 	if rmErr := os.Remove(w.tmp); rmErr != nil && !errors.Is(rmErr, os.ErrNotExist) {
 		w.s.log.Warn("remove temp file", zap.String("file", filepath.Base(w.tmp)), zap.Error(rmErr))

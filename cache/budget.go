@@ -1,0 +1,158 @@
+package cache
+
+import (
+	"errors"
+	"fmt"
+	"syscall"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"go.uber.org/zap"
+)
+
+// ErrNoSpace means the store cannot keep this content: it is larger than the
+// budget, or room could not be made for it (everything else is in use or
+// pinned, or the filesystem is full). The caller serves it without storing.
+var ErrNoSpace = errors.New("no room in the cache")
+
+// Usage is the store's disk use against its budget.
+type Usage struct {
+	Bytes        int64 // bytes of content stored (blobs and manifests)
+	Objects      int64 // content files stored
+	Budget       int64 // the byte budget; 0 means no limit
+	Evictions    int64 // objects evicted since start
+	EvictedBytes int64 // their bytes
+	Streamed     int64 // blobs served without being stored (too large, or disk full), since start
+}
+
+// Usage returns the store's disk use. Until start-up reconciliation after a
+// crash has finished, Bytes and Objects count what is known so far.
+func (s *Store) Usage() Usage {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return Usage{
+		Bytes:        s.used,
+		Objects:      s.objects,
+		Budget:       s.opt.MaxSize,
+		Evictions:    s.evictions,
+		EvictedBytes: s.evictedBytes,
+		Streamed:     s.streamed,
+	}
+}
+
+// Hold marks h as in use until release is called: eviction leaves it alone.
+// A blob being served or downloaded is held for as long as that lasts.
+func (s *Store) Hold(h v1.Hash) (release func()) {
+	s.mu.Lock()
+	s.held[h]++
+	s.mu.Unlock()
+	return func() {
+		s.mu.Lock()
+		if s.held[h]--; s.held[h] <= 0 {
+			delete(s.held, h)
+		}
+		s.mu.Unlock()
+	}
+}
+
+// highWater and lowWater are the byte marks of the budget: past the high one
+// the store evicts in the background down to the low one.
+func (s *Store) highWater() int64 { return int64(float64(s.opt.MaxSize) * s.opt.HighWater) }
+func (s *Store) lowWater() int64  { return int64(float64(s.opt.MaxSize) * s.opt.LowWater) }
+
+// reserve promises size bytes to a writer before it writes any, making room
+// first when the budget or the free-space floor would be crossed. So the
+// budget is hard: committed plus reserved bytes never exceed it. A writer of
+// unknown size (-1) reserves nothing and is counted when it commits.
+func (s *Store) reserve(h v1.Hash, size int64) error {
+	if size < 0 {
+		return nil
+	}
+	if s.opt.MaxSize > 0 && size > s.opt.MaxSize {
+		return s.refuse(fmt.Errorf("%w: %s is %d bytes, larger than the whole budget of %d", ErrNoSpace, h, size, s.opt.MaxSize))
+	}
+	for attempt := 0; ; attempt++ {
+		s.mu.Lock()
+		over, short := s.shortfall(size)
+		if over <= 0 && short <= 0 {
+			s.reserved += size
+			s.mu.Unlock()
+			return nil
+		}
+		s.mu.Unlock()
+		if attempt == 1 {
+			return s.refuse(fmt.Errorf("%w: %s needs %d bytes: %d over the budget, %d short of the free-space floor after eviction",
+				ErrNoSpace, h, size, max(over, 0), max(short, 0)))
+		}
+		if _, err := s.evictFor(size); err != nil {
+			s.log.Warn("evict to make room", zap.Error(err))
+		}
+	}
+}
+
+// shortfall says by how many bytes storing size more would cross the budget
+// and the free-space floor. s.mu is held.
+func (s *Store) shortfall(size int64) (overBudget, belowFloor int64) {
+	overBudget = -1
+	if s.opt.MaxSize > 0 {
+		overBudget = s.used + s.reserved + size - s.opt.MaxSize
+	}
+	belowFloor = -1
+	if s.opt.MinFree > 0 {
+		if free, err := s.free(); err == nil {
+			// Reserved bytes are not all written yet: count them as gone.
+			belowFloor = s.opt.MinFree - (free - s.reserved - size)
+		}
+	}
+	return overBudget, belowFloor
+}
+
+// free is what the filesystem under the store has available to us.
+func (s *Store) free() (int64, error) {
+	if s.opt.FreeSpace != nil {
+		return s.opt.FreeSpace()
+	}
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(s.dir, &st); err != nil {
+		return 0, fmt.Errorf("statfs %s: %w", s.dir, err)
+	}
+	return int64(st.Bavail) * int64(st.Bsize), nil
+}
+
+func (s *Store) refuse(err error) error {
+	s.mu.Lock()
+	s.streamed++
+	s.mu.Unlock()
+	return err
+}
+
+func (s *Store) unreserve(size int64) {
+	if size <= 0 {
+		return
+	}
+	s.mu.Lock()
+	s.reserved -= size
+	s.mu.Unlock()
+}
+
+// overHigh reports whether the store should evict in the background.
+func (s *Store) overHigh() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.opt.MaxSize > 0 && s.used+s.reserved > s.highWater() {
+		return true
+	}
+	if s.opt.MinFree > 0 {
+		if free, err := s.free(); err == nil && free < s.opt.MinFree {
+			return true
+		}
+	}
+	return false
+}
+
+// kick asks the background evictor for a pass, without waiting.
+func (s *Store) kick() {
+	select {
+	case s.evictNow <- struct{}{}:
+	default:
+	}
+}
