@@ -135,6 +135,9 @@ func (p *Proxy) account(r *http.Request, info *logInfo, status int, n int64) {
 	if status < 300 {
 		p.stats.served[sourceOf(info.cache)].Add(n)
 	}
+	if rt.kind == routeManifest && rt.tag != "" && status < 400 {
+		p.pulls.add(rt.registry, rt.repo, rt.tag, clientHost(r.RemoteAddr), info.cache, p.opt.Now())
+	}
 }
 
 // recorder notes the status and the bytes of a response for the access log.

@@ -64,6 +64,7 @@ type envConfig struct {
 	wrapMirror func(http.Handler) http.Handler
 	ttl        time.Duration
 	extra      []string // names of more upstreams, beside docker.io
+	budget     int64    // the store's MaxSize
 }
 
 // withUpstreams adds upstream registries by name, each its own in-process registry.
@@ -80,6 +81,9 @@ func withMirrorWrap(wrap func(http.Handler) http.Handler) envOption {
 func withUpstreamFault(wrap func(http.Handler) http.Handler) envOption {
 	return func(c *envConfig) { c.wrap = wrap }
 }
+
+// withBudget gives the store a byte budget.
+func withBudget(n int64) envOption { return func(c *envConfig) { c.budget = n } }
 
 func withTTL(d time.Duration) envOption { return func(c *envConfig) { c.ttl = d } }
 
@@ -105,7 +109,7 @@ func newEnv(t *testing.T, opts ...envOption) *env {
 	}
 	dir := t.TempDir()
 	clk := &clock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
-	st, err := cache.Open(dir, cache.Options{Now: clk.Now}, logger.Named("cache"))
+	st, err := cache.Open(dir, cache.Options{Now: clk.Now, MaxSize: cfg.budget}, logger.Named("cache"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -128,6 +128,9 @@ type collector struct {
 	p *Proxy
 
 	outcome, served, stale, flights, up, rateRemaining, rateLimit *prometheus.Desc
+
+	// From the store's Usage, read once per scrape so the numbers agree.
+	diskBytes, diskObjects, diskBudget, evictions, evictedBytes, streamed *prometheus.Desc
 }
 
 func newCollector(p *Proxy) *collector {
@@ -152,11 +155,24 @@ func newCollector(p *Proxy) *collector {
 		rateLimit: prometheus.NewDesc("regmirror_upstream_ratelimit_limit",
 			"The upstream's pull quota per window, as it last reported (ratelimit-limit); absent until it reports one.",
 			[]string{"registry"}, nil),
+		diskBytes: prometheus.NewDesc("regmirror_cache_bytes",
+			"Bytes of content (blobs and manifests) in the cache.", nil, nil),
+		diskObjects: prometheus.NewDesc("regmirror_cache_objects",
+			"Content files in the cache.", nil, nil),
+		diskBudget: prometheus.NewDesc("regmirror_cache_budget_bytes",
+			"The cache's byte budget; 0 means no limit.", nil, nil),
+		evictions: prometheus.NewDesc("regmirror_cache_evictions_total",
+			"Objects evicted from the cache to stay under its budget.", nil, nil),
+		evictedBytes: prometheus.NewDesc("regmirror_cache_evicted_bytes_total",
+			"Bytes evicted from the cache to stay under its budget.", nil, nil),
+		streamed: prometheus.NewDesc("regmirror_cache_streamed_total",
+			"Blobs served without being kept: larger than the budget allows, or no room could be made.", nil, nil),
 	}
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.outcome, c.served, c.stale, c.flights, c.up, c.rateRemaining, c.rateLimit} {
+	for _, d := range []*prometheus.Desc{c.outcome, c.served, c.stale, c.flights, c.up, c.rateRemaining, c.rateLimit,
+		c.diskBytes, c.diskObjects, c.diskBudget, c.evictions, c.evictedBytes, c.streamed} {
 		ch <- d
 	}
 }
@@ -170,6 +186,23 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	for i, s := range sources {
 		ch <- prometheus.MustNewConstMetric(c.served, prometheus.CounterValue, float64(st.served[i].Load()), s)
+	}
+	if us, ok := c.p.st.(usageSource); ok {
+		u := us.Usage()
+		for _, m := range []struct {
+			d *prometheus.Desc
+			t prometheus.ValueType
+			v int64
+		}{
+			{c.diskBytes, prometheus.GaugeValue, u.Bytes},
+			{c.diskObjects, prometheus.GaugeValue, u.Objects},
+			{c.diskBudget, prometheus.GaugeValue, u.Budget},
+			{c.evictions, prometheus.CounterValue, u.Evictions},
+			{c.evictedBytes, prometheus.CounterValue, u.EvictedBytes},
+			{c.streamed, prometheus.CounterValue, u.Streamed},
+		} {
+			ch <- prometheus.MustNewConstMetric(m.d, m.t, float64(m.v))
+		}
 	}
 	c.p.mu.Lock()
 	flights := len(c.p.flights)

@@ -26,6 +26,12 @@ var families = []string{
 	"regmirror_upstream_request_duration_seconds",
 	"regmirror_upstream_errors_total",
 	"regmirror_upstream_up",
+	"regmirror_cache_bytes",
+	"regmirror_cache_objects",
+	"regmirror_cache_budget_bytes",
+	"regmirror_cache_evictions_total",
+	"regmirror_cache_evicted_bytes_total",
+	"regmirror_cache_streamed_total",
 }
 
 // pullAll pulls ref through the mirror, reading its config and every layer
@@ -78,6 +84,8 @@ func TestMetricsMoveByExactlyAPullsWorth(t *testing.T) {
 	// One ping, the manifest by tag and three blobs (config and two layers),
 	// each downloaded once; and the scrape before, as kind "other".
 	want := []string{
+		fmt.Sprintf(`regmirror_cache_bytes{}: 0 → %d`, n),
+		`regmirror_cache_objects{}: 0 → 4`,
 		`regmirror_cache_requests_total{kind="blob",outcome="miss"}: 0 → 3`,
 		`regmirror_cache_requests_total{kind="manifest",outcome="miss"}: 0 → 1`,
 		`regmirror_requests_total{code="200",kind="base",method="GET"}: 0 → 1`,

@@ -85,6 +85,8 @@ type Proxy struct {
 
 	staleWarned *lru.Cache[string, time.Time] // tag → when we last warned it was stale
 	stats       stats
+	pulls       *pullLog
+	started     time.Time
 }
 
 // stats are the proxy's counters since start, for the metrics and the
@@ -163,7 +165,8 @@ func New(st Store, ups []Upstream, opt Options, log *zap.Logger) (*Proxy, error)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	warned, _ := lru.New[string, time.Time](4096)
-	p := &Proxy{st: st, ups: byName, names: names, opt: opt, log: log, ctx: ctx, cancel: cancel, flights: make(map[v1.Hash]*flight), staleWarned: warned}
+	p := &Proxy{st: st, ups: byName, names: names, opt: opt, log: log, ctx: ctx, cancel: cancel, flights: make(map[v1.Hash]*flight), staleWarned: warned,
+		pulls: newPullLog(), started: opt.Now()}
 	p.stats.stale = make(map[string]*atomic.Int64, len(names))
 	for _, n := range names {
 		p.stats.stale[n] = new(atomic.Int64)
@@ -206,6 +209,8 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) error {
 		return writeJSON(w, r, http.StatusOK, map[string]string{"status": "ok"})
 	case ReadyPath:
 		return p.serveReady(w, r)
+	case StatusPath:
+		return p.serveStatus(w, r)
 	case MetricsPath:
 		if p.opt.MetricsHandler != nil {
 			p.opt.MetricsHandler.ServeHTTP(w, r)
