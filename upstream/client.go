@@ -160,15 +160,26 @@ func ParseURL(raw string) (*url.URL, error) {
 		return nil, errors.New("upstream URL is not a valid URL")
 	}
 	if u.Scheme != "http" && u.Scheme != "https" {
-		return nil, fmt.Errorf("upstream URL %q: scheme must be http or https", u.Redacted())
+		return nil, fmt.Errorf("upstream URL %q: scheme must be http or https", redacted(u))
 	}
 	if u.User != nil {
-		return nil, fmt.Errorf("upstream URL %q: credentials do not belong in the URL", u.Redacted())
+		return nil, fmt.Errorf("upstream URL %q: credentials do not belong in the URL", redacted(u))
 	}
 	if u.Host == "" || u.RawQuery != "" || u.Fragment != "" || (u.Path != "" && u.Path != "/") {
-		return nil, fmt.Errorf("upstream URL %q: want scheme://host[:port] and nothing more", u.Redacted())
+		return nil, fmt.Errorf("upstream URL %q: want scheme://host[:port] and nothing more", redacted(u))
 	}
 	return u, nil
+}
+
+// redacted is u with all of its user info as ***: url.URL.Redacted hides
+// only a password, and a user name alone can be a token.
+func redacted(u *url.URL) string {
+	if u.User == nil {
+		return u.String()
+	}
+	c := *u
+	c.User = nil
+	return strings.Replace(c.String(), "://", "://***@", 1)
 }
 
 func baseTransport(timeout time.Duration, insecure bool, roots *x509.CertPool) *http.Transport {
