@@ -137,9 +137,20 @@ func defaultDataDir() string {
 	return "regmirror-data"
 }
 
-// loadConfig reads the environment, then the flags in args. Every problem is
-// reported at once, each naming the setting it is about.
+// loadConfig reads the environment, then the flags in args, and validates
+// the result. Every problem is reported at once, each naming the setting it
+// is about.
 func loadConfig(args []string, environ map[string]string) (Config, error) {
+	cfg, err := parseConfig("serve", args, environ)
+	if err != nil {
+		return cfg, err
+	}
+	return cfg, cfg.Validate()
+}
+
+// parseConfig reads the environment, then the flags in args, for the
+// sub-command cmd (named in the usage text). It does not validate.
+func parseConfig(cmd string, args []string, environ map[string]string) (Config, error) {
 	opts := env.Options{Prefix: envPrefix, Environment: environ}
 	// The documented default names $XDG_CACHE_HOME; the real one is computed.
 	if _, set := environ[envPrefix+"DATA_DIR"]; !set {
@@ -150,9 +161,9 @@ func loadConfig(args []string, environ map[string]string) (Config, error) {
 	if err := env.ParseWithOptions(&cfg, opts); err != nil {
 		return cfg, namedEnvErrors(err)
 	}
-	fs := flag.NewFlagSet("regmirror", flag.ContinueOnError)
+	fs := flag.NewFlagSet("regmirror "+cmd, flag.ContinueOnError)
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "usage: regmirror [serve] [flags]\n\nEvery flag can also be set as an environment variable: -tag-ttl is %sTAG_TTL.\n\n", envPrefix)
+		fmt.Fprintf(fs.Output(), "usage: regmirror %s [flags]\n\nEvery flag can also be set as an environment variable: -tag-ttl is %sTAG_TTL.\n\n", cmd, envPrefix)
 		fs.PrintDefaults()
 	}
 	bindFlags(fs, &cfg)
@@ -162,7 +173,7 @@ func loadConfig(args []string, environ map[string]string) (Config, error) {
 	if fs.NArg() > 0 {
 		return cfg, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
-	return cfg, cfg.Validate()
+	return cfg, nil
 }
 
 func cloneWith(m map[string]string, k, v string) map[string]string {
@@ -174,9 +185,10 @@ func cloneWith(m map[string]string, k, v string) map[string]string {
 	return out
 }
 
-// bindFlags declares one flag per Config field, from its `flag` tag, with
-// the value already read from the environment as its default.
-func bindFlags(fs *flag.FlagSet, cfg *Config) {
+// bindFlags declares one flag per field of the struct cfg points to, from
+// its `flag` tag, with the value already read from the environment as its
+// default. A field tagged secret:"true" never shows its value in -h.
+func bindFlags(fs *flag.FlagSet, cfg any) {
 	v := reflect.ValueOf(cfg).Elem()
 	t := v.Type()
 	for i := range t.NumField() {
@@ -185,7 +197,11 @@ func bindFlags(fs *flag.FlagSet, cfg *Config) {
 		usage += " (" + envPrefix + f.Tag.Get("env") + ")"
 		switch p := v.Field(i).Addr().Interface().(type) {
 		case *string:
-			fs.StringVar(p, name, *p, usage)
+			if isSecret(f) {
+				fs.Var(secretFlag{p}, name, usage)
+			} else {
+				fs.StringVar(p, name, *p, usage)
+			}
 		case *time.Duration:
 			fs.DurationVar(p, name, *p, usage)
 		case *zapcore.Level:
@@ -253,7 +269,7 @@ func (c Config) Validate() error {
 	return errors.Join(errs...)
 }
 
-// environ returns the process environment as a map, for loadConfig.
+// environ returns the process environment as a map, for parseConfig.
 func environ() map[string]string {
 	m := make(map[string]string)
 	for _, kv := range os.Environ() {

@@ -1,6 +1,7 @@
 // Command regmirror is a pull-through caching mirror for container registries.
 //
 //	regmirror [serve] [flags]
+//	regmirror config [flags]
 //
 // With no configuration it mirrors Docker Hub on :5000.
 package main
@@ -64,14 +65,16 @@ func run(args []string) error {
 		return err
 	case "healthcheck":
 		return runHealthcheck(args)
+	case "config":
+		return runConfig(args, environ(), os.Stdout)
 	case "version":
 		fmt.Println(version)
 		return nil
 	case "help":
-		fmt.Println("usage: regmirror [serve] [flags]     serve (regmirror serve -h lists the flags)\n       regmirror check IMAGE...    would these images pull with the upstream down?\n       regmirror healthcheck        is the local mirror ready? (for container health checks)\n       regmirror version")
+		fmt.Println("usage: regmirror [serve] [flags]     serve (regmirror serve -h lists the flags)\n       regmirror check IMAGE...    would these images pull with the upstream down?\n       regmirror healthcheck        is the local mirror ready? (for container health checks)\n       regmirror config [flags]     print every setting as serve would use it (secrets as ***)\n       regmirror version")
 		return nil
 	default:
-		return fmt.Errorf("unknown command %q (try: serve, check, healthcheck, version, help)", cmd)
+		return fmt.Errorf("unknown command %q (try: serve, check, healthcheck, config, version, help)", cmd)
 	}
 }
 
