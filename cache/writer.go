@@ -64,6 +64,10 @@ func (w *Writer) Write(p []byte) (int, error) {
 	if w.size >= 0 && w.n+int64(len(p)) > w.size {
 		return 0, fmt.Errorf("blob %s: %w: more than %d bytes", w.h, ErrSizeMismatch, w.size)
 	}
+	if max := w.s.opt.MaxSize; w.size < 0 && max > 0 && w.n+int64(len(p)) > max {
+		// Content of unknown size reserved nothing; it may not outgrow the budget.
+		return 0, w.s.refuse(fmt.Errorf("%w: %s grew past the whole budget of %d bytes", ErrNoSpace, w.h, max))
+	}
 	n, err := w.f.Write(p)
 	w.hasher.Write(p[:n])
 	w.n += int64(n)

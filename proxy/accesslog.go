@@ -33,7 +33,8 @@ const (
 	cacheMiss      = "miss"
 	cacheCoalesced = "coalesced"
 	cacheStale     = "stale"
-	cachePass      = "pass" // asked upstream, nothing to cache (HEAD of a blob, tags/list)
+	cachePass      = "pass"   // asked upstream, nothing to cache (HEAD of a blob, tags/list)
+	cacheStream    = "stream" // streamed from upstream without being stored (no room)
 )
 
 // logInfo is what a handler tells the access log about its request.

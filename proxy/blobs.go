@@ -14,6 +14,7 @@ import (
 func (p *Proxy) serveBlob(w http.ResponseWriter, r *http.Request, rt route) error {
 	ctx := r.Context()
 	up := p.ups[rt.registry]
+	defer p.st.Hold(rt.digest)() // eviction leaves a blob alone while it is served
 	// A flight can finish between our miss and our join; then the blob is in
 	// the store and we look again. Twice is plenty; more means it vanished.
 	for range 3 {
@@ -35,13 +36,13 @@ func (p *Proxy) serveBlob(w http.ResponseWriter, r *http.Request, rt route) erro
 			continue
 		}
 		setCache(ctx, coalesced(cacheMiss, !leader))
-		return p.follow(w, r, fl)
+		return p.follow(w, r, fl, up, rt)
 	}
 	return errors.New("blob vanished from the store while being served")
 }
 
 // follow streams a blob to the client as its flight downloads it.
-func (p *Proxy) follow(w http.ResponseWriter, r *http.Request, fl *flight) error {
+func (p *Proxy) follow(w http.ResponseWriter, r *http.Request, fl *flight, up Upstream, rt route) error {
 	select {
 	case <-fl.ready:
 	case <-r.Context().Done():
@@ -49,6 +50,10 @@ func (p *Proxy) follow(w http.ResponseWriter, r *http.Request, fl *flight) error
 	}
 	if _, ok := fl.started(); !ok {
 		_, _, err, _ := fl.state()
+		if errors.Is(err, errPassThrough) {
+			setCache(r.Context(), cacheStream)
+			return p.streamThrough(w, r, up, rt, fl.claim())
+		}
 		return err // upstream refused before sending anything: the client gets its OCI error
 	}
 	rc := http.NewResponseController(w)

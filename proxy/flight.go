@@ -32,6 +32,29 @@ type flight struct {
 	done     bool
 	err      error         // why the flight failed; nil while running and after success
 	progress chan struct{} // closed and replaced whenever written or done changes
+	handed   *handedOver   // the upstream response, when the store could not keep the blob
+}
+
+// handedOver is an upstream response the flight could not store, left for
+// the first requester to stream straight through. cancel ends its request.
+type handedOver struct {
+	resp   *http.Response
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+}
+
+// errPassThrough fails a flight whose blob the store cannot keep (larger
+// than the budget, or no room): each requester streams it from upstream.
+var errPassThrough = errors.New("blob streamed through without being stored")
+
+// claim takes the handed-over response, once; later callers get nil and
+// ask upstream themselves.
+func (fl *flight) claim() *handedOver {
+	fl.mu.Lock()
+	defer fl.mu.Unlock()
+	h := fl.handed
+	fl.handed = nil
+	return h
 }
 
 func newFlight(h v1.Hash) *flight {
@@ -108,6 +131,7 @@ func (p *Proxy) flight(h v1.Hash) *flight {
 
 func (p *Proxy) download(fl *flight, up Upstream, repo string) {
 	defer p.wg.Done()
+	defer p.st.Hold(fl.digest)() // eviction leaves a blob alone while it downloads
 	start := time.Now()
 	err := p.fill(fl, up, repo)
 	// Leave the map before finishing: a requester that then finds no flight
@@ -117,6 +141,21 @@ func (p *Proxy) download(fl *flight, up Upstream, repo string) {
 	p.mu.Unlock()
 	fl.finish(err)
 	written, _, _, _ := fl.state()
+	if errors.Is(err, cache.ErrNoSpace) {
+		// It ran out of room while writing (a full disk, or a blob of
+		// unknown size that outgrew the budget): the next requests stream it.
+		p.noRoom.Add(fl.digest, struct{}{})
+	}
+	if errors.Is(err, errPassThrough) {
+		// Nobody claimed the response in time: the requesters left.
+		time.AfterFunc(p.opt.UpstreamTimeout, func() {
+			if h := fl.claim(); h != nil {
+				h.resp.Body.Close()
+				h.cancel(nil)
+			}
+		})
+		return
+	}
 	if err != nil {
 		p.log.Warn("download failed", zap.String(keyUpstream, up.Name()), zap.String(keyRepo, repo),
 			zap.Stringer(keyDigest, fl.digest), zap.Int64(keyBytes, written), zap.Error(err))
@@ -130,13 +169,27 @@ func (p *Proxy) download(fl *flight, up Upstream, repo string) {
 // goes. The content is committed only if it hashes to the digest.
 func (p *Proxy) fill(fl *flight, up Upstream, repo string) error {
 	ctx, cancel := context.WithCancelCause(p.ctx)
-	defer cancel(nil)
 	resp, err := up.Blob(ctx, http.MethodGet, repo, fl.digest)
 	if err != nil {
+		cancel(nil)
 		return err
 	}
+	var w *cache.Writer
+	if p.noRoom.Contains(fl.digest) {
+		err = fmt.Errorf("%w: %s did not fit before", cache.ErrNoSpace, fl.digest)
+	} else {
+		w, err = p.st.Create(fl.digest, resp.ContentLength, "application/octet-stream")
+	}
+	if errors.Is(err, cache.ErrNoSpace) {
+		p.log.Warn("cannot store blob; streaming it through", zap.String(keyUpstream, up.Name()),
+			zap.Stringer(keyDigest, fl.digest), zap.Int64("size", resp.ContentLength), zap.Error(err))
+		fl.mu.Lock()
+		fl.handed = &handedOver{resp: resp, ctx: ctx, cancel: cancel}
+		fl.mu.Unlock()
+		return errPassThrough
+	}
+	defer cancel(nil)
 	defer resp.Body.Close()
-	w, err := p.st.Create(fl.digest, resp.ContentLength, "application/octet-stream")
 	if err != nil {
 		return err
 	}

@@ -64,7 +64,7 @@ type envConfig struct {
 	wrapMirror func(http.Handler) http.Handler
 	ttl        time.Duration
 	extra      []string // names of more upstreams, beside docker.io
-	budget     int64    // the store's MaxSize
+	store      cache.Options
 }
 
 // withUpstreams adds upstream registries by name, each its own in-process registry.
@@ -82,10 +82,10 @@ func withUpstreamFault(wrap func(http.Handler) http.Handler) envOption {
 	return func(c *envConfig) { c.wrap = wrap }
 }
 
-// withBudget gives the store a byte budget.
-func withBudget(n int64) envOption { return func(c *envConfig) { c.budget = n } }
-
 func withTTL(d time.Duration) envOption { return func(c *envConfig) { c.ttl = d } }
+
+// withBudget gives the store a byte budget.
+func withBudget(n int64) envOption { return func(c *envConfig) { c.store.MaxSize = n } }
 
 // newEnv starts an in-process upstream registry (counted), the real store on
 // a temp dir, and the proxy in an httptest server. Everything stops with t.
@@ -109,7 +109,8 @@ func newEnv(t *testing.T, opts ...envOption) *env {
 	}
 	dir := t.TempDir()
 	clk := &clock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
-	st, err := cache.Open(dir, cache.Options{Now: clk.Now, MaxSize: cfg.budget}, logger.Named("cache"))
+	cfg.store.Now = clk.Now
+	st, err := cache.Open(dir, cfg.store, logger.Named("cache"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -94,7 +94,7 @@ func methodLabel(m string) string {
 
 // The labels of the cache outcome and served-bytes metrics.
 var (
-	outcomes = [...]string{cacheHit, cacheMiss, cacheCoalesced, cacheStale, cachePass}
+	outcomes = [...]string{cacheHit, cacheMiss, cacheCoalesced, cacheStale, cachePass, cacheStream}
 	sources  = [...]string{"cache", "upstream"}
 )
 
@@ -113,7 +113,8 @@ func outcomeIndex(outcome string) int {
 }
 
 // sourceOf is where the bytes of an answer came from: the cache for a hit or
-// a stale answer, upstream (directly or through a shared download) otherwise.
+// a stale answer, upstream (directly, through a shared download, or streamed
+// through for want of room) otherwise.
 func sourceOf(outcome string) int {
 	if outcome == cacheHit || outcome == cacheStale {
 		return fromCache
@@ -137,7 +138,7 @@ func newCollector(p *Proxy) *collector {
 	return &collector{
 		p: p,
 		outcome: prometheus.NewDesc("regmirror_cache_requests_total",
-			"Manifest, blob and tag-list requests by what the cache did: hit, miss, coalesced (joined a download or lookup under way), stale (upstream unreachable, last answer served) or pass (asked upstream, nothing to keep).",
+			"Manifest, blob and tag-list requests by what the cache did: hit, miss, coalesced (joined a download or lookup under way), stale (upstream unreachable, last answer served), pass (asked upstream, nothing to keep) or stream (sent from upstream without being kept: no room).",
 			[]string{"kind", "outcome"}, nil),
 		served: prometheus.NewDesc("regmirror_served_bytes_total",
 			"Bytes of manifests, blobs and tag lists sent to clients in successful answers, by source: cache (hits and stale answers) or upstream (misses and shared downloads).",

@@ -241,3 +241,34 @@ func manifestSize(t *testing.T, img v1.Image) int {
 	}
 	return len(raw)
 }
+
+func TestMetricsOfABlobStreamedThroughForWantOfRoom(t *testing.T) {
+	e := newEnv(t, withBudget(64<<10))
+	body, h := regtest.RandomBlob(t, 256<<10)
+	e.pushBlob("big", body)
+
+	start := e.scrape()
+	resp, got := e.do(http.MethodGet, "/v2/big/blobs/"+h.String(), nil)
+	if resp.StatusCode != http.StatusOK || len(got) != len(body) {
+		t.Fatalf("GET blob: status %d, %d bytes", resp.StatusCode, len(got))
+	}
+	m := e.scrape()
+	want := []string{
+		`regmirror_cache_requests_total{kind="blob",outcome="stream"}: 0 → 1`,
+		`regmirror_cache_streamed_total{}: 0 → 1`,
+		`regmirror_requests_total{code="200",kind="blob",method="GET"}: 0 → 1`,
+		`regmirror_requests_total{code="200",kind="other",method="GET"}: 0 → 1`,
+		fmt.Sprintf(`regmirror_served_bytes_total{source="upstream"}: 0 → %d`, len(body)),
+		fmt.Sprintf(`regmirror_upstream_received_bytes_total{registry="docker.io"}: 0 → %d`, len(body)),
+		`regmirror_upstream_request_duration_seconds{op="blob",registry="docker.io"}: 0 → 1`,
+	}
+	if got := m.Diff(start, families...); !slices.Equal(got, want) {
+		t.Errorf("a blob streamed through moved\n%q\nwant\n%q", got, want)
+	}
+	if v := m.Value("regmirror_cache_budget_bytes"); v != 64<<10 {
+		t.Errorf("regmirror_cache_budget_bytes = %v, want %d", v, 64<<10)
+	}
+	if s := e.proxy.Stats(); s.Streamed != 1 {
+		t.Errorf("Stats.Streamed = %d, want 1", s.Streamed)
+	}
+}

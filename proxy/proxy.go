@@ -35,6 +35,8 @@ type Store interface {
 	Tags(registry, repo string) ([]string, error)
 	Repositories() ([]cache.Repository, error)
 	Healthy() error
+	// Hold keeps h from eviction until release is called.
+	Hold(h v1.Hash) (release func())
 }
 
 // Upstream is one upstream registry.
@@ -84,6 +86,7 @@ type Proxy struct {
 	resolve singleflight.Group // tag and manifest resolutions
 
 	staleWarned *lru.Cache[string, time.Time] // tag → when we last warned it was stale
+	noRoom      *lru.Cache[v1.Hash, struct{}] // blobs that ran out of room while stored: streamed from now on
 	stats       stats
 	pulls       *pullLog
 	started     time.Time
@@ -101,7 +104,8 @@ type stats struct {
 type Stats struct {
 	// Manifest and blob requests by cache outcome: Stale ones were answered
 	// from the cache past their TTL because upstream could not be asked.
-	Hits, Misses, Coalesced, Stale int64
+	// Streamed ones were sent from upstream without being kept, for want of room.
+	Hits, Misses, Coalesced, Stale, Streamed int64
 	// Bytes of manifests, blobs and tag lists sent to clients, from the
 	// cache (hits, stale answers) and from upstream (misses, shared downloads).
 	FromCache, FromUpstream int64
@@ -112,7 +116,7 @@ type Stats struct {
 // before there was any.
 func (s Stats) HitRatio() (float64, bool) {
 	cached := s.Hits + s.Stale
-	all := cached + s.Misses + s.Coalesced
+	all := cached + s.Misses + s.Coalesced + s.Streamed
 	if all == 0 {
 		return 0, false
 	}
@@ -128,6 +132,7 @@ func (p *Proxy) Stats() Stats {
 		s.Misses += o[outcomeIndex(cacheMiss)].Load()
 		s.Coalesced += o[outcomeIndex(cacheCoalesced)].Load()
 		s.Stale += o[outcomeIndex(cacheStale)].Load()
+		s.Streamed += o[outcomeIndex(cacheStream)].Load()
 	}
 	s.FromCache = p.stats.served[fromCache].Load()
 	s.FromUpstream = p.stats.served[fromUpstream].Load()
@@ -165,7 +170,9 @@ func New(st Store, ups []Upstream, opt Options, log *zap.Logger) (*Proxy, error)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	warned, _ := lru.New[string, time.Time](4096)
-	p := &Proxy{st: st, ups: byName, names: names, opt: opt, log: log, ctx: ctx, cancel: cancel, flights: make(map[v1.Hash]*flight), staleWarned: warned,
+	noRoom, _ := lru.New[v1.Hash, struct{}](1024)
+	p := &Proxy{st: st, ups: byName, names: names, opt: opt, log: log, ctx: ctx, cancel: cancel,
+		flights: make(map[v1.Hash]*flight), staleWarned: warned, noRoom: noRoom,
 		pulls: newPullLog(), started: opt.Now()}
 	p.stats.stale = make(map[string]*atomic.Int64, len(names))
 	for _, n := range names {

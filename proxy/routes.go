@@ -46,6 +46,14 @@ const (
 // byDigest reports whether the route names content by its digest.
 func (r route) byDigest() bool { return r.digest.Hex != "" }
 
+// ref is the tag, or the digest when the route names one.
+func (r route) ref() string {
+	if r.byDigest() {
+		return r.digest.String()
+	}
+	return r.tag
+}
+
 const (
 	// maxPath bounds the whole request path: a 255-character name plus the
 	// longest suffix fits with room to spare.

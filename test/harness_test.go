@@ -82,15 +82,16 @@ func (u *upstreamServer) Host() string { return strings.TrimPrefix(u.URL, "http:
 
 // mirrorProc is a running regmirror binary.
 type mirrorProc struct {
-	t       *testing.T
-	cmd     *exec.Cmd
-	Addr    string // host:port it listens on
-	URL     string // http://host:port
-	DataDir string
-	logMu   sync.Mutex
-	logs    []string      // every line it wrote to stderr
-	logged  chan struct{} // closed and replaced whenever a line is added
-	exited  chan struct{}
+	t        *testing.T
+	cmd      *exec.Cmd
+	Addr     string // host:port it listens on
+	URL      string // http://host:port
+	AdminURL string // its admin API
+	DataDir  string
+	logMu    sync.Mutex
+	logs     []string      // every line it wrote to stderr
+	logged   chan struct{} // closed and replaced whenever a line is added
+	exited   chan struct{}
 }
 
 // startMirror runs the binary with its cache in dataDir (a fresh temp dir if
@@ -109,6 +110,8 @@ func startMirror(t *testing.T, upstreamURL, dataDir string, extraEnv ...string) 
 		"REGMIRROR_LOG_FORMAT=json",
 		"REGMIRROR_LOG_LEVEL=debug",
 		"REGMIRROR_UPSTREAM_TIMEOUT=5s",
+		"REGMIRROR_ADMIN_ADDR=127.0.0.1:0",
+		"REGMIRROR_MIN_FREE=0",     // a test machine's disk may be nearly full; tests of the floor set it
 		"GORACE=atexit_sleep_ms=0", // a -race binary would sleep 1s on every exit
 	)
 	cmd.Env = append(cmd.Env, extraEnv...)
@@ -121,7 +124,7 @@ func startMirror(t *testing.T, upstreamURL, dataDir string, extraEnv ...string) 
 		t.Fatal(err)
 	}
 	m := &mirrorProc{t: t, cmd: cmd, DataDir: dataDir, logged: make(chan struct{}), exited: make(chan struct{})}
-	listening := make(chan string, 1)
+	listening := make(chan [2]string, 1)
 	go func() {
 		sc := bufio.NewScanner(stderr)
 		sc.Buffer(make([]byte, 64<<10), 1<<20)
@@ -133,11 +136,12 @@ func startMirror(t *testing.T, upstreamURL, dataDir string, extraEnv ...string) 
 			m.logged = make(chan struct{})
 			m.logMu.Unlock()
 			var rec struct {
-				Msg  string `json:"msg"`
-				Addr string `json:"addr"`
+				Msg       string `json:"msg"`
+				Addr      string `json:"addr"`
+				AdminAddr string `json:"admin_addr"`
 			}
 			if json.Unmarshal([]byte(line), &rec) == nil && rec.Msg == "listening" {
-				listening <- rec.Addr
+				listening <- [2]string{rec.Addr, rec.AdminAddr}
 			}
 		}
 		cmd.Wait()
@@ -152,8 +156,11 @@ func startMirror(t *testing.T, upstreamURL, dataDir string, extraEnv ...string) 
 		}
 	})
 	select {
-	case addr := <-listening:
-		m.Addr, m.URL = addr, "http://"+addr
+	case addrs := <-listening:
+		m.Addr, m.URL = addrs[0], "http://"+addrs[0]
+		if addrs[1] != "" {
+			m.AdminURL = "http://" + addrs[1]
+		}
 	case <-m.exited:
 		t.Fatalf("regmirror exited before listening; logs:\n%s", m.Logs())
 	case <-time.After(60 * time.Second):

@@ -36,6 +36,10 @@ type Config struct {
 	CredentialsFile    string        `env:"CREDENTIALS_FILE"    envDefault:""                              flag:"credentials-file"    usage:"a file of upstream credentials, one 'registry username password' a line"`
 	TagTTL             time.Duration `env:"TAG_TTL"             envDefault:"5m"                            flag:"tag-ttl"             usage:"how long a tag's answer is served before asking upstream again"`
 	UpstreamTimeout    time.Duration `env:"UPSTREAM_TIMEOUT"    envDefault:"30s"                           flag:"upstream-timeout"    usage:"timeout to connect to upstream and for its answer; also how long a download may stall"`
+	MaxSize            byteSize      `env:"MAX_SIZE"            envDefault:"20GiB"                         flag:"max-size"            usage:"disk budget of the cache (500MB, 50GiB, ...; 0 means no limit): least recently used images are evicted past it"`
+	MinFree            byteSize      `env:"MIN_FREE"            envDefault:"1GiB"                          flag:"min-free"            usage:"free space kept on the cache's filesystem (0 means no floor): eviction keeps at least this much free"`
+	AdminAddr          string        `env:"ADMIN_ADDR"          envDefault:"127.0.0.1:5001"                flag:"admin-addr"          usage:"listen address of the admin API (pin, unpin, ls, warm, gc, verify); empty turns it off"`
+	AdminToken         string        `env:"ADMIN_TOKEN"         envDefault:""                              flag:"admin-token"         usage:"bearer token the admin API requires; needed when REGMIRROR_ADMIN_ADDR is not a loopback address" secret:"true"`
 	ShutdownTimeout    time.Duration `env:"SHUTDOWN_TIMEOUT"    envDefault:"30s"                           flag:"shutdown-timeout"    usage:"grace period for requests in progress on SIGTERM or SIGINT"`
 	LogLevel           zapcore.Level `env:"LOG_LEVEL"           envDefault:"info"                          flag:"log-level"           usage:"debug, info, warn or error"`
 	LogFormat          string        `env:"LOG_FORMAT"          envDefault:"json"                          flag:"log-format"          usage:"json or console"`
@@ -206,6 +210,8 @@ func bindFlags(fs *flag.FlagSet, cfg any) {
 			fs.DurationVar(p, name, *p, usage)
 		case *zapcore.Level:
 			fs.TextVar(p, name, *p, usage)
+		case *byteSize:
+			fs.TextVar(p, name, *p, usage)
 		default:
 			panic(fmt.Sprintf("config field %s: no flag for type %T", f.Name, p))
 		}
@@ -263,10 +269,27 @@ func (c Config) Validate() error {
 	if c.ShutdownTimeout < 0 {
 		bad("SHUTDOWN_TIMEOUT", "must not be negative")
 	}
+	if c.AdminAddr != "" && c.AdminToken == "" && !loopbackAddr(c.AdminAddr) {
+		bad("ADMIN_ADDR", "%q is not a loopback address: set REGMIRROR_ADMIN_TOKEN too, or anyone who reaches it can pin, warm and evict", c.AdminAddr)
+	}
 	if c.LogFormat != "json" && c.LogFormat != "console" {
 		bad("LOG_FORMAT", "%q: want json or console", c.LogFormat)
 	}
 	return errors.Join(errs...)
+}
+
+// loopbackAddr reports whether a listen address binds only the loopback
+// interface: an explicit loopback IP or localhost.
+func loopbackAddr(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // environ returns the process environment as a map, for parseConfig.

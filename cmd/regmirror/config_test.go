@@ -27,6 +27,9 @@ func TestDefaultsMakeADockerHubMirror(t *testing.T) {
 		Upstream:        "https://registry-1.docker.io",
 		TagTTL:          5 * time.Minute,
 		UpstreamTimeout: 30 * time.Second,
+		MaxSize:         20 << 30,
+		MinFree:         1 << 30,
+		AdminAddr:       "127.0.0.1:5001",
 		ShutdownTimeout: 30 * time.Second,
 		LogLevel:        zapcore.InfoLevel,
 		LogFormat:       "json",
@@ -70,6 +73,9 @@ func TestBadValuesNameTheirSetting(t *testing.T) {
 		{"empty address by flag", nil, []string{"-addr", ""}, []string{"REGMIRROR_ADDR"}},
 		{"metrics on the registry's own address", map[string]string{"REGMIRROR_ADDR": ":5000", "REGMIRROR_METRICS_ADDR": ":5000"}, nil, []string{"REGMIRROR_METRICS_ADDR"}},
 		{"stray argument", nil, []string{"extra"}, []string{`"extra"`}},
+		{"size without a number", map[string]string{"REGMIRROR_MAX_SIZE": "GiB"}, nil, []string{"REGMIRROR_MAX_SIZE"}},
+		{"negative size", nil, []string{"-min-free", "-1MB"}, []string{"min-free"}},
+		{"admin API open to the network without a token", map[string]string{"REGMIRROR_ADMIN_ADDR": ":5001"}, nil, []string{"REGMIRROR_ADMIN_ADDR", "REGMIRROR_ADMIN_TOKEN"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -86,6 +92,26 @@ func TestBadValuesNameTheirSetting(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+func TestSizes(t *testing.T) {
+	for in, want := range map[string]byteSize{
+		"0": 0, "1234": 1234, "500MB": 500e6, "50GiB": 50 << 30, "1.5TB": 1.5e12, "2 gib": 2 << 30, "64KiB": 64 << 10, "10b": 10,
+	} {
+		var got byteSize
+		if err := got.UnmarshalText([]byte(in)); err != nil || got != want {
+			t.Errorf("%q = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "MB", "-1", "1.5.5GB", "12XB", "NaN", "1e300TB"} {
+		var got byteSize
+		if err := got.UnmarshalText([]byte(in)); err == nil {
+			t.Errorf("%q accepted as %d", in, got)
+		}
+	}
+	if s := byteSize(20 << 30).String(); s != "20GiB" {
+		t.Errorf("String = %q", s)
 	}
 }
 
@@ -226,20 +252,22 @@ func TestConfigCommandPrintsEverySettingAsServeSeesIt(t *testing.T) {
 	}
 }
 
-func TestConfigCommandHidesCredentialsInURLs(t *testing.T) {
+func TestConfigCommandHidesSecrets(t *testing.T) {
 	environ := map[string]string{
-		"REGMIRROR_UPSTREAM":  "https://user:s3cret@registry.example",
-		"REGMIRROR_UPSTREAMS": "ghcr.io=https://ghp_T0KEN@ghcr.io,quay.io=https://quay.io",
+		"REGMIRROR_ADMIN_TOKEN": "adm1n-t0ken",
+		"REGMIRROR_UPSTREAM":    "https://user:s3cret@registry.example",
+		"REGMIRROR_UPSTREAMS":   "ghcr.io=https://ghp_T0KEN@ghcr.io,quay.io=https://quay.io",
 	}
 	var out strings.Builder
 	err := runConfig(nil, environ, &out)
 	if err == nil {
 		t.Error("a URL with credentials passed validation")
 	}
-	if strings.Contains(out.String(), "s3cret") || strings.Contains(out.String(), "ghp_T0KEN") || strings.Contains(out.String(), "user:") {
+	if strings.Contains(out.String(), "s3cret") || strings.Contains(out.String(), "ghp_T0KEN") || strings.Contains(out.String(), "user:") || strings.Contains(out.String(), "adm1n") {
 		t.Errorf("credentials printed:\n%s", out.String())
 	}
 	for _, want := range []string{
+		"REGMIRROR_ADMIN_TOKEN=***",
 		"REGMIRROR_UPSTREAM=https://***@registry.example",
 		"REGMIRROR_UPSTREAMS=ghcr.io=https://***@ghcr.io,quay.io=https://quay.io",
 	} {

@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -71,11 +72,30 @@ func run(args []string) error {
 		fmt.Println(version)
 		return nil
 	case "help":
-		fmt.Println("usage: regmirror [serve] [flags]     serve (regmirror serve -h lists the flags)\n       regmirror check IMAGE...    would these images pull with the upstream down?\n       regmirror healthcheck        is the local mirror ready? (for container health checks)\n       regmirror config [flags]     print every setting as serve would use it (secrets as ***)\n       regmirror version")
+		fmt.Println(usage())
 		return nil
-	default:
-		return fmt.Errorf("unknown command %q (try: serve, check, healthcheck, config, version, help)", cmd)
 	}
+	if _, ok := adminCommands[cmd]; ok {
+		err := runAdmin(cmd, args, os.Stdout, os.Stderr)
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
+	}
+	return fmt.Errorf("unknown command %q (try: regmirror help)", cmd)
+}
+
+func usage() string {
+	lines := []string{
+		"usage: regmirror [serve] [flags]       serve (regmirror serve -h lists the flags)",
+		"       regmirror check IMAGE...      would these images pull with the upstream down?",
+		"       regmirror healthcheck          is the local mirror ready? (for container health checks)",
+		"       regmirror config [flags]       print every setting as serve would use it (secrets as ***)",
+	}
+	for _, c := range []string{"ls", "pin", "unpin", "warm", "gc", "verify"} {
+		lines = append(lines, "       "+adminCommands[c])
+	}
+	return strings.Join(append(lines, "       regmirror version"), "\n")
 }
 
 func newLogger(cfg Config) (*zap.Logger, error) {
@@ -102,7 +122,7 @@ func serve(ctx context.Context, cfg Config) error {
 	}
 	defer log.Sync()
 
-	st, err := cache.Open(cfg.DataDir, cache.Options{}, log.Named("cache"))
+	st, err := cache.Open(cfg.DataDir, cache.Options{MaxSize: int64(cfg.MaxSize), MinFree: int64(cfg.MinFree)}, log.Named("cache"))
 	if err != nil {
 		return err
 	}
@@ -177,11 +197,26 @@ func serve(ctx context.Context, cfg Config) error {
 		ErrorLog:          zap.NewStdLog(log.Named("http")),
 		// No WriteTimeout: it would cut long blob streams.
 	}
-	log.Info("listening", zap.String("addr", ln.Addr().String()), zap.String("data_dir", cfg.DataDir),
-		zap.String("default_upstream", ups[0].Name()), zap.Duration("tag_ttl", cfg.TagTTL), zap.String("version", version))
+	var aln net.Listener
+	adminAddr := ""
+	if cfg.AdminAddr != "" {
+		if aln, err = net.Listen("tcp", cfg.AdminAddr); err != nil {
+			ln.Close()
+			return fmt.Errorf("%sADMIN_ADDR: %w", envPrefix, err)
+		}
+		adminAddr = aln.Addr().String()
+	}
+	log.Info("listening", zap.String("addr", ln.Addr().String()), zap.String("admin_addr", adminAddr), zap.String("data_dir", cfg.DataDir),
+		zap.String("default_upstream", ups[0].Name()), zap.Duration("tag_ttl", cfg.TagTTL),
+		zap.Stringer("max_size", cfg.MaxSize), zap.Stringer("min_free", cfg.MinFree), zap.String("version", version))
 
-	errc := make(chan error, 1)
+	errc := make(chan error, 2)
 	go func() { errc <- srv.Serve(ln) }()
+	if aln != nil {
+		admin := &http.Server{Handler: px.Admin(st, cfg.AdminToken), ReadHeaderTimeout: 10 * time.Second, ErrorLog: srv.ErrorLog}
+		go func() { errc <- admin.Serve(aln) }()
+		defer admin.Close() // warm-ups and verify in progress are cut; nothing they do is lost
+	}
 	// systemd (Type=notify): ready once the store is open and the listener is
 	// up; no-ops without NOTIFY_SOCKET.
 	if _, err := daemon.SdNotify(false, daemon.SdNotifyReady); err != nil {

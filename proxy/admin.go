@@ -1,0 +1,194 @@
+package proxy
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/regmirror/regmirror/cache"
+)
+
+// AdminStore is what the admin API needs of the cache.
+type AdminStore interface {
+	Pin(p cache.Pin) error
+	Unpin(registry, repo, ref string) error
+	Images() ([]cache.Image, error)
+	Usage() cache.Usage
+	GC() (cache.Evicted, error)
+	Verify(ctx context.Context, progress func(cache.VerifyReport)) (cache.VerifyReport, error)
+}
+
+// Admin API paths. Every one but images changes the cache, so they take POST.
+const (
+	AdminImages = "/admin/images" // GET: usage and every cached image
+	AdminWarm   = "/admin/warm"   // POST ?image=…&image=…: NDJSON of WarmProgress
+	AdminPin    = "/admin/pin"    // POST ?image=…: pin, then warm every platform (NDJSON)
+	AdminUnpin  = "/admin/unpin"  // POST ?image=…
+	AdminGC     = "/admin/gc"     // POST: evict down to the budget now
+	AdminVerify = "/admin/verify" // POST: re-hash everything (NDJSON of cache.VerifyReport)
+)
+
+// ImagesAnswer is the answer of AdminImages.
+type ImagesAnswer struct {
+	Usage  cache.Usage   `json:"usage"`
+	Images []cache.Image `json:"images"`
+}
+
+// GCAnswer is the answer of AdminGC.
+type GCAnswer struct {
+	Evicted cache.Evicted `json:"evicted"`
+	Usage   cache.Usage   `json:"usage"`
+}
+
+// VerifyProgress is one line of AdminVerify's answer.
+type VerifyProgress struct {
+	cache.VerifyReport
+	Done  bool   `json:"done,omitempty"`
+	Error string `json:"error,omitempty"`
+}
+
+// Admin returns the admin API handler, for its own listener (loopback by
+// default). With a token, every request must carry it as a bearer token.
+func (p *Proxy) Admin(st AdminStore, token string) http.Handler {
+	a := &admin{p: p, st: st, token: token}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { p.logged(w, r, a.serve) })
+}
+
+type admin struct {
+	p     *Proxy
+	st    AdminStore
+	token string
+}
+
+func (a *admin) serve(w http.ResponseWriter, r *http.Request) error {
+	if a.token != "" {
+		got := []byte(r.Header.Get("Authorization"))
+		if subtle.ConstantTimeCompare(got, []byte("Bearer "+a.token)) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="regmirror-admin"`)
+			return &ociError{status: http.StatusUnauthorized, code: "UNAUTHORIZED", message: "the admin API needs its token (REGMIRROR_ADMIN_TOKEN)"}
+		}
+	}
+	want := http.MethodPost
+	if r.URL.Path == AdminImages {
+		want = http.MethodGet
+	}
+	if r.Method != want {
+		return &ociError{status: http.StatusMethodNotAllowed, code: "UNSUPPORTED", message: r.URL.Path + " takes " + want}
+	}
+	switch r.URL.Path {
+	case AdminImages:
+		imgs, err := a.st.Images()
+		if err != nil {
+			return err
+		}
+		if imgs == nil {
+			imgs = []cache.Image{}
+		}
+		return writeJSON(w, r, http.StatusOK, ImagesAnswer{Usage: a.st.Usage(), Images: imgs})
+	case AdminWarm:
+		return a.warm(w, r, nil)
+	case AdminPin:
+		return a.warm(w, r, func(rt route, h v1.Hash) error {
+			return a.st.Pin(cache.Pin{Registry: rt.registry, Repo: rt.repo, Ref: rt.ref(), Digest: h})
+		})
+	case AdminUnpin:
+		return a.unpin(w, r)
+	case AdminGC:
+		ev, err := a.st.GC()
+		if err != nil {
+			return err
+		}
+		return writeJSON(w, r, http.StatusOK, GCAnswer{Evicted: ev, Usage: a.st.Usage()})
+	case AdminVerify:
+		return a.verify(w, r)
+	}
+	return errNotFound()
+}
+
+// images reads the image= parameters: at least one, at most 100.
+func images(r *http.Request) ([]string, error) {
+	imgs := r.URL.Query()["image"]
+	if len(imgs) == 0 || len(imgs) > 100 {
+		return nil, &ociError{status: http.StatusBadRequest, code: "NAME_INVALID", message: "want 1 to 100 image= parameters"}
+	}
+	return imgs, nil
+}
+
+// warm warms each image in turn, streaming progress as JSON lines.
+func (a *admin) warm(w http.ResponseWriter, r *http.Request, onResolved func(route, v1.Hash) error) error {
+	imgs, err := images(r)
+	if err != nil {
+		return err
+	}
+	for _, img := range imgs { // refuse a bad name before the stream starts
+		if _, err := a.p.parseImage(img); err != nil {
+			return err
+		}
+	}
+	lines := newLines(w)
+	for _, img := range imgs {
+		// A failed image is reported in its last line; the others go on.
+		a.p.warm(r.Context(), img, onResolved, func(p WarmProgress) { lines.send(p) })
+	}
+	return nil
+}
+
+func (a *admin) unpin(w http.ResponseWriter, r *http.Request) error {
+	imgs, err := images(r)
+	if err != nil {
+		return err
+	}
+	for _, img := range imgs {
+		rt, err := a.p.parseImage(img)
+		if err != nil {
+			return err
+		}
+		if err := a.st.Unpin(rt.registry, rt.repo, rt.ref()); err != nil {
+			if errors.Is(err, cache.ErrNotFound) {
+				return &ociError{status: http.StatusNotFound, code: "NAME_UNKNOWN", message: img + " is not pinned"}
+			}
+			return err
+		}
+	}
+	return writeJSON(w, r, http.StatusOK, map[string]any{"unpinned": imgs})
+}
+
+func (a *admin) verify(w http.ResponseWriter, r *http.Request) error {
+	lines := newLines(w)
+	var last time.Time
+	rep, err := a.st.Verify(r.Context(), func(rep cache.VerifyReport) {
+		if time.Since(last) >= warmEvery {
+			last = time.Now()
+			lines.send(VerifyProgress{VerifyReport: rep})
+		}
+	})
+	final := VerifyProgress{VerifyReport: rep, Done: true}
+	if err != nil {
+		final.Error = err.Error()
+	}
+	lines.send(final)
+	return nil
+}
+
+// lines streams JSON lines, flushing each.
+type lines struct {
+	w   http.ResponseWriter
+	enc *json.Encoder
+	rc  *http.ResponseController
+}
+
+func newLines(w http.ResponseWriter) *lines {
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(http.StatusOK)
+	return &lines{w: w, enc: json.NewEncoder(w), rc: http.NewResponseController(w)}
+}
+
+func (l *lines) send(v any) {
+	l.enc.Encode(v)
+	l.rc.Flush()
+}

@@ -1,0 +1,197 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+)
+
+// WarmProgress is one step of a warm-up, as the admin API streams it.
+type WarmProgress struct {
+	Image     string `json:"image"`
+	Digest    string `json:"digest,omitempty"` // what the image resolved to
+	Platforms int    `json:"platforms"`
+	Blobs     int    `json:"blobs"` // configs and layers of every platform
+	BlobsDone int    `json:"blobs_done"`
+	Bytes     int64  `json:"bytes"`
+	BytesDone int64  `json:"bytes_done"`
+	Done      bool   `json:"done,omitempty"`
+	Error     string `json:"error,omitempty"`
+}
+
+// warmParallel is how many blobs of one image a warm-up fetches at once.
+const warmParallel = 4
+
+// warmEvery spaces the progress reports of a warm-up.
+const warmEvery = 200 * time.Millisecond
+
+// warm fetches an image into the cache ahead of its first pull: its manifest,
+// for an index every platform's manifest, and every config and layer, each
+// through the same one-download-per-digest flights that clients use.
+// onResolved, when not nil, is called with the image's digest before any blob
+// is fetched (pinning uses it, so nothing fetched is evicted meanwhile).
+// progress is called from one goroutine at a time.
+func (p *Proxy) warm(ctx context.Context, image string, onResolved func(rt route, h v1.Hash) error, progress func(WarmProgress)) error {
+	st := WarmProgress{Image: image}
+	var mu sync.Mutex
+	last := time.Time{}
+	report := func(force bool, change func(*WarmProgress)) {
+		mu.Lock()
+		defer mu.Unlock()
+		if change != nil {
+			change(&st)
+		}
+		if force || time.Since(last) >= warmEvery {
+			last = time.Now()
+			progress(st)
+		}
+	}
+	fail := func(err error) error {
+		report(true, func(s *WarmProgress) { s.Done, s.Error = true, errMessage(err) })
+		return err
+	}
+
+	rt, err := p.parseImage(image)
+	if err != nil {
+		return fail(err)
+	}
+	up := p.ups[rt.registry]
+	var root resolved
+	if rt.byDigest() {
+		root, err = p.manifestByDigest(ctx, up, rt.repo, rt.digest)
+	} else {
+		root, err = p.manifestByTag(ctx, up, rt)
+	}
+	if err != nil {
+		return fail(err)
+	}
+	st.Digest = root.m.digest.String()
+	if onResolved != nil {
+		if err := onResolved(rt, root.m.digest); err != nil {
+			return fail(err)
+		}
+	}
+	images, err := p.platforms(ctx, up, rt.repo, root.m)
+	if err != nil {
+		return fail(err)
+	}
+	seen := map[v1.Hash]bool{}
+	var blobs []v1.Descriptor
+	for _, m := range images {
+		for _, d := range append([]v1.Descriptor{m.Config}, m.Layers...) {
+			if d.MediaType.IsDistributable() && !seen[d.Digest] {
+				seen[d.Digest] = true
+				blobs = append(blobs, d)
+			}
+		}
+	}
+	report(true, func(s *WarmProgress) {
+		s.Platforms, s.Blobs = len(images), len(blobs)
+		for _, d := range blobs {
+			s.Bytes += d.Size
+		}
+	})
+
+	var firstErr error
+	var errOnce sync.Once
+	sem := make(chan struct{}, warmParallel)
+	var wg sync.WaitGroup
+	for _, d := range blobs {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			var counted int64
+			err := p.warmBlob(ctx, up, rt, d.Digest, func(written int64) {
+				report(false, func(s *WarmProgress) { s.BytesDone += written - counted })
+				counted = written
+			})
+			if err != nil {
+				errOnce.Do(func() { firstErr = fmt.Errorf("blob %s: %w", d.Digest, err) })
+				return
+			}
+			report(false, func(s *WarmProgress) { s.BytesDone += d.Size - counted; s.BlobsDone++ })
+		})
+	}
+	wg.Wait()
+	if firstErr != nil {
+		return fail(firstErr)
+	}
+	report(true, func(s *WarmProgress) { s.Done = true })
+	return nil
+}
+
+// platforms returns the image manifests of m: m itself, or every platform's
+// manifest of an index (build attestations left out: no client runs them).
+func (p *Proxy) platforms(ctx context.Context, up Upstream, repo string, m manifest) ([]*v1.Manifest, error) {
+	if !isIndex(m.mediaType) {
+		im, err := v1.ParseManifest(bytes.NewReader(m.body))
+		if err != nil {
+			return nil, fmt.Errorf("%w: manifest %s: %w", errUpstreamInvalid, m.digest, err)
+		}
+		return []*v1.Manifest{im}, nil
+	}
+	idx, err := v1.ParseIndexManifest(bytes.NewReader(m.body))
+	if err != nil {
+		return nil, fmt.Errorf("%w: index %s: %w", errUpstreamInvalid, m.digest, err)
+	}
+	var out []*v1.Manifest
+	for _, d := range idx.Manifests {
+		if d.Platform != nil && d.Platform.OS == "unknown" {
+			continue
+		}
+		res, err := p.manifestByDigest(ctx, up, repo, d.Digest)
+		if err != nil {
+			return nil, err
+		}
+		ims, err := p.platforms(ctx, up, repo, res.m)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, ims...)
+	}
+	return out, nil
+}
+
+// warmBlob brings one blob into the store through its flight.
+func (p *Proxy) warmBlob(ctx context.Context, up Upstream, rt route, h v1.Hash, onWrite func(int64)) error {
+	for range 3 {
+		if p.st.Has(h) {
+			return nil
+		}
+		fl, _ := p.join(up, route{kind: routeBlob, registry: rt.registry, repo: rt.repo, digest: h})
+		if fl == nil {
+			continue // it landed between Has and join
+		}
+		err := fl.wait(ctx, onWrite)
+		if errors.Is(err, errPassThrough) {
+			if h := fl.claim(); h != nil {
+				h.resp.Body.Close()
+				h.cancel(nil)
+			}
+			return fmt.Errorf("no room in the cache for it (REGMIRROR_MAX_SIZE, REGMIRROR_MIN_FREE)")
+		}
+		return err
+	}
+	return nil
+}
+
+// wait blocks until the flight ends, telling onWrite how much it has written.
+func (fl *flight) wait(ctx context.Context, onWrite func(int64)) error {
+	for {
+		written, done, err, next := fl.state()
+		onWrite(written)
+		if done {
+			return err
+		}
+		select {
+		case <-next:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
