@@ -130,8 +130,8 @@ func (p *Proxy) account(r *http.Request, info *logInfo, status int, n int64) {
 	}
 	rt := info.route
 	p.stats.outcomes[rt.kind][o].Add(1)
-	if info.cache == cacheStale {
-		p.stats.stale[rt.registry].Add(1)
+	if c := p.stats.stale[rt.registry]; c != nil && info.cache == cacheStale {
+		c.Add(1)
 	}
 	if status < 300 {
 		p.stats.served[sourceOf(info.cache)].Add(n)
