@@ -7,6 +7,8 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -168,6 +170,22 @@ func (p *Proxy) download(fl *flight, up Upstream, repo string) {
 // fill downloads the blob into a store writer, publishing progress as it
 // goes. The content is committed only if it hashes to the digest.
 func (p *Proxy) fill(fl *flight, up Upstream, repo string) error {
+	if p.slots != nil {
+		select {
+		case p.slots <- struct{}{}:
+		default:
+			p.stats.queued.Add(1)
+			p.log.Debug("download queued", zap.Stringer(keyDigest, fl.digest), zap.Int("max_downloads", cap(p.slots)))
+			select {
+			case p.slots <- struct{}{}:
+				p.stats.queued.Add(-1)
+			case <-p.ctx.Done():
+				p.stats.queued.Add(-1)
+				return p.ctx.Err()
+			}
+		}
+		defer func() { <-p.slots }()
+	}
 	ctx, cancel := context.WithCancelCause(p.ctx)
 	resp, err := up.Blob(ctx, http.MethodGet, repo, fl.digest)
 	if err != nil {
@@ -188,23 +206,21 @@ func (p *Proxy) fill(fl *flight, up Upstream, repo string) error {
 		fl.mu.Unlock()
 		return errPassThrough
 	}
-	defer cancel(nil)
-	defer resp.Body.Close()
 	if err != nil {
+		resp.Body.Close()
+		cancel(nil)
 		return err
 	}
 	defer w.Abort() // a no-op after a good Commit
 	fl.start(resp.ContentLength, w)
 
-	// A body that stops sending for UpstreamTimeout fails the download
-	// rather than holding every follower forever.
-	idle := time.AfterFunc(p.opt.UpstreamTimeout, func() { cancel(errIdle) })
-	defer idle.Stop()
+	a := p.newAttempt(resp, ctx, cancel)
+	defer func() { a.end() }()
 	buf := make([]byte, 256<<10)
-	for {
-		n, rerr := resp.Body.Read(buf)
+	for resumes := 0; ; {
+		n, rerr := a.body.Read(buf)
 		if n > 0 {
-			idle.Reset(p.opt.UpstreamTimeout)
+			a.idle.Reset(p.opt.UpstreamTimeout)
 			if _, werr := w.Write(buf[:n]); werr != nil {
 				return werr
 			}
@@ -213,14 +229,98 @@ func (p *Proxy) fill(fl *flight, up Upstream, repo string) error {
 		if rerr == io.EOF {
 			break
 		}
-		if rerr != nil {
-			if cause := context.Cause(ctx); cause != nil {
-				return fmt.Errorf("download %s: %w", fl.digest, cause)
-			}
-			return fmt.Errorf("download %s: %w", fl.digest, rerr)
+		if rerr == nil {
+			continue
 		}
+		if cause := context.Cause(a.ctx); cause != nil {
+			rerr = cause
+		}
+		rerr = fmt.Errorf("download %s: %w", fl.digest, rerr)
+		written, _, _, _ := fl.state()
+		if resumes == maxResumes || p.ctx.Err() != nil || (fl.size >= 0 && written >= fl.size) {
+			return rerr
+		}
+		// The connection broke mid-blob: ask for the rest, and carry on
+		// writing (and hashing) where it stopped. Followers see no gap.
+		resumes++
+		a.end()
+		next, err := p.resume(up, repo, fl.digest, written, resumes)
+		if err != nil {
+			return fmt.Errorf("%w; resuming at byte %d: %w", rerr, written, err)
+		}
+		p.log.Info("download resumed", zap.String(keyUpstream, up.Name()), zap.Stringer(keyDigest, fl.digest),
+			zap.Int64("offset", written), zap.Int("attempt", resumes), zap.NamedError("cause", rerr))
+		a = next
 	}
 	return w.Commit()
+}
+
+// maxResumes bounds how often one download resumes after a broken connection.
+const maxResumes = 3
+
+// attempt is one upstream request of a download. It has its own context, so
+// an idle timeout ends the request without ending the download.
+type attempt struct {
+	body   io.ReadCloser
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+	idle   *time.Timer // a body that sends nothing for UpstreamTimeout is cut
+}
+
+func (p *Proxy) newAttempt(resp *http.Response, ctx context.Context, cancel context.CancelCauseFunc) *attempt {
+	return &attempt{body: resp.Body, ctx: ctx, cancel: cancel,
+		idle: time.AfterFunc(p.opt.UpstreamTimeout, func() { cancel(errIdle) })}
+}
+
+func (a *attempt) end() {
+	a.idle.Stop()
+	a.body.Close()
+	a.cancel(nil)
+}
+
+// resume asks upstream for the blob from offset on, after a back-off that
+// doubles with each attempt. A registry that ignores Range sends the whole
+// blob again; the part already written is skipped.
+func (p *Proxy) resume(up Upstream, repo string, h v1.Hash, offset int64, n int) (*attempt, error) {
+	select {
+	case <-time.After(time.Duration(1<<(n-1)) * 250 * time.Millisecond):
+	case <-p.ctx.Done():
+		return nil, p.ctx.Err()
+	}
+	ctx, cancel := context.WithCancelCause(p.ctx)
+	resp, err := up.BlobFrom(ctx, repo, h, offset)
+	if err != nil {
+		cancel(nil)
+		return nil, err
+	}
+	a := p.newAttempt(resp, ctx, cancel)
+	switch resp.StatusCode {
+	case http.StatusPartialContent:
+		if start, ok := rangeStart(resp.Header.Get("Content-Range")); !ok || start != offset {
+			a.end()
+			return nil, fmt.Errorf("%w: asked for bytes from %d, got Content-Range %q", errUpstreamInvalid, offset, resp.Header.Get("Content-Range"))
+		}
+	default: // 200: the whole blob again
+		if _, err := io.CopyN(io.Discard, a.body, offset); err != nil {
+			a.end()
+			return nil, fmt.Errorf("skip the %d bytes already written: %w", offset, err)
+		}
+	}
+	return a, nil
+}
+
+// rangeStart reads the first byte position of a Content-Range: bytes a-b/n.
+func rangeStart(cr string) (int64, bool) {
+	rest, ok := strings.CutPrefix(cr, "bytes ")
+	if !ok {
+		return 0, false
+	}
+	first, _, ok := strings.Cut(rest, "-")
+	if !ok {
+		return 0, false
+	}
+	n, err := strconv.ParseInt(first, 10, 64)
+	return n, err == nil && n >= 0
 }
 
 var errIdle = errors.New("upstream stopped sending")

@@ -65,6 +65,7 @@ type envConfig struct {
 	ttl        time.Duration
 	extra      []string // names of more upstreams, beside docker.io
 	store      cache.Options
+	proxy      proxy.Options
 }
 
 // withUpstreams adds upstream registries by name, each its own in-process registry.
@@ -83,6 +84,9 @@ func withUpstreamFault(wrap func(http.Handler) http.Handler) envOption {
 }
 
 func withTTL(d time.Duration) envOption { return func(c *envConfig) { c.ttl = d } }
+
+// withMaxDownloads bounds the proxy's concurrent upstream downloads.
+func withMaxDownloads(n int) envOption { return func(c *envConfig) { c.proxy.MaxDownloads = n } }
 
 // withBudget gives the store a byte budget.
 func withBudget(n int64) envOption { return func(c *envConfig) { c.store.MaxSize = n } }
@@ -131,8 +135,10 @@ func newEnv(t *testing.T, opts ...envOption) *env {
 		extra[name] = x
 		clients = append(clients, newClient(name, x.server.URL))
 	}
-	px, err := proxy.New(st, clients, proxy.Options{TagTTL: cfg.ttl, UpstreamTimeout: 5 * time.Second, Now: clk.Now,
-		Metrics: metrics, MetricsHandler: promhttp.HandlerFor(reg, promhttp.HandlerOpts{})}, logger.Named("proxy"))
+	popt := cfg.proxy
+	popt.TagTTL, popt.UpstreamTimeout, popt.Now = cfg.ttl, 5*time.Second, clk.Now
+	popt.Metrics, popt.MetricsHandler = metrics, promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
+	px, err := proxy.New(st, clients, popt, logger.Named("proxy"))
 	if err != nil {
 		t.Fatal(err)
 	}

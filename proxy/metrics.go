@@ -128,7 +128,7 @@ func sourceOf(outcome string) int {
 type collector struct {
 	p *Proxy
 
-	outcome, served, stale, flights, up, rateRemaining, rateLimit *prometheus.Desc
+	outcome, served, stale, flights, queued, up, rateRemaining, rateLimit *prometheus.Desc
 
 	// From the store's Usage, read once per scrape so the numbers agree.
 	diskBytes, diskObjects, diskBudget, evictions, evictedBytes, streamed *prometheus.Desc
@@ -148,6 +148,8 @@ func newCollector(p *Proxy) *collector {
 			[]string{"registry"}, nil),
 		flights: prometheus.NewDesc("regmirror_downloads_in_flight",
 			"Blob downloads from upstream in progress.", nil, nil),
+		queued: prometheus.NewDesc("regmirror_downloads_queued",
+			"Blob downloads waiting for a slot (REGMIRROR_MAX_DOWNLOADS); their clients wait with them.", nil, nil),
 		up: prometheus.NewDesc("regmirror_upstream_up",
 			"1 while the upstream registry answers, 0 while it is marked down.", []string{"registry"}, nil),
 		rateRemaining: prometheus.NewDesc("regmirror_upstream_ratelimit_remaining",
@@ -172,7 +174,7 @@ func newCollector(p *Proxy) *collector {
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.outcome, c.served, c.stale, c.flights, c.up, c.rateRemaining, c.rateLimit,
+	for _, d := range []*prometheus.Desc{c.outcome, c.served, c.stale, c.flights, c.queued, c.up, c.rateRemaining, c.rateLimit,
 		c.diskBytes, c.diskObjects, c.diskBudget, c.evictions, c.evictedBytes, c.streamed} {
 		ch <- d
 	}
@@ -209,6 +211,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	flights := len(c.p.flights)
 	c.p.mu.Unlock()
 	ch <- prometheus.MustNewConstMetric(c.flights, prometheus.GaugeValue, float64(flights))
+	ch <- prometheus.MustNewConstMetric(c.queued, prometheus.GaugeValue, float64(st.queued.Load()))
 	for _, name := range c.p.names {
 		ch <- prometheus.MustNewConstMetric(c.stale, prometheus.CounterValue, float64(st.stale[name].Load()), name)
 		u := c.p.ups[name]

@@ -22,6 +22,7 @@ var families = []string{
 	"regmirror_served_bytes_total",
 	"regmirror_stale_answers_total",
 	"regmirror_downloads_in_flight",
+	"regmirror_downloads_queued",
 	"regmirror_upstream_received_bytes_total",
 	"regmirror_upstream_request_duration_seconds",
 	"regmirror_upstream_errors_total",

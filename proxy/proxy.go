@@ -44,6 +44,9 @@ type Upstream interface {
 	Name() string
 	Manifest(ctx context.Context, method, repo, ref string) (*http.Response, error)
 	Blob(ctx context.Context, method, repo string, h v1.Hash) (*http.Response, error)
+	// BlobFrom GETs the blob from offset on: 206 with the rest, or 200 with
+	// the whole blob from a registry that ignores Range.
+	BlobFrom(ctx context.Context, repo string, h v1.Hash, offset int64) (*http.Response, error)
 	Tags(ctx context.Context, repo, n, last string) (*http.Response, error)
 	Health() upstream.Health
 }
@@ -57,6 +60,9 @@ type Options struct {
 	// UpstreamTimeout bounds a manifest or tag exchange with an upstream, and
 	// how long a blob download may go without receiving a byte.
 	UpstreamTimeout time.Duration
+	// MaxDownloads bounds the blob downloads from upstreams running at once;
+	// more wait their turn (their clients wait with them). 0 means no bound.
+	MaxDownloads int
 	// Now is the clock; tests set it, production leaves it nil.
 	Now func() time.Time
 	// Metrics, if set, get the proxy's counters and what it reads from its
@@ -82,6 +88,7 @@ type Proxy struct {
 	mu      sync.Mutex
 	flights map[v1.Hash]*flight
 	wg      sync.WaitGroup // one per running download
+	slots   chan struct{}  // one per download running upstream; nil: no bound
 
 	resolve singleflight.Group // tag and manifest resolutions
 
@@ -98,6 +105,7 @@ type stats struct {
 	outcomes [routeCatalog + 1][len(outcomes)]atomic.Int64 // requests by route kind and cache outcome
 	served   [len(sources)]atomic.Int64                    // bytes sent to clients, by source
 	stale    map[string]*atomic.Int64                      // stale answers by registry; the map is fixed at New
+	queued   atomic.Int64                                  // downloads waiting for a slot
 }
 
 // Stats is a snapshot of the proxy's counters since start.
@@ -109,6 +117,8 @@ type Stats struct {
 	// Bytes of manifests, blobs and tag lists sent to clients, from the
 	// cache (hits, stale answers) and from upstream (misses, shared downloads).
 	FromCache, FromUpstream int64
+	// Queued is how many downloads wait for a slot (Options.MaxDownloads) now.
+	Queued int64
 }
 
 // HitRatio is the share of manifest and blob requests answered from the
@@ -136,6 +146,7 @@ func (p *Proxy) Stats() Stats {
 	}
 	s.FromCache = p.stats.served[fromCache].Load()
 	s.FromUpstream = p.stats.served[fromUpstream].Load()
+	s.Queued = p.stats.queued.Load()
 	return s
 }
 
@@ -174,6 +185,9 @@ func New(st Store, ups []Upstream, opt Options, log *zap.Logger) (*Proxy, error)
 	p := &Proxy{st: st, ups: byName, names: names, opt: opt, log: log, ctx: ctx, cancel: cancel,
 		flights: make(map[v1.Hash]*flight), staleWarned: warned, noRoom: noRoom,
 		pulls: newPullLog(), started: opt.Now()}
+	if opt.MaxDownloads > 0 {
+		p.slots = make(chan struct{}, opt.MaxDownloads)
+	}
 	p.stats.stale = make(map[string]*atomic.Int64, len(names))
 	for _, n := range names {
 		p.stats.stale[n] = new(atomic.Int64)

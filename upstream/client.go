@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -214,6 +215,13 @@ func (c *Client) Blob(ctx context.Context, method, repo string, h v1.Hash) (*htt
 	return c.do(ctx, method, repo, nil, "blobs", h.String())
 }
 
+// BlobFrom GETs a blob from offset on, to resume a broken download. The
+// answer is 206 with the rest, or 200 with the whole blob from a registry
+// that ignores Range.
+func (c *Client) BlobFrom(ctx context.Context, repo string, h v1.Hash, offset int64) (*http.Response, error) {
+	return c.do(ctx, http.MethodGet, repo, http.Header{"Range": {"bytes=" + strconv.FormatInt(offset, 10) + "-"}}, "blobs", h.String())
+}
+
 // Tags asks for repo's tag list, passing n and last through.
 func (c *Client) Tags(ctx context.Context, repo string, n, last string) (*http.Response, error) {
 	q := url.Values{}
@@ -283,7 +291,7 @@ func (c *Client) send(ctx context.Context, method, repo string, h http.Header, q
 		return nil, c.wrap(err)
 	}
 	c.limits.observe(resp.Header, c.name, c.log)
-	if err := transport.CheckError(resp, http.StatusOK); err != nil {
+	if err := transport.CheckError(resp, http.StatusOK, http.StatusPartialContent); err != nil {
 		return nil, &Error{Registry: c.name, Err: err, RetryAfter: resp.Header.Get("Retry-After"), WithCredentials: c.withCredentials}
 	}
 	return resp, nil

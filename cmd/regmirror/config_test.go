@@ -29,6 +29,7 @@ func TestDefaultsMakeADockerHubMirror(t *testing.T) {
 		UpstreamTimeout: 30 * time.Second,
 		MaxSize:         20 << 30,
 		MinFree:         1 << 30,
+		MaxDownloads:    64,
 		AdminAddr:       "127.0.0.1:5001",
 		ShutdownTimeout: 30 * time.Second,
 		LogLevel:        zapcore.InfoLevel,

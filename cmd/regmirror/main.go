@@ -160,6 +160,7 @@ func serve(ctx context.Context, cfg Config) error {
 	opts := proxy.Options{
 		TagTTL:          cfg.TagTTL,
 		UpstreamTimeout: cfg.UpstreamTimeout,
+		MaxDownloads:    cfg.MaxDownloads,
 		Metrics:         metrics,
 	}
 	if cfg.MetricsAddr == "" {

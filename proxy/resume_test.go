@@ -1,0 +1,198 @@
+package proxy_test
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"net/http"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/regmirror/regmirror/test/regtest"
+)
+
+// flaky serves one blob itself: a GET without Range breaks the connection
+// after cut bytes; a GET with Range gets the rest (206), or the whole blob
+// again (200) when ignoreRange is set, as some registries do.
+type flaky struct {
+	digest      v1.Hash
+	body        []byte
+	cut         int
+	breaks      int // how many requests break before one goes through whole
+	ignoreRange bool
+	gets        atomic.Int32
+	ranges      sync.Map // Range header → true
+}
+
+func (f *flaky) wrap(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet || filepath.Base(r.URL.Path) != f.digest.String() {
+			next.ServeHTTP(w, r)
+			return
+		}
+		n := int(f.gets.Add(1))
+		from := 0
+		if rg := r.Header.Get("Range"); rg != "" {
+			f.ranges.Store(rg, true)
+			if !f.ignoreRange {
+				from, _ = strconv.Atoi(strings.TrimSuffix(strings.TrimPrefix(rg, "bytes="), "-"))
+			}
+		}
+		rest := f.body[from:]
+		w.Header().Set("Content-Length", strconv.Itoa(len(rest)))
+		if from > 0 {
+			w.Header().Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", from, len(f.body)-1, len(f.body)))
+			w.WriteHeader(http.StatusPartialContent)
+		}
+		if n <= f.breaks {
+			w.Write(rest[:min(f.cut, len(rest))])
+			http.NewResponseController(w).Flush()
+			panic(http.ErrAbortHandler) // the connection resets mid-blob
+		}
+		w.Write(rest)
+	})
+}
+
+func TestResetMidBlobIsResumedAndClientsSeeNoError(t *testing.T) {
+	for _, ignoreRange := range []bool{false, true} {
+		t.Run(fmt.Sprintf("ignoreRange=%v", ignoreRange), func(t *testing.T) {
+			body, h := regtest.RandomBlob(t, 1<<20)
+			f := &flaky{digest: h, body: body, cut: 300 << 10, breaks: 2, ignoreRange: ignoreRange}
+			e := newEnv(t, withUpstreamFault(f.wrap))
+			var wg sync.WaitGroup
+			errs := make(chan error, 4)
+			for range 4 {
+				wg.Go(func() {
+					resp, err := http.Get(e.mirror.URL + "/v2/big/blobs/" + h.String())
+					if err != nil {
+						errs <- err
+						return
+					}
+					defer resp.Body.Close()
+					got, err := io.ReadAll(resp.Body)
+					if err != nil || resp.StatusCode != http.StatusOK || !bytes.Equal(got, body) {
+						errs <- fmt.Errorf("status %d, %d bytes, %v", resp.StatusCode, len(got), err)
+					}
+				})
+			}
+			wg.Wait()
+			close(errs)
+			for err := range errs {
+				t.Error(err)
+			}
+			if got := f.gets.Load(); got != 3 {
+				t.Errorf("upstream GETs of the blob = %d, want 3 (one, then two resumes)", got)
+			}
+			// Resumes ask from the bytes written: 300 KiB, then 600 KiB.
+			for _, want := range []string{"bytes=307200-", "bytes=614400-"} {
+				if _, ok := f.ranges.Load(want); !ok && !ignoreRange {
+					t.Errorf("no resume with Range %s", want)
+				}
+			}
+			e.proxy.Close()
+			if !e.store.Has(h) {
+				t.Error("the resumed blob was not stored")
+			}
+			if e.logs.FilterMessage("download resumed").Len() != 2 {
+				t.Errorf("want 2 'download resumed' log lines")
+			}
+		})
+	}
+}
+
+func TestResumesAreBounded(t *testing.T) {
+	body, h := regtest.RandomBlob(t, 1<<20)
+	f := &flaky{digest: h, body: body, cut: 100 << 10, breaks: 100}
+	e := newEnv(t, withUpstreamFault(f.wrap))
+	resp, err := http.Get(e.mirror.URL + "/v2/big/blobs/" + h.String())
+	if err == nil {
+		got, rerr := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if rerr == nil && resp.StatusCode == http.StatusOK {
+			t.Fatalf("client got a complete 200 (%d bytes) from an upstream that always breaks", len(got))
+		}
+	}
+	e.proxy.Close()
+	if got := f.gets.Load(); got != 4 {
+		t.Errorf("upstream GETs = %d, want 4 (one and three resumes)", got)
+	}
+	if e.store.Has(h) {
+		t.Error("a broken download was stored")
+	}
+}
+
+func TestMaxDownloadsQueuesTheRest(t *testing.T) {
+	first, h1 := regtest.RandomBlob(t, 256<<10)
+	second, h2 := regtest.RandomBlob(t, 256<<10)
+	g := newGate(h1, first)
+	e := newEnv(t, withMaxDownloads(1), withUpstreamFault(g.wrap))
+	e.pushBlob("app", second)
+
+	got := make(chan []byte, 2)
+	get := func(h v1.Hash) {
+		resp, err := http.Get(e.mirror.URL + "/v2/app/blobs/" + h.String())
+		if err != nil {
+			got <- nil
+			return
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		got <- b
+	}
+	go get(h1)
+	<-g.sent // the first download holds the only slot
+	go get(h2)
+	for e.proxy.Stats().Queued != 1 {
+		time.Sleep(time.Millisecond)
+	}
+	if n := e.counts.Count(http.MethodGet, "/v2/app/blobs/"+h2.String()); n != 0 {
+		t.Fatalf("the second download went upstream (%d) while the only slot was taken", n)
+	}
+	if v := regtest.Scrape(t, e.mirror.URL+"/metrics").Value("regmirror_downloads_queued"); v != 1 {
+		t.Errorf("regmirror_downloads_queued = %v, want 1", v)
+	}
+	close(g.open)
+	for range 2 {
+		b := <-got
+		if !bytes.Equal(b, first) && !bytes.Equal(b, second) {
+			t.Fatalf("a client got %d wrong bytes", len(b))
+		}
+	}
+	if q := e.proxy.Stats().Queued; q != 0 {
+		t.Fatalf("queued = %d after both finished", q)
+	}
+}
+
+func TestStalledClientDoesNotSlowTheOthers(t *testing.T) {
+	body, h := regtest.RandomBlob(t, 8<<20) // far more than socket buffers hold
+	g := newGate(h, body)
+	e := newEnv(t, withUpstreamFault(g.wrap))
+	// The stalled client asks first, so it is the flight's leader, then reads nothing.
+	stalled, err := http.Get(e.mirror.URL + "/v2/app/blobs/" + h.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stalled.Body.Close()
+	<-g.sent
+	close(g.open)
+	// If the stalled reader held the download back, this would never finish.
+	resp, err := http.Get(e.mirror.URL + "/v2/app/blobs/" + h.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil || !bytes.Equal(got, body) {
+		t.Fatalf("the other client got %d bytes, %v", len(got), err)
+	}
+	e.proxy.Close() // the download finished whole though one reader never read
+	if !e.store.Has(h) {
+		t.Fatal("the blob was not stored")
+	}
+}
