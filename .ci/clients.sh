@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the container clients that test/clients_test.go drives, from
 # Debian's packages: skopeo, podman, containerd (which ships ctr) and the
-# Docker daemon. Idempotent: it does nothing when every binary is there.
+# Docker daemon; and Chromium, which test/status_test.go renders the status
+# page in. Idempotent: it does nothing when every binary is there.
 #
 #   bash .ci/clients.sh
 #   REGMIRROR_REQUIRE_CLIENTS=1 go test ./test -run TestClients
@@ -24,6 +25,7 @@ declare -A pkg_of=(
 	[runc]=runc
 	[dockerd]=docker.io
 	[/usr/bin/docker]=docker.io
+	[chromium]=chromium
 )
 
 missing=()
@@ -33,7 +35,7 @@ for bin in "${!pkg_of[@]}"; do
 	fi
 done
 if [ ${#missing[@]} -eq 0 ]; then
-	echo "clients.sh: skopeo, podman, containerd, ctr and dockerd are already installed"
+	echo "clients.sh: skopeo, podman, containerd, ctr, dockerd and chromium are already installed"
 	exit 0
 fi
 mapfile -t pkgs < <(printf '%s\n' "${missing[@]}" | sort -u)

@@ -39,10 +39,11 @@ const (
 
 // logInfo is what a handler tells the access log about its request.
 type logInfo struct {
-	route route
-	cache string
-	err   error
-	told  string // what a client was told of a server-side failure
+	route  route
+	routed bool // route was parsed: the request is for the registry API
+	cache  string
+	err    error
+	told   string // what a client was told of a server-side failure
 }
 
 type logInfoKey struct{}
@@ -89,6 +90,8 @@ func (p *Proxy) logged(w http.ResponseWriter, r *http.Request, h handlerFunc) {
 		if info.told != "" {
 			fields = append(fields, zap.String(keyTold, info.told))
 		}
+		// Counted before the line is written: a test that saw the line sees the counts.
+		p.account(r, info, rec.statusCode(), rec.n)
 		if v != nil {
 			p.log.Warn("request", append(fields, zap.Bool(keyAborted, true))...)
 			panic(v)
@@ -109,6 +112,32 @@ func (p *Proxy) logged(w http.ResponseWriter, r *http.Request, h handlerFunc) {
 			panic(http.ErrAbortHandler)
 		}
 		writeError(rec, r, oe)
+	}
+}
+
+// account counts a finished request for the metrics and the status page.
+func (p *Proxy) account(r *http.Request, info *logInfo, status int, n int64) {
+	kind := "other"
+	if info.routed {
+		kind = info.route.kind.String()
+	}
+	if m := p.opt.Metrics; m != nil {
+		m.request(kind, r.Method, status)
+	}
+	o := outcomeIndex(info.cache)
+	if !info.routed || o < 0 {
+		return
+	}
+	rt := info.route
+	p.stats.outcomes[rt.kind][o].Add(1)
+	if c := p.stats.stale[rt.registry]; c != nil && info.cache == cacheStale {
+		c.Add(1)
+	}
+	if status < 300 {
+		p.stats.served[sourceOf(info.cache)].Add(n)
+	}
+	if rt.kind == routeManifest && rt.tag != "" && status < 400 {
+		p.pulls.add(rt.registry, rt.repo, rt.tag, clientHost(r.RemoteAddr), info.cache, p.opt.Now())
 	}
 }
 

@@ -14,6 +14,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/regmirror/regmirror/cache"
 	"github.com/regmirror/regmirror/proxy"
 	"github.com/regmirror/regmirror/test/regtest"
@@ -46,6 +48,7 @@ type env struct {
 	clock    *clock
 	logs     *observer.ObservedLogs
 	dataDir  string
+	settled  *sync.WaitGroup // one per request the mirror is handling
 }
 
 // extraUpstream is one more in-process registry behind the proxy.
@@ -103,6 +106,11 @@ func newEnv(t *testing.T, opts ...envOption) *env {
 
 	core, logs := observer.New(zap.DebugLevel)
 	logger := zap.New(core)
+	reg := prometheus.NewRegistry()
+	metrics, err := proxy.NewMetrics(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
 	dir := t.TempDir()
 	clk := &clock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
 	cfg.store.Now = clk.Now
@@ -111,7 +119,7 @@ func newEnv(t *testing.T, opts ...envOption) *env {
 		t.Fatal(err)
 	}
 	newClient := func(name, url string) proxy.Upstream {
-		c, err := upstream.New(upstream.Options{Name: name, URL: url, Timeout: 5 * time.Second}, logger.Named("upstream"))
+		c, err := upstream.New(upstream.Options{Name: name, URL: url, Timeout: 5 * time.Second, Observer: metrics}, logger.Named("upstream"))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -129,11 +137,18 @@ func newEnv(t *testing.T, opts ...envOption) *env {
 	}
 	popt := cfg.proxy
 	popt.TagTTL, popt.UpstreamTimeout, popt.Now = cfg.ttl, 5*time.Second, clk.Now
+	popt.Metrics, popt.MetricsHandler = metrics, promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
 	px, err := proxy.New(st, clients, popt, logger.Named("proxy"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	mirror := httptest.NewServer(cfg.wrapMirror(px))
+	var settled sync.WaitGroup
+	tracked := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		settled.Add(1)
+		defer settled.Done()
+		px.ServeHTTP(w, r)
+	})
+	mirror := httptest.NewServer(cfg.wrapMirror(tracked))
 	t.Cleanup(func() {
 		mirror.Close()
 		px.Close()
@@ -141,7 +156,7 @@ func newEnv(t *testing.T, opts ...envOption) *env {
 			t.Error(err)
 		}
 	})
-	return &env{t: t, upstream: up, counts: counts, extra: extra, store: st, proxy: px, mirror: mirror, clock: clk, logs: logs, dataDir: dir}
+	return &env{t: t, upstream: up, counts: counts, extra: extra, store: st, proxy: px, mirror: mirror, clock: clk, logs: logs, dataDir: dir, settled: &settled}
 }
 
 func host(s *httptest.Server) string { return strings.TrimPrefix(s.URL, "http://") }
@@ -177,6 +192,18 @@ func (e *env) pushIndex(ref string, idx v1.ImageIndex) {
 	if err := remote.WriteIndex(e.upRef(ref), idx); err != nil {
 		e.t.Fatal(err)
 	}
+}
+
+// settle waits until the mirror has finished every request it received: a
+// client can hold a whole response before the handler has returned and
+// counted it.
+func (e *env) settle() { e.settled.Wait() }
+
+// scrape settles the mirror and reads its /metrics.
+func (e *env) scrape() regtest.Metrics {
+	e.t.Helper()
+	e.settle()
+	return regtest.Scrape(e.t, e.mirror.URL+proxy.MetricsPath)
 }
 
 // do sends a request to the mirror and returns the response with its body read.

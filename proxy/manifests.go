@@ -179,10 +179,10 @@ func (p *Proxy) revalidate(ctx context.Context, up Upstream, rt route, known cac
 	return res, nil
 }
 
-// noteStale counts a stale answer and logs it at Warn, at most once per tag
-// every staleWarnEvery, so an outage does not flood the log.
+// noteStale logs a stale answer at Warn, at most once per tag every
+// staleWarnEvery, so an outage does not flood the log. (The access log
+// counts each stale answer.)
 func (p *Proxy) noteStale(rt route, known cache.TagAnswer, err error) {
-	p.stats.stale.Add(1)
 	key := rt.registry + "/" + rt.repo + ":" + rt.tag
 	now := p.opt.Now()
 	if last, ok := p.staleWarned.Get(key); ok && now.Sub(last) < staleWarnEvery {

@@ -65,6 +65,11 @@ type Options struct {
 	MaxDownloads int
 	// Now is the clock; tests set it, production leaves it nil.
 	Now func() time.Time
+	// Metrics, if set, get the proxy's counters and what it reads from its
+	// upstreams and store, on the registry they were made with.
+	Metrics *Metrics
+	// MetricsHandler, if set, is served at MetricsPath (GET and HEAD).
+	MetricsHandler http.Handler
 }
 
 // Proxy is the registry API handler. Close it to stop its downloads.
@@ -90,25 +95,59 @@ type Proxy struct {
 	staleWarned *lru.Cache[string, time.Time] // tag → when we last warned it was stale
 	noRoom      *lru.Cache[v1.Hash, struct{}] // blobs that ran out of room while stored: streamed from now on
 	stats       stats
+	pulls       *pullLog
+	started     time.Time
 }
 
-// stats are counters for the operator (the metrics issue exports them).
+// stats are the proxy's counters since start, for the metrics and the
+// status page.
 type stats struct {
-	stale  atomic.Int64
-	queued atomic.Int64
+	outcomes [routeCatalog + 1][len(outcomes)]atomic.Int64 // requests by route kind and cache outcome
+	served   [len(sources)]atomic.Int64                    // bytes sent to clients, by source
+	stale    map[string]*atomic.Int64                      // stale answers by registry; the map is fixed at New
+	queued   atomic.Int64                                  // downloads waiting for a slot
 }
 
-// Stats is a snapshot of the proxy's counters.
+// Stats is a snapshot of the proxy's counters since start.
 type Stats struct {
-	// Stale counts tag answers served past their TTL because upstream could not be asked.
-	Stale int64
+	// Manifest and blob requests by cache outcome: Stale ones were answered
+	// from the cache past their TTL because upstream could not be asked.
+	// Streamed ones were sent from upstream without being kept, for want of room.
+	Hits, Misses, Coalesced, Stale, Streamed int64
+	// Bytes of manifests, blobs and tag lists sent to clients, from the
+	// cache (hits, stale answers) and from upstream (misses, shared downloads).
+	FromCache, FromUpstream int64
 	// Queued is how many downloads wait for a slot (Options.MaxDownloads) now.
 	Queued int64
 }
 
+// HitRatio is the share of manifest and blob requests answered from the
+// cache (hits and stale answers) among those that could have been; false
+// before there was any.
+func (s Stats) HitRatio() (float64, bool) {
+	cached := s.Hits + s.Stale
+	all := cached + s.Misses + s.Coalesced + s.Streamed
+	if all == 0 {
+		return 0, false
+	}
+	return float64(cached) / float64(all), true
+}
+
 // Stats returns the proxy's counters.
 func (p *Proxy) Stats() Stats {
-	return Stats{Stale: p.stats.stale.Load(), Queued: p.stats.queued.Load()}
+	var s Stats
+	for _, k := range []routeKind{routeManifest, routeBlob} {
+		o := &p.stats.outcomes[k]
+		s.Hits += o[outcomeIndex(cacheHit)].Load()
+		s.Misses += o[outcomeIndex(cacheMiss)].Load()
+		s.Coalesced += o[outcomeIndex(cacheCoalesced)].Load()
+		s.Stale += o[outcomeIndex(cacheStale)].Load()
+		s.Streamed += o[outcomeIndex(cacheStream)].Load()
+	}
+	s.FromCache = p.stats.served[fromCache].Load()
+	s.FromUpstream = p.stats.served[fromUpstream].Load()
+	s.Queued = p.stats.queued.Load()
+	return s
 }
 
 // staleWarnEvery bounds the Warn lines about one stale tag.
@@ -143,12 +182,23 @@ func New(st Store, ups []Upstream, opt Options, log *zap.Logger) (*Proxy, error)
 	ctx, cancel := context.WithCancel(context.Background())
 	warned, _ := lru.New[string, time.Time](4096)
 	noRoom, _ := lru.New[v1.Hash, struct{}](1024)
-	px := &Proxy{st: st, ups: byName, names: names, opt: opt, log: log, ctx: ctx, cancel: cancel,
-		flights: make(map[v1.Hash]*flight), staleWarned: warned, noRoom: noRoom}
+	p := &Proxy{st: st, ups: byName, names: names, opt: opt, log: log, ctx: ctx, cancel: cancel,
+		flights: make(map[v1.Hash]*flight), staleWarned: warned, noRoom: noRoom,
+		pulls: newPullLog(), started: opt.Now()}
 	if opt.MaxDownloads > 0 {
-		px.slots = make(chan struct{}, opt.MaxDownloads)
+		p.slots = make(chan struct{}, opt.MaxDownloads)
 	}
-	return px, nil
+	p.stats.stale = make(map[string]*atomic.Int64, len(names))
+	for _, n := range names {
+		p.stats.stale[n] = new(atomic.Int64)
+	}
+	if opt.Metrics != nil {
+		if err := opt.Metrics.reg.Register(newCollector(p)); err != nil {
+			cancel()
+			return nil, fmt.Errorf("register metrics: %w", err)
+		}
+	}
+	return p, nil
 }
 
 // Close stops every download in progress and waits for them to clean up.
@@ -180,6 +230,13 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) error {
 		return writeJSON(w, r, http.StatusOK, map[string]string{"status": "ok"})
 	case ReadyPath:
 		return p.serveReady(w, r)
+	case StatusPath:
+		return p.serveStatus(w, r)
+	case MetricsPath:
+		if p.opt.MetricsHandler != nil {
+			p.opt.MetricsHandler.ServeHTTP(w, r)
+			return nil
+		}
 	}
 	if !strings.HasPrefix(r.URL.Path, "/v2") {
 		return errNotFound()
@@ -190,7 +247,7 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	info := logInfoFrom(r.Context())
-	info.route = rt
+	info.route, info.routed = rt, true
 	if rt.registry != "" {
 		w.Header().Set("Oci-Namespace", rt.registry) // canonical form: no rewrite per request
 	}

@@ -154,6 +154,9 @@ func TestMaxDownloadsQueuesTheRest(t *testing.T) {
 	if n := e.counts.Count(http.MethodGet, "/v2/app/blobs/"+h2.String()); n != 0 {
 		t.Fatalf("the second download went upstream (%d) while the only slot was taken", n)
 	}
+	if v := regtest.Scrape(t, e.mirror.URL+"/metrics").Value("regmirror_downloads_queued"); v != 1 {
+		t.Errorf("regmirror_downloads_queued = %v, want 1", v)
+	}
 	close(g.open)
 	for range 2 {
 		b := <-got

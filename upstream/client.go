@@ -56,6 +56,8 @@ type Options struct {
 	// Transport, if set, replaces the base HTTP transport (tests use it to
 	// count connections); retries and auth are still added on top.
 	Transport http.RoundTripper
+	// Observer, if set, hears of every request and every body byte, for metrics.
+	Observer Observer
 	// ProbeMin and ProbeMax bound the back-off of the probe that watches a
 	// down upstream (defaults 1s and 30s).
 	ProbeMin, ProbeMax time.Duration
@@ -70,6 +72,7 @@ type Client struct {
 	keychain authn.Keychain
 	rt       http.RoundTripper
 	limits   rateLimits
+	obs      Observer // nil: nobody listens
 
 	withCredentials bool // the keychain had credentials for us at start
 
@@ -145,7 +148,7 @@ func New(opt Options, log *zap.Logger) (*Client, error) {
 	}
 	auth, err := opt.Keychain.Resolve(registryName(opt.Name))
 	life, stop := context.WithCancel(context.Background())
-	return &Client{name: opt.Name, base: base, timeout: opt.Timeout, reg: reg, keychain: opt.Keychain, rt: rt, transports: cache, log: log,
+	return &Client{name: opt.Name, base: base, timeout: opt.Timeout, reg: reg, keychain: opt.Keychain, rt: rt, transports: cache, log: log, obs: opt.Observer,
 		probeMin: opt.ProbeMin, probeMax: opt.ProbeMax, life: life, stop: stop,
 		withCredentials: err == nil && auth != authn.Anonymous}, nil
 }
@@ -158,15 +161,26 @@ func ParseURL(raw string) (*url.URL, error) {
 		return nil, errors.New("upstream URL is not a valid URL")
 	}
 	if u.Scheme != "http" && u.Scheme != "https" {
-		return nil, fmt.Errorf("upstream URL %q: scheme must be http or https", u.Redacted())
+		return nil, fmt.Errorf("upstream URL %q: scheme must be http or https", redacted(u))
 	}
 	if u.User != nil {
-		return nil, fmt.Errorf("upstream URL %q: credentials do not belong in the URL", u.Redacted())
+		return nil, fmt.Errorf("upstream URL %q: credentials do not belong in the URL", redacted(u))
 	}
 	if u.Host == "" || u.RawQuery != "" || u.Fragment != "" || (u.Path != "" && u.Path != "/") {
-		return nil, fmt.Errorf("upstream URL %q: want scheme://host[:port] and nothing more", u.Redacted())
+		return nil, fmt.Errorf("upstream URL %q: want scheme://host[:port] and nothing more", redacted(u))
 	}
 	return u, nil
+}
+
+// redacted is u with all of its user info as ***: url.URL.Redacted hides
+// only a password, and a user name alone can be a token.
+func redacted(u *url.URL) string {
+	if u.User == nil {
+		return u.String()
+	}
+	c := *u
+	c.User = nil
+	return strings.Replace(c.String(), "://", "://***@", 1)
 }
 
 func baseTransport(timeout time.Duration, insecure bool, roots *x509.CertPool) *http.Transport {
@@ -226,13 +240,30 @@ func (c *Client) do(ctx context.Context, method, repo string, h http.Header, pat
 
 func (c *Client) doQuery(ctx context.Context, method, repo string, h http.Header, q url.Values, path ...string) (*http.Response, error) {
 	if c.isDown() {
-		return nil, &Error{Registry: c.name, Err: ErrDown}
+		err := &Error{Registry: c.name, Err: ErrDown}
+		c.observe(path[0], 0, err)
+		return nil, err
 	}
+	start := time.Now()
 	resp, err := c.send(ctx, method, repo, h, q, path...)
+	c.observe(path[0], time.Since(start), err)
 	if err != nil {
 		c.noteFailure(err)
+		return nil, err
 	}
-	return resp, err
+	if c.obs != nil {
+		resp.Body = &countingBody{ReadCloser: resp.Body, registry: c.name, obs: c.obs}
+	}
+	return resp, nil
+}
+
+// ops names the API endpoints for the Observer: "manifests" is "manifest".
+var ops = map[string]string{"manifests": "manifest", "blobs": "blob", "tags": "tags"}
+
+func (c *Client) observe(endpoint string, took time.Duration, err error) {
+	if c.obs != nil {
+		c.obs.Answered(c.name, ops[endpoint], took, Failure(err))
+	}
 }
 
 func (c *Client) send(ctx context.Context, method, repo string, h http.Header, q url.Values, path ...string) (*http.Response, error) {

@@ -192,6 +192,7 @@ func TestParseURL(t *testing.T) {
 		{"no scheme", "registry-1.docker.io", false},
 		{"ftp", "ftp://x", false},
 		{"credentials in URL", "https://user:pw@x", false},
+		{"a token as the user name", "https://pwtoken@x", false},
 		{"unparsable with credentials", "https://user:pw@x:port:bad", false},
 		{"path", "https://x/v2", false},
 		{"query", "https://x?a=b", false},

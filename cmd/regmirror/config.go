@@ -26,6 +26,7 @@ const envPrefix = "REGMIRROR_"
 // and a test keeps it honest.
 type Config struct {
 	Addr               string        `env:"ADDR"                envDefault:":5000"                        flag:"addr"                usage:"listen address"`
+	MetricsAddr        string        `env:"METRICS_ADDR"        envDefault:""                              flag:"metrics-addr"        usage:"serve /metrics only on this address (e.g. 127.0.0.1:9090) instead of on the listen address"`
 	DataDir            string        `env:"DATA_DIR"            envDefault:"$XDG_CACHE_HOME/regmirror"     flag:"data-dir"            usage:"cache directory"`
 	Upstream           string        `env:"UPSTREAM"            envDefault:"https://registry-1.docker.io"  flag:"upstream"            usage:"the default upstream, which answers plain paths: a registry name from -upstreams, or a base URL (known as docker.io)"`
 	Upstreams          string        `env:"UPSTREAMS"           envDefault:""                              flag:"upstreams"           usage:"more upstream registries: name=URL,name=URL (e.g. ghcr.io=https://ghcr.io)"`
@@ -39,7 +40,7 @@ type Config struct {
 	MinFree            byteSize      `env:"MIN_FREE"            envDefault:"1GiB"                          flag:"min-free"            usage:"free space kept on the cache's filesystem (0 means no floor): eviction keeps at least this much free"`
 	MaxDownloads       int           `env:"MAX_DOWNLOADS"       envDefault:"64"                            flag:"max-downloads"       usage:"blob downloads from upstreams at once; more wait their turn (0 means no bound)"`
 	AdminAddr          string        `env:"ADMIN_ADDR"          envDefault:"127.0.0.1:5001"                flag:"admin-addr"          usage:"listen address of the admin API (pin, unpin, ls, warm, gc, verify); empty turns it off"`
-	AdminToken         string        `env:"ADMIN_TOKEN"         envDefault:""                              flag:"admin-token"         usage:"bearer token the admin API requires; needed when REGMIRROR_ADMIN_ADDR is not a loopback address"`
+	AdminToken         string        `env:"ADMIN_TOKEN"         envDefault:""                              flag:"admin-token"         usage:"bearer token the admin API requires; needed when REGMIRROR_ADMIN_ADDR is not a loopback address" secret:"true"`
 	ShutdownTimeout    time.Duration `env:"SHUTDOWN_TIMEOUT"    envDefault:"30s"                           flag:"shutdown-timeout"    usage:"grace period for requests in progress on SIGTERM or SIGINT"`
 	LogLevel           zapcore.Level `env:"LOG_LEVEL"           envDefault:"info"                          flag:"log-level"           usage:"debug, info, warn or error"`
 	LogFormat          string        `env:"LOG_FORMAT"          envDefault:"json"                          flag:"log-format"          usage:"json or console"`
@@ -141,9 +142,20 @@ func defaultDataDir() string {
 	return "regmirror-data"
 }
 
-// loadConfig reads the environment, then the flags in args. Every problem is
-// reported at once, each naming the setting it is about.
+// loadConfig reads the environment, then the flags in args, and validates
+// the result. Every problem is reported at once, each naming the setting it
+// is about.
 func loadConfig(args []string, environ map[string]string) (Config, error) {
+	cfg, err := parseConfig("serve", args, environ)
+	if err != nil {
+		return cfg, err
+	}
+	return cfg, cfg.Validate()
+}
+
+// parseConfig reads the environment, then the flags in args, for the
+// sub-command cmd (named in the usage text). It does not validate.
+func parseConfig(cmd string, args []string, environ map[string]string) (Config, error) {
 	opts := env.Options{Prefix: envPrefix, Environment: environ}
 	// The documented default names $XDG_CACHE_HOME; the real one is computed.
 	if _, set := environ[envPrefix+"DATA_DIR"]; !set {
@@ -154,9 +166,9 @@ func loadConfig(args []string, environ map[string]string) (Config, error) {
 	if err := env.ParseWithOptions(&cfg, opts); err != nil {
 		return cfg, namedEnvErrors(err)
 	}
-	fs := flag.NewFlagSet("regmirror", flag.ContinueOnError)
+	fs := flag.NewFlagSet("regmirror "+cmd, flag.ContinueOnError)
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "usage: regmirror [serve] [flags]\n\nEvery flag can also be set as an environment variable: -tag-ttl is %sTAG_TTL.\n\n", envPrefix)
+		fmt.Fprintf(fs.Output(), "usage: regmirror %s [flags]\n\nEvery flag can also be set as an environment variable: -tag-ttl is %sTAG_TTL.\n\n", cmd, envPrefix)
 		fs.PrintDefaults()
 	}
 	bindFlags(fs, &cfg)
@@ -166,7 +178,7 @@ func loadConfig(args []string, environ map[string]string) (Config, error) {
 	if fs.NArg() > 0 {
 		return cfg, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
-	return cfg, cfg.Validate()
+	return cfg, nil
 }
 
 func cloneWith(m map[string]string, k, v string) map[string]string {
@@ -178,9 +190,10 @@ func cloneWith(m map[string]string, k, v string) map[string]string {
 	return out
 }
 
-// bindFlags declares one flag per Config field, from its `flag` tag, with
-// the value already read from the environment as its default.
-func bindFlags(fs *flag.FlagSet, cfg *Config) {
+// bindFlags declares one flag per field of the struct cfg points to, from
+// its `flag` tag, with the value already read from the environment as its
+// default. A field tagged secret:"true" never shows its value in -h.
+func bindFlags(fs *flag.FlagSet, cfg any) {
 	v := reflect.ValueOf(cfg).Elem()
 	t := v.Type()
 	for i := range t.NumField() {
@@ -189,7 +202,11 @@ func bindFlags(fs *flag.FlagSet, cfg *Config) {
 		usage += " (" + envPrefix + f.Tag.Get("env") + ")"
 		switch p := v.Field(i).Addr().Interface().(type) {
 		case *string:
-			fs.StringVar(p, name, *p, usage)
+			if isSecret(f) {
+				fs.Var(secretFlag{p}, name, usage)
+			} else {
+				fs.StringVar(p, name, *p, usage)
+			}
 		case *time.Duration:
 			fs.DurationVar(p, name, *p, usage)
 		case *int:
@@ -237,6 +254,9 @@ func (c Config) Validate() error {
 	if c.Addr == "" {
 		bad("ADDR", "must not be empty")
 	}
+	if _, port, _ := net.SplitHostPort(c.MetricsAddr); c.MetricsAddr != "" && c.MetricsAddr == c.Addr && port != "0" { // port 0: each its own
+		bad("METRICS_ADDR", "is the same as %sADDR: leave it empty to serve /metrics there", envPrefix)
+	}
 	if c.DataDir == "" {
 		bad("DATA_DIR", "must not be empty")
 	}
@@ -278,7 +298,7 @@ func loopbackAddr(addr string) bool {
 	return ip != nil && ip.IsLoopback()
 }
 
-// environ returns the process environment as a map, for loadConfig.
+// environ returns the process environment as a map, for parseConfig.
 func environ() map[string]string {
 	m := make(map[string]string)
 	for _, kv := range os.Environ() {

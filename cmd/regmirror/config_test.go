@@ -1,10 +1,12 @@
 package main
 
 import (
+	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -70,6 +72,7 @@ func TestBadValuesNameTheirSetting(t *testing.T) {
 			[]string{"REGMIRROR_LOG_FORMAT", "REGMIRROR_UPSTREAM", "REGMIRROR_UPSTREAM_TIMEOUT"}},
 		{"negative ttl by flag", nil, []string{"-tag-ttl", "-1s"}, []string{"REGMIRROR_TAG_TTL"}},
 		{"empty address by flag", nil, []string{"-addr", ""}, []string{"REGMIRROR_ADDR"}},
+		{"metrics on the registry's own address", map[string]string{"REGMIRROR_ADDR": ":5000", "REGMIRROR_METRICS_ADDR": ":5000"}, nil, []string{"REGMIRROR_METRICS_ADDR"}},
 		{"stray argument", nil, []string{"extra"}, []string{`"extra"`}},
 		{"size without a number", map[string]string{"REGMIRROR_MAX_SIZE": "GiB"}, nil, []string{"REGMIRROR_MAX_SIZE"}},
 		{"negative size", nil, []string{"-min-free", "-1MB"}, []string{"min-free"}},
@@ -213,5 +216,95 @@ func TestDefaultMirrorURL(t *testing.T) {
 		if got := defaultMirrorURL(addr); got != want {
 			t.Errorf("defaultMirrorURL(%q) = %s, want %s", addr, got, want)
 		}
+	}
+}
+
+func TestConfigCommandPrintsEverySettingAsServeSeesIt(t *testing.T) {
+	t.Setenv("XDG_CACHE_HOME", "/somewhere/cache")
+	environ := map[string]string{"REGMIRROR_TAG_TTL": "1m", "REGMIRROR_LOG_LEVEL": "warn", "REGMIRROR_ADDR": ":6000"}
+	var out strings.Builder
+	if err := runConfig([]string{"-log-level", "debug"}, environ, &out); err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSuffix(out.String(), "\n"), "\n")
+	params, err := env.GetFieldParamsWithOptions(&Config{}, env.Options{Prefix: envPrefix})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(lines) != len(params) {
+		t.Fatalf("printed %d lines for %d settings:\n%s", len(lines), len(params), out.String())
+	}
+	for i, p := range params {
+		if !strings.HasPrefix(lines[i], p.Key+"=") {
+			t.Errorf("line %d = %q, want %s=…", i+1, lines[i], p.Key)
+		}
+	}
+	for _, want := range []string{
+		"REGMIRROR_ADDR=:6000",                          // environment
+		"REGMIRROR_TAG_TTL=1m0s",                        // environment, as a duration
+		"REGMIRROR_LOG_LEVEL=debug",                     // the flag won
+		"REGMIRROR_UPSTREAM_TIMEOUT=30s",                // default
+		"REGMIRROR_DATA_DIR=/somewhere/cache/regmirror", // computed default
+		"REGMIRROR_UPSTREAMS=",                          // unset
+	} {
+		if !slices.Contains(lines, want) {
+			t.Errorf("no line %q in:\n%s", want, out.String())
+		}
+	}
+}
+
+func TestConfigCommandHidesSecrets(t *testing.T) {
+	environ := map[string]string{
+		"REGMIRROR_ADMIN_TOKEN": "adm1n-t0ken",
+		"REGMIRROR_UPSTREAM":    "https://user:s3cret@registry.example",
+		"REGMIRROR_UPSTREAMS":   "ghcr.io=https://ghp_T0KEN@ghcr.io,quay.io=https://quay.io",
+	}
+	var out strings.Builder
+	err := runConfig(nil, environ, &out)
+	if err == nil {
+		t.Error("a URL with credentials passed validation")
+	}
+	if strings.Contains(out.String(), "s3cret") || strings.Contains(out.String(), "ghp_T0KEN") || strings.Contains(out.String(), "user:") || strings.Contains(out.String(), "adm1n") {
+		t.Errorf("credentials printed:\n%s", out.String())
+	}
+	for _, want := range []string{
+		"REGMIRROR_ADMIN_TOKEN=***",
+		"REGMIRROR_UPSTREAM=https://***@registry.example",
+		"REGMIRROR_UPSTREAMS=ghcr.io=https://***@ghcr.io,quay.io=https://quay.io",
+	} {
+		if !strings.Contains(out.String(), want+"\n") {
+			t.Errorf("no line %q in:\n%s", want, out.String())
+		}
+	}
+}
+
+// secretConfig has a setting tagged secret, as a future password setting would be.
+type secretConfig struct {
+	Password string `env:"PASSWORD" flag:"password" usage:"a password" secret:"true"`
+	Empty    string `env:"EMPTY"    flag:"empty"    usage:"unset"      secret:"true"`
+	User     string `env:"USER"     flag:"user"     usage:"a user name"`
+}
+
+func TestSettingsTaggedSecretAreNeverShown(t *testing.T) {
+	var cfg secretConfig
+	if err := env.ParseWithOptions(&cfg, env.Options{Prefix: envPrefix, Environment: map[string]string{
+		"REGMIRROR_PASSWORD": "from-env-s3cret", "REGMIRROR_USER": "alice"}}); err != nil {
+		t.Fatal(err)
+	}
+	var help strings.Builder
+	fs := flag.NewFlagSet("test", flag.ContinueOnError)
+	fs.SetOutput(&help)
+	bindFlags(fs, &cfg)
+	fs.PrintDefaults()
+	if strings.Contains(help.String(), "s3cret") || !strings.Contains(help.String(), `default "alice"`) {
+		t.Errorf("-h shows:\n%s\nwant the user's default and not the password", help.String())
+	}
+	if err := fs.Parse([]string{"-password", "from-flag-s3cret"}); err != nil || cfg.Password != "from-flag-s3cret" {
+		t.Fatalf("-password: err %v, value %q", err, cfg.Password)
+	}
+	got := settings(cfg)
+	want := []setting{{"REGMIRROR_PASSWORD", "***"}, {"REGMIRROR_EMPTY", ""}, {"REGMIRROR_USER", "alice"}}
+	if !slices.Equal(got, want) {
+		t.Errorf("settings = %v, want %v", got, want)
 	}
 }

@@ -1,6 +1,7 @@
 // Command regmirror is a pull-through caching mirror for container registries.
 //
 //	regmirror [serve] [flags]
+//	regmirror config [flags]
 //
 // With no configuration it mirrors Docker Hub on :5000.
 package main
@@ -20,6 +21,9 @@ import (
 	"time"
 
 	"github.com/coreos/go-systemd/v22/daemon"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/regmirror/regmirror/cache"
 	"github.com/regmirror/regmirror/proxy"
 	"github.com/regmirror/regmirror/upstream"
@@ -62,6 +66,8 @@ func run(args []string) error {
 		return err
 	case "healthcheck":
 		return runHealthcheck(args)
+	case "config":
+		return runConfig(args, environ(), os.Stdout)
 	case "version":
 		fmt.Println(version)
 		return nil
@@ -84,6 +90,7 @@ func usage() string {
 		"usage: regmirror [serve] [flags]       serve (regmirror serve -h lists the flags)",
 		"       regmirror check IMAGE...      would these images pull with the upstream down?",
 		"       regmirror healthcheck          is the local mirror ready? (for container health checks)",
+		"       regmirror config [flags]       print every setting as serve would use it (secrets as ***)",
 	}
 	for _, c := range []string{"ls", "pin", "unpin", "warm", "gc", "verify"} {
 		lines = append(lines, "       "+adminCommands[c])
@@ -125,7 +132,19 @@ func serve(ctx context.Context, cfg Config) error {
 	go func() { st.Run(storeCtx); close(storeDone) }()
 	defer func() { stopStore(); <-storeDone }()
 
-	clients, err := newUpstreams(cfg, log.Named("upstream"))
+	// Our own registry, not the global one: only what we register is exported.
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics, err := proxy.NewMetrics(reg)
+	if err != nil {
+		return err
+	}
+	metricsHandler := promhttp.HandlerFor(reg, promhttp.HandlerOpts{
+		ErrorLog:      zap.NewStdLog(log.Named("metrics")),
+		ErrorHandling: promhttp.ContinueOnError, // one failing collector does not blank the scrape
+	})
+
+	clients, err := newUpstreams(cfg, metrics, log.Named("upstream"))
 	if err != nil {
 		return err
 	}
@@ -138,15 +157,34 @@ func serve(ctx context.Context, cfg Config) error {
 	for i, c := range clients {
 		ups[i] = c
 	}
-	px, err := proxy.New(st, ups, proxy.Options{
+	opts := proxy.Options{
 		TagTTL:          cfg.TagTTL,
 		UpstreamTimeout: cfg.UpstreamTimeout,
 		MaxDownloads:    cfg.MaxDownloads,
-	}, log.Named("proxy"))
+		Metrics:         metrics,
+	}
+	if cfg.MetricsAddr == "" {
+		opts.MetricsHandler = metricsHandler
+	}
+	px, err := proxy.New(st, ups, opts, log.Named("proxy"))
 	if err != nil {
 		return err
 	}
 	defer px.Close()
+
+	var metricsSrv *http.Server
+	metricsErr := make(chan error, 1)
+	if cfg.MetricsAddr != "" {
+		mln, err := net.Listen("tcp", cfg.MetricsAddr)
+		if err != nil {
+			return fmt.Errorf("%sMETRICS_ADDR: %w", envPrefix, err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("GET "+proxy.MetricsPath, metricsHandler)
+		metricsSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ErrorLog: zap.NewStdLog(log.Named("http"))}
+		log.Info("serving metrics", zap.String("addr", mln.Addr().String()))
+		go func() { metricsErr <- metricsSrv.Serve(mln) }()
+	}
 
 	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
@@ -190,12 +228,18 @@ func serve(ctx context.Context, cfg Config) error {
 	select {
 	case err := <-errc:
 		return err
+	case err := <-metricsErr:
+		return fmt.Errorf("metrics listener: %w", err)
 	case <-ctx.Done():
 	}
 	daemon.SdNotify(false, daemon.SdNotifyStopping)
 	log.Info("shutting down", zap.Duration("grace", cfg.ShutdownTimeout))
 	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 	defer cancel()
+	if metricsSrv != nil {
+		metricsSrv.Shutdown(sctx) // scrapes are short; Close below cuts any left
+		metricsSrv.Close()
+	}
 	if err := srv.Shutdown(sctx); err != nil {
 		log.Warn("requests still running after the grace period were cut", zap.Error(err))
 		srv.Close()
@@ -208,7 +252,7 @@ func serve(ctx context.Context, cfg Config) error {
 }
 
 // newUpstreams builds one client per configured upstream, the default first.
-func newUpstreams(cfg Config, log *zap.Logger) ([]*upstream.Client, error) {
+func newUpstreams(cfg Config, obs upstream.Observer, log *zap.Logger) ([]*upstream.Client, error) {
 	specs, _, err := cfg.resolveUpstreams()
 	if err != nil {
 		return nil, err
@@ -233,6 +277,7 @@ func newUpstreams(cfg Config, log *zap.Logger) ([]*upstream.Client, error) {
 			Insecure:  sp.Insecure,
 			RootCAs:   roots,
 			UserAgent: "regmirror/" + version,
+			Observer:  obs,
 		}, log)
 		if err != nil {
 			for _, u := range ups {

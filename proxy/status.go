@@ -1,0 +1,159 @@
+package proxy
+
+import (
+	"bytes"
+	_ "embed"
+	"fmt"
+	"html/template"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/regmirror/regmirror/cache"
+	"github.com/regmirror/regmirror/upstream"
+	"go.uber.org/zap"
+)
+
+// StatusPath is the operator's status page: one server-rendered HTML page,
+// no script, no external asset.
+const StatusPath = "/"
+
+//go:embed status.html
+var statusHTML string
+
+var statusTemplate = template.Must(template.New("status").Funcs(template.FuncMap{
+	"bytes": humanBytes,
+	"when":  func(t time.Time) string { return t.UTC().Format("2006-01-02 15:04:05 UTC") },
+	"clock": func(t time.Time) string { return t.UTC().Format("15:04:05") },
+	"pct":   func(f float64) string { return strconv.FormatFloat(100*f, 'f', 1, 64) + "%" },
+	"width": func(f float64) template.CSS {
+		return template.CSS(strconv.FormatFloat(100*min(f, 1), 'f', 1, 64) + "%")
+	},
+	"add": func(n ...int64) int64 {
+		var sum int64
+		for _, x := range n {
+			sum += x
+		}
+		return sum
+	},
+	"image": func(pin cache.Pin) string {
+		sep := ":"
+		if strings.Contains(pin.Ref, ":") { // a digest
+			sep = "@"
+		}
+		return pin.Registry + "/" + pin.Repo + sep + pin.Ref
+	},
+}).Parse(statusHTML))
+
+// usageSource is a store that knows its disk use against its budget
+// (cache.Store does).
+type usageSource interface{ Usage() cache.Usage }
+
+// pinLister is a store that keeps pinned images (cache.Store does).
+type pinLister interface{ Pins() ([]cache.Pin, error) }
+
+// statusView is what the status page shows.
+type statusView struct {
+	Now, Started time.Time
+	Disk         *diskView // nil when the store does not say
+	Stats        Stats
+	HitRatio     float64
+	HasHitRatio  bool
+	Upstreams    []upstreamView
+	Top          []repoPulls
+	Recent       []pull
+	Pins         []cache.Pin
+	PinsKnown    bool
+	PinsError    string
+	MetricsHere  bool // /metrics is served on this listener
+}
+
+type diskView struct {
+	cache.Usage
+	Fill float64 // Bytes / Budget; 0 without a budget
+}
+
+type upstreamView struct {
+	Name        string
+	Health      upstream.Health
+	Rate        upstream.RateLimit
+	RateKnown   bool
+	DownFor     string
+	RateWarning bool // under a tenth of the quota left
+}
+
+func (p *Proxy) serveStatus(w http.ResponseWriter, r *http.Request) error {
+	now := p.opt.Now()
+	v := statusView{Now: now, Started: p.started, Stats: p.Stats(), MetricsHere: p.opt.MetricsHandler != nil}
+	v.HitRatio, v.HasHitRatio = v.Stats.HitRatio()
+	if us, ok := p.st.(usageSource); ok {
+		u := us.Usage()
+		d := &diskView{Usage: u}
+		if u.Budget > 0 {
+			d.Fill = float64(u.Bytes) / float64(u.Budget)
+		}
+		v.Disk = d
+	}
+	for _, name := range p.names {
+		u := p.ups[name]
+		uv := upstreamView{Name: name, Health: u.Health()}
+		if !uv.Health.Up && !uv.Health.Since.IsZero() {
+			uv.DownFor = now.Sub(uv.Health.Since).Round(time.Second).String()
+		}
+		uv.Rate, uv.RateKnown = rateLimit(u)
+		uv.RateWarning = uv.RateKnown && uv.Rate.Remaining*10 < uv.Rate.Limit
+		v.Upstreams = append(v.Upstreams, uv)
+	}
+	v.Top = p.pulls.top(topPulls)
+	v.Recent = p.pulls.recent()
+	if pl, ok := p.st.(pinLister); ok {
+		v.PinsKnown = true
+		pins, err := pl.Pins()
+		if err != nil {
+			v.PinsError = "the pins could not be read" // details go to the log
+			p.log.Warn("status page: list pins", zap.Error(err))
+		}
+		v.Pins = pins
+	}
+
+	var buf bytes.Buffer
+	if err := statusTemplate.Execute(&buf, v); err != nil {
+		return fmt.Errorf("render status page: %w", err)
+	}
+	h := w.Header()
+	h.Set("Content-Type", "text/html; charset=utf-8")
+	h.Set("Content-Length", strconv.Itoa(buf.Len()))
+	h.Set("Cache-Control", "no-store")
+	h.Set("X-Content-Type-Options", "nosniff")
+	// Nothing on the page runs or loads: say so, so nothing injected could.
+	h.Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'")
+	w.WriteHeader(http.StatusOK)
+	if r.Method != http.MethodHead {
+		w.Write(buf.Bytes())
+	}
+	return nil
+}
+
+// clientHost is a request's remote address without its port.
+func clientHost(remote string) string {
+	if host, _, err := net.SplitHostPort(remote); err == nil {
+		return host
+	}
+	return remote
+}
+
+// humanBytes writes n in binary units with one decimal: 1.5 KiB, 20.0 GiB.
+func humanBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return strconv.FormatInt(n, 10) + " B"
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit && exp < 5; m /= unit {
+		div *= unit
+		exp++
+	}
+	return strconv.FormatFloat(float64(n)/float64(div), 'f', 1, 64) + " " + "KMGTPE"[exp:exp+1] + "iB"
+}

@@ -1,0 +1,243 @@
+package test
+
+import (
+	"errors"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// The parts of the Kubernetes objects that the test checks.
+type (
+	k8sMeta struct {
+		Name   string            `yaml:"name"`
+		Labels map[string]string `yaml:"labels"`
+	}
+	k8sProbe struct {
+		HTTPGet struct {
+			Path string `yaml:"path"`
+			Port string `yaml:"port"`
+		} `yaml:"httpGet"`
+	}
+	k8sContainer struct {
+		Image string   `yaml:"image"`
+		Args  []string `yaml:"args"`
+		Env   []struct {
+			Name  string `yaml:"name"`
+			Value string `yaml:"value"`
+		} `yaml:"env"`
+		Ports []struct {
+			Name          string `yaml:"name"`
+			ContainerPort int    `yaml:"containerPort"`
+		} `yaml:"ports"`
+		StartupProbe   *k8sProbe `yaml:"startupProbe"`
+		LivenessProbe  *k8sProbe `yaml:"livenessProbe"`
+		ReadinessProbe *k8sProbe `yaml:"readinessProbe"`
+		Resources      struct {
+			Requests map[string]string `yaml:"requests"`
+			Limits   map[string]string `yaml:"limits"`
+		} `yaml:"resources"`
+		SecurityContext struct {
+			AllowPrivilegeEscalation *bool `yaml:"allowPrivilegeEscalation"`
+			ReadOnlyRootFilesystem   bool  `yaml:"readOnlyRootFilesystem"`
+		} `yaml:"securityContext"`
+		VolumeMounts []struct {
+			Name      string `yaml:"name"`
+			MountPath string `yaml:"mountPath"`
+		} `yaml:"volumeMounts"`
+	}
+	k8sDeployment struct {
+		Spec struct {
+			Replicas int `yaml:"replicas"`
+			Selector struct {
+				MatchLabels map[string]string `yaml:"matchLabels"`
+			} `yaml:"selector"`
+			Template struct {
+				Metadata k8sMeta `yaml:"metadata"`
+				Spec     struct {
+					EnableServiceLinks *bool `yaml:"enableServiceLinks"`
+					SecurityContext    struct {
+						RunAsNonRoot bool `yaml:"runAsNonRoot"`
+						FSGroup      int  `yaml:"fsGroup"`
+					} `yaml:"securityContext"`
+					Containers []k8sContainer `yaml:"containers"`
+					Volumes    []struct {
+						Name                  string `yaml:"name"`
+						PersistentVolumeClaim struct {
+							ClaimName string `yaml:"claimName"`
+						} `yaml:"persistentVolumeClaim"`
+					} `yaml:"volumes"`
+				} `yaml:"spec"`
+			} `yaml:"template"`
+		} `yaml:"spec"`
+	}
+	k8sService struct {
+		Spec struct {
+			Selector map[string]string `yaml:"selector"`
+			Ports    []struct {
+				Port       int    `yaml:"port"`
+				TargetPort string `yaml:"targetPort"`
+			} `yaml:"ports"`
+		} `yaml:"spec"`
+	}
+)
+
+// TestKubernetesManifest reads deploy/kubernetes/regmirror.yaml as
+// Kubernetes would (every document valid YAML), checks that its parts fit
+// together, and has the binary check its settings: every variable must be
+// a real setting, and the values must validate.
+func TestKubernetesManifest(t *testing.T) {
+	f, err := os.Open(filepath.Join("..", "deploy", "kubernetes", "regmirror.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	docs := map[string]*yaml.Node{} // by kind
+	names := map[string]string{}
+	dec := yaml.NewDecoder(f)
+	for {
+		var doc yaml.Node
+		if err := dec.Decode(&doc); errors.Is(err, io.EOF) {
+			break
+		} else if err != nil {
+			t.Fatalf("regmirror.yaml: %v", err)
+		}
+		var head struct {
+			APIVersion string  `yaml:"apiVersion"`
+			Kind       string  `yaml:"kind"`
+			Metadata   k8sMeta `yaml:"metadata"`
+		}
+		if err := doc.Decode(&head); err != nil {
+			t.Fatal(err)
+		}
+		if head.APIVersion == "" || head.Kind == "" || head.Metadata.Name == "" {
+			t.Fatalf("a document without apiVersion, kind or metadata.name: %+v", head)
+		}
+		docs[head.Kind], names[head.Kind] = &doc, head.Metadata.Name
+	}
+	for _, kind := range []string{"PersistentVolumeClaim", "Deployment", "Service"} {
+		if docs[kind] == nil {
+			t.Fatalf("regmirror.yaml has no %s", kind)
+		}
+	}
+	var dep k8sDeployment
+	var svc k8sService
+	if err := docs["Deployment"].Decode(&dep); err != nil {
+		t.Fatal(err)
+	}
+	if err := docs["Service"].Decode(&svc); err != nil {
+		t.Fatal(err)
+	}
+
+	pod := dep.Spec.Template.Spec
+	if dep.Spec.Replicas != 1 {
+		t.Errorf("replicas = %d: the store's lock allows one pod per volume", dep.Spec.Replicas)
+	}
+	if len(pod.Containers) != 1 {
+		t.Fatalf("%d containers, want 1", len(pod.Containers))
+	}
+	c := pod.Containers[0]
+	env := map[string]string{}
+	var environ []string
+	for _, e := range c.Env {
+		env[e.Name] = e.Value
+		environ = append(environ, e.Name+"="+e.Value)
+	}
+
+	// The binary says which settings exist, and whether these values do.
+	cmd := exec.Command(binary, "config")
+	cmd.Env = append(environ, "HOME="+t.TempDir())
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("regmirror config with the manifest's environment: %v\n%s", err, out)
+	}
+	var settings []string
+	for line := range strings.SplitSeq(strings.TrimSpace(string(out)), "\n") {
+		key, _, _ := strings.Cut(line, "=")
+		settings = append(settings, key)
+	}
+	for name := range env {
+		if !slices.Contains(settings, name) {
+			t.Errorf("env %s is not a setting of regmirror (it knows %v)", name, settings)
+		}
+	}
+
+	portOf := func(name string) int {
+		for _, p := range c.Ports {
+			if p.Name == name {
+				return p.ContainerPort
+			}
+		}
+		t.Errorf("no container port named %q", name)
+		return 0
+	}
+	for key, portName := range map[string]string{"REGMIRROR_ADDR": "registry", "REGMIRROR_METRICS_ADDR": "metrics"} {
+		_, port, err := net.SplitHostPort(env[key])
+		if err != nil || port != strconv.Itoa(portOf(portName)) {
+			t.Errorf("%s=%q does not listen on the container port %q (%d)", key, env[key], portName, portOf(portName))
+		}
+	}
+	for probe, want := range map[*k8sProbe]string{c.StartupProbe: "/healthz", c.LivenessProbe: "/healthz", c.ReadinessProbe: "/readyz"} {
+		if probe == nil || probe.HTTPGet.Path != want || probe.HTTPGet.Port != "registry" {
+			t.Errorf("a probe is %+v, want GET %s on the registry port", probe, want)
+		}
+	}
+	if c.ReadinessProbe == nil || c.LivenessProbe == nil || c.StartupProbe == nil {
+		t.Error("want startup, liveness and readiness probes")
+	}
+	if c.Resources.Requests["memory"] == "" || c.Resources.Limits["memory"] == "" {
+		t.Error("the container has no memory request or limit")
+	}
+	if !c.SecurityContext.ReadOnlyRootFilesystem || c.SecurityContext.AllowPrivilegeEscalation == nil || *c.SecurityContext.AllowPrivilegeEscalation {
+		t.Error("want readOnlyRootFilesystem: true and allowPrivilegeEscalation: false")
+	}
+	if !pod.SecurityContext.RunAsNonRoot || pod.SecurityContext.FSGroup == 0 {
+		t.Error("want runAsNonRoot and an fsGroup that makes the volume writable")
+	}
+	if pod.EnableServiceLinks == nil || *pod.EnableServiceLinks {
+		t.Error("want enableServiceLinks: false: service links are REGMIRROR_* variables")
+	}
+
+	// The data dir is the mounted volume, and the volume is the claim.
+	mounted := ""
+	for _, m := range c.VolumeMounts {
+		if m.MountPath == env["REGMIRROR_DATA_DIR"] {
+			mounted = m.Name
+		}
+	}
+	claim := ""
+	for _, v := range pod.Volumes {
+		if v.Name == mounted {
+			claim = v.PersistentVolumeClaim.ClaimName
+		}
+	}
+	if mounted == "" || claim != names["PersistentVolumeClaim"] {
+		t.Errorf("REGMIRROR_DATA_DIR=%s is not on the claim %s (volume %q, claim %q)", env["REGMIRROR_DATA_DIR"], names["PersistentVolumeClaim"], mounted, claim)
+	}
+	labels := dep.Spec.Template.Metadata.Labels
+	for k, v := range dep.Spec.Selector.MatchLabels {
+		if labels[k] != v {
+			t.Errorf("the Deployment's selector %s=%s does not match its pods", k, v)
+		}
+	}
+	for k, v := range svc.Spec.Selector {
+		if labels[k] != v {
+			t.Errorf("the Service's selector %s=%s does not match the pods", k, v)
+		}
+	}
+	if len(svc.Spec.Ports) != 1 || svc.Spec.Ports[0].TargetPort != "registry" {
+		t.Errorf("the Service's ports = %+v, want the registry port alone", svc.Spec.Ports)
+	}
+	// The image the Dockerfile builds runs "serve" by default; the manifest says so.
+	if !slices.Equal(c.Args, []string{"serve"}) || c.Image == "" {
+		t.Errorf("image %q, args %q", c.Image, c.Args)
+	}
+}
