@@ -46,6 +46,7 @@ type env struct {
 	clock    *clock
 	logs     *observer.ObservedLogs
 	dataDir  string
+	auth     *proxy.ClientAuth // set by withClientAuth
 }
 
 // extraUpstream is one more in-process registry behind the proxy.
@@ -61,7 +62,11 @@ type envConfig struct {
 	wrapMirror func(http.Handler) http.Handler
 	ttl        time.Duration
 	extra      []string // names of more upstreams, beside docker.io
+	htpasswd   string   // client authentication against this file, on the env's clock
 }
+
+// withClientAuth requires clients to log in with the users of an htpasswd file.
+func withClientAuth(path string) envOption { return func(c *envConfig) { c.htpasswd = path } }
 
 // withUpstreams adds upstream registries by name, each its own in-process registry.
 func withUpstreams(names ...string) envOption {
@@ -118,7 +123,13 @@ func newEnv(t *testing.T, opts ...envOption) *env {
 		extra[name] = x
 		clients = append(clients, newClient(name, x.server.URL))
 	}
-	px, err := proxy.New(st, clients, proxy.Options{TagTTL: cfg.ttl, UpstreamTimeout: 5 * time.Second, Now: clk.Now}, logger.Named("proxy"))
+	opt := proxy.Options{TagTTL: cfg.ttl, UpstreamTimeout: 5 * time.Second, Now: clk.Now}
+	if cfg.htpasswd != "" {
+		if opt.Auth, err = proxy.NewClientAuth(cfg.htpasswd, proxy.ClientAuthOptions{Now: clk.Now}, logger.Named("auth")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	px, err := proxy.New(st, clients, opt, logger.Named("proxy"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -130,7 +141,7 @@ func newEnv(t *testing.T, opts ...envOption) *env {
 			t.Error(err)
 		}
 	})
-	return &env{t: t, upstream: up, counts: counts, extra: extra, store: st, proxy: px, mirror: mirror, clock: clk, logs: logs, dataDir: dir}
+	return &env{t: t, upstream: up, counts: counts, extra: extra, store: st, proxy: px, mirror: mirror, clock: clk, logs: logs, dataDir: dir, auth: opt.Auth}
 }
 
 func host(s *httptest.Server) string { return strings.TrimPrefix(s.URL, "http://") }

@@ -57,6 +57,9 @@ type Options struct {
 	UpstreamTimeout time.Duration
 	// Now is the clock; tests set it, production leaves it nil.
 	Now func() time.Time
+	// Auth, when set, requires HTTP Basic credentials on every request but
+	// the health endpoints, which probes must reach without them.
+	Auth *ClientAuth
 }
 
 // Proxy is the registry API handler. Close it to stop its downloads.
@@ -153,17 +156,29 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) error {
 		return errUnsupported()
 	}
 	switch r.URL.Path {
-	case CheckPath:
-		return p.serveCheck(w, r)
 	case HealthPath:
 		return writeJSON(w, r, http.StatusOK, map[string]string{"status": "ok"})
 	case ReadyPath:
 		return p.serveReady(w, r)
 	}
-	if !strings.HasPrefix(r.URL.Path, "/v2") {
+	isAPI := strings.HasPrefix(r.URL.Path, "/v2")
+	if isAPI {
+		// Before the credentials check: Docker looks for it on the 401 of its ping.
+		w.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
+	}
+	if p.opt.Auth != nil {
+		user, err := p.opt.Auth.authenticate(w, r)
+		logInfoFrom(r.Context()).user = user
+		if err != nil {
+			return err
+		}
+	}
+	if r.URL.Path == CheckPath {
+		return p.serveCheck(w, r)
+	}
+	if !isAPI {
 		return errNotFound()
 	}
-	w.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
 	rt, err := parseRoute(r, p)
 	if err != nil {
 		return err
