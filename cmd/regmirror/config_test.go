@@ -67,6 +67,8 @@ func TestBadValuesNameTheirSetting(t *testing.T) {
 		{"negative ttl by flag", nil, []string{"-tag-ttl", "-1s"}, []string{"REGMIRROR_TAG_TTL"}},
 		{"empty address by flag", nil, []string{"-addr", ""}, []string{"REGMIRROR_ADDR"}},
 		{"stray argument", nil, []string{"extra"}, []string{`"extra"`}},
+		{"certificate without key", map[string]string{"REGMIRROR_TLS_CERT": "/etc/regmirror/cert.pem"}, nil, []string{"REGMIRROR_TLS_CERT", "REGMIRROR_TLS_KEY"}},
+		{"key without certificate", nil, []string{"-tls-key", "/etc/regmirror/key.pem"}, []string{"REGMIRROR_TLS_CERT", "REGMIRROR_TLS_KEY"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -183,8 +185,11 @@ func TestDefaultMirrorURL(t *testing.T) {
 		"10.0.0.5:5000":  "http://10.0.0.5:5000",
 		"[fd00::1]:5000": "http://[fd00::1]:5000",
 	} {
-		if got := defaultMirrorURL(addr); got != want {
+		if got := defaultMirrorURL(addr, false); got != want {
 			t.Errorf("defaultMirrorURL(%q) = %s, want %s", addr, got, want)
 		}
+	}
+	if got := defaultMirrorURL(":5000", true); got != "https://127.0.0.1:5000" {
+		t.Errorf("defaultMirrorURL with TLS = %s, want https://127.0.0.1:5000", got)
 	}
 }
