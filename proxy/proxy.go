@@ -190,8 +190,10 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) error {
 	}
 	switch rt.kind {
 	case routeManifest:
+		fixZeroSuffixRange(r.Header)
 		return p.serveManifest(w, r, rt)
 	case routeBlob:
+		fixZeroSuffixRange(r.Header)
 		return p.serveBlob(w, r, rt)
 	case routeTags:
 		return p.serveTags(w, r, rt)
