@@ -212,7 +212,7 @@ func newUpstreams(cfg Config, log *zap.Logger) ([]*upstream.Client, error) {
 	}
 	keychain, err := upstream.LoadKeychain(cfg.CredentialsFile, cfg.DockerConfig)
 	if err != nil {
-		return nil, fmt.Errorf("upstream credentials: %w", err)
+		return nil, fmt.Errorf("upstream credentials (%sCREDENTIALS_FILE, %sDOCKER_CONFIG): %w", envPrefix, envPrefix, err)
 	}
 	var roots *x509.CertPool
 	if cfg.CAFile != "" {
