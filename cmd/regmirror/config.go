@@ -119,7 +119,7 @@ func (c Config) resolveUpstreams() ([]upstreamSpec, string, error) {
 		}
 	}
 	for h := range insecure {
-		return nil, "", fmt.Errorf("%sINSECURE_REGISTRIES: %s is not a configured upstream (by name or URL host)", envPrefix, h)
+		return nil, "", fmt.Errorf("%sINSECURE_REGISTRIES: %q is not a configured upstream (by name or URL host)", envPrefix, h)
 	}
 	return specs, def, nil
 }
