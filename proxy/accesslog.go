@@ -25,6 +25,7 @@ const (
 	keyError    = "error"
 	keyAborted  = "aborted"
 	keyTold     = "told_client"
+	keyUser     = "user"
 )
 
 // Cache outcomes, as the access log reports them.
@@ -44,6 +45,7 @@ type logInfo struct {
 	cache  string
 	err    error
 	told   string // what a client was told of a server-side failure
+	user   string // the user a client named, when client authentication is on
 }
 
 type logInfoKey struct{}
@@ -75,6 +77,9 @@ func (p *Proxy) logged(w http.ResponseWriter, r *http.Request, h handlerFunc) {
 			zap.Duration(keyTook, time.Since(start)),
 			zap.String(keyRemote, r.RemoteAddr),
 		)
+		if info.user != "" {
+			fields = append(fields, zap.String(keyUser, info.user))
+		}
 		if info.cache != "" {
 			fields = append(fields, zap.String(keyCache, info.cache))
 		}

@@ -174,6 +174,12 @@ type ociStatusWriter struct {
 }
 
 func (w *ociStatusWriter) WriteHeader(code int) {
+	if size, empty := emptyRange(w.Header().Get("Content-Range")); code == http.StatusPartialContent && empty {
+		// ServeContent's answer to a suffix range of empty content: nothing
+		// can satisfy it (RFC 9110), so say so.
+		w.Header().Set("Content-Range", "bytes */"+size)
+		code = http.StatusRequestedRangeNotSatisfiable
+	}
 	if code < 400 {
 		w.ResponseWriter.WriteHeader(code)
 		return
@@ -187,6 +193,17 @@ func (w *ociStatusWriter) WriteHeader(code int) {
 	}
 	writeError(w.ResponseWriter, w.r, oe)
 	w.failed = true
+}
+
+// emptyRange reports whether a Content-Range names no bytes, as in
+// "bytes 0--1/0", and returns its complete length.
+func emptyRange(cr string) (size string, empty bool) {
+	spec, ok := strings.CutPrefix(cr, "bytes ")
+	first, rest, ok2 := strings.Cut(spec, "-")
+	last, size, ok3 := strings.Cut(rest, "/")
+	a, err1 := strconv.ParseInt(first, 10, 64)
+	b, err2 := strconv.ParseInt(last, 10, 64)
+	return size, ok && ok2 && ok3 && err1 == nil && err2 == nil && b < a
 }
 
 func (w *ociStatusWriter) Write(p []byte) (int, error) {

@@ -48,7 +48,8 @@ type env struct {
 	clock    *clock
 	logs     *observer.ObservedLogs
 	dataDir  string
-	settled  *sync.WaitGroup // one per request the mirror is handling
+	settled  *sync.WaitGroup   // one per request the mirror is handling
+	auth     *proxy.ClientAuth // set by withClientAuth
 }
 
 // extraUpstream is one more in-process registry behind the proxy.
@@ -66,7 +67,11 @@ type envConfig struct {
 	extra      []string // names of more upstreams, beside docker.io
 	store      cache.Options
 	proxy      proxy.Options
+	htpasswd   string // client authentication against this file, on the env's clock
 }
+
+// withClientAuth requires clients to log in with the users of an htpasswd file.
+func withClientAuth(path string) envOption { return func(c *envConfig) { c.htpasswd = path } }
 
 // withUpstreams adds upstream registries by name, each its own in-process registry.
 func withUpstreams(names ...string) envOption {
@@ -138,6 +143,11 @@ func newEnv(t *testing.T, opts ...envOption) *env {
 	popt := cfg.proxy
 	popt.TagTTL, popt.UpstreamTimeout, popt.Now = cfg.ttl, 5*time.Second, clk.Now
 	popt.Metrics, popt.MetricsHandler = metrics, promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
+	if cfg.htpasswd != "" {
+		if popt.Auth, err = proxy.NewClientAuth(cfg.htpasswd, proxy.ClientAuthOptions{Now: clk.Now}, logger.Named("auth")); err != nil {
+			t.Fatal(err)
+		}
+	}
 	px, err := proxy.New(st, clients, popt, logger.Named("proxy"))
 	if err != nil {
 		t.Fatal(err)
@@ -156,7 +166,7 @@ func newEnv(t *testing.T, opts ...envOption) *env {
 			t.Error(err)
 		}
 	})
-	return &env{t: t, upstream: up, counts: counts, extra: extra, store: st, proxy: px, mirror: mirror, clock: clk, logs: logs, dataDir: dir, settled: &settled}
+	return &env{t: t, upstream: up, counts: counts, extra: extra, store: st, proxy: px, mirror: mirror, clock: clk, logs: logs, dataDir: dir, settled: &settled, auth: popt.Auth}
 }
 
 func host(s *httptest.Server) string { return strings.TrimPrefix(s.URL, "http://") }

@@ -70,6 +70,9 @@ type Options struct {
 	Metrics *Metrics
 	// MetricsHandler, if set, is served at MetricsPath (GET and HEAD).
 	MetricsHandler http.Handler
+	// Auth, when set, requires HTTP Basic credentials on every request but
+	// the health endpoints, which probes must reach without them.
+	Auth *ClientAuth
 }
 
 // Proxy is the registry API handler. Close it to stop its downloads.
@@ -224,24 +227,37 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) error {
 		return errUnsupported()
 	}
 	switch r.URL.Path {
-	case CheckPath:
-		return p.serveCheck(w, r)
 	case HealthPath:
 		return writeJSON(w, r, http.StatusOK, map[string]string{"status": "ok"})
 	case ReadyPath:
 		return p.serveReady(w, r)
-	case StatusPath:
-		return p.serveStatus(w, r)
 	case MetricsPath:
 		if p.opt.MetricsHandler != nil {
 			p.opt.MetricsHandler.ServeHTTP(w, r)
 			return nil
 		}
 	}
-	if !strings.HasPrefix(r.URL.Path, "/v2") {
+	isAPI := strings.HasPrefix(r.URL.Path, "/v2")
+	if isAPI {
+		// Before the credentials check: Docker looks for it on the 401 of its ping.
+		w.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
+	}
+	if p.opt.Auth != nil {
+		user, err := p.opt.Auth.authenticate(w, r)
+		logInfoFrom(r.Context()).user = user
+		if err != nil {
+			return err
+		}
+	}
+	switch r.URL.Path {
+	case CheckPath: // names what is cached: behind the credentials, like the API
+		return p.serveCheck(w, r)
+	case StatusPath: // names repositories and clients
+		return p.serveStatus(w, r)
+	}
+	if !isAPI {
 		return errNotFound()
 	}
-	w.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
 	rt, err := parseRoute(r, p)
 	if err != nil {
 		return err
@@ -253,8 +269,10 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) error {
 	}
 	switch rt.kind {
 	case routeManifest:
+		fixZeroSuffixRange(r.Header)
 		return p.serveManifest(w, r, rt)
 	case routeBlob:
+		fixZeroSuffixRange(r.Header)
 		return p.serveBlob(w, r, rt)
 	case routeTags:
 		return p.serveTags(w, r, rt)

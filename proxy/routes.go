@@ -3,6 +3,7 @@ package proxy
 import (
 	"net/http"
 	"regexp"
+	"strconv"
 	"strings"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -206,4 +207,36 @@ func parseDigest(s string) (v1.Hash, error) {
 		return v1.Hash{}, errDigestInvalid(s)
 	}
 	return v1.Hash{Algorithm: alg, Hex: hex}, nil
+}
+
+// unsatisfiableRange is a first byte past the end of any content.
+const unsatisfiableRange = "9223372036854775807-"
+
+// fixZeroSuffixRange rewrites each zero-length suffix range ("bytes=-0")
+// of a Range header into one that starts past the end. RFC 9110 says a
+// suffix of zero bytes cannot be satisfied; http.ServeContent instead
+// answers 206 with no bytes and a Content-Range whose last byte comes before
+// its first. Rewritten, ServeContent skips it among other ranges and answers
+// 416 when it was the only one. The spec is split as ServeContent splits it.
+func fixZeroSuffixRange(h http.Header) {
+	v := h.Get("Range")
+	specs, ok := strings.CutPrefix(v, "bytes=")
+	if !ok || !strings.Contains(specs, "-") {
+		return
+	}
+	parts := strings.Split(specs, ",")
+	changed := false
+	for i, ra := range parts {
+		start, end, ok := strings.Cut(strings.Trim(ra, " \t"), "-")
+		if !ok || strings.Trim(start, " \t") != "" {
+			continue
+		}
+		end = strings.Trim(end, " \t")
+		if n, err := strconv.ParseInt(end, 10, 64); err == nil && n == 0 && end != "" && end[0] != '-' {
+			parts[i], changed = unsatisfiableRange, true
+		}
+	}
+	if changed {
+		h.Set("Range", "bytes="+strings.Join(parts, ","))
+	}
 }

@@ -99,7 +99,7 @@ func adminURL(addr string) string {
 	if addr == "" {
 		addr = "127.0.0.1:5001"
 	}
-	return defaultMirrorURL(addr)
+	return defaultMirrorURL(addr, false) // the admin API never serves TLS
 }
 
 // call sends one request and decodes a JSON answer into out (when not nil).

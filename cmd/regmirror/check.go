@@ -1,6 +1,7 @@
 package main
 
 import (
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -34,8 +35,7 @@ func runCheck(args []string, stdout io.Writer) error {
 		return errors.New("no image named")
 	}
 	q := url.Values{"image": fs.Args()}
-	client := &http.Client{Timeout: time.Minute}
-	resp, err := client.Get(mirror + proxy.CheckPath + "?" + q.Encode())
+	resp, err := mirrorClient(mirror, time.Minute).Get(mirror + proxy.CheckPath + "?" + q.Encode())
 	if err != nil {
 		return fmt.Errorf("ask the mirror: %w", err)
 	}
@@ -71,24 +71,51 @@ func runCheck(args []string, stdout io.Writer) error {
 }
 
 // parseMirror parses args with a -mirror flag, the base URL of the running
-// mirror (the local one by default, as REGMIRROR_ADDR places it), and
-// returns it without a trailing slash.
+// mirror (the local one by default, as REGMIRROR_ADDR and REGMIRROR_TLS_CERT
+// place it), and returns it without a trailing slash. Credentials for a
+// mirror with REGMIRROR_HTPASSWD go in the URL: https://user:password@host:5000.
 func parseMirror(fs *flag.FlagSet, args []string) (string, error) {
-	mirror := fs.String("mirror", defaultMirrorURL(os.Getenv(envPrefix+"ADDR")), "base URL of the running mirror")
+	def := defaultMirrorURL(os.Getenv(envPrefix+"ADDR"), os.Getenv(envPrefix+"TLS_CERT") != "")
+	mirror := fs.String("mirror", def, "base URL of the running mirror (https://user:password@host:port with client authentication)")
 	if err := fs.Parse(args); err != nil {
 		return "", err
 	}
 	return strings.TrimSuffix(*mirror, "/"), nil
 }
 
-// defaultMirrorURL is the local mirror as REGMIRROR_ADDR places it.
-func defaultMirrorURL(addr string) string {
+// defaultMirrorURL is the local mirror as REGMIRROR_ADDR places it, over
+// https when it serves TLS.
+func defaultMirrorURL(addr string, tls bool) string {
+	scheme := "http://"
+	if tls {
+		scheme = "https://"
+	}
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil || port == "" {
-		return "http://127.0.0.1:5000"
+		return scheme + "127.0.0.1:5000"
 	}
 	if host == "" || host == "0.0.0.0" || host == "::" {
 		host = "127.0.0.1"
 	}
-	return "http://" + net.JoinHostPort(host, port)
+	return scheme + net.JoinHostPort(host, port)
+}
+
+// mirrorClient is the HTTP client of the check and healthcheck commands. A
+// mirror on a loopback address is this machine's own: its certificate is
+// not verified, since it is usually issued for the LAN name, not 127.0.0.1.
+// Any other mirror's certificate must verify.
+func mirrorClient(mirror string, timeout time.Duration) *http.Client {
+	c := &http.Client{Timeout: timeout}
+	u, err := url.Parse(mirror)
+	if err != nil || u.Scheme != "https" {
+		return c
+	}
+	host := u.Hostname()
+	ip := net.ParseIP(host)
+	if host == "localhost" || (ip != nil && ip.IsLoopback()) {
+		t := http.DefaultTransport.(*http.Transport).Clone()
+		t.TLSClientConfig = &tls.Config{InsecureSkipVerify: true}
+		c.Transport = t
+	}
+	return c
 }

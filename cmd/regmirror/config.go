@@ -44,6 +44,9 @@ type Config struct {
 	ShutdownTimeout    time.Duration `env:"SHUTDOWN_TIMEOUT"    envDefault:"30s"                           flag:"shutdown-timeout"    usage:"grace period for requests in progress on SIGTERM or SIGINT"`
 	LogLevel           zapcore.Level `env:"LOG_LEVEL"           envDefault:"info"                          flag:"log-level"           usage:"debug, info, warn or error"`
 	LogFormat          string        `env:"LOG_FORMAT"          envDefault:"json"                          flag:"log-format"          usage:"json or console"`
+	Htpasswd           string        `env:"HTPASSWD"            envDefault:""                              flag:"htpasswd"            usage:"an htpasswd file of bcrypt hashes: clients must log in (HTTP Basic) as one of its users"`
+	TLSCert            string        `env:"TLS_CERT"            envDefault:""                              flag:"tls-cert"            usage:"PEM certificate (chain) to serve HTTPS with; reloaded on SIGHUP"`
+	TLSKey             string        `env:"TLS_KEY"             envDefault:""                              flag:"tls-key"             usage:"PEM private key of -tls-cert; reloaded on SIGHUP"`
 }
 
 // defaultUpstreamURL is Docker Hub, the upstream of a mirror with no configuration.
@@ -123,7 +126,7 @@ func (c Config) resolveUpstreams() ([]upstreamSpec, string, error) {
 		}
 	}
 	for h := range insecure {
-		return nil, "", fmt.Errorf("%sINSECURE_REGISTRIES: %s is not a configured upstream (by name or URL host)", envPrefix, h)
+		return nil, "", fmt.Errorf("%sINSECURE_REGISTRIES: %q is not a configured upstream (by name or URL host)", envPrefix, h)
 	}
 	return specs, def, nil
 }
@@ -280,6 +283,9 @@ func (c Config) Validate() error {
 	}
 	if c.LogFormat != "json" && c.LogFormat != "console" {
 		bad("LOG_FORMAT", "%q: want json or console", c.LogFormat)
+	}
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		bad("TLS_CERT", "and %sTLS_KEY go together: set both to serve HTTPS, or neither", envPrefix)
 	}
 	return errors.Join(errs...)
 }

@@ -77,6 +77,8 @@ func TestBadValuesNameTheirSetting(t *testing.T) {
 		{"size without a number", map[string]string{"REGMIRROR_MAX_SIZE": "GiB"}, nil, []string{"REGMIRROR_MAX_SIZE"}},
 		{"negative size", nil, []string{"-min-free", "-1MB"}, []string{"min-free"}},
 		{"admin API open to the network without a token", map[string]string{"REGMIRROR_ADMIN_ADDR": ":5001"}, nil, []string{"REGMIRROR_ADMIN_ADDR", "REGMIRROR_ADMIN_TOKEN"}},
+		{"certificate without key", map[string]string{"REGMIRROR_TLS_CERT": "/etc/regmirror/cert.pem"}, nil, []string{"REGMIRROR_TLS_CERT", "REGMIRROR_TLS_KEY"}},
+		{"key without certificate", nil, []string{"-tls-key", "/etc/regmirror/key.pem"}, []string{"REGMIRROR_TLS_CERT", "REGMIRROR_TLS_KEY"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -213,9 +215,12 @@ func TestDefaultMirrorURL(t *testing.T) {
 		"10.0.0.5:5000":  "http://10.0.0.5:5000",
 		"[fd00::1]:5000": "http://[fd00::1]:5000",
 	} {
-		if got := defaultMirrorURL(addr); got != want {
+		if got := defaultMirrorURL(addr, false); got != want {
 			t.Errorf("defaultMirrorURL(%q) = %s, want %s", addr, got, want)
 		}
+	}
+	if got := defaultMirrorURL(":5000", true); got != "https://127.0.0.1:5000" {
+		t.Errorf("defaultMirrorURL with TLS = %s, want https://127.0.0.1:5000", got)
 	}
 }
 

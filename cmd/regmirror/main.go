@@ -121,6 +121,25 @@ func serve(ctx context.Context, cfg Config) error {
 		return err
 	}
 	defer log.Sync()
+	// SIGHUP reloads the certificate and the htpasswd file. Asked for first,
+	// so that a SIGHUP during start-up does not kill the process (its default).
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+
+	var auth *proxy.ClientAuth
+	if cfg.Htpasswd != "" {
+		if auth, err = proxy.NewClientAuth(cfg.Htpasswd, proxy.ClientAuthOptions{}, log.Named("auth")); err != nil {
+			return fmt.Errorf("%sHTPASSWD: %w", envPrefix, err)
+		}
+	}
+	var certs *certReloader
+	if cfg.TLSCert != "" {
+		if certs, err = newCertReloader(cfg.TLSCert, cfg.TLSKey); err != nil {
+			return fmt.Errorf("%sTLS_CERT, %sTLS_KEY: %w", envPrefix, envPrefix, err)
+		}
+		log.Info("certificate", certFields(certs.cert.Load())...)
+	}
 
 	st, err := cache.Open(cfg.DataDir, cache.Options{MaxSize: int64(cfg.MaxSize), MinFree: int64(cfg.MinFree)}, log.Named("cache"))
 	if err != nil {
@@ -162,6 +181,7 @@ func serve(ctx context.Context, cfg Config) error {
 		UpstreamTimeout: cfg.UpstreamTimeout,
 		MaxDownloads:    cfg.MaxDownloads,
 		Metrics:         metrics,
+		Auth:            auth,
 	}
 	if cfg.MetricsAddr == "" {
 		opts.MetricsHandler = metricsHandler
@@ -198,6 +218,9 @@ func serve(ctx context.Context, cfg Config) error {
 		ErrorLog:          zap.NewStdLog(log.Named("http")),
 		// No WriteTimeout: it would cut long blob streams.
 	}
+	if certs != nil {
+		srv.TLSConfig = certs.tlsConfig()
+	}
 	var aln net.Listener
 	adminAddr := ""
 	if cfg.AdminAddr != "" {
@@ -207,17 +230,26 @@ func serve(ctx context.Context, cfg Config) error {
 		}
 		adminAddr = aln.Addr().String()
 	}
-	log.Info("listening", zap.String("addr", ln.Addr().String()), zap.String("admin_addr", adminAddr), zap.String("data_dir", cfg.DataDir),
+	log.Info("listening", zap.String("addr", ln.Addr().String()), zap.String("admin_addr", adminAddr),
+		zap.Bool("tls", certs != nil), zap.Bool("client_auth", auth != nil), zap.String("data_dir", cfg.DataDir),
 		zap.String("default_upstream", ups[0].Name()), zap.Duration("tag_ttl", cfg.TagTTL),
 		zap.Stringer("max_size", cfg.MaxSize), zap.Stringer("min_free", cfg.MinFree), zap.String("version", version))
 
 	errc := make(chan error, 2)
-	go func() { errc <- srv.Serve(ln) }()
+	go func() {
+		if certs != nil {
+			errc <- srv.ServeTLS(ln, "", "") // the certificate comes from TLSConfig.GetCertificate
+			return
+		}
+		errc <- srv.Serve(ln)
+	}()
 	if aln != nil {
 		admin := &http.Server{Handler: px.Admin(st, cfg.AdminToken), ReadHeaderTimeout: 10 * time.Second, ErrorLog: srv.ErrorLog}
 		go func() { errc <- admin.Serve(aln) }()
 		defer admin.Close() // warm-ups and verify in progress are cut; nothing they do is lost
 	}
+	stopReload := reloadOnHUP(hup, certs, auth, log)
+	defer stopReload()
 	// systemd (Type=notify): ready once the store is open and the listener is
 	// up; no-ops without NOTIFY_SOCKET.
 	if _, err := daemon.SdNotify(false, daemon.SdNotifyReady); err != nil {
@@ -259,7 +291,7 @@ func newUpstreams(cfg Config, obs upstream.Observer, log *zap.Logger) ([]*upstre
 	}
 	keychain, err := upstream.LoadKeychain(cfg.CredentialsFile, cfg.DockerConfig)
 	if err != nil {
-		return nil, fmt.Errorf("upstream credentials: %w", err)
+		return nil, fmt.Errorf("upstream credentials (%sCREDENTIALS_FILE, %sDOCKER_CONFIG): %w", envPrefix, envPrefix, err)
 	}
 	var roots *x509.CertPool
 	if cfg.CAFile != "" {
@@ -308,6 +340,43 @@ func loadCAs(file string) (*x509.CertPool, error) {
 	return pool, nil
 }
 
+// reloadOnHUP reloads the certificate and the htpasswd file on each SIGHUP.
+// A file that does not load is logged and the one in use stays. It returns
+// a function that stops it.
+func reloadOnHUP(hup <-chan os.Signal, certs *certReloader, auth *proxy.ClientAuth, log *zap.Logger) (stop func()) {
+	done := make(chan struct{})
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		for {
+			select {
+			case <-done:
+				return
+			case <-hup:
+			}
+			if certs == nil && auth == nil {
+				log.Info("SIGHUP: nothing to reload (no TLS certificate, no htpasswd file)")
+				continue
+			}
+			if certs != nil {
+				if cert, err := certs.reload(); err != nil {
+					log.Error("SIGHUP: the new certificate does not load; still serving the old one", zap.Error(err))
+				} else {
+					log.Info("SIGHUP: certificate reloaded", certFields(cert)...)
+				}
+			}
+			if auth != nil {
+				if err := auth.Reload(); err != nil {
+					log.Error("SIGHUP: the htpasswd file does not load; its old users stay", zap.Error(err))
+				} else {
+					log.Info("SIGHUP: htpasswd file reloaded")
+				}
+			}
+		}
+	}()
+	return func() { close(done); <-finished }
+}
+
 // watchdog pings systemd's watchdog (WatchdogSec=) at half its interval
 // while the store is healthy, so a mirror whose store broke is restarted.
 // It returns a function that stops it.
@@ -346,8 +415,7 @@ func runHealthcheck(args []string) error {
 	if err != nil {
 		return err
 	}
-	client := &http.Client{Timeout: 5 * time.Second}
-	resp, err := client.Get(mirror + proxy.ReadyPath)
+	resp, err := mirrorClient(mirror, 5*time.Second).Get(mirror + proxy.ReadyPath)
 	if err != nil {
 		return fmt.Errorf("unhealthy: %w", err)
 	}
