@@ -121,10 +121,13 @@ func (a *ClientAuth) Reload() error {
 	if len(users) == 0 {
 		return fmt.Errorf("%s: no users", a.path)
 	}
-	cost := bcrypt.DefaultCost
+	// The dummy takes the file's highest cost, so that an unknown user takes
+	// at least as long as any known one.
+	cost := bcrypt.MinCost
 	for _, h := range users {
-		cost, _ = bcrypt.Cost(h) // any entry's cost will do; ParseHtpasswd checked them all
-		break
+		if c, _ := bcrypt.Cost(h); c > cost { // ParseHtpasswd checked every cost
+			cost = c
+		}
 	}
 	dummy, err := bcrypt.GenerateFromPassword([]byte("no such user"), cost)
 	if err != nil {

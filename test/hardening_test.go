@@ -165,6 +165,10 @@ func TestTLSCertificateReloadsOnSIGHUP(t *testing.T) {
 	if st := old.ConnectionState(); st.Version < tls.VersionTLS12 {
 		t.Errorf("TLS version %x, want 1.2 or later", st.Version)
 	}
+	if c, err := tls.Dial("tcp", m.Addr, &tls.Config{RootCAs: a.pool(), MinVersion: tls.VersionTLS10, MaxVersion: tls.VersionTLS11}); err == nil {
+		c.Close()
+		t.Error("a TLS 1.1 client was served, want 1.2 or later only")
+	}
 
 	b.install(t, certFile, keyFile)
 	m.sighup(t, "SIGHUP: certificate reloaded")
