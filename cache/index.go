@@ -223,7 +223,14 @@ func (s *Store) Tag(registry, repo, tag string) (TagAnswer, error) {
 		return a, nil
 	}
 	var a TagAnswer
-	if err := s.getJSON(key, &a); err != nil {
+	err := s.getJSON(key, &a)
+	if (err != nil && !errors.Is(err, ErrNotFound) && !s.db.IsClosed()) || (err == nil && checkHash(a.Digest) != nil) {
+		// A damaged record is no answer: upstream is asked again, and its
+		// answer replaces the record, instead of failing this tag forever.
+		s.log.Warn("damaged tag record ignored", zap.String("tag", registry+"/"+repo+":"+tag), zap.NamedError("decode", err))
+		err = ErrNotFound
+	}
+	if err != nil {
 		return TagAnswer{}, fmt.Errorf("read tag %s/%s:%s: %w", registry, repo, tag, err)
 	}
 	s.tags.Add(string(key), a)

@@ -50,11 +50,13 @@ func FuzzIndexRecords(f *testing.F) {
 		}
 		s.tags.Remove(string(key))
 		a, err := s.Tag("docker.io", "library/app", "t")
-		if err == nil && a.Digest != (v1.Hash{}) && checkHash(a.Digest) != nil {
+		// A record that does not decode to a usable digest is no answer
+		// (ErrNotFound), so upstream is asked again and its answer replaces it.
+		if err == nil && checkHash(a.Digest) != nil {
 			t.Fatalf("tag answer %q decoded to digest %q", value, a.Digest)
 		}
-		if err != nil && errors.Is(err, ErrNotFound) {
-			t.Fatalf("tag answer %q: ErrNotFound for a key that is there", value)
+		if err != nil && !errors.Is(err, ErrNotFound) {
+			t.Fatalf("tag answer %q: %v, want an answer or ErrNotFound", value, err)
 		}
 
 		// The blob record of a stored manifest.
