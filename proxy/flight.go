@@ -218,10 +218,16 @@ func (p *Proxy) fill(fl *flight, up Upstream, repo string) error {
 	a := p.newAttempt(resp, ctx, cancel)
 	defer func() { a.end() }()
 	buf := make([]byte, 256<<10)
+	var sinceReset int
 	for resumes := 0; ; {
 		n, rerr := a.body.Read(buf)
 		if n > 0 {
-			a.idle.Reset(p.opt.UpstreamTimeout)
+			// Only real progress postpones the idle timeout: an upstream that
+			// trickles a byte every few seconds is as stuck as a silent one.
+			if sinceReset += n; sinceReset >= minProgress {
+				a.idle.Reset(p.opt.UpstreamTimeout)
+				sinceReset = 0
+			}
 			if _, werr := w.Write(buf[:n]); werr != nil {
 				return werr
 			}
@@ -245,16 +251,21 @@ func (p *Proxy) fill(fl *flight, up Upstream, repo string) error {
 		// writing (and hashing) where it stopped. Followers see no gap.
 		resumes++
 		a.end()
-		next, err := p.resume(up, repo, fl.digest, written, resumes)
+		next, err := p.resume(up, repo, fl.digest, written, fl.size, resumes)
 		if err != nil {
 			return fmt.Errorf("%w; resuming at byte %d: %w", rerr, written, err)
 		}
 		p.log.Info("download resumed", zap.String(keyUpstream, up.Name()), zap.Stringer(keyDigest, fl.digest),
 			zap.Int64("offset", written), zap.Int("attempt", resumes), zap.NamedError("cause", rerr))
 		a = next
+		sinceReset = 0
 	}
 	return w.Commit()
 }
+
+// minProgress is how many bytes a download must receive within
+// UpstreamTimeout to count as moving (32 KiB: about 1 KB/s with the default).
+const minProgress = 32 << 10
 
 // maxResumes bounds how often one download resumes after a broken connection.
 const maxResumes = 3
@@ -282,14 +293,14 @@ func (a *attempt) end() {
 // resume asks upstream for the blob from offset on, after a back-off that
 // doubles with each attempt. A registry that ignores Range sends the whole
 // blob again; the part already written is skipped.
-func (p *Proxy) resume(up Upstream, repo string, h v1.Hash, offset int64, n int) (*attempt, error) {
+func (p *Proxy) resume(up Upstream, repo string, h v1.Hash, offset, size int64, n int) (*attempt, error) {
 	select {
 	case <-time.After(time.Duration(1<<(n-1)) * 250 * time.Millisecond):
 	case <-p.ctx.Done():
 		return nil, p.ctx.Err()
 	}
 	ctx, cancel := context.WithCancelCause(p.ctx)
-	resp, err := up.BlobFrom(ctx, repo, h, offset)
+	resp, err := up.BlobFrom(ctx, repo, h, offset, size)
 	if err != nil {
 		cancel(nil)
 		return nil, err

@@ -90,6 +90,11 @@ func withUpstreamFault(wrap func(http.Handler) http.Handler) envOption {
 
 func withTTL(d time.Duration) envOption { return func(c *envConfig) { c.ttl = d } }
 
+// withUpstreamTimeout sets the proxy's upstream (and idle download) timeout.
+func withUpstreamTimeout(d time.Duration) envOption {
+	return func(c *envConfig) { c.proxy.UpstreamTimeout = d }
+}
+
 // withMaxDownloads bounds the proxy's concurrent upstream downloads.
 func withMaxDownloads(n int) envOption { return func(c *envConfig) { c.proxy.MaxDownloads = n } }
 
@@ -141,7 +146,10 @@ func newEnv(t *testing.T, opts ...envOption) *env {
 		clients = append(clients, newClient(name, x.server.URL))
 	}
 	popt := cfg.proxy
-	popt.TagTTL, popt.UpstreamTimeout, popt.Now = cfg.ttl, 5*time.Second, clk.Now
+	popt.TagTTL, popt.Now = cfg.ttl, clk.Now
+	if popt.UpstreamTimeout == 0 {
+		popt.UpstreamTimeout = 5 * time.Second
+	}
 	popt.Metrics, popt.MetricsHandler = metrics, promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
 	if cfg.htpasswd != "" {
 		if popt.Auth, err = proxy.NewClientAuth(cfg.htpasswd, proxy.ClientAuthOptions{Now: clk.Now}, logger.Named("auth")); err != nil {

@@ -46,7 +46,7 @@ type Upstream interface {
 	Blob(ctx context.Context, method, repo string, h v1.Hash) (*http.Response, error)
 	// BlobFrom GETs the blob from offset on: 206 with the rest, or 200 with
 	// the whole blob from a registry that ignores Range.
-	BlobFrom(ctx context.Context, repo string, h v1.Hash, offset int64) (*http.Response, error)
+	BlobFrom(ctx context.Context, repo string, h v1.Hash, offset, size int64) (*http.Response, error)
 	Tags(ctx context.Context, repo, n, last string) (*http.Response, error)
 	Health() upstream.Health
 }

@@ -41,7 +41,8 @@ func (f *flaky) wrap(next http.Handler) http.Handler {
 		if rg := r.Header.Get("Range"); rg != "" {
 			f.ranges.Store(rg, true)
 			if !f.ignoreRange {
-				from, _ = strconv.Atoi(strings.TrimSuffix(strings.TrimPrefix(rg, "bytes="), "-"))
+				first, _, _ := strings.Cut(strings.TrimPrefix(rg, "bytes="), "-")
+				from, _ = strconv.Atoi(first)
 			}
 		}
 		rest := f.body[from:]
@@ -90,7 +91,7 @@ func TestResetMidBlobIsResumedAndClientsSeeNoError(t *testing.T) {
 				t.Errorf("upstream GETs of the blob = %d, want 3 (one, then two resumes)", got)
 			}
 			// Resumes ask from the bytes written: 300 KiB, then 600 KiB.
-			for _, want := range []string{"bytes=307200-", "bytes=614400-"} {
+			for _, want := range []string{"bytes=307200-1048575", "bytes=614400-1048575"} {
 				if _, ok := f.ranges.Load(want); !ok && !ignoreRange {
 					t.Errorf("no resume with Range %s", want)
 				}
@@ -194,5 +195,42 @@ func TestStalledClientDoesNotSlowTheOthers(t *testing.T) {
 	e.proxy.Close() // the download finished whole though one reader never read
 	if !e.store.Has(h) {
 		t.Fatal("the blob was not stored")
+	}
+}
+
+func TestTricklingUpstreamHitsTheIdleTimeout(t *testing.T) {
+	body, h := regtest.RandomBlob(t, 64<<10)
+	var gets atomic.Int32
+	e := newEnv(t, withUpstreamTimeout(300*time.Millisecond), withUpstreamFault(corrupt(h, func(w http.ResponseWriter) {
+		gets.Add(1)
+		w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+		w.WriteHeader(http.StatusOK)
+		rc := http.NewResponseController(w)
+		for i := range 2000 { // a byte every 50 ms: never 32 KiB within the timeout
+			if _, err := w.Write(body[i : i+1]); err != nil {
+				return
+			}
+			rc.Flush()
+			time.Sleep(50 * time.Millisecond)
+		}
+	})))
+	resp, err := http.Get(e.mirror.URL + "/v2/app/blobs/" + h.String())
+	if err == nil {
+		got, rerr := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if rerr == nil && resp.StatusCode == http.StatusOK {
+			t.Fatalf("client got a complete 200 (%d bytes) from a trickling upstream", len(got))
+		}
+	}
+	e.proxy.Close()
+	if n := gets.Load(); n != 4 {
+		t.Errorf("upstream GETs = %d, want 4: the first and 3 resumes, each cut for trickling", n)
+	}
+	if e.store.Has(h) {
+		t.Error("a trickled blob was stored")
+	}
+	failed := e.logs.FilterMessage("download failed").All()
+	if len(failed) != 1 || !strings.Contains(fmt.Sprint(failed[0].ContextMap()["error"]), "upstream stopped sending") {
+		t.Errorf("want one 'download failed' line, for the idle timeout: %v", failed)
 	}
 }

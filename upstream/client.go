@@ -218,8 +218,14 @@ func (c *Client) Blob(ctx context.Context, method, repo string, h v1.Hash) (*htt
 // BlobFrom GETs a blob from offset on, to resume a broken download. The
 // answer is 206 with the rest, or 200 with the whole blob from a registry
 // that ignores Range.
-func (c *Client) BlobFrom(ctx context.Context, repo string, h v1.Hash, offset int64) (*http.Response, error) {
-	return c.do(ctx, http.MethodGet, repo, http.Header{"Range": {"bytes=" + strconv.FormatInt(offset, 10) + "-"}}, "blobs", h.String())
+// size is the blob's length, or -1: with it the range is closed
+// (bytes=a-b), which every registry takes; some refuse the open form.
+func (c *Client) BlobFrom(ctx context.Context, repo string, h v1.Hash, offset, size int64) (*http.Response, error) {
+	rng := "bytes=" + strconv.FormatInt(offset, 10) + "-"
+	if size > offset {
+		rng += strconv.FormatInt(size-1, 10)
+	}
+	return c.do(ctx, http.MethodGet, repo, http.Header{"Range": {rng}}, "blobs", h.String())
 }
 
 // Tags asks for repo's tag list, passing n and last through.
