@@ -89,7 +89,7 @@ start_regmirror() {
 	shift
 	port=$(free_port)
 	DATA[$name]=$WORK/data-$name
-	env REGMIRROR_ADDR="127.0.0.1:$port" REGMIRROR_ADMIN_ADDR= REGMIRROR_MIN_FREE=0 REGMIRROR_DATA_DIR="${DATA[$name]}" REGMIRROR_UPSTREAM="$UP_URL" \
+	env REGMIRROR_ADDR="127.0.0.1:$port" REGMIRROR_ADMIN_ADDR=off REGMIRROR_MIN_FREE=0 REGMIRROR_DATA_DIR="${DATA[$name]}" REGMIRROR_UPSTREAM="$UP_URL" \
 		REGMIRROR_LOG_LEVEL=warn "$@" "$WORK/regmirror" 2>"$WORK/log-$name" &
 	PID[$name]=$!
 	PIDS+=("${PID[$name]}")

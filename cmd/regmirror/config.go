@@ -39,7 +39,7 @@ type Config struct {
 	MaxSize            byteSize      `env:"MAX_SIZE"            envDefault:"20GiB"                         flag:"max-size"            usage:"disk budget of the cache (500MB, 50GiB, ...; 0 means no limit): least recently used images are evicted past it"`
 	MinFree            byteSize      `env:"MIN_FREE"            envDefault:"1GiB"                          flag:"min-free"            usage:"free space kept on the cache's filesystem (0 means no floor): eviction keeps at least this much free"`
 	MaxDownloads       int           `env:"MAX_DOWNLOADS"       envDefault:"64"                            flag:"max-downloads"       usage:"blob downloads from upstreams at once; more wait their turn (0 means no bound)"`
-	AdminAddr          string        `env:"ADMIN_ADDR"          envDefault:"127.0.0.1:5001"                flag:"admin-addr"          usage:"listen address of the admin API (pin, unpin, ls, warm, gc, verify); empty turns it off"`
+	AdminAddr          string        `env:"ADMIN_ADDR"          envDefault:"127.0.0.1:5001"                flag:"admin-addr"          usage:"listen address of the admin API (pin, unpin, ls, warm, gc, verify); off turns it off"`
 	AdminToken         string        `env:"ADMIN_TOKEN"         envDefault:""                              flag:"admin-token"         usage:"bearer token the admin API requires; needed when REGMIRROR_ADMIN_ADDR is not a loopback address" secret:"true"`
 	ShutdownTimeout    time.Duration `env:"SHUTDOWN_TIMEOUT"    envDefault:"30s"                           flag:"shutdown-timeout"    usage:"grace period for requests in progress on SIGTERM or SIGINT"`
 	LogLevel           zapcore.Level `env:"LOG_LEVEL"           envDefault:"info"                          flag:"log-level"           usage:"debug, info, warn or error"`
@@ -278,7 +278,7 @@ func (c Config) Validate() error {
 	if c.MaxDownloads < 0 {
 		bad("MAX_DOWNLOADS", "must not be negative")
 	}
-	if c.AdminAddr != "" && c.AdminToken == "" && !loopbackAddr(c.AdminAddr) {
+	if c.AdminAddr != "" && c.AdminAddr != "off" && c.AdminToken == "" && !loopbackAddr(c.AdminAddr) {
 		bad("ADMIN_ADDR", "%q is not a loopback address: set REGMIRROR_ADMIN_TOKEN too, or anyone who reaches it can pin, warm and evict", c.AdminAddr)
 	}
 	if c.LogFormat != "json" && c.LogFormat != "console" {

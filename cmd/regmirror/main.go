@@ -223,7 +223,7 @@ func serve(ctx context.Context, cfg Config) error {
 	}
 	var aln net.Listener
 	adminAddr := ""
-	if cfg.AdminAddr != "" {
+	if cfg.AdminAddr != "" && cfg.AdminAddr != "off" {
 		if aln, err = net.Listen("tcp", cfg.AdminAddr); err != nil {
 			ln.Close()
 			return fmt.Errorf("%sADMIN_ADDR: %w", envPrefix, err)
