@@ -260,7 +260,7 @@ func (s *Store) evict(goal evictGoal) (Evicted, error) {
 		s.manifests.Remove(h)
 		done.Objects++
 		done.Bytes += o.size
-		for _, k := range [][]byte{blobKey(h), accessKey(h), refsKey(h)} {
+		for _, k := range objectKeys(h) {
 			if err := wb.Delete(k); err != nil {
 				return done, fmt.Errorf("forget evicted %s: %w", h, err)
 			}

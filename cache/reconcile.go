@@ -104,7 +104,7 @@ func (s *Store) Reconcile(ctx context.Context) error {
 	drop := func(raw [32]byte) error {
 		h := rawHash(raw)
 		rep.DroppedRecords++
-		for _, k := range [][]byte{blobKey(h), accessKey(h), refsKey(h)} {
+		for _, k := range objectKeys(h) {
 			if err := wb.Delete(k); err != nil {
 				return err
 			}
@@ -280,7 +280,7 @@ func (s *Store) remove(h v1.Hash) error {
 	}
 	s.manifests.Remove(h)
 	return s.db.Update(func(txn *badger.Txn) error {
-		for _, k := range [][]byte{blobKey(h), accessKey(h), refsKey(h)} {
+		for _, k := range objectKeys(h) {
 			if err := txn.Delete(k); err != nil {
 				return err
 			}
