@@ -38,6 +38,7 @@ var keyClean = []byte("m/clean")
 func blobKey(h v1.Hash) []byte   { return []byte(prefixBlob + h.String()) }
 func accessKey(h v1.Hash) []byte { return []byte(prefixAccess + h.String()) }
 func refsKey(h v1.Hash) []byte   { return []byte(prefixRefs + h.String()) }
+
 // objectKeys are every key an object has, so forgetting it forgets them all.
 func objectKeys(h v1.Hash) [][]byte { return [][]byte{blobKey(h), accessKey(h), refsKey(h)} }
 
