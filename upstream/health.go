@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
@@ -79,8 +80,7 @@ func unreachable(err error) bool {
 	if errors.Is(err, context.Canceled) {
 		return false // our caller left; says nothing of the upstream
 	}
-	_, isNet := errors.AsType[net.Error](err)
-	return isNet || errors.Is(err, context.DeadlineExceeded)
+	return IsNetworkError(err) || errors.Is(err, context.DeadlineExceeded)
 }
 
 // Unavailable reports whether err means the upstream could not be asked:
@@ -90,8 +90,23 @@ func Unavailable(err error) bool {
 	if te, ok := errors.AsType[*transport.Error](err); ok {
 		return te.StatusCode >= 500 || te.StatusCode == http.StatusTooManyRequests
 	}
-	_, isNet := errors.AsType[net.Error](err)
-	return isNet || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, ErrDown)
+	return IsNetworkError(err) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, ErrDown)
+}
+
+// IsNetworkError reports whether err is a failure to talk over the network:
+// a *url.Error of the HTTP client, a *net.OpError (refused, reset, DNS), a
+// timeout; a net.Error, but not a bare syscall.Errno. An errno has
+// net.Error's methods too, so without the exception a local file's failure
+// (an *fs.PathError wrapping EIO or ENOTDIR) would pass for the network's.
+// A socket's errno always comes inside a *net.OpError, which errors.As meets
+// first on its way down the chain.
+func IsNetworkError(err error) bool {
+	ne, ok := errors.AsType[net.Error](err)
+	if !ok {
+		return false
+	}
+	_, bare := ne.(syscall.Errno)
+	return !bare
 }
 
 func reason(err error) string {

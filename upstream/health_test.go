@@ -2,11 +2,16 @@ package upstream_test
 
 import (
 	"errors"
+	"fmt"
 	"io"
+	"io/fs"
 	"log"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -102,6 +107,63 @@ func TestAnswersThatAreNotOutagesDoNotMarkDown(t *testing.T) {
 	c.Tags(t.Context(), "limited", "", "")
 	if h := c.Health(); !h.Up {
 		t.Errorf("404 and 429 marked the upstream down: %+v", h)
+	}
+}
+
+// TestLocalFileErrorsAreNotOutages keeps a failure of this machine's disk
+// from passing for the network's: syscall.Errno has net.Error's methods, so a
+// *fs.PathError wrapping EIO or ENOTDIR once counted as an unreachable
+// upstream. The errors are real ones: a refused connection from the client,
+// and files opened under a regular file.
+func TestLocalFileErrorsAreNotOutages(t *testing.T) {
+	srv := httptest.NewServer(http.NotFoundHandler())
+	srv.Close() // nothing listens there any more: connections are refused
+	c, err := upstream.New(upstream.Options{Name: "docker.io", URL: srv.URL, Timeout: 5 * time.Second}, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_, refused := c.Tags(t.Context(), "app", "", "")
+	if !errors.Is(refused, syscall.ECONNREFUSED) {
+		t.Fatalf("Tags against a closed port: %v, want connection refused", refused)
+	}
+
+	notDir := filepath.Join(t.TempDir(), "tmp")
+	if err := os.WriteFile(notDir, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, open := os.OpenFile(filepath.Join(notDir, "blob"), os.O_RDWR|os.O_CREATE, 0o600)
+	mkdir := os.Mkdir(filepath.Join(notDir, "ab"), 0o750)
+	rename := os.Rename(filepath.Join(notDir, "a"), filepath.Join(notDir, "b"))
+	tests := []struct {
+		name    string
+		err     error
+		network bool
+	}{
+		{"connection refused", refused, true},
+		{"open under a file", fmt.Errorf("create temp file: %w", open), false},
+		{"mkdir under a file", mkdir, false},
+		{"rename under a file", rename, false},
+		{"EIO", &fs.PathError{Op: "write", Path: "/data/tmp/x", Err: syscall.EIO}, false},
+		{"bare errno", syscall.EROFS, false},
+	}
+	for _, tt := range tests {
+		if tt.err == nil {
+			t.Fatalf("%s: no error", tt.name)
+		}
+		if got := upstream.IsNetworkError(tt.err); got != tt.network {
+			t.Errorf("%s: IsNetworkError(%v) = %v, want %v", tt.name, tt.err, got, tt.network)
+		}
+		if got := upstream.Unavailable(tt.err); got != tt.network {
+			t.Errorf("%s: Unavailable(%v) = %v, want %v", tt.name, tt.err, got, tt.network)
+		}
+		want := upstream.FailureOther
+		if tt.network {
+			want = upstream.FailureNetwork
+		}
+		if got := upstream.Failure(tt.err); got != want {
+			t.Errorf("%s: Failure(%v) = %q, want %q", tt.name, tt.err, got, want)
+		}
 	}
 }
 

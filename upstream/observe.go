@@ -73,8 +73,8 @@ func Failure(err error) string {
 	case errors.Is(err, context.DeadlineExceeded):
 		return FailureTimeout
 	}
-	if ne, ok := errors.AsType[net.Error](err); ok {
-		if ne.Timeout() {
+	if IsNetworkError(err) {
+		if ne, ok := errors.AsType[net.Error](err); ok && ne.Timeout() {
 			return FailureTimeout
 		}
 		return FailureNetwork
