@@ -11,14 +11,18 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+	"go.uber.org/zap"
 
+	"github.com/regmirror/regmirror/proxy"
 	"github.com/regmirror/regmirror/test/regtest"
 )
 
@@ -227,6 +231,84 @@ func TestUpstreamRefusalReachesEveryWaiterAsOCIError(t *testing.T) {
 	}
 	if code := regtest.OCICode(t, resp, body); code != "BLOB_UNKNOWN" {
 		t.Errorf("code = %s, want BLOB_UNKNOWN", code)
+	}
+}
+
+// TestBrokenStoreIsNotBlamedOnTheUpstream breaks the store's temp directory
+// (a regular file in its place gives ENOTDIR, even to root), so a miss fails
+// when the download's temp file is created. The client must be told the
+// mirror's store failed, not that the upstream is unreachable, without the
+// store's paths; the upstream must stay up; and the blob must be fetched
+// normally once the directory is back.
+func TestBrokenStoreIsNotBlamedOnTheUpstream(t *testing.T) {
+	e := newEnv(t, withTTL(time.Minute))
+	img := randomImage(t)
+	e.push("library/app:1", img)
+	if resp, body := e.do(http.MethodGet, "/v2/app/manifests/1", nil); resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET tag before the fault: status = %d, want 200; body %s", resp.StatusCode, body)
+	}
+	blob, h := regtest.RandomBlob(t, 64<<10)
+	e.pushBlob("app", blob)
+
+	tmp := filepath.Join(e.dataDir, "tmp")
+	if err := os.RemoveAll(tmp); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(tmp, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	path := "/v2/app/blobs/" + h.String()
+	resp, body := e.do(http.MethodGet, path, nil)
+	if resp.StatusCode != http.StatusInternalServerError {
+		t.Errorf("GET %s: status = %d, want %d; body %s", path, resp.StatusCode, http.StatusInternalServerError, body)
+	}
+	if code := regtest.OCICode(t, resp, body); code != "UNKNOWN" {
+		t.Errorf("GET %s: code = %s, want UNKNOWN", path, code)
+	}
+	if !strings.Contains(string(body), "cache store failed") || strings.Contains(string(body), "unreachable") {
+		t.Errorf("GET %s: body %s, want it to blame the cache store, not the upstream", path, body)
+	}
+	if strings.Contains(string(body), e.dataDir) {
+		t.Errorf("GET %s: body %s names the store's files", path, body)
+	}
+	e.settle()
+	logged := false
+	for _, l := range e.logs.FilterMessage("request").FilterField(zap.String("path", path)).AllUntimed() {
+		logged = logged || strings.Contains(fmt.Sprint(l.ContextMap()["error"]), "not a directory")
+	}
+	if !logged {
+		t.Error("the access log line does not carry the store's error")
+	}
+
+	// The upstream was never at fault: it is not marked down, and a tag past
+	// its TTL is revalidated with it rather than served stale.
+	e.clock.Advance(time.Hour)
+	resp, body = e.do(http.MethodGet, "/v2/app/manifests/1", nil)
+	if resp.StatusCode != http.StatusOK || resp.Header.Get("Warning") != "" {
+		t.Errorf("GET tag after the fault: status %d, Warning %q; want 200 without a Warning; body %s",
+			resp.StatusCode, resp.Header.Get("Warning"), body)
+	}
+	if n := e.logs.FilterMessage("upstream down: serving from cache until it answers again").Len(); n != 0 {
+		t.Errorf("the upstream was marked down %d times for a local disk error", n)
+	}
+	resp, body = e.do(http.MethodGet, proxy.ReadyPath, nil)
+	if !strings.Contains(string(body), `{"name":"docker.io","up":true}`) {
+		t.Errorf("readyz after the fault: %d %s, want docker.io up", resp.StatusCode, body)
+	}
+
+	if err := os.Remove(tmp); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(tmp, 0o750); err != nil {
+		t.Fatal(err)
+	}
+	resp, body = e.do(http.MethodGet, path, nil)
+	if resp.StatusCode != http.StatusOK || !bytes.Equal(body, blob) {
+		t.Fatalf("GET %s with the store repaired: status %d, %d bytes; want 200 with the blob", path, resp.StatusCode, len(body))
+	}
+	e.settle()
+	if !e.store.Has(h) {
+		t.Error("the blob was not stored once the store was repaired")
 	}
 }
 

@@ -6,10 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
+	"io/fs"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/regmirror/regmirror/cache"
@@ -85,7 +87,11 @@ func toOCI(err error, kind routeKind) *ociError {
 	if errors.Is(err, cache.ErrDigestMismatch) || errors.Is(err, cache.ErrSizeMismatch) || errors.Is(err, errUpstreamInvalid) {
 		return &ociError{status: http.StatusBadGateway, code: "UNKNOWN", message: registry + " sent content that does not match its digest"}
 	}
-	if errors.Is(err, context.DeadlineExceeded) || isNetError(err) || errors.Is(err, upstream.ErrDown) {
+	if !fromUpstream && isStoreError(err) {
+		// The full error, with its paths, goes to the access log.
+		return &ociError{status: http.StatusInternalServerError, code: "UNKNOWN", message: "the mirror's cache store failed"}
+	}
+	if errors.Is(err, context.DeadlineExceeded) || upstream.IsNetworkError(err) || errors.Is(err, upstream.ErrDown) {
 		return &ociError{status: http.StatusServiceUnavailable, code: "UNAVAILABLE", message: registry + " is unreachable"}
 	}
 	if errors.Is(err, context.Canceled) {
@@ -123,9 +129,18 @@ func fromUpstreamStatus(status int, registry string, kind routeKind) *ociError {
 	}
 }
 
-func isNetError(err error) bool {
-	_, ok := errors.AsType[net.Error](err)
-	return ok
+// isStoreError reports whether err is a failed system call on this machine
+// (create, write, fsync, rename, mkdir in the store): an *fs.PathError, an
+// *os.LinkError, or an errno outside any network error. A socket's errno comes
+// inside a *net.OpError, so a reset connection is not one.
+func isStoreError(err error) bool {
+	if upstream.IsNetworkError(err) {
+		return false
+	}
+	_, path := errors.AsType[*fs.PathError](err)
+	_, link := errors.AsType[*os.LinkError](err)
+	_, errno := errors.AsType[syscall.Errno](err)
+	return path || link || errno
 }
 
 // errUpstreamInvalid marks an upstream answer we cannot use (bad digest header,
