@@ -22,10 +22,11 @@ type Usage struct {
 	Evictions    int64 // objects evicted since start
 	EvictedBytes int64 // their bytes
 	Streamed     int64 // blobs served without being stored (too large, or disk full), since start
+	Counting     bool  // reconciliation after a crash is still counting Bytes and Objects
 }
 
-// Usage returns the store's disk use. Until start-up reconciliation after a
-// crash has finished, Bytes and Objects count what is known so far.
+// Usage returns the store's disk use. While reconciliation after a crash is
+// counting, Bytes and Objects are zero and Counting is true.
 func (s *Store) Usage() Usage {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -36,6 +37,16 @@ func (s *Store) Usage() Usage {
 		Evictions:    s.evictions,
 		EvictedBytes: s.evictedBytes,
 		Streamed:     s.streamed,
+		Counting:     !isClosed(s.counted),
+	}
+}
+
+func isClosed(c chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
 	}
 }
 

@@ -55,8 +55,15 @@ type testImage struct {
 }
 
 // pullImage stores an image manifest referring to layers of the given sizes
-// (plus shared, already stored layers), then the new layers.
+// (plus shared, already stored layers), then the new layers, all at one time.
 func pullImage(t *testing.T, s *cache.Store, c *clock, sizes []int, shared ...v1.Hash) testImage {
+	t.Helper()
+	return storeImage(t, s, c, false, sizes, shared...)
+}
+
+// storeImage is pullImage; with ticking, the clock moves before each blob,
+// as it does in a real pull, which reads the manifest first.
+func storeImage(t *testing.T, s *cache.Store, c *clock, ticking bool, sizes []int, shared ...v1.Hash) testImage {
 	t.Helper()
 	var img testImage
 	type desc struct {
@@ -90,6 +97,9 @@ func pullImage(t *testing.T, s *cache.Store, c *clock, sizes []int, shared ...v1
 		t.Fatal(err)
 	}
 	for i, b := range bodies {
+		if ticking {
+			c.tick()
+		}
 		if err := putBlob(t, s, b, img.blobs[i]); err != nil {
 			t.Fatal(err)
 		}
@@ -152,6 +162,23 @@ func TestBudgetEvictsTheLeastRecentlyUsedImage(t *testing.T) {
 		if !whole(s, img) {
 			t.Errorf("image %s keeps %d of %d objects", name, stored(s, img), len(img.blobs)+1)
 		}
+	}
+}
+
+// A pull reads the manifest before the layers, so the manifest is the
+// oldest object of its image; it must still be the last of it to go, and
+// never leave its layers behind without it.
+func TestManifestIsTheLastOfItsImageToGo(t *testing.T) {
+	s, c := openBudget(t, t.TempDir(), cache.Options{MaxSize: 100_000, HighWater: 1, LowWater: 1})
+	x := storeImage(t, s, c, true, []int{1000, 40_000})
+	storeImage(t, s, c, true, []int{1000, 40_000})
+	storeImage(t, s, c, true, []int{1000, 20_000}) // pressure: x's layer must go
+
+	if s.Has(x.blobs[1]) {
+		t.Fatal("no pressure: x's layer survived")
+	}
+	if !s.Has(x.manifest) {
+		t.Fatal("x's manifest went before its layers")
 	}
 }
 

@@ -2,6 +2,7 @@ package cache
 
 import (
 	"cmp"
+	"context"
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
@@ -20,11 +21,13 @@ import (
 // of every stored object (size, last access, whether it is a manifest) and
 // the manifest → child edges, then gives each object an effective last use:
 // the latest of its own use and the uses of every manifest that refers to it,
-// directly or through an index. Pinned images and their children are never
-// candidates. Candidates go in order of effective last use, blobs before the
-// manifests that name them, until the goal is met. So a layer shared by a hot
-// image and a cold one lives as long as the hot one, and an image's manifest
-// outlives its layers only as long as nothing better could be evicted.
+// directly or through an index. A manifest also takes the latest use of
+// anything under it, since a pull reads the manifest before its layers; so
+// an image's manifest is the last of it to go, and never leaves its layers
+// behind without it. Pinned images and their children are never candidates.
+// Candidates go in order of effective last use, blobs before manifests on a
+// tie, until the goal is met. So a layer shared by a hot image and a cold one
+// lives as long as the hot one.
 
 // object is one stored object as an eviction pass sees it.
 type object struct {
@@ -39,29 +42,74 @@ type object struct {
 // table is the eviction pass's view of the index.
 type table struct {
 	objs  []object   // sorted by hex
+	heads []uint64   // the first 8 bytes of each object's digest: a dense index for find
 	edges [][2]int32 // parent, child indexes into objs
 }
 
-func (t *table) find(raw [32]byte) int {
-	i, ok := slices.BinarySearchFunc(t.objs, raw, func(o object, raw [32]byte) int {
-		return slices.Compare(o.hex[:], raw[:])
-	})
-	if !ok {
-		return -1
-	}
-	return i
+func (t *table) add(raw [32]byte, size int64) {
+	t.objs = append(t.objs, object{hex: raw, size: size})
+	t.heads = append(t.heads, binary.BigEndian.Uint64(raw[:8]))
 }
 
-// hashHex turns "sha256:<hex>" (a key suffix) into raw bytes.
-func hashHex(s string) ([32]byte, bool) {
-	var raw [32]byte
+// find returns the index of raw in objs, or -1. It searches the heads, which
+// fit in a CPU cache far better than the objects.
+func (t *table) find(raw [32]byte) int {
+	head := binary.BigEndian.Uint64(raw[:8])
+	i, _ := slices.BinarySearch(t.heads, head)
+	for ; i < len(t.heads) && t.heads[i] == head; i++ {
+		if t.objs[i].hex == raw {
+			return i
+		}
+	}
+	return -1
+}
+
+// keyRaw turns "sha256:<hex>" (a key suffix) into raw bytes.
+func keyRaw(k []byte) ([32]byte, bool) {
 	const p = "sha256:"
-	if len(s) != len(p)+64 || s[:len(p)] != p {
+	if len(k) < len(p) || string(k[:len(p)]) != p {
+		return [32]byte{}, false
+	}
+	return hexRaw(k[len(p):])
+}
+
+// rawOf is keyRaw for a digest.
+func rawOf(h v1.Hash) ([32]byte, bool) {
+	if h.Algorithm != "sha256" {
+		return [32]byte{}, false
+	}
+	return hexRaw(h.Hex)
+}
+
+// hexRaw decodes 64 lowercase hex digits, the only spelling the store uses
+// in keys and file names, without allocating.
+func hexRaw[T string | []byte](s T) ([32]byte, bool) {
+	var raw [32]byte
+	if len(s) != 64 {
 		return raw, false
 	}
-	_, err := hex.Decode(raw[:], []byte(s[len(p):]))
-	return raw, err == nil
+	bad := byte(0)
+	for i := range raw {
+		hi, lo := hexValue[s[2*i]], hexValue[s[2*i+1]]
+		bad |= hi | lo
+		raw[i] = hi<<4 | lo&0x0f
+	}
+	return raw, bad&0xf0 == 0
 }
+
+// hexValue maps a lowercase hex digit to its value, anything else to 0xff.
+var hexValue = func() (t [256]byte) {
+	for c := range t {
+		t[c] = 0xff
+	}
+	for c := byte('0'); c <= '9'; c++ {
+		t[c] = c - '0'
+	}
+	for c := byte('a'); c <= 'f'; c++ {
+		t[c] = c - 'a' + 10
+	}
+	return t
+}()
 
 func rawHash(raw [32]byte) v1.Hash {
 	return v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(raw[:])}
@@ -72,25 +120,28 @@ func rawHash(raw [32]byte) v1.Hash {
 // times are merged in one walk.
 func (s *Store) loadTable() (*table, error) {
 	s.flushAccess()
-	t := &table{}
+	s.mu.Lock()
+	n := s.objects + s.objects/16 + 16 // room for what lands during the scan
+	s.mu.Unlock()
+	t := &table{objs: make([]object, 0, n), heads: make([]uint64, 0, n)}
 	err := s.db.View(func(txn *badger.Txn) error {
-		if err := scan(txn, prefixBlob, func(k string, v []byte) error {
-			raw, ok := hashHex(k)
+		if err := scan(txn, prefixBlob, func(k, v []byte) error {
+			raw, ok := keyRaw(k)
 			if !ok {
 				return nil
 			}
-			var rec record
-			if err := json.Unmarshal(v, &rec); err != nil {
+			size, err := recordSize(v)
+			if err != nil {
 				return fmt.Errorf("blob record %s: %w", k, err)
 			}
-			t.objs = append(t.objs, object{hex: raw, size: rec.Size})
+			t.add(raw, size)
 			return nil
 		}); err != nil {
 			return err
 		}
 		i := 0
-		if err := scan(txn, prefixAccess, func(k string, v []byte) error {
-			raw, ok := hashHex(k)
+		if err := scan(txn, prefixAccess, func(k, v []byte) error {
+			raw, ok := keyRaw(k)
 			if !ok || len(v) != 8 {
 				return nil
 			}
@@ -104,8 +155,8 @@ func (s *Store) loadTable() (*table, error) {
 		}); err != nil {
 			return err
 		}
-		if err := scan(txn, prefixRefs, func(k string, v []byte) error {
-			raw, ok := hashHex(k)
+		if err := scan(txn, prefixRefs, func(k, v []byte) error {
+			raw, ok := keyRaw(k)
 			if !ok {
 				return nil
 			}
@@ -114,8 +165,8 @@ func (s *Store) loadTable() (*table, error) {
 				return nil
 			}
 			t.objs[p].manifest = true
-			for _, child := range decodeRefs(v) {
-				if c := t.find(child); c >= 0 {
+			for ; len(v) >= 32; v = v[32:] {
+				if c := t.find([32]byte(v[:32])); c >= 0 {
 					t.edges = append(t.edges, [2]int32{int32(p), int32(c)})
 				} else {
 					t.objs[p].absent++
@@ -125,12 +176,12 @@ func (s *Store) loadTable() (*table, error) {
 		}); err != nil {
 			return err
 		}
-		return scan(txn, prefixPin, func(k string, v []byte) error {
+		return scan(txn, prefixPin, func(_, v []byte) error {
 			var pin Pin
 			if json.Unmarshal(v, &pin) != nil {
 				return nil
 			}
-			if raw, ok := hashHex(pin.Digest.String()); ok {
+			if raw, ok := rawOf(pin.Digest); ok {
 				if i := t.find(raw); i >= 0 {
 					t.objs[i].pinned = true
 				}
@@ -145,9 +196,31 @@ func (s *Store) loadTable() (*table, error) {
 	return t, nil
 }
 
-// propagate hands each manifest's last use and pin down to its children,
-// until nothing changes: an index → its manifests → their blobs.
+// propagate gives every object its effective last use and pin. Up first,
+// from each object's own use: a manifest takes the latest use of anything
+// under it. Then down: each object takes the latest use and the pin of every
+// manifest above it, an index → its manifests → their blobs. Only the own
+// uses go up, so a layer that a hot image shares does not make a cold
+// image's other layers hot through their manifest.
 func (t *table) propagate() {
+	if len(t.edges) == 0 {
+		return
+	}
+	up := make([]int64, len(t.objs))
+	for i := range t.objs {
+		up[i] = t.objs[i].last
+	}
+	for range 8 {
+		changed := false
+		for _, e := range t.edges {
+			if up[e[1]] > up[e[0]] {
+				up[e[0]], changed = up[e[1]], true
+			}
+		}
+		if !changed {
+			break
+		}
+	}
 	for range 8 {
 		changed := false
 		for _, e := range t.edges {
@@ -160,20 +233,27 @@ func (t *table) propagate() {
 			}
 		}
 		if !changed {
-			return
+			break
+		}
+	}
+	for i := range t.objs {
+		if o := &t.objs[i]; o.manifest && up[i] > o.last {
+			o.last = up[i]
 		}
 	}
 }
 
-// victims lists the objects eviction may take, in the order it takes them.
-func (t *table) victims() []object {
-	var out []object
-	for _, o := range t.objs {
+// victims lists the objects eviction may take, as indexes into objs, in the
+// order it takes them.
+func (t *table) victims() []int32 {
+	out := make([]int32, 0, len(t.objs))
+	for i, o := range t.objs {
 		if !o.pinned {
-			out = append(out, o)
+			out = append(out, int32(i))
 		}
 	}
-	slices.SortFunc(out, func(a, b object) int {
+	slices.SortFunc(out, func(i, j int32) int {
+		a, b := &t.objs[i], &t.objs[j]
 		if c := cmp.Compare(a.last, b.last); c != 0 {
 			return c
 		}
@@ -183,7 +263,7 @@ func (t *table) victims() []object {
 			}
 			return -1
 		}
-		return slices.Compare(a.hex[:], b.hex[:])
+		return cmp.Compare(i, j) // digest order
 	})
 	return out
 }
@@ -219,6 +299,9 @@ func (s *Store) freeAbove(size int64) bool {
 // evict removes least recently used objects until goal holds or nothing more
 // may go. Passes run one at a time; held and pinned objects are skipped.
 func (s *Store) evict(goal evictGoal) (Evicted, error) {
+	if err := s.AwaitCounts(context.Background()); err != nil {
+		return Evicted{}, fmt.Errorf("evict: %w", err)
+	}
 	s.evictMu.Lock()
 	defer s.evictMu.Unlock()
 	var done Evicted
@@ -235,7 +318,8 @@ func (s *Store) evict(goal evictGoal) (Evicted, error) {
 	}
 	wb := s.db.NewWriteBatch()
 	defer wb.Cancel()
-	for _, o := range t.victims() {
+	for _, v := range t.victims() {
+		o := &t.objs[v]
 		h := rawHash(o.hex)
 		s.mu.Lock()
 		if goal() {

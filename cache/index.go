@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"strings"
 	"time"
@@ -51,13 +52,15 @@ func pinKey(registry, repo, ref string) []byte {
 }
 
 // scan calls fn with the key (without prefix) and value of every item under
-// prefix, in key order. The value is only valid during the call.
-func scan(txn *badger.Txn, prefix string, fn func(key string, val []byte) error) error {
-	it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(prefix), PrefetchValues: true, PrefetchSize: 256})
+// prefix, in key order. Both are only valid during the call. Every value of
+// this index is small and lives in badger's LSM tree, so values are not
+// prefetched: badger would start a goroutine per item to fetch them.
+func scan(txn *badger.Txn, prefix string, fn func(key, val []byte) error) error {
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(prefix)})
 	defer it.Close()
 	for it.Rewind(); it.Valid(); it.Next() {
 		item := it.Item()
-		k := string(item.Key()[len(prefix):])
+		k := item.Key()[len(prefix):]
 		if err := item.Value(func(v []byte) error { return fn(k, v) }); err != nil {
 			return err
 		}
@@ -65,29 +68,62 @@ func scan(txn *badger.Txn, prefix string, fn func(key string, val []byte) error)
 	return nil
 }
 
-// encodeRefs and decodeRefs store a manifest's children compactly.
+// encodeRefs stores a manifest's children compactly: raw 32-byte digests.
 func encodeRefs(refs []v1.Hash) []byte {
 	out := make([]byte, 0, 32*len(refs))
 	for _, h := range refs {
-		if raw, ok := hashHex(h.String()); ok {
+		if raw, ok := rawOf(h); ok {
 			out = append(out, raw[:]...)
 		}
 	}
 	return out
 }
 
-func decodeRefs(v []byte) [][32]byte {
-	out := make([][32]byte, 0, len(v)/32)
-	for ; len(v) >= 32; v = v[32:] {
-		out = append(out, [32]byte(v[:32]))
-	}
-	return out
+// A blob record is read for every stored object by each eviction pass and
+// reconciliation, so it is a few bytes, not JSON: a format byte, the size as
+// a uvarint, then the media type. Stores written before it hold JSON
+// ({"size":…,"media_type":…}), which still decodes.
+const recordBinary = 1
+
+func encodeRecord(info Info) []byte {
+	v := binary.AppendUvarint([]byte{recordBinary}, uint64(max(info.Size, 0)))
+	return append(v, info.MediaType...)
 }
 
-// record is a blob record as stored in the index.
-type record struct {
-	Size      int64  `json:"size"`
-	MediaType string `json:"media_type,omitempty"`
+// decodeRecord reads a blob record in either format.
+func decodeRecord(v []byte) (Info, error) {
+	if len(v) > 0 && v[0] == recordBinary {
+		size, n := binary.Uvarint(v[1:])
+		if n <= 0 || size > math.MaxInt64 {
+			return Info{}, errors.New("blob record: bad size")
+		}
+		return Info{Size: int64(size), MediaType: string(v[1+n:])}, nil
+	}
+	var rec struct {
+		Size      int64  `json:"size"`
+		MediaType string `json:"media_type"`
+	}
+	if err := json.Unmarshal(v, &rec); err != nil {
+		return Info{}, fmt.Errorf("blob record: %w", err)
+	}
+	if rec.Size < 0 {
+		return Info{}, errors.New("blob record: negative size")
+	}
+	return Info(rec), nil
+}
+
+// recordSize is decodeRecord's size alone, without allocating for the
+// binary format.
+func recordSize(v []byte) (int64, error) {
+	if len(v) > 0 && v[0] == recordBinary {
+		size, n := binary.Uvarint(v[1:])
+		if n <= 0 || size > math.MaxInt64 {
+			return 0, errors.New("blob record: bad size")
+		}
+		return int64(size), nil
+	}
+	info, err := decodeRecord(v)
+	return info.Size, err
 }
 
 // TagAnswer is what the upstream said a tag pointed to, and when.
@@ -98,11 +134,12 @@ type TagAnswer struct {
 	LearnedAt time.Time `json:"learned_at"`
 }
 
-func openIndex(dir string, log *zap.Logger) (*badger.DB, error) {
+// IndexOptions are the badger options of the store's index under dir, for
+// tools that build an index the store will open (bench/scale).
+func IndexOptions(dir string) badger.Options {
 	// Small tables and caches: the index holds short records, and a mirror's
 	// memory should go to serving, not to a database sized for a server farm.
-	opts := badger.DefaultOptions(dir).
-		WithLogger(badgerLogger{log.Sugar()}).
+	return badger.DefaultOptions(dir).
 		WithMemTableSize(8 << 20).
 		WithNumMemtables(2).
 		WithNumLevelZeroTables(2).
@@ -112,7 +149,10 @@ func openIndex(dir string, log *zap.Logger) (*badger.DB, error) {
 		WithIndexCacheSize(8 << 20).
 		WithNumCompactors(2).
 		WithDetectConflicts(false)
-	db, err := badger.Open(opts)
+}
+
+func openIndex(dir string, log *zap.Logger) (*badger.DB, error) {
+	db, err := badger.Open(IndexOptions(dir).WithLogger(badgerLogger{log.Sugar()}))
 	if err != nil {
 		return nil, fmt.Errorf("open index %s: %w", dir, err)
 	}
@@ -120,11 +160,24 @@ func openIndex(dir string, log *zap.Logger) (*badger.DB, error) {
 }
 
 func (s *Store) info(h v1.Hash) (Info, error) {
-	var rec record
-	if err := s.getJSON(blobKey(h), &rec); err != nil {
+	var info Info
+	err := s.db.View(func(txn *badger.Txn) error {
+		item, err := txn.Get(blobKey(h))
+		if err != nil {
+			return err
+		}
+		return item.Value(func(v []byte) (err error) {
+			info, err = decodeRecord(v)
+			return err
+		})
+	})
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		err = ErrNotFound
+	}
+	if err != nil {
 		return Info{}, fmt.Errorf("read record of %s: %w", h, err)
 	}
-	return Info(rec), nil
+	return info, nil
 }
 
 // getJSON decodes the value at key into v; a missing key is ErrNotFound.
@@ -144,17 +197,13 @@ func (s *Store) getJSON(key []byte, v any) error {
 
 // putRecord writes a blob record and, for a manifest, what it refers to.
 func (s *Store) putRecord(h v1.Hash, info Info, refs []v1.Hash) error {
-	v, err := json.Marshal(record(info))
-	if err != nil {
-		return err
-	}
 	return s.db.Update(func(txn *badger.Txn) error {
 		if len(refs) > 0 {
 			if err := txn.Set(refsKey(h), encodeRefs(refs)); err != nil {
 				return err
 			}
 		}
-		return txn.Set(blobKey(h), v)
+		return txn.Set(blobKey(h), encodeRecord(info))
 	})
 }
 

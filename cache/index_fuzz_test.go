@@ -39,6 +39,7 @@ func FuzzIndexRecords(f *testing.F) {
 		`{"digest":"sha256:../../../etc/passwd"}`, `{"digest":"sha256:` + h.Hex[:10] + `"}`, `{"digest":"md5:abc"}`,
 		`{"digest":"SHA256:` + h.Hex + `"}`, `{"digest":null}`, `{"digest":1}`, `{"learned_at":"yesterday"}`,
 		`{"digest":"sha256:` + h.Hex + `","digest":"x"}`, "\xff\xfe", `{"media_type":"\u0000"}`,
+		"\x01\x4fapplication/vnd.oci.image.manifest.v1+json", "\x01", "\x01\xff\xff\xff\xff\xff\xff\xff\xff\x7f", "\x01\x00",
 	} {
 		f.Add([]byte(seed))
 	}

@@ -62,7 +62,7 @@ func (s *Store) Unpin(registry, repo, ref string) error {
 func (s *Store) Pins() ([]Pin, error) {
 	var pins []Pin
 	err := s.db.View(func(txn *badger.Txn) error {
-		return scan(txn, prefixPin, func(_ string, v []byte) error {
+		return scan(txn, prefixPin, func(_, v []byte) error {
 			var p Pin
 			if err := json.Unmarshal(v, &p); err == nil {
 				pins = append(pins, p)
@@ -134,7 +134,7 @@ func (s *Store) Images() ([]Image, error) {
 	pinned := map[string]bool{}
 	var out []Image
 	err = s.db.View(func(txn *badger.Txn) error {
-		if err := scan(txn, prefixPin, func(_ string, v []byte) error {
+		if err := scan(txn, prefixPin, func(_, v []byte) error {
 			var p Pin
 			if json.Unmarshal(v, &p) == nil {
 				pinned[p.Registry+"/"+p.Repo+":"+p.Ref] = true
@@ -146,9 +146,9 @@ func (s *Store) Images() ([]Image, error) {
 		}); err != nil {
 			return err
 		}
-		return scan(txn, prefixTag, func(k string, v []byte) error {
+		return scan(txn, prefixTag, func(key, v []byte) error {
 			var a TagAnswer
-			registry, rest, ok := strings.Cut(k, "/")
+			registry, rest, ok := strings.Cut(string(key), "/")
 			i := strings.LastIndexByte(rest, ':')
 			if !ok || i <= 0 || json.Unmarshal(v, &a) != nil {
 				return nil
@@ -173,7 +173,7 @@ func (s *Store) Images() ([]Image, error) {
 
 // measure adds up what of img is stored, walking down from its manifest.
 func (t *table) measure(img *Image, children map[int32][]int32) {
-	raw, ok := hashHex(img.Digest.String())
+	raw, ok := rawOf(img.Digest)
 	if !ok {
 		return
 	}

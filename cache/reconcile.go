@@ -26,17 +26,19 @@ type totals struct {
 
 // loadTotals takes the usage counts a clean close left, and removes them, so
 // that a crash from now on is noticed at the next start. Without them (a
-// crash, or a store from before they existed) it reconciles the index with
-// the files, which also counts.
+// crash, or a store from before they existed) it starts reconciling the
+// index with the files, which also counts.
 func (s *Store) loadTotals() error {
 	var t totals
 	err := s.getJSON(keyClean, &t)
 	if errors.Is(err, ErrNotFound) {
-		return s.Reconcile(context.Background())
+		s.reconcileInBackground()
+		return nil
 	}
 	if err != nil {
 		s.log.Warn("read usage totals; reconciling", zap.Error(err))
-		return s.Reconcile(context.Background())
+		s.reconcileInBackground()
+		return nil
 	}
 	if err := s.db.Update(func(txn *badger.Txn) error { return txn.Delete(keyClean) }); err != nil {
 		return fmt.Errorf("clear clean-close mark: %w", err)
@@ -47,7 +49,45 @@ func (s *Store) loadTotals() error {
 	s.mu.Lock()
 	s.used, s.objects = t.Bytes, t.Objects
 	s.mu.Unlock()
+	close(s.counted)
 	return nil
+}
+
+// reconcileInBackground reconciles after a crash without holding up the
+// start: content in place is served at once (a file is verified before its
+// rename, and a missing one is a miss), while writes, eviction and verify
+// wait for the counts, so nothing it walks changes under it.
+func (s *Store) reconcileInBackground() {
+	ctx, cancel := context.WithCancel(context.Background())
+	s.stopCounting = cancel
+	go func() {
+		defer close(s.counted)
+		if s.opt.beforeReconcile != nil {
+			s.opt.beforeReconcile(ctx)
+		}
+		err := s.reconcile(ctx)
+		switch {
+		case err == nil:
+			s.kick() // the store may be over a budget that shrank
+		case ctx.Err() != nil:
+			s.countErr = fmt.Errorf("reconciliation stopped: %w", ctx.Err())
+		default:
+			s.log.Error("reconcile index with content files", zap.Error(err))
+			s.countErr = err
+		}
+	}()
+}
+
+// AwaitCounts waits until the store knows its usage totals: at once after a
+// clean close, otherwise when reconciliation has ended. It returns why
+// reconciliation failed, if it did.
+func (s *Store) AwaitCounts(ctx context.Context) error {
+	select {
+	case <-s.counted:
+		return s.countErr
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 func (s *Store) saveTotals() error {
@@ -72,72 +112,60 @@ type ReconcileReport struct {
 // Reconcile makes the index agree with the content files and recounts the
 // usage totals: a file without a record gets one from its size (a file in
 // place was verified before its rename), a record without a file is dropped,
-// a stray file is removed. It runs at Open when the last close was not clean,
-// before anything is served, so nothing races with it.
+// a stray file is removed. It runs in the background from Open when the last
+// close was not clean; called again, it first waits for that one. Nothing
+// may write to the store while it runs.
 func (s *Store) Reconcile(ctx context.Context) error {
+	<-s.counted
+	return s.reconcile(ctx)
+}
+
+// reconcile is Reconcile. Both sides are in digest order, so it is one merge
+// of the content tree with an iterator over the blob records: nothing is
+// loaded whole, and a record is read only for its size.
+func (s *Store) reconcile(ctx context.Context) error {
 	start := time.Now()
-	type rec struct {
-		raw  [32]byte
-		size int64
-	}
-	var recs []rec
-	err := s.db.View(func(txn *badger.Txn) error {
-		return scan(txn, prefixBlob, func(k string, v []byte) error {
-			raw, ok := hashHex(k)
-			if !ok {
-				return nil
-			}
-			var r record
-			if err := json.Unmarshal(v, &r); err != nil {
-				r.Size = -1 // unreadable: rebuilt from the file
-			}
-			recs = append(recs, rec{raw, r.Size})
-			return nil
-		})
-	})
-	if err != nil {
-		return fmt.Errorf("read blob records: %w", err)
-	}
 	var rep ReconcileReport
 	wb := s.db.NewWriteBatch()
 	defer wb.Cancel()
+	txn := s.db.NewTransaction(false)
+	defer txn.Discard()
+	recs := newRecordCursor(txn)
+	defer recs.close()
 	drop := func(raw [32]byte) error {
-		h := rawHash(raw)
 		rep.DroppedRecords++
-		for _, k := range objectKeys(h) {
+		for _, k := range objectKeys(rawHash(raw)) {
 			if err := wb.Delete(k); err != nil {
 				return err
 			}
 		}
 		return nil
 	}
-	i := 0
-	err = s.walk(ctx, func(raw [32]byte, path string, ok bool) error {
-		if !ok {
+	err := s.walk(ctx, func(f contentFile) error {
+		if !f.ok {
 			rep.StrayFiles++
-			s.log.Warn("remove stray file from the content tree", zap.String("file", path))
-			return os.Remove(path)
+			s.log.Warn("remove stray file from the content tree", zap.String("file", f.path()))
+			return os.Remove(f.path())
 		}
-		for i < len(recs) && slices.Compare(recs[i].raw[:], raw[:]) < 0 {
-			if err := drop(recs[i].raw); err != nil {
+		for recs.valid && slices.Compare(recs.raw[:], f.raw[:]) < 0 {
+			if err := drop(recs.raw); err != nil {
 				return err
 			}
-			i++
+			recs.next()
 		}
-		size := int64(-1)
-		if i < len(recs) && recs[i].raw == raw {
-			size = recs[i].size
-			i++
+		size := int64(-1) // no record, or an unreadable one: rebuilt from the file
+		if recs.valid && recs.raw == f.raw {
+			size = recs.size
+			recs.next()
 		}
 		if size < 0 {
-			st, err := os.Stat(path)
+			st, err := os.Stat(f.path())
 			if err != nil {
 				return err
 			}
 			size = st.Size()
 			rep.AddedRecords++
-			v, _ := json.Marshal(record{Size: size})
-			if err := wb.Set(blobKey(rawHash(raw)), v); err != nil {
+			if err := wb.Set(blobKey(rawHash(f.raw)), encodeRecord(Info{Size: size})); err != nil {
 				return err
 			}
 		}
@@ -145,13 +173,11 @@ func (s *Store) Reconcile(ctx context.Context) error {
 		rep.Bytes += size
 		return nil
 	})
+	for ; err == nil && recs.valid; recs.next() {
+		err = drop(recs.raw)
+	}
 	if err != nil {
 		return fmt.Errorf("reconcile: %w", err)
-	}
-	for ; i < len(recs); i++ {
-		if err := drop(recs[i].raw); err != nil {
-			return fmt.Errorf("reconcile: %w", err)
-		}
 	}
 	if err := wb.Flush(); err != nil {
 		return fmt.Errorf("reconcile: write index: %w", err)
@@ -165,9 +191,61 @@ func (s *Store) Reconcile(ctx context.Context) error {
 	return nil
 }
 
+// recordCursor walks the blob records in digest order, one at a time.
+type recordCursor struct {
+	it    *badger.Iterator
+	valid bool
+	raw   [32]byte
+	size  int64 // -1 when the record does not decode
+}
+
+func newRecordCursor(txn *badger.Txn) *recordCursor {
+	c := &recordCursor{it: txn.NewIterator(badger.IteratorOptions{Prefix: []byte(prefixBlob)})}
+	c.it.Rewind()
+	c.load()
+	return c
+}
+
+// load reads the record under the iterator, skipping keys that name no
+// digest (nothing the store writes).
+func (c *recordCursor) load() {
+	for ; c.it.Valid(); c.it.Next() {
+		item := c.it.Item()
+		raw, ok := keyRaw(item.Key()[len(prefixBlob):])
+		if !ok {
+			continue
+		}
+		c.valid, c.raw, c.size = true, raw, -1
+		_ = item.Value(func(v []byte) error {
+			if size, err := recordSize(v); err == nil {
+				c.size = size
+			}
+			return nil
+		})
+		return
+	}
+	c.valid = false
+}
+
+func (c *recordCursor) next() {
+	c.it.Next()
+	c.load()
+}
+
+func (c *recordCursor) close() { c.it.Close() }
+
+// contentFile is a file of the content tree.
+type contentFile struct {
+	dir, name string
+	raw       [32]byte
+	ok        bool // its place names a digest
+}
+
+func (f contentFile) path() string { return filepath.Join(f.dir, f.name) }
+
 // walk calls fn for every file of the content tree in digest order, with
 // ok false for a file whose place does not name a digest.
-func (s *Store) walk(ctx context.Context, fn func(raw [32]byte, path string, ok bool) error) error {
+func (s *Store) walk(ctx context.Context, fn func(contentFile) error) error {
 	root := blobRoot(s.dir)
 	dirs, err := os.ReadDir(root)
 	if err != nil {
@@ -177,22 +255,21 @@ func (s *Store) walk(ctx context.Context, fn func(raw [32]byte, path string, ok 
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		dir := filepath.Join(root, d.Name())
 		if !d.IsDir() || len(d.Name()) != 2 {
-			if err := fn([32]byte{}, dir, false); err != nil {
+			if err := fn(contentFile{dir: root, name: d.Name()}); err != nil {
 				return err
 			}
 			continue
 		}
+		dir := filepath.Join(root, d.Name())
 		files, err := os.ReadDir(dir)
 		if err != nil {
 			return fmt.Errorf("read %s: %w", dir, err)
 		}
-		for _, f := range files {
-			path := filepath.Join(dir, f.Name())
-			raw, ok := hashHex("sha256:" + f.Name())
-			ok = ok && f.Type().IsRegular() && f.Name()[:2] == d.Name()
-			if err := fn(raw, path, ok); err != nil {
+		for _, e := range files {
+			raw, ok := hexRaw(e.Name())
+			ok = ok && e.Type().IsRegular() && e.Name()[:2] == d.Name()
+			if err := fn(contentFile{dir: dir, name: e.Name(), raw: raw, ok: ok}); err != nil {
 				return err
 			}
 		}
@@ -213,15 +290,18 @@ type VerifyReport struct {
 // it again. progress, when not nil, is called after each object.
 func (s *Store) Verify(ctx context.Context, progress func(VerifyReport)) (VerifyReport, error) {
 	rep := VerifyReport{Corrupt: []string{}, Stray: []string{}}
+	if err := s.AwaitCounts(ctx); err != nil {
+		return rep, fmt.Errorf("verify: %w", err)
+	}
 	buf := make([]byte, 1<<20)
-	err := s.walk(ctx, func(raw [32]byte, path string, ok bool) error {
-		if !ok {
-			rep.Stray = append(rep.Stray, filepath.Base(path))
-			s.log.Warn("verify: remove stray file", zap.String("file", path))
-			return os.RemoveAll(path)
+	err := s.walk(ctx, func(f contentFile) error {
+		if !f.ok {
+			rep.Stray = append(rep.Stray, f.name)
+			s.log.Warn("verify: remove stray file", zap.String("file", f.path()))
+			return os.RemoveAll(f.path())
 		}
-		h := rawHash(raw)
-		n, sum, err := hashFile(path, buf)
+		h := rawHash(f.raw)
+		n, sum, err := hashFile(f.path(), buf)
 		if errors.Is(err, os.ErrNotExist) {
 			return nil // evicted while we walked
 		}
@@ -230,7 +310,7 @@ func (s *Store) Verify(ctx context.Context, progress func(VerifyReport)) (Verify
 		}
 		rep.Checked++
 		rep.Bytes += n
-		if sum != raw {
+		if sum != f.raw {
 			rep.Corrupt = append(rep.Corrupt, h.String())
 			s.log.Error("verify: content does not match its digest; removed", zap.Stringer("digest", h),
 				zap.String("hashes_to", "sha256:"+hex.EncodeToString(sum[:])))

@@ -1,12 +1,15 @@
 package cache
 
 import (
+	"bytes"
+	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"go.uber.org/zap"
@@ -71,6 +74,9 @@ func TestReconcileAfterACrash(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
+	if err := s.AwaitCounts(t.Context()); err != nil {
+		t.Fatal(err)
+	}
 	u := s.Usage()
 	if u.Objects != int64(len(kept))+1 || u.Bytes != keptBytes+5000 {
 		t.Fatalf("usage after reconcile %+v, want %d objects, %d bytes", u, len(kept)+1, keptBytes+5000)
@@ -135,5 +141,95 @@ func TestVerifyRemovesCorruptContent(t *testing.T) {
 	}
 	if _, err := s.info(bh); err == nil {
 		t.Fatal("the corrupt blob's record survived")
+	}
+}
+
+// After a crash, Open returns before reconciliation has counted: stored
+// content is served at once, while a write waits for the count.
+func TestCrashStartServesWhileCounting(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(dir, Options{}, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, h := randomContent(t, 3000)
+	if err := s.PutManifest(h, b, "application/octet-stream"); err != nil {
+		t.Fatal(err)
+	}
+	crash(t, s)
+
+	gate := make(chan struct{})
+	hold := func(ctx context.Context) {
+		select {
+		case <-gate:
+		case <-ctx.Done():
+		}
+	}
+	s, err = Open(dir, Options{beforeReconcile: hold}, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if u := s.Usage(); !u.Counting || u.Objects != 0 {
+		t.Fatalf("usage while counting: %+v", u)
+	}
+	got, _, err := s.Manifest(t.Context(), h, 1<<20)
+	if err != nil || !bytes.Equal(got, b) {
+		t.Fatalf("stored content while counting: %d bytes, %v", len(got), err)
+	}
+	b2, h2 := randomContent(t, 2000)
+	stored := make(chan error, 1)
+	go func() { stored <- s.PutManifest(h2, b2, "application/octet-stream") }()
+	select {
+	case err := <-stored:
+		t.Fatalf("a write went ahead of the count (%v)", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	close(gate)
+	if err := <-stored; err != nil {
+		t.Fatal(err)
+	}
+	if err := s.AwaitCounts(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if u := s.Usage(); u.Counting || u.Objects != 2 || u.Bytes != 5000 {
+		t.Fatalf("usage after counting and a write: %+v, want 2 objects, 5000 bytes", u)
+	}
+}
+
+// Closing while reconciliation counts stops it and leaves no clean-close
+// mark, so the next start counts again.
+func TestCloseWhileCountingCountsAgainNextTime(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(dir, Options{}, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, h := randomContent(t, 3000)
+	if err := s.PutManifest(h, b, "application/octet-stream"); err != nil {
+		t.Fatal(err)
+	}
+	crash(t, s)
+	never := func(ctx context.Context) { <-ctx.Done() }
+	s, err = Open(dir, Options{beforeReconcile: never}, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.AwaitCounts(t.Context()); err == nil {
+		t.Fatal("a stopped reconciliation reported no error")
+	}
+	s, err = Open(dir, Options{}, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if err := s.AwaitCounts(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if u := s.Usage(); u.Objects != 1 || u.Bytes != 3000 {
+		t.Fatalf("usage after counting again: %+v, want 1 object of 3000 bytes", u)
 	}
 }

@@ -59,6 +59,10 @@ type Options struct {
 	// FreeSpace reports the filesystem's free bytes; tests set it,
 	// production leaves it nil for statfs.
 	FreeSpace func() (int64, error)
+
+	// beforeReconcile, when set, runs at the start of a reconciliation
+	// after a crash: tests hold it there.
+	beforeReconcile func(context.Context)
 }
 
 func (o *Options) defaults() {
@@ -128,6 +132,13 @@ type Store struct {
 
 	evictMu  sync.Mutex    // one eviction pass at a time
 	evictNow chan struct{} // asks the background evictor for a pass
+
+	// counted is closed once the usage totals are known: at Open after a
+	// clean close, or when reconciliation after a crash ends. Writes,
+	// eviction and verify wait for it; reads of stored content do not.
+	counted      chan struct{}
+	countErr     error              // why reconciliation failed; set before counted is closed
+	stopCounting context.CancelFunc // cancels a reconciliation still running
 }
 
 // Open opens (creating if needed) the store under dir. Leftover temp files of
@@ -150,6 +161,7 @@ func Open(dir string, opt Options, log *zap.Logger) (*Store, error) {
 		access:   make(map[v1.Hash]time.Time),
 		held:     make(map[v1.Hash]int),
 		evictNow: make(chan struct{}, 1),
+		counted:  make(chan struct{}),
 	}
 	s.tags, _ = lru.New[string, TagAnswer](opt.MemoryTags)
 	s.manifests, _ = lru.New[v1.Hash, memManifest](opt.MemoryManifests)
@@ -307,11 +319,18 @@ func (s *Store) remember(h v1.Hash, body []byte, info Info) {
 	}
 }
 
-// Healthy reports whether the store can serve: the index is open and the
-// content directory is there.
+// Healthy reports whether the store can serve: the index is open, the
+// content directory is there, and reconciliation did not fail.
 func (s *Store) Healthy() error {
 	if s.db.IsClosed() {
 		return errors.New("index closed")
+	}
+	select {
+	case <-s.counted:
+		if s.countErr != nil {
+			return s.countErr
+		}
+	default:
 	}
 	if _, err := os.Stat(blobRoot(s.dir)); err != nil {
 		return fmt.Errorf("content directory: %w", err)
@@ -371,11 +390,18 @@ func (s *Store) valueLogGC() {
 }
 
 // Close flushes pending access times, records the usage totals so the next
-// start need not count them, and closes the index.
+// start need not count them, and closes the index. A reconciliation still
+// running is stopped, and the next start reconciles again.
 func (s *Store) Close() error {
+	if s.stopCounting != nil {
+		s.stopCounting()
+	}
+	<-s.counted
 	s.flushAccess()
-	if err := s.saveTotals(); err != nil {
-		s.log.Warn("record usage totals", zap.Error(err))
+	if s.countErr == nil {
+		if err := s.saveTotals(); err != nil {
+			s.log.Warn("record usage totals", zap.Error(err))
+		}
 	}
 	if err := s.db.Close(); err != nil {
 		return fmt.Errorf("close index: %w", err)

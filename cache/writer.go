@@ -1,6 +1,7 @@
 package cache
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -43,6 +44,9 @@ type Writer struct {
 func (s *Store) Create(h v1.Hash, size int64, mediaType string) (*Writer, error) {
 	if err := checkHash(h); err != nil {
 		return nil, err
+	}
+	if err := s.AwaitCounts(context.Background()); err != nil {
+		return nil, fmt.Errorf("store %s: %w", h, err)
 	}
 	if err := s.reserve(h, size); err != nil {
 		return nil, err

@@ -799,8 +799,12 @@ func TestKillDuringColdDownloadsThenReconcile(t *testing.T) {
 	}
 
 	m2 := startMirror(t, up.URL, m.DataDir)
-	// Logged before "listening", which startMirror has seen.
-	recs := budLogLines(m2, func(rec map[string]any) bool { return rec["msg"] == "reconciled index with content files" })
+	// The mirror serves at once; reconciliation counts in the background.
+	reconciled := func(rec map[string]any) bool { return rec["msg"] == "reconciled index with content files" }
+	if err := m2.waitLog(ctx, reconciled); err != nil {
+		t.Fatalf("no reconciliation logged after kill -9: %v; logs:\n%s", err, m2.Logs())
+	}
+	recs := budLogLines(m2, reconciled)
 	if len(recs) != 1 {
 		t.Fatalf("after kill -9, start-up logged %d reconciliations, want 1; logs:\n%s", len(recs), m2.Logs())
 	}

@@ -322,8 +322,12 @@ func usageLine(u cache.Usage) string {
 	if u.Budget > 0 {
 		budget = fmt.Sprintf("%s (%.0f%%)", human(u.Budget), 100*float64(u.Bytes)/float64(u.Budget))
 	}
-	return fmt.Sprintf("%s of %s, %d objects; since start %d evicted (%s), %d streamed without storing",
+	line := fmt.Sprintf("%s of %s, %d objects; since start %d evicted (%s), %d streamed without storing",
 		human(u.Bytes), budget, u.Objects, u.Evictions, human(u.EvictedBytes), u.Streamed)
+	if u.Counting {
+		line += " (still counting after an unclean stop)"
+	}
+	return line
 }
 
 // human prints bytes in binary units, one decimal.

@@ -1,0 +1,94 @@
+package cache
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"testing"
+
+	"github.com/dgraph-io/badger/v4"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"go.uber.org/zap"
+)
+
+func TestRecordRoundTrips(t *testing.T) {
+	for _, info := range []Info{
+		{Size: 0}, {Size: 16, MediaType: "application/octet-stream"},
+		{Size: 1 << 40, MediaType: "application/vnd.oci.image.manifest.v1+json"},
+	} {
+		got, err := decodeRecord(encodeRecord(info))
+		if err != nil || got != info {
+			t.Errorf("decodeRecord(encodeRecord(%+v)) = %+v, %v", info, got, err)
+		}
+		if size, err := recordSize(encodeRecord(info)); err != nil || size != info.Size {
+			t.Errorf("recordSize(encodeRecord(%+v)) = %d, %v", info, size, err)
+		}
+	}
+	for _, bad := range []string{"", "\x01", "\x01\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff", `{"size":-1}`, `{"size":"1"}`, "\x02abc"} {
+		if info, err := decodeRecord([]byte(bad)); err == nil {
+			t.Errorf("decodeRecord(%q) = %+v, want an error", bad, info)
+		}
+		if _, err := recordSize([]byte(bad)); err == nil {
+			t.Errorf("recordSize(%q): want an error", bad)
+		}
+	}
+}
+
+// A store written before records were binary holds JSON records; it must
+// still serve, count and evict them.
+func TestJSONRecordsOfAnOlderStoreStillCount(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(dir, Options{}, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	body := []byte("an older store's blob")
+	sum := sha256.Sum256(body)
+	h := v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(sum[:])}
+	w, err := s.Create(h, int64(len(body)), "application/octet-stream")
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Write(body)
+	if err := w.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	old := `{"size":21,"media_type":"application/x-old"}`
+	if err := s.db.Update(func(txn *badger.Txn) error { return txn.Set(blobKey(h), []byte(old)) }); err != nil {
+		t.Fatal(err)
+	}
+	if info, err := s.info(h); err != nil || info != (Info{Size: 21, MediaType: "application/x-old"}) {
+		t.Fatalf("info = %+v, %v", info, err)
+	}
+	if err := s.Reconcile(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if u := s.Usage(); u.Objects != 1 || u.Bytes != 21 {
+		t.Fatalf("after reconcile: %+v, want 1 object of 21 bytes", u)
+	}
+	tb, err := s.loadTable()
+	if err != nil || len(tb.objs) != 1 || tb.objs[0].size != 21 {
+		t.Fatalf("eviction table %+v, %v", tb, err)
+	}
+}
+
+func TestHexRaw(t *testing.T) {
+	sum := sha256.Sum256([]byte("x"))
+	lower := hex.EncodeToString(sum[:])
+	if raw, ok := hexRaw(lower); !ok || raw != sum {
+		t.Fatalf("hexRaw(%s) = %x, %v", lower, raw, ok)
+	}
+	if raw, ok := keyRaw([]byte("sha256:" + lower)); !ok || raw != sum {
+		t.Fatalf("keyRaw = %x, %v", raw, ok)
+	}
+	upper := []byte(lower)
+	upper[5] = 'A'
+	for _, bad := range []string{lower[:63], lower + "0", string(upper), lower[:10] + "g" + lower[11:], lower[:10] + "/" + lower[11:], ""} {
+		if _, ok := hexRaw(bad); ok {
+			t.Errorf("hexRaw(%q) accepted", bad)
+		}
+	}
+	if _, ok := keyRaw([]byte("sha512:" + lower)); ok {
+		t.Error("keyRaw accepted sha512")
+	}
+}
