@@ -6,9 +6,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"os"
 	"slices"
 	"time"
 
@@ -330,18 +328,16 @@ func (s *Store) evict(goal evictGoal) (Evicted, error) {
 			s.mu.Unlock()
 			continue
 		}
-		err := os.Remove(s.path(h))
-		if err != nil && !errors.Is(err, os.ErrNotExist) {
-			s.mu.Unlock()
+		err := s.unlink(h, o.size)
+		if err == nil {
+			s.evictions++
+			s.evictedBytes += o.size
+		}
+		s.mu.Unlock()
+		if err != nil {
 			s.log.Warn("evict", zap.Stringer("digest", h), zap.Error(err))
 			continue
 		}
-		s.used -= o.size
-		s.objects--
-		s.evictions++
-		s.evictedBytes += o.size
-		s.mu.Unlock()
-		s.manifests.Remove(h)
 		done.Objects++
 		done.Bytes += o.size
 		for _, k := range objectKeys(h) {

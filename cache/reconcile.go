@@ -347,18 +347,16 @@ func hashFile(path string, buf []byte) (int64, [32]byte, error) {
 
 // remove deletes the content of h and its records, and uncounts it.
 func (s *Store) remove(h v1.Hash) error {
-	info, ierr := s.info(h)
+	size := int64(-1)
+	if info, err := s.info(h); err == nil {
+		size = info.Size
+	}
 	s.mu.Lock()
-	err := os.Remove(s.path(h))
-	if err == nil && ierr == nil {
-		s.used -= info.Size
-		s.objects--
-	}
+	err := s.unlink(h, size)
 	s.mu.Unlock()
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("remove %s: %w", h, err)
+	if err != nil {
+		return err
 	}
-	s.manifests.Remove(h)
 	return s.db.Update(func(txn *badger.Txn) error {
 		for _, k := range objectKeys(h) {
 			if err := txn.Delete(k); err != nil {
@@ -367,4 +365,19 @@ func (s *Store) remove(h v1.Hash) error {
 		}
 		return nil
 	})
+}
+
+// unlink removes the content file of h and uncounts size (-1 when not known).
+// A record means a counted object, so a file already gone (removed by hand)
+// is uncounted too. The records are the caller's to forget. s.mu is held.
+func (s *Store) unlink(h v1.Hash, size int64) error {
+	if err := os.Remove(s.path(h)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove %s: %w", h, err)
+	}
+	if size >= 0 {
+		s.used -= size
+		s.objects--
+	}
+	s.manifests.Remove(h)
+	return nil
 }
