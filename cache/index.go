@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
+	"github.com/dgraph-io/badger/v4/options"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"go.uber.org/zap"
 )
@@ -145,7 +146,8 @@ func IndexOptions(dir string) badger.Options {
 		WithNumLevelZeroTables(2).
 		WithNumLevelZeroTablesStall(8).
 		WithValueLogFileSize(32 << 20).
-		WithBlockCacheSize(8 << 20).
+		WithCompression(options.None).
+		WithBlockCacheSize(0).
 		WithIndexCacheSize(8 << 20).
 		WithNumCompactors(2).
 		WithDetectConflicts(false)
