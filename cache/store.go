@@ -320,7 +320,7 @@ func (s *Store) remember(h v1.Hash, body []byte, info Info) {
 }
 
 // Healthy reports whether the store can serve: the index is open, the
-// content directory is there, and reconciliation did not fail.
+// content and temp directories are there, and reconciliation did not fail.
 func (s *Store) Healthy() error {
 	if s.db.IsClosed() {
 		return errors.New("index closed")
@@ -332,8 +332,16 @@ func (s *Store) Healthy() error {
 		}
 	default:
 	}
-	if _, err := os.Stat(blobRoot(s.dir)); err != nil {
-		return fmt.Errorf("content directory: %w", err)
+	// Both must be directories: every download writes in tmp/ and renames
+	// into the content tree.
+	for _, d := range []string{blobRoot(s.dir), tmpDir(s.dir)} {
+		st, err := os.Stat(d)
+		if err == nil && !st.IsDir() {
+			err = errors.New("not a directory")
+		}
+		if err != nil {
+			return fmt.Errorf("store directory %s: %w", d, err)
+		}
 	}
 	return nil
 }

@@ -256,3 +256,25 @@ func TestSecondProcessCannotOpenTheSameStore(t *testing.T) {
 		t.Fatal("a second Open of the same dir succeeded; it would delete the first one's temp files")
 	}
 }
+
+func TestHealthyNeedsTheTempDirectory(t *testing.T) {
+	dir := t.TempDir()
+	s, err := cache.Open(dir, cache.Options{}, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if err := s.Healthy(); err != nil {
+		t.Fatalf("a fresh store: %v", err)
+	}
+	tmp := filepath.Join(dir, "tmp")
+	if err := os.Remove(tmp); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(tmp, nil, 0o640); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Healthy(); err == nil {
+		t.Fatal("healthy with tmp/ a regular file, where no download can write")
+	}
+}
