@@ -397,6 +397,11 @@ func TestBudgetEvictsLeastRecentlyUsedImage(t *testing.T) {
 	}
 	pull(2) // the rest of the pull, all from the cache now
 	checkStored("after pulling app0, app1, app0 again, app2", true, false, true)
+	// A pull reads an image's manifest before its layers, yet the manifest
+	// is the last of its image to go: app1 lost its layer, not its manifest.
+	if !budStored(t, m, imgs[1].digest) {
+		t.Errorf("%s's manifest was evicted before its layers", imgs[1].name)
+	}
 
 	pull(3)
 	checkStored("after pulling app3 too", false, false, true, true)
