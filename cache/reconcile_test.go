@@ -144,19 +144,27 @@ func TestVerifyRemovesCorruptContent(t *testing.T) {
 	}
 }
 
-// After a crash, Open returns before reconciliation has counted: stored
-// content is served at once, while a write waits for the count.
-func TestCrashStartServesWhileCounting(t *testing.T) {
-	dir := t.TempDir()
+// crashedWithOne is a store directory that crashed holding one 3000-byte
+// object.
+func crashedWithOne(t *testing.T) (dir string, body []byte, h v1.Hash) {
+	t.Helper()
+	dir = t.TempDir()
 	s, err := Open(dir, Options{}, zap.NewNop())
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, h := randomContent(t, 3000)
-	if err := s.PutManifest(h, b, "application/octet-stream"); err != nil {
+	body, h = randomContent(t, 3000)
+	if err := s.PutManifest(h, body, "application/octet-stream"); err != nil {
 		t.Fatal(err)
 	}
 	crash(t, s)
+	return dir, body, h
+}
+
+// After a crash, Open returns before reconciliation has counted: stored
+// content is served at once, while a write waits for the count.
+func TestCrashStartServesWhileCounting(t *testing.T) {
+	dir, b, h := crashedWithOne(t)
 
 	gate := make(chan struct{})
 	hold := func(ctx context.Context) {
@@ -165,7 +173,7 @@ func TestCrashStartServesWhileCounting(t *testing.T) {
 		case <-ctx.Done():
 		}
 	}
-	s, err = Open(dir, Options{beforeReconcile: hold}, zap.NewNop())
+	s, err := Open(dir, Options{beforeReconcile: hold}, zap.NewNop())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -200,18 +208,9 @@ func TestCrashStartServesWhileCounting(t *testing.T) {
 // Closing while reconciliation counts stops it and leaves no clean-close
 // mark, so the next start counts again.
 func TestCloseWhileCountingCountsAgainNextTime(t *testing.T) {
-	dir := t.TempDir()
-	s, err := Open(dir, Options{}, zap.NewNop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, h := randomContent(t, 3000)
-	if err := s.PutManifest(h, b, "application/octet-stream"); err != nil {
-		t.Fatal(err)
-	}
-	crash(t, s)
+	dir, _, _ := crashedWithOne(t)
 	never := func(ctx context.Context) { <-ctx.Done() }
-	s, err = Open(dir, Options{beforeReconcile: never}, zap.NewNop())
+	s, err := Open(dir, Options{beforeReconcile: never}, zap.NewNop())
 	if err != nil {
 		t.Fatal(err)
 	}
