@@ -218,16 +218,10 @@ func (p *Proxy) fill(fl *flight, up Upstream, repo string) error {
 	a := p.newAttempt(resp, ctx, cancel)
 	defer func() { a.end() }()
 	buf := make([]byte, 256<<10)
-	var sinceReset int
 	for resumes := 0; ; {
 		n, rerr := a.body.Read(buf)
 		if n > 0 {
-			// Only real progress postpones the idle timeout: an upstream that
-			// trickles a byte every few seconds is as stuck as a silent one.
-			if sinceReset += n; sinceReset >= minProgress {
-				a.idle.Reset(p.opt.UpstreamTimeout)
-				sinceReset = 0
-			}
+			a.progress(n)
 			if _, werr := w.Write(buf[:n]); werr != nil {
 				return werr
 			}
@@ -258,7 +252,6 @@ func (p *Proxy) fill(fl *flight, up Upstream, repo string) error {
 		p.log.Info("download resumed", zap.String(keyUpstream, up.Name()), zap.Stringer(keyDigest, fl.digest),
 			zap.Int64("offset", written), zap.Int("attempt", resumes), zap.NamedError("cause", rerr))
 		a = next
-		sinceReset = 0
 	}
 	return w.Commit()
 }
@@ -273,15 +266,49 @@ const maxResumes = 3
 // attempt is one upstream request of a download. It has its own context, so
 // an idle timeout ends the request without ending the download.
 type attempt struct {
-	body   io.ReadCloser
-	ctx    context.Context
-	cancel context.CancelCauseFunc
-	idle   *time.Timer // a body that sends nothing for UpstreamTimeout is cut
+	body    io.ReadCloser
+	ctx     context.Context
+	cancel  context.CancelCauseFunc
+	idle    *time.Timer // a body that sends nothing for UpstreamTimeout is cut
+	timeout time.Duration
+	since   int // bytes received since the idle timer was last reset
 }
 
 func (p *Proxy) newAttempt(resp *http.Response, ctx context.Context, cancel context.CancelCauseFunc) *attempt {
-	return &attempt{body: resp.Body, ctx: ctx, cancel: cancel,
+	return &attempt{body: resp.Body, ctx: ctx, cancel: cancel, timeout: p.opt.UpstreamTimeout,
 		idle: time.AfterFunc(p.opt.UpstreamTimeout, func() { cancel(errIdle) })}
+}
+
+// progress notes n bytes received. Only real progress postpones the idle
+// timeout: an upstream that trickles a byte every few seconds is as stuck
+// as a silent one.
+func (a *attempt) progress(n int) {
+	if a.since += n; a.since >= minProgress {
+		a.idle.Reset(a.timeout)
+		a.since = 0
+	}
+}
+
+// skip reads and drops the first n bytes of the body, as progress: a
+// registry that ignores Range resends what was written, and skipping a
+// large part of a blob may take longer than the idle timeout.
+func (a *attempt) skip(n int64) error {
+	buf := make([]byte, 64<<10)
+	for n > 0 {
+		m, err := a.body.Read(buf[:min(int64(len(buf)), n)])
+		n -= int64(m)
+		a.progress(m)
+		if err == io.EOF && n > 0 {
+			err = io.ErrUnexpectedEOF
+		}
+		if err != nil && n > 0 {
+			if cause := context.Cause(a.ctx); cause != nil {
+				err = cause
+			}
+			return err
+		}
+	}
+	return nil
 }
 
 func (a *attempt) end() {
@@ -313,7 +340,7 @@ func (p *Proxy) resume(up Upstream, repo string, h v1.Hash, offset, size int64, 
 			return nil, fmt.Errorf("%w: asked for bytes from %d, got Content-Range %q", errUpstreamInvalid, offset, resp.Header.Get("Content-Range"))
 		}
 	default: // 200: the whole blob again
-		if _, err := io.CopyN(io.Discard, a.body, offset); err != nil {
+		if err := a.skip(offset); err != nil {
 			a.end()
 			return nil, fmt.Errorf("skip the %d bytes already written: %w", offset, err)
 		}

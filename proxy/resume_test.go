@@ -201,19 +201,43 @@ func TestStalledClientDoesNotSlowTheOthers(t *testing.T) {
 func TestTricklingUpstreamHitsTheIdleTimeout(t *testing.T) {
 	body, h := regtest.RandomBlob(t, 64<<10)
 	var gets atomic.Int32
-	e := newEnv(t, withUpstreamTimeout(300*time.Millisecond), withUpstreamFault(corrupt(h, func(w http.ResponseWriter) {
-		gets.Add(1)
-		w.Header().Set("Content-Length", strconv.Itoa(len(body)))
-		w.WriteHeader(http.StatusOK)
-		rc := http.NewResponseController(w)
-		for i := range 2000 { // a byte every 50 ms: never 32 KiB within the timeout
-			if _, err := w.Write(body[i : i+1]); err != nil {
+	// Each request trickles from where it was asked to start (Range is
+	// honoured), so every attempt is cut by the idle timeout alone, never
+	// by a skip that races with it.
+	trickle := func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Method != http.MethodGet || filepath.Base(r.URL.Path) != h.String() {
+				next.ServeHTTP(w, r)
 				return
 			}
-			rc.Flush()
-			time.Sleep(50 * time.Millisecond)
-		}
-	})))
+			gets.Add(1)
+			from := 0
+			if rg := r.Header.Get("Range"); rg != "" {
+				first, _, _ := strings.Cut(strings.TrimPrefix(rg, "bytes="), "-")
+				from, _ = strconv.Atoi(first)
+			}
+			w.Header().Set("Content-Length", strconv.Itoa(len(body)-from))
+			if from > 0 {
+				w.Header().Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", from, len(body)-1, len(body)))
+				w.WriteHeader(http.StatusPartialContent)
+			} else {
+				w.WriteHeader(http.StatusOK)
+			}
+			rc := http.NewResponseController(w)
+			for i := from; i < len(body) && i < from+2000; i++ { // a byte every 50 ms: never 32 KiB within the timeout
+				if _, err := w.Write(body[i : i+1]); err != nil {
+					return
+				}
+				rc.Flush()
+				select {
+				case <-time.After(50 * time.Millisecond):
+				case <-r.Context().Done():
+					return
+				}
+			}
+		})
+	}
+	e := newEnv(t, withUpstreamTimeout(300*time.Millisecond), withUpstreamFault(trickle))
 	resp, err := http.Get(e.mirror.URL + "/v2/app/blobs/" + h.String())
 	if err == nil {
 		got, rerr := io.ReadAll(resp.Body)
@@ -232,5 +256,54 @@ func TestTricklingUpstreamHitsTheIdleTimeout(t *testing.T) {
 	failed := e.logs.FilterMessage("download failed").All()
 	if len(failed) != 1 || !strings.Contains(fmt.Sprint(failed[0].ContextMap()["error"]), "upstream stopped sending") {
 		t.Errorf("want one 'download failed' line, for the idle timeout: %v", failed)
+	}
+}
+
+// A registry that ignores Range resends the part already written; skipping
+// it is progress, so a skip that takes longer than the idle timeout while
+// bytes keep coming still resumes.
+func TestResumeSkipLongerThanTheIdleTimeout(t *testing.T) {
+	body, h := regtest.RandomBlob(t, 1536<<10)
+	const cut = 1 << 20
+	var gets atomic.Int32
+	paced := func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Method != http.MethodGet || filepath.Base(r.URL.Path) != h.String() {
+				next.ServeHTTP(w, r)
+				return
+			}
+			w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+			if gets.Add(1) == 1 {
+				w.Write(body[:cut])
+				http.NewResponseController(w).Flush()
+				panic(http.ErrAbortHandler) // the connection resets mid-blob
+			}
+			// Range ignored: the whole blob, 64 KiB every 50 ms, so the
+			// megabyte to skip takes 0.8 s against an idle timeout of 0.5 s.
+			rc := http.NewResponseController(w)
+			for i := 0; i < len(body); i += 64 << 10 {
+				if _, err := w.Write(body[i:min(i+64<<10, len(body))]); err != nil {
+					return
+				}
+				rc.Flush()
+				time.Sleep(50 * time.Millisecond)
+			}
+		})
+	}
+	e := newEnv(t, withUpstreamTimeout(500*time.Millisecond), withUpstreamFault(paced))
+	resp, err := http.Get(e.mirror.URL + "/v2/app/blobs/" + h.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != http.StatusOK || !bytes.Equal(got, body) {
+		t.Fatalf("status %d, %d bytes, %v; want 200 and the blob", resp.StatusCode, len(got), err)
+	}
+	if n := gets.Load(); n != 2 {
+		t.Errorf("upstream GETs = %d, want 2: the first, cut, and one resume", n)
+	}
+	if !e.store.Has(h) {
+		t.Error("the resumed blob was not stored")
 	}
 }
