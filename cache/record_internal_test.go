@@ -92,3 +92,30 @@ func TestHexRaw(t *testing.T) {
 		t.Error("keyRaw accepted sha512")
 	}
 }
+
+// A damaged record cannot make a stored manifest look larger than it is.
+func TestManifestSizeIsTheFilesOwn(t *testing.T) {
+	s, err := Open(t.TempDir(), Options{}, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	body := []byte(`{"schemaVersion":2}`)
+	sum := sha256.Sum256(body)
+	h := v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(sum[:])}
+	if err := s.PutManifest(h, body, "application/vnd.oci.image.manifest.v1+json"); err != nil {
+		t.Fatal(err)
+	}
+	huge := encodeRecord(Info{Size: 1 << 40, MediaType: "application/vnd.oci.image.manifest.v1+json"})
+	if err := s.db.Update(func(txn *badger.Txn) error { return txn.Set(blobKey(h), huge) }); err != nil {
+		t.Fatal(err)
+	}
+	s.manifests.Remove(h)
+	got, info, err := s.Manifest(t.Context(), h, 4<<20)
+	if err != nil || string(got) != string(body) || info.Size != int64(len(body)) {
+		t.Fatalf("Manifest = %q, %+v, %v; want the body and its own size", got, info, err)
+	}
+	if info.MediaType != "application/vnd.oci.image.manifest.v1+json" {
+		t.Errorf("media type %q, want the record's", info.MediaType)
+	}
+}

@@ -218,22 +218,24 @@ func (s *Store) removeTemps() error {
 }
 
 // Open returns the verified content of h, opened for reading, and what the
-// index knows of it. It returns ErrNotFound when h is not cached.
+// index knows of it. The size is the file's own: a record lost in a crash
+// after the rename, or damaged, costs only the media type. It returns
+// ErrNotFound when h is not cached.
 func (s *Store) Open(ctx context.Context, h v1.Hash) (*os.File, Info, error) {
 	f, err := s.OpenFile(h)
 	if err != nil {
 		return nil, Info{}, err
 	}
-	info, err := s.info(h)
-	if err != nil || info.Size < 0 {
-		// No record (lost in a crash after rename): the file itself is verified.
-		st, serr := f.Stat()
-		if serr != nil {
-			f.Close()
-			return nil, Info{}, fmt.Errorf("stat blob %s: %w", h, serr)
-		}
-		info = Info{Size: st.Size()}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, Info{}, fmt.Errorf("stat blob %s: %w", h, err)
 	}
+	info, err := s.info(h)
+	if err != nil {
+		info = Info{}
+	}
+	info.Size = st.Size()
 	return f, info, nil
 }
 
