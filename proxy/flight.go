@@ -40,9 +40,17 @@ type flight struct {
 // handedOver is an upstream response the flight could not store, left for
 // the first requester to stream straight through. cancel ends its request.
 type handedOver struct {
-	resp   *http.Response
-	ctx    context.Context
-	cancel context.CancelCauseFunc
+	resp    *http.Response
+	ctx     context.Context
+	cancel  context.CancelCauseFunc
+	release func() // gives back the download slot it holds
+}
+
+// end closes the response and gives back its slot.
+func (h *handedOver) end() {
+	h.resp.Body.Close()
+	h.cancel(nil)
+	h.release()
 }
 
 // errPassThrough fails a flight whose blob the store cannot keep (larger
@@ -153,8 +161,7 @@ func (p *Proxy) download(fl *flight, up Upstream, repo string) {
 		// Nobody claimed the response in time: the requesters left.
 		time.AfterFunc(p.opt.UpstreamTimeout, func() {
 			if h := fl.claim(); h != nil {
-				h.resp.Body.Close()
-				h.cancel(nil)
+				h.end()
 			}
 		})
 		return
@@ -168,25 +175,42 @@ func (p *Proxy) download(fl *flight, up Upstream, repo string) {
 		zap.Int64(keyBytes, written), zap.Duration(keyTook, time.Since(start)))
 }
 
+// slot waits for one of the MaxDownloads upstream downloads that may run at
+// once, counted as queued while it waits. release gives it back; it may be
+// called more than once. Without a limit a slot is free.
+func (p *Proxy) slot(ctx context.Context, h v1.Hash) (release func(), err error) {
+	if p.slots == nil {
+		return func() {}, nil
+	}
+	select {
+	case p.slots <- struct{}{}:
+	default:
+		p.stats.queued.Add(1)
+		defer p.stats.queued.Add(-1)
+		p.log.Debug("download queued", zap.Stringer(keyDigest, h), zap.Int("max_downloads", cap(p.slots)))
+		select {
+		case p.slots <- struct{}{}:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	var once sync.Once
+	return func() { once.Do(func() { <-p.slots }) }, nil
+}
+
 // fill downloads the blob into a store writer, publishing progress as it
 // goes. The content is committed only if it hashes to the digest.
 func (p *Proxy) fill(fl *flight, up Upstream, repo string) error {
-	if p.slots != nil {
-		select {
-		case p.slots <- struct{}{}:
-		default:
-			p.stats.queued.Add(1)
-			p.log.Debug("download queued", zap.Stringer(keyDigest, fl.digest), zap.Int("max_downloads", cap(p.slots)))
-			select {
-			case p.slots <- struct{}{}:
-				p.stats.queued.Add(-1)
-			case <-p.ctx.Done():
-				p.stats.queued.Add(-1)
-				return p.ctx.Err()
-			}
-		}
-		defer func() { <-p.slots }()
+	release, err := p.slot(p.ctx, fl.digest)
+	if err != nil {
+		return err
 	}
+	handed := false // a handed-over response takes the slot with it
+	defer func() {
+		if !handed {
+			release()
+		}
+	}()
 	ctx, cancel := context.WithCancelCause(p.ctx)
 	resp, err := up.Blob(ctx, http.MethodGet, repo, fl.digest)
 	if err != nil {
@@ -203,8 +227,9 @@ func (p *Proxy) fill(fl *flight, up Upstream, repo string) error {
 		p.log.Warn("cannot store blob; streaming it through", zap.String(keyUpstream, up.Name()),
 			zap.Stringer(keyDigest, fl.digest), zap.Int64("size", resp.ContentLength), zap.Error(err))
 		fl.mu.Lock()
-		fl.handed = &handedOver{resp: resp, ctx: ctx, cancel: cancel}
+		fl.handed = &handedOver{resp: resp, ctx: ctx, cancel: cancel, release: release}
 		fl.mu.Unlock()
+		handed = true
 		return errPassThrough
 	}
 	if err != nil {

@@ -152,7 +152,7 @@ func TestMaxDownloadsQueuesTheRest(t *testing.T) {
 	for e.proxy.Stats().Queued != 1 {
 		time.Sleep(time.Millisecond)
 	}
-	if n := e.counts.Count(http.MethodGet, "/v2/app/blobs/"+h2.String()); n != 0 {
+	if n := e.counts.Count(http.MethodGet, "/v2/library/app/blobs/"+h2.String()); n != 0 {
 		t.Fatalf("the second download went upstream (%d) while the only slot was taken", n)
 	}
 	if v := regtest.Scrape(t, e.mirror.URL+"/metrics").Value("regmirror_downloads_queued"); v != 1 {
@@ -305,5 +305,47 @@ func TestResumeSkipLongerThanTheIdleTimeout(t *testing.T) {
 	}
 	if !e.store.Has(h) {
 		t.Error("the resumed blob was not stored")
+	}
+}
+
+// A blob streamed through without being stored is an upstream download
+// like any other: it holds its slot until its stream ends.
+func TestStreamThroughHoldsADownloadSlot(t *testing.T) {
+	big, h1 := regtest.RandomBlob(t, 256<<10)
+	small, h2 := regtest.RandomBlob(t, 16<<10)
+	g := newGate(h1, big)
+	e := newEnv(t, withMaxDownloads(1), withBudget(128<<10), withUpstreamFault(g.wrap))
+	e.pushBlob("app", small)
+
+	got := make(chan []byte, 2)
+	get := func(h v1.Hash) {
+		resp, err := http.Get(e.mirror.URL + "/v2/app/blobs/" + h.String())
+		if err != nil {
+			got <- nil
+			return
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		got <- b
+	}
+	go get(h1) // larger than the budget: streamed through
+	<-g.sent
+	go get(h2)
+	for deadline := time.Now().Add(10 * time.Second); e.proxy.Stats().Queued != 1; time.Sleep(time.Millisecond) {
+		if n := e.counts.Count(http.MethodGet, "/v2/library/app/blobs/"+h2.String()); n != 0 || time.Now().After(deadline) {
+			t.Fatalf("the download was not queued (%d upstream GETs) while a stream-through held the only slot", n)
+		}
+	}
+	close(g.open)
+	for range 2 {
+		if b := <-got; !bytes.Equal(b, big) && !bytes.Equal(b, small) {
+			t.Fatalf("a client got %d wrong bytes", len(b))
+		}
+	}
+	if e.store.Has(h1) || !e.store.Has(h2) {
+		t.Errorf("stored: the big blob %v, the small one %v; want only the small one", e.store.Has(h1), e.store.Has(h2))
+	}
+	if q := e.proxy.Stats().Queued; q != 0 {
+		t.Fatalf("queued = %d after both finished", q)
 	}
 }

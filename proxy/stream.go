@@ -21,16 +21,21 @@ import (
 // answer), because a part could not be verified.
 func (p *Proxy) streamThrough(w http.ResponseWriter, r *http.Request, up Upstream, rt route, h *handedOver) error {
 	if h == nil {
+		// A download of its own, so it takes a slot like any other.
+		release, err := p.slot(r.Context(), rt.digest)
+		if err != nil {
+			return err
+		}
 		ctx, cancel := context.WithCancelCause(r.Context())
 		resp, err := up.Blob(ctx, http.MethodGet, rt.repo, rt.digest)
 		if err != nil {
 			cancel(nil)
+			release()
 			return err
 		}
-		h = &handedOver{resp: resp, ctx: ctx, cancel: cancel}
+		h = &handedOver{resp: resp, ctx: ctx, cancel: cancel, release: release}
 	}
-	defer h.cancel(nil)
-	defer h.resp.Body.Close()
+	defer h.end()
 	// Like a download, a body that stops sending fails instead of hanging.
 	idle := time.AfterFunc(p.opt.UpstreamTimeout, func() { h.cancel(errIdle) })
 	defer idle.Stop()

@@ -170,8 +170,7 @@ func (p *Proxy) warmBlob(ctx context.Context, up Upstream, rt route, h v1.Hash, 
 		err := fl.wait(ctx, onWrite)
 		if errors.Is(err, errPassThrough) {
 			if h := fl.claim(); h != nil {
-				h.resp.Body.Close()
-				h.cancel(nil)
+				h.end()
 			}
 			return fmt.Errorf("no room in the cache for it (REGMIRROR_MAX_SIZE, REGMIRROR_MIN_FREE)")
 		}
