@@ -108,13 +108,15 @@ func (p *Proxy) logged(w http.ResponseWriter, r *http.Request, h handlerFunc) {
 		if _, isOCI := errors.AsType[*ociError](err); oe.status >= 500 || !isOCI {
 			info.err = err
 		}
-		if oe.status >= 500 {
-			info.told = oe.message // e.g. which setting lets an untrusted certificate through
-		}
 		if rec.wroteHeader {
-			// Headers are out: the only honest failure left is an abort.
+			// Headers are out: the only honest failure left is an abort, and
+			// the client is told nothing (a client that left is no upstream
+			// failure, whatever toOCI would make of its broken pipe).
 			info.err = err
 			panic(http.ErrAbortHandler)
+		}
+		if oe.status >= 500 {
+			info.told = oe.message // e.g. which setting lets an untrusted certificate through
 		}
 		writeError(rec, r, oe)
 	}

@@ -438,3 +438,45 @@ func TestCloseRemovesUnfinishedDownloads(t *testing.T) {
 		t.Errorf("temp files left behind: %v", left)
 	}
 }
+
+// A client that leaves in the middle of a streamed-through blob is logged
+// as an abort with its own error, not as anything told to it: it was told
+// nothing, and its broken pipe is no upstream failure.
+func TestClientLeavingMidStreamIsNotToldAnything(t *testing.T) {
+	body, h := regtest.RandomBlob(t, 4<<20)
+	g := newGate(h, body)
+	e := newEnv(t, withBudget(1<<20), withUpstreamFault(g.wrap)) // larger than the budget: streamed through
+	path := "/v2/app/blobs/" + h.String()
+	req, err := http.NewRequest(http.MethodGet, e.mirror.URL+path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := &http.Transport{}
+	defer tr.CloseIdleConnections()
+	resp, err := tr.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-g.sent
+	if _, err := io.ReadFull(resp.Body, make([]byte, 64<<10)); err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close() // the client leaves
+	close(g.open)
+
+	var line map[string]any
+	for deadline := time.Now().Add(10 * time.Second); line == nil; time.Sleep(5 * time.Millisecond) {
+		for _, l := range e.logs.FilterMessage("request").FilterField(zap.String("path", path)).AllUntimed() {
+			line = l.ContextMap()
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no access-log line for the request")
+		}
+	}
+	if line["aborted"] != true || line["cache"] != "stream" {
+		t.Errorf("access log %v: want an aborted stream", line)
+	}
+	if told, ok := line["told_client"]; ok {
+		t.Errorf("access log says the client was told %q; it got only an abort", told)
+	}
+}
