@@ -41,7 +41,8 @@ const (
 // logInfo is what a handler tells the access log about its request.
 type logInfo struct {
 	route  route
-	routed bool // route was parsed: the request is for the registry API
+	routed bool   // route was parsed: the request is for the registry API
+	kind   string // the metrics kind of a request outside the registry API (admin)
 	cache  string
 	err    error
 	told   string // what a client was told of a server-side failure
@@ -125,8 +126,11 @@ func (p *Proxy) logged(w http.ResponseWriter, r *http.Request, h handlerFunc) {
 // account counts a finished request for the metrics and the status page.
 func (p *Proxy) account(r *http.Request, info *logInfo, status int, n int64) {
 	kind := "other"
-	if info.routed {
+	switch {
+	case info.routed:
 		kind = info.route.kind.String()
+	case info.kind != "":
+		kind = info.kind
 	}
 	if m := p.opt.Metrics; m != nil {
 		m.request(kind, r.Method, status)

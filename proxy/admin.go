@@ -55,7 +55,11 @@ type VerifyProgress struct {
 // default). With a token, every request must carry it as a bearer token.
 func (p *Proxy) Admin(st AdminStore, token string) http.Handler {
 	a := &admin{p: p, st: st, token: token}
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { p.logged(w, r, a.serve) })
+	serve := func(w http.ResponseWriter, r *http.Request) error {
+		logInfoFrom(r.Context()).kind = "admin"
+		return a.serve(w, r)
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { p.logged(w, r, serve) })
 }
 
 type admin struct {

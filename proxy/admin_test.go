@@ -9,6 +9,7 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/regmirror/regmirror/proxy"
+	"github.com/regmirror/regmirror/test/regtest"
 )
 
 // admin sends one admin API request and returns its status and the JSON
@@ -121,5 +122,13 @@ func TestAdminRefusesBadRequests(t *testing.T) {
 		if code != tt.want {
 			t.Errorf("%s %s: %d, want %d (%s)", tt.method, tt.path, code, tt.want, lines)
 		}
+	}
+	// The admin API's requests are counted as such, not as "other".
+	m := regtest.Scrape(t, e.mirror.URL+"/metrics")
+	if v := m.Value("regmirror_requests_total", "kind", "admin", "method", "GET", "code", "401"); v != 2 {
+		t.Errorf("admin GETs answered 401 in regmirror_requests_total: %v, want 2", v)
+	}
+	if v := m.Value("regmirror_requests_total", "kind", "admin", "method", "POST", "code", "400"); v != 2 {
+		t.Errorf("admin POSTs answered 400 in regmirror_requests_total: %v, want 2", v)
 	}
 }
