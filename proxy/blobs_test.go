@@ -279,6 +279,9 @@ func TestBrokenStoreIsNotBlamedOnTheUpstream(t *testing.T) {
 	if !logged {
 		t.Error("the access log line does not carry the store's error")
 	}
+	if failed := e.logs.FilterMessage("download failed").AllUntimed(); len(failed) != 1 || failed[0].Level != zap.ErrorLevel {
+		t.Errorf("want one 'download failed' line at error level (the mirror's own disk failed): %v", failed)
+	}
 
 	// The upstream was never at fault: it is not marked down, and a tag past
 	// its TTL is revalidated with it rather than served stale.
@@ -294,6 +297,9 @@ func TestBrokenStoreIsNotBlamedOnTheUpstream(t *testing.T) {
 	resp, body = e.do(http.MethodGet, proxy.ReadyPath, nil)
 	if !strings.Contains(string(body), `{"name":"docker.io","up":true}`) {
 		t.Errorf("readyz after the fault: %d %s, want docker.io up", resp.StatusCode, body)
+	}
+	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(body), "tmp") {
+		t.Errorf("readyz after the fault: %d %s, want 503 naming the store's temp directory", resp.StatusCode, body)
 	}
 
 	if err := os.Remove(tmp); err != nil {

@@ -167,7 +167,11 @@ func (p *Proxy) download(fl *flight, up Upstream, repo string) {
 		return
 	}
 	if err != nil {
-		p.log.Warn("download failed", zap.String(keyUpstream, up.Name()), zap.String(keyRepo, repo),
+		logAt := p.log.Warn
+		if isStoreError(err) {
+			logAt = p.log.Error // the mirror's own disk failed, not an upstream
+		}
+		logAt("download failed", zap.String(keyUpstream, up.Name()), zap.String(keyRepo, repo),
 			zap.Stringer(keyDigest, fl.digest), zap.Int64(keyBytes, written), zap.Error(err))
 		return
 	}
