@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"strconv"
 	"time"
 
 	"go.uber.org/zap"
@@ -101,6 +102,11 @@ func (p *Proxy) logged(w http.ResponseWriter, r *http.Request, h handlerFunc) {
 		if v != nil {
 			p.log.Warn("request", append(fields, zap.Bool(keyAborted, true))...)
 			panic(v)
+		}
+		if rec.short(r) {
+			// The client left mid-body (http.ServeContent does not report
+			// it): not the mirror's failure, but not a whole answer either.
+			fields = append(fields, zap.Bool(keyAborted, true))
 		}
 		p.log.Info("request", fields...)
 	}()
@@ -204,6 +210,15 @@ func isFlight(src io.Reader) bool {
 	}
 	_, ok = lr.R.(*flightReader)
 	return ok
+}
+
+// short reports whether a GET's body ended before its Content-Length.
+func (r *recorder) short(req *http.Request) bool {
+	if req.Method != http.MethodGet || !r.wroteHeader {
+		return false
+	}
+	n, err := strconv.ParseInt(r.Header().Get("Content-Length"), 10, 64)
+	return err == nil && r.n < n
 }
 
 func (r *recorder) statusCode() int {

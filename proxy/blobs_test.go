@@ -486,3 +486,47 @@ func TestClientLeavingMidStreamIsNotToldAnything(t *testing.T) {
 		t.Errorf("access log says the client was told %q; it got only an abort", told)
 	}
 }
+
+// A client that leaves while following a download is logged as aborted,
+// though http.ServeContent reports no error for it.
+func TestClientLeavingAFollowedDownloadIsLoggedAborted(t *testing.T) {
+	body, h := regtest.RandomBlob(t, 8<<20)
+	g := newGate(h, body)
+	e := newEnv(t, withUpstreamFault(g.wrap))
+	path := "/v2/app/blobs/" + h.String()
+	req, err := http.NewRequest(http.MethodGet, e.mirror.URL+path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := &http.Transport{}
+	defer tr.CloseIdleConnections()
+	resp, err := tr.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-g.sent
+	if _, err := io.ReadFull(resp.Body, make([]byte, 64<<10)); err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close() // the client leaves with half the blob unsent
+	close(g.open)
+
+	var line map[string]any
+	for deadline := time.Now().Add(10 * time.Second); line == nil; time.Sleep(5 * time.Millisecond) {
+		for _, l := range e.logs.FilterMessage("request").FilterField(zap.String("path", path)).AllUntimed() {
+			line = l.ContextMap()
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no access-log line for the request")
+		}
+	}
+	if line["aborted"] != true || line["status"] != int64(http.StatusOK) {
+		t.Errorf("access log %v: want status 200, aborted", line)
+	}
+	// The download itself goes on for the store.
+	for deadline := time.Now().Add(10 * time.Second); !e.store.Has(h); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the download stopped with its only client")
+		}
+	}
+}
