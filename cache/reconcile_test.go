@@ -69,14 +69,7 @@ func TestReconcileAfterACrash(t *testing.T) {
 	os.WriteFile(stray, []byte("x"), 0o640)
 	os.WriteFile(filepath.Join(tmpDir(dir), "half-written"), []byte("partial"), 0o640)
 
-	s, err = Open(dir, Options{}, zap.NewNop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	if err := s.AwaitCounts(t.Context()); err != nil {
-		t.Fatal(err)
-	}
+	s = openCounted(t, dir)
 	u := s.Usage()
 	if u.Objects != int64(len(kept))+1 || u.Bytes != keptBytes+5000 {
 		t.Fatalf("usage after reconcile %+v, want %d objects, %d bytes", u, len(kept)+1, keptBytes+5000)
@@ -142,6 +135,21 @@ func TestVerifyRemovesCorruptContent(t *testing.T) {
 	if _, err := s.info(bh); err == nil {
 		t.Fatal("the corrupt blob's record survived")
 	}
+}
+
+// openCounted opens the store under dir and waits for its counts (after a
+// crash, for reconciliation). It is closed when the test ends.
+func openCounted(t *testing.T, dir string) *Store {
+	t.Helper()
+	s, err := Open(dir, Options{}, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	if err := s.AwaitCounts(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	return s
 }
 
 // crashedWithOne is a store directory that crashed holding one 3000-byte
@@ -220,14 +228,7 @@ func TestCloseWhileCountingCountsAgainNextTime(t *testing.T) {
 	if err := s.AwaitCounts(t.Context()); err == nil {
 		t.Fatal("a stopped reconciliation reported no error")
 	}
-	s, err = Open(dir, Options{}, zap.NewNop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	if err := s.AwaitCounts(t.Context()); err != nil {
-		t.Fatal(err)
-	}
+	s = openCounted(t, dir)
 	if u := s.Usage(); u.Objects != 1 || u.Bytes != 3000 {
 		t.Fatalf("usage after counting again: %+v, want 1 object of 3000 bytes", u)
 	}

@@ -167,10 +167,16 @@ func TestClientLeavingDoesNotStopTheDownloadForOthers(t *testing.T) {
 
 // corrupt is an upstream fault that serves a blob's GET with other content.
 func corrupt(h v1.Hash, serve func(w http.ResponseWriter)) func(http.Handler) http.Handler {
+	return onBlobGet(h, func(w http.ResponseWriter, _ *http.Request) { serve(w) })
+}
+
+// onBlobGet answers GETs of the blob h with serve; the registry answers
+// everything else.
+func onBlobGet(h v1.Hash, serve func(w http.ResponseWriter, r *http.Request)) func(http.Handler) http.Handler {
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if r.Method == http.MethodGet && filepath.Base(r.URL.Path) == h.String() {
-				serve(w)
+				serve(w, r)
 				return
 			}
 			next.ServeHTTP(w, r)
@@ -445,14 +451,12 @@ func TestCloseRemovesUnfinishedDownloads(t *testing.T) {
 	}
 }
 
-// A client that leaves in the middle of a streamed-through blob is logged
-// as an abort with its own error, not as anything told to it: it was told
-// nothing, and its broken pipe is no upstream failure.
-func TestClientLeavingMidStreamIsNotToldAnything(t *testing.T) {
-	body, h := regtest.RandomBlob(t, 4<<20)
-	g := newGate(h, body)
-	e := newEnv(t, withBudget(1<<20), withUpstreamFault(g.wrap)) // larger than the budget: streamed through
-	path := "/v2/app/blobs/" + h.String()
+// leaveMidBlob GETs a gated blob, reads 64 KiB of it once the gate has sent
+// its first half, leaves, then opens the gate. It returns the request's
+// access-log line.
+func leaveMidBlob(t *testing.T, e *env, g *gate) map[string]any {
+	t.Helper()
+	path := "/v2/app/blobs/" + g.digest.String()
 	req, err := http.NewRequest(http.MethodGet, e.mirror.URL+path, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -469,16 +473,24 @@ func TestClientLeavingMidStreamIsNotToldAnything(t *testing.T) {
 	}
 	resp.Body.Close() // the client leaves
 	close(g.open)
-
-	var line map[string]any
-	for deadline := time.Now().Add(10 * time.Second); line == nil; time.Sleep(5 * time.Millisecond) {
-		for _, l := range e.logs.FilterMessage("request").FilterField(zap.String("path", path)).AllUntimed() {
-			line = l.ContextMap()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		if lines := e.logs.FilterMessage("request").FilterField(zap.String("path", path)).AllUntimed(); len(lines) > 0 {
+			return lines[0].ContextMap()
 		}
 		if time.Now().After(deadline) {
 			t.Fatal("no access-log line for the request")
 		}
 	}
+}
+
+// A client that leaves in the middle of a streamed-through blob is logged
+// as an abort with its own error, not as anything told to it: it was told
+// nothing, and its broken pipe is no upstream failure.
+func TestClientLeavingMidStreamIsNotToldAnything(t *testing.T) {
+	body, h := regtest.RandomBlob(t, 4<<20)
+	g := newGate(h, body)
+	e := newEnv(t, withBudget(1<<20), withUpstreamFault(g.wrap)) // larger than the budget: streamed through
+	line := leaveMidBlob(t, e, g)
 	if line["aborted"] != true || line["cache"] != "stream" {
 		t.Errorf("access log %v: want an aborted stream", line)
 	}
@@ -493,33 +505,7 @@ func TestClientLeavingAFollowedDownloadIsLoggedAborted(t *testing.T) {
 	body, h := regtest.RandomBlob(t, 8<<20)
 	g := newGate(h, body)
 	e := newEnv(t, withUpstreamFault(g.wrap))
-	path := "/v2/app/blobs/" + h.String()
-	req, err := http.NewRequest(http.MethodGet, e.mirror.URL+path, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tr := &http.Transport{}
-	defer tr.CloseIdleConnections()
-	resp, err := tr.RoundTrip(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	<-g.sent
-	if _, err := io.ReadFull(resp.Body, make([]byte, 64<<10)); err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close() // the client leaves with half the blob unsent
-	close(g.open)
-
-	var line map[string]any
-	for deadline := time.Now().Add(10 * time.Second); line == nil; time.Sleep(5 * time.Millisecond) {
-		for _, l := range e.logs.FilterMessage("request").FilterField(zap.String("path", path)).AllUntimed() {
-			line = l.ContextMap()
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("no access-log line for the request")
-		}
-	}
+	line := leaveMidBlob(t, e, g)
 	if line["aborted"] != true || line["status"] != int64(http.StatusOK) {
 		t.Errorf("access log %v: want status 200, aborted", line)
 	}

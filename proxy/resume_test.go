@@ -128,13 +128,11 @@ func TestResumesAreBounded(t *testing.T) {
 	}
 }
 
-func TestMaxDownloadsQueuesTheRest(t *testing.T) {
-	first, h1 := regtest.RandomBlob(t, 256<<10)
-	second, h2 := regtest.RandomBlob(t, 256<<10)
-	g := newGate(h1, first)
-	e := newEnv(t, withMaxDownloads(1), withUpstreamFault(g.wrap))
-	e.pushBlob("app", second)
-
+// queueBehind GETs the gated blob, whose download takes the only slot, then
+// h, and waits until h's download is queued without having gone upstream.
+// Both bodies arrive on the channel it returns.
+func queueBehind(t *testing.T, e *env, g *gate, h v1.Hash) <-chan []byte {
+	t.Helper()
 	got := make(chan []byte, 2)
 	get := func(h v1.Hash) {
 		resp, err := http.Get(e.mirror.URL + "/v2/app/blobs/" + h.String())
@@ -146,15 +144,25 @@ func TestMaxDownloadsQueuesTheRest(t *testing.T) {
 		b, _ := io.ReadAll(resp.Body)
 		got <- b
 	}
-	go get(h1)
+	go get(g.digest)
 	<-g.sent // the first download holds the only slot
-	go get(h2)
-	for e.proxy.Stats().Queued != 1 {
-		time.Sleep(time.Millisecond)
+	go get(h)
+	for deadline := time.Now().Add(10 * time.Second); e.proxy.Stats().Queued != 1; time.Sleep(time.Millisecond) {
+		if n := e.counts.Count(http.MethodGet, "/v2/library/app/blobs/"+h.String()); n != 0 || time.Now().After(deadline) {
+			t.Fatalf("the second download was not queued (%d upstream GETs) while the only slot was taken", n)
+		}
 	}
-	if n := e.counts.Count(http.MethodGet, "/v2/library/app/blobs/"+h2.String()); n != 0 {
-		t.Fatalf("the second download went upstream (%d) while the only slot was taken", n)
-	}
+	return got
+}
+
+func TestMaxDownloadsQueuesTheRest(t *testing.T) {
+	first, h1 := regtest.RandomBlob(t, 256<<10)
+	second, h2 := regtest.RandomBlob(t, 256<<10)
+	g := newGate(h1, first)
+	e := newEnv(t, withMaxDownloads(1), withUpstreamFault(g.wrap))
+	e.pushBlob("app", second)
+
+	got := queueBehind(t, e, g, h2)
 	if v := regtest.Scrape(t, e.mirror.URL+"/metrics").Value("regmirror_downloads_queued"); v != 1 {
 		t.Errorf("regmirror_downloads_queued = %v, want 1", v)
 	}
@@ -204,39 +212,33 @@ func TestTricklingUpstreamHitsTheIdleTimeout(t *testing.T) {
 	// Each request trickles from where it was asked to start (Range is
 	// honoured), so every attempt is cut by the idle timeout alone, never
 	// by a skip that races with it.
-	trickle := func(next http.Handler) http.Handler {
-		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if r.Method != http.MethodGet || filepath.Base(r.URL.Path) != h.String() {
-				next.ServeHTTP(w, r)
+	trickle := onBlobGet(h, func(w http.ResponseWriter, r *http.Request) {
+		gets.Add(1)
+		from := 0
+		if rg := r.Header.Get("Range"); rg != "" {
+			first, _, _ := strings.Cut(strings.TrimPrefix(rg, "bytes="), "-")
+			from, _ = strconv.Atoi(first)
+		}
+		w.Header().Set("Content-Length", strconv.Itoa(len(body)-from))
+		if from > 0 {
+			w.Header().Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", from, len(body)-1, len(body)))
+			w.WriteHeader(http.StatusPartialContent)
+		} else {
+			w.WriteHeader(http.StatusOK)
+		}
+		rc := http.NewResponseController(w)
+		for i := from; i < len(body) && i < from+2000; i++ { // a byte every 50 ms: never 32 KiB within the timeout
+			if _, err := w.Write(body[i : i+1]); err != nil {
 				return
 			}
-			gets.Add(1)
-			from := 0
-			if rg := r.Header.Get("Range"); rg != "" {
-				first, _, _ := strings.Cut(strings.TrimPrefix(rg, "bytes="), "-")
-				from, _ = strconv.Atoi(first)
+			rc.Flush()
+			select {
+			case <-time.After(50 * time.Millisecond):
+			case <-r.Context().Done():
+				return
 			}
-			w.Header().Set("Content-Length", strconv.Itoa(len(body)-from))
-			if from > 0 {
-				w.Header().Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", from, len(body)-1, len(body)))
-				w.WriteHeader(http.StatusPartialContent)
-			} else {
-				w.WriteHeader(http.StatusOK)
-			}
-			rc := http.NewResponseController(w)
-			for i := from; i < len(body) && i < from+2000; i++ { // a byte every 50 ms: never 32 KiB within the timeout
-				if _, err := w.Write(body[i : i+1]); err != nil {
-					return
-				}
-				rc.Flush()
-				select {
-				case <-time.After(50 * time.Millisecond):
-				case <-r.Context().Done():
-					return
-				}
-			}
-		})
-	}
+		}
+	})
 	e := newEnv(t, withUpstreamTimeout(300*time.Millisecond), withUpstreamFault(trickle))
 	resp, err := http.Get(e.mirror.URL + "/v2/app/blobs/" + h.String())
 	if err == nil {
@@ -266,30 +268,24 @@ func TestResumeSkipLongerThanTheIdleTimeout(t *testing.T) {
 	body, h := regtest.RandomBlob(t, 1536<<10)
 	const cut = 1 << 20
 	var gets atomic.Int32
-	paced := func(next http.Handler) http.Handler {
-		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if r.Method != http.MethodGet || filepath.Base(r.URL.Path) != h.String() {
-				next.ServeHTTP(w, r)
+	paced := onBlobGet(h, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+		if gets.Add(1) == 1 {
+			w.Write(body[:cut])
+			http.NewResponseController(w).Flush()
+			panic(http.ErrAbortHandler) // the connection resets mid-blob
+		}
+		// Range ignored: the whole blob, 64 KiB every 50 ms, so the
+		// megabyte to skip takes 0.8 s against an idle timeout of 0.5 s.
+		rc := http.NewResponseController(w)
+		for i := 0; i < len(body); i += 64 << 10 {
+			if _, err := w.Write(body[i:min(i+64<<10, len(body))]); err != nil {
 				return
 			}
-			w.Header().Set("Content-Length", strconv.Itoa(len(body)))
-			if gets.Add(1) == 1 {
-				w.Write(body[:cut])
-				http.NewResponseController(w).Flush()
-				panic(http.ErrAbortHandler) // the connection resets mid-blob
-			}
-			// Range ignored: the whole blob, 64 KiB every 50 ms, so the
-			// megabyte to skip takes 0.8 s against an idle timeout of 0.5 s.
-			rc := http.NewResponseController(w)
-			for i := 0; i < len(body); i += 64 << 10 {
-				if _, err := w.Write(body[i:min(i+64<<10, len(body))]); err != nil {
-					return
-				}
-				rc.Flush()
-				time.Sleep(50 * time.Millisecond)
-			}
-		})
-	}
+			rc.Flush()
+			time.Sleep(50 * time.Millisecond)
+		}
+	})
 	e := newEnv(t, withUpstreamTimeout(500*time.Millisecond), withUpstreamFault(paced))
 	resp, err := http.Get(e.mirror.URL + "/v2/app/blobs/" + h.String())
 	if err != nil {
@@ -317,25 +313,7 @@ func TestStreamThroughHoldsADownloadSlot(t *testing.T) {
 	e := newEnv(t, withMaxDownloads(1), withBudget(128<<10), withUpstreamFault(g.wrap))
 	e.pushBlob("app", small)
 
-	got := make(chan []byte, 2)
-	get := func(h v1.Hash) {
-		resp, err := http.Get(e.mirror.URL + "/v2/app/blobs/" + h.String())
-		if err != nil {
-			got <- nil
-			return
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		got <- b
-	}
-	go get(h1) // larger than the budget: streamed through
-	<-g.sent
-	go get(h2)
-	for deadline := time.Now().Add(10 * time.Second); e.proxy.Stats().Queued != 1; time.Sleep(time.Millisecond) {
-		if n := e.counts.Count(http.MethodGet, "/v2/library/app/blobs/"+h2.String()); n != 0 || time.Now().After(deadline) {
-			t.Fatalf("the download was not queued (%d upstream GETs) while a stream-through held the only slot", n)
-		}
-	}
+	got := queueBehind(t, e, g, h2) // the first is larger than the budget: streamed through
 	close(g.open)
 	for range 2 {
 		if b := <-got; !bytes.Equal(b, big) && !bytes.Equal(b, small) {
