@@ -47,6 +47,25 @@ func fdTargets(pid int) []string {
 	return out
 }
 
+// goroutines reads the mirror's go_goroutines gauge from its /metrics.
+func goroutines(m *mirrorProc) (int, error) {
+	resp, err := http.Get(m.URL + "/metrics")
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return 0, err
+	}
+	for line := range strings.SplitSeq(string(body), "\n") {
+		if v, ok := strings.CutPrefix(line, "go_goroutines "); ok {
+			return strconv.Atoi(strings.TrimSpace(v))
+		}
+	}
+	return 0, fmt.Errorf("no go_goroutines in /metrics")
+}
+
 // TestFiveHundredConcurrentClients: 500 clients at once on a mix of cached
 // and cold blobs (cold ones shared by many) all get the right bytes, and the
 // mirror's descriptors and memory stay bounded and return to their resting
@@ -75,17 +94,26 @@ func TestFiveHundredConcurrentClients(t *testing.T) {
 	}
 	pid := m.cmd.Process.Pid
 	baseFDs, _, _ := procStats(pid)
+	baseG, err := goroutines(m)
+	if err != nil {
+		t.Fatal(err)
+	}
 
 	tr := &http.Transport{MaxIdleConnsPerHost: clients, MaxConnsPerHost: 0}
 	defer tr.CloseIdleConnections()
 	client := &http.Client{Transport: tr, Timeout: 2 * time.Minute}
-	var maxFDs, maxThreads atomic.Int64
+	var maxFDs, maxThreads, maxG atomic.Int64
 	var maxRSS atomic.Int64
 	stop := make(chan struct{})
 	sampled := make(chan struct{})
 	go func() {
 		defer close(sampled)
-		for {
+		for tick := 0; ; tick++ {
+			if tick%5 == 0 { // every 100 ms: a scrape is a request of its own
+				if g, err := goroutines(m); err == nil && int64(g) > maxG.Load() {
+					maxG.Store(int64(g))
+				}
+			}
 			fds, threads, rss := procStats(pid)
 			for _, p := range []struct {
 				max *atomic.Int64
@@ -152,6 +180,18 @@ func TestFiveHundredConcurrentClients(t *testing.T) {
 	if rest > baseFDs+upstreamIdle {
 		t.Errorf("descriptors after the load %d, at rest before %d: something leaks: %v", rest, baseFDs, fdTargets(pid))
 	}
-	t.Logf("%d clients, 40 blobs (20 cached, 20 cold; 4 of 4 MiB, 36 of 64 KiB): %v; peak fds %d (rest %d), threads %d, RSS %d MiB",
-		clients, took.Round(time.Millisecond), maxFDs.Load(), baseFDs, maxThreads.Load(), maxRSS.Load()>>10)
+	// Goroutines too: each idle upstream connection keeps two (its read
+	// and write loops); every request's and download's are gone.
+	var restG int
+	for range 200 {
+		if restG, err = goroutines(m); err == nil && restG <= baseG+2*upstreamIdle {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err != nil || restG > baseG+2*upstreamIdle {
+		t.Errorf("goroutines after the load %d (%v), at rest before %d: something leaks", restG, err, baseG)
+	}
+	t.Logf("%d clients, 40 blobs (20 cached, 20 cold; 4 of 4 MiB, 36 of 64 KiB): %v; peak fds %d (rest %d), threads %d, RSS %d MiB, goroutines %d (rest %d, after %d)",
+		clients, took.Round(time.Millisecond), maxFDs.Load(), baseFDs, maxThreads.Load(), maxRSS.Load()>>10, maxG.Load(), baseG, restG)
 }
