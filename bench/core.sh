@@ -54,43 +54,8 @@ counts() {
 }
 reset_counts() { curl -sf -X DELETE "$UP_URL/_counts" >/dev/null; }
 
-# perf_start PID NAME: with PERF=1, profile PID into WORK/NAME.perf until perf_stop.
-perf_start() {
-	PERF_PID=
-	if [ "$PERF" = 1 ]; then
-		perf record -q -F 999 -g -p "$1" -o "$WORK/$2.perf" >/dev/null 2>&1 &
-		PERF_PID=$!
-		PIDS+=("$PERF_PID")
-		sleep 0.5 # let perf attach
-	fi
-}
-perf_stop() {
-	if [ -n "${PERF_PID:-}" ]; then
-		kill -INT "$PERF_PID"
-		wait "$PERF_PID" 2>/dev/null || true
-	fi
-}
-
-# check N OUT WHAT: every client got 200 and SIZE bytes and, if hashed, a body
-# that hashes to the digest. Prints how many bodies matched the digest.
-check() {
-	local i code bytes sum ok=0
-	for i in $(seq "$1"); do
-		read -r code _ _ bytes < <(tail -n1 "$2.$i")
-		if [ "${code:-}" != 200 ] || [ "${bytes:-}" != "$SIZE" ]; then
-			fail "$3 client $i: status ${code:-none}, ${bytes:-0} bytes, want 200 and $SIZE; curl said: $(head -c 300 "$2.$i")"
-		fi
-		if [ -f "$2.$i.sum" ]; then
-			sum=sha256:$(cut -d' ' -f1 "$2.$i.sum")
-			if [ "$sum" = "$DIGEST" ]; then
-				ok=$((ok + 1))
-			else
-				fail "$3 client $i: body hashes to $sum, want $DIGEST"
-			fi
-		fi
-	done
-	echo "$ok"
-}
+# check N OUT WHAT: check_bodies against the SIZE-byte blob.
+check() { check_bodies "$1" "$2" "$3" "$SIZE" "$DIGEST"; }
 
 ROW='  %-24s %7s %-9s %7s %7s  %-18s %-11s %7s %6s\n'
 cold_header() {

@@ -160,3 +160,51 @@ EOF
 	NG_URL=http://127.0.0.1:$port/blob
 	wait_http "$NG_URL" "$NG_PID" "$WORK/nginx/error.log"
 }
+
+# check_bodies N OUT WHAT SIZE DIGEST: every client (curl output OUT.1 … OUT.N,
+# its last line "code … … bytes") got 200 and SIZE bytes and, where it hashed
+# (OUT.i.sum), a body that hashes to DIGEST. Prints how many bodies matched.
+check_bodies() {
+	local i code bytes sum ok=0
+	for i in $(seq "$1"); do
+		read -r code _ _ bytes < <(tail -n1 "$2.$i")
+		if [ "${code:-}" != 200 ] || [ "${bytes:-}" != "$4" ]; then
+			fail "$3 client $i: status ${code:-none}, ${bytes:-0} bytes, want 200 and $4; curl said: $(head -c 300 "$2.$i")"
+		fi
+		if [ -f "$2.$i.sum" ]; then
+			sum=sha256:$(cut -d' ' -f1 "$2.$i.sum")
+			if [ "$sum" = "$5" ]; then
+				ok=$((ok + 1))
+			else
+				fail "$3 client $i: body hashes to $sum, want $5"
+			fi
+		fi
+	done
+	echo "$ok"
+}
+
+# perf_start PID NAME: with PERF=1, profile PID (or with "all", every process)
+# into WORK/NAME.perf until perf_stop. PERFS lists the profiles taken.
+PERF_PID=
+PERFS=()
+perf_start() {
+	PERF_PID=
+	if [ "${PERF:-0}" = 1 ]; then
+		if [ "$1" = all ]; then
+			perf record -q -F 999 -g -a -o "$WORK/$2.perf" >/dev/null 2>&1 &
+		else
+			perf record -q -F 999 -g -p "$1" -o "$WORK/$2.perf" >/dev/null 2>&1 &
+		fi
+		PERF_PID=$!
+		PIDS+=("$PERF_PID")
+		PERFS+=("$2")
+		sleep 0.5 # let perf attach
+	fi
+}
+perf_stop() {
+	if [ -n "$PERF_PID" ]; then
+		kill -INT "$PERF_PID"
+		wait "$PERF_PID" 2>/dev/null || true
+		PERF_PID=
+	fi
+}

@@ -204,52 +204,8 @@ up_summary() {
 
 # --- clients -----------------------------------------------------------------
 
-# check N OUT WHAT: every client got 200 and BIG bytes and, if hashed, a body
-# that hashes to the big layer's digest. Prints how many bodies matched.
-check() {
-	local i code bytes sum ok=0
-	for i in $(seq "$1"); do
-		read -r code _ _ bytes < <(tail -n1 "$2.$i")
-		if [ "${code:-}" != 200 ] || [ "${bytes:-}" != "$BIG" ]; then
-			fail "$3 client $i: status ${code:-none}, ${bytes:-0} bytes, want 200 and $BIG; curl said: $(head -c 300 "$2.$i")"
-		fi
-		if [ -f "$2.$i.sum" ]; then
-			sum=sha256:$(cut -d' ' -f1 "$2.$i.sum")
-			if [ "$sum" = "$BIG_LAYER" ]; then
-				ok=$((ok + 1))
-			else
-				fail "$3 client $i: body hashes to $sum, want $BIG_LAYER"
-			fi
-		fi
-	done
-	echo "$ok"
-}
-
-# perf_start PID NAME: with PERF=1, profile PID (or with "all", every process)
-# into WORK/NAME.perf until perf_stop.
-PERF_PID=
-perf_start() {
-	PERF_PID=
-	if [ "$PERF" = 1 ]; then
-		if [ "$1" = all ]; then
-			perf record -q -F 999 -g -a -o "$WORK/$2.perf" >/dev/null 2>&1 &
-		else
-			perf record -q -F 999 -g -p "$1" -o "$WORK/$2.perf" >/dev/null 2>&1 &
-		fi
-		PERF_PID=$!
-		PIDS+=("$PERF_PID")
-		PERFS+=("$2")
-		sleep 0.5 # let perf attach
-	fi
-}
-perf_stop() {
-	if [ -n "$PERF_PID" ]; then
-		kill -INT "$PERF_PID"
-		wait "$PERF_PID" 2>/dev/null || true
-		PERF_PID=
-	fi
-}
-PERFS=()
+# check N OUT WHAT: check_bodies against the BIG-byte blob.
+check() { check_bodies "$1" "$2" "$3" "$BIG" "$BIG_LAYER"; }
 
 # Results, by "scenario server" keys.
 declare -A WALL=() GETS=() RSS=() RPS=() P99=() MBPS=()
