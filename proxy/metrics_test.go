@@ -43,32 +43,8 @@ func pullAll(t *testing.T, e *env, ref string) int {
 	if err != nil {
 		t.Fatalf("pull %s: %v", ref, err)
 	}
-	raw, err := img.RawManifest()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := img.RawConfigFile()
-	if err != nil {
-		t.Fatal(err)
-	}
-	total := len(raw) + len(cfg)
-	layers, err := img.Layers()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, l := range layers {
-		rc, err := l.Compressed()
-		if err != nil {
-			t.Fatal(err)
-		}
-		n, err := io.Copy(io.Discard, rc)
-		rc.Close()
-		if err != nil {
-			t.Fatal(err)
-		}
-		total += int(n)
-	}
-	return total
+	n, _ := regtest.ReadImage(t, img)
+	return int(n)
 }
 
 func TestMetricsMoveByExactlyAPullsWorth(t *testing.T) {

@@ -12,7 +12,6 @@ package test
 import (
 	"context"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -28,6 +27,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"github.com/regmirror/regmirror/test/regtest"
 )
 
 // puller pulls docker.io/library/small:latest through the mirror m into a
@@ -70,24 +70,7 @@ func TestClients(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		layers, err := img.Layers()
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, l := range layers {
-			rc, err := l.Compressed()
-			if err != nil {
-				t.Fatal(err)
-			}
-			_, err = io.Copy(io.Discard, rc)
-			rc.Close()
-			if err != nil {
-				t.Fatal(err)
-			}
-		}
-		if _, err := img.RawConfigFile(); err != nil {
-			t.Fatal(err)
-		}
+		regtest.ReadImage(t, img)
 		d, err := img.ConfigName()
 		if err != nil {
 			t.Fatal(err)

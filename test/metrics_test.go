@@ -3,7 +3,6 @@ package test
 import (
 	"context"
 	"encoding/json"
-	"io"
 	"net/http"
 	"strings"
 	"testing"
@@ -23,33 +22,8 @@ func pullOnce(t *testing.T, m *mirrorProc, repoRef string) (bytes int64, request
 	if err != nil {
 		t.Fatalf("pull %s: %v; logs:\n%s", repoRef, err, m.Logs())
 	}
-	raw, err := img.RawManifest()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := img.RawConfigFile()
-	if err != nil {
-		t.Fatal(err)
-	}
-	bytes, requests = int64(len(raw)+len(cfg)), 3 // ping, manifest, config
-	layers, err := img.Layers()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, l := range layers {
-		rc, err := l.Compressed()
-		if err != nil {
-			t.Fatal(err)
-		}
-		n, err := io.Copy(io.Discard, rc)
-		rc.Close()
-		if err != nil {
-			t.Fatal(err)
-		}
-		bytes += n
-		requests++
-	}
-	return bytes, requests
+	bytes, layers := regtest.ReadImage(t, img)
+	return bytes, 3 + layers // ping, manifest, config, a GET per layer
 }
 
 // waitRequests waits until the mirror has written n access-log lines for

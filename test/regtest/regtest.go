@@ -152,3 +152,35 @@ func CheckDeps(t *testing.T, module, self string) {
 		}
 	}
 }
+
+// ReadImage reads img's manifest, its config and every layer (compressed)
+// once, as a pull does, and returns their bytes and the number of layers.
+func ReadImage(t testing.TB, img v1.Image) (bytes int64, layers int) {
+	t.Helper()
+	raw, err := img.RawManifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := img.RawConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bytes = int64(len(raw) + len(cfg))
+	ls, err := img.Layers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range ls {
+		rc, err := l.Compressed()
+		if err != nil {
+			t.Fatal(err)
+		}
+		n, err := io.Copy(io.Discard, rc)
+		rc.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		bytes += n
+	}
+	return bytes, len(ls)
+}
