@@ -72,8 +72,11 @@ func (s *Store) lowWater() int64  { return int64(float64(s.opt.MaxSize) * s.opt.
 
 // reserve promises size bytes to a writer before it writes any, making room
 // first when the budget or the free-space floor would be crossed. So the
-// budget is hard: committed plus reserved bytes never exceed it. A writer of
-// unknown size (-1) reserves nothing and is counted when it commits.
+// budget is hard: committed plus reserved bytes never exceed it. Room is made
+// only when evicting can make it: content that would not fit even with every
+// evictable object gone is refused with nothing evicted, so one blob too
+// large for the disk cannot empty the cache. A writer of unknown size (-1)
+// reserves nothing and is counted when it commits.
 func (s *Store) reserve(h v1.Hash, size int64) error {
 	if size < 0 {
 		return nil
@@ -94,7 +97,11 @@ func (s *Store) reserve(h v1.Hash, size int64) error {
 			return s.refuse(fmt.Errorf("%w: %s needs %d bytes: %d over the budget, %d short of the free-space floor after eviction",
 				ErrNoSpace, h, size, max(over, 0), max(short, 0)))
 		}
-		if _, err := s.evictFor(size); err != nil {
+		_, err := s.makeRoom(size)
+		if errors.Is(err, errNoRoom) {
+			return s.refuse(fmt.Errorf("%w: %s: %w", ErrNoSpace, h, err))
+		}
+		if err != nil {
 			s.log.Warn("evict to make room", zap.Error(err))
 		}
 	}

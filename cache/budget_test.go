@@ -357,3 +357,93 @@ func TestImagesListsWhatIsStored(t *testing.T) {
 		t.Fatalf("image %+v", got)
 	}
 }
+
+// fakeDisk is a filesystem of size bytes for Options.FreeSpace: what the
+// store's content files hold is not free.
+func fakeDisk(t *testing.T, dir string, size int64) func() (int64, error) {
+	return func() (int64, error) { return size - duBytes(t, dir), nil }
+}
+
+// cacheBlobs stores n blobs of size bytes each, one minute apart.
+func cacheBlobs(t *testing.T, s *cache.Store, c *clock, n, size int) []v1.Hash {
+	t.Helper()
+	var hs []v1.Hash
+	for range n {
+		c.tick()
+		b, h := content(t, size)
+		if err := putBlob(t, s, b, h); err != nil {
+			t.Fatal(err)
+		}
+		hs = append(hs, h)
+	}
+	return hs
+}
+
+// A blob that cannot fit even with everything evictable gone must not cost
+// the cache anything (issue 15): the store refuses it and evicts nothing.
+func TestBlobThatCannotFitEvictsNothing(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		maxSize int64
+	}{{"no budget", 0}, {"budget larger than the disk", 1 << 30}} {
+		t.Run(tc.name, func(t *testing.T) {
+			// The issue's numbers, in KB: a 64 KB disk, a 1 KB floor,
+			// 12 objects of 3 KB cached, 28 KB free, a 100 KB blob.
+			dir := t.TempDir()
+			s, c := openBudget(t, dir, cache.Options{MaxSize: tc.maxSize, MinFree: 1000, FreeSpace: fakeDisk(t, dir, 64_000)})
+			cached := cacheBlobs(t, s, c, 12, 3000)
+
+			b, h := content(t, 100_000)
+			if err := putBlob(t, s, b, h); !errors.Is(err, cache.ErrNoSpace) {
+				t.Fatalf("storing a 100 KB blob on a 64 KB disk: %v, want ErrNoSpace", err)
+			}
+			if u := s.Usage(); u.Evictions != 0 || u.Objects != 12 || u.Streamed != 1 {
+				t.Errorf("usage %+v: want nothing evicted, 12 objects, one streamed", u)
+			}
+			for i, h := range cached {
+				if !s.Has(h) {
+					t.Errorf("cached object %d was evicted for a blob that could never fit", i)
+				}
+			}
+
+			// A blob that fits once old objects go still makes room.
+			b, h = content(t, 40_000)
+			if err := putBlob(t, s, b, h); err != nil {
+				t.Fatalf("storing a 40 KB blob that fits after eviction: %v", err)
+			}
+			if u := s.Usage(); u.Evictions == 0 {
+				t.Errorf("usage %+v: want evictions to make room for a blob that fits", u)
+			}
+		})
+	}
+}
+
+// Pinned and held objects cannot be evicted, so they do not count as room.
+func TestBlobThatCannotFitBesidePinnedAndHeldEvictsNothing(t *testing.T) {
+	s, c := openBudget(t, t.TempDir(), cache.Options{MaxSize: 50_000, HighWater: 1, LowWater: 1})
+	pinned := pullImage(t, s, c, []int{1000, 20_000})
+	if err := s.Pin(cache.Pin{Registry: "docker.io", Repo: "library/pinned", Ref: "1", Digest: pinned.manifest}); err != nil {
+		t.Fatal(err)
+	}
+	held := cacheBlobs(t, s, c, 1, 4000)[0]
+	defer s.Hold(held)()
+	free := cacheBlobs(t, s, c, 4, 3000)
+
+	// 21 KB pinned, 4 KB held, 12 KB evictable, a 50 KB budget: a 30 KB
+	// blob would need 17 KB evicted.
+	b, h := content(t, 30_000)
+	if err := putBlob(t, s, b, h); !errors.Is(err, cache.ErrNoSpace) {
+		t.Fatalf("storing 30 KB beside 25 KB that may not go: %v, want ErrNoSpace", err)
+	}
+	if u := s.Usage(); u.Evictions != 0 {
+		t.Errorf("usage %+v: want nothing evicted", u)
+	}
+	for _, h := range append(free, held) {
+		if !s.Has(h) {
+			t.Errorf("%s was evicted for a blob that could never fit", h)
+		}
+	}
+	if !whole(s, pinned) {
+		t.Error("the pinned image lost objects")
+	}
+}

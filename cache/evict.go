@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"time"
@@ -266,6 +267,22 @@ func (t *table) victims() []int32 {
 	return out
 }
 
+// evictable is the bytes of victims not held: what a pass could evict.
+func (t *table) evictable(victims []int32, held map[v1.Hash]int) int64 {
+	var n int64
+	for _, v := range victims {
+		n += t.objs[v].size
+	}
+	for h := range held { // few: the blobs being served or downloaded
+		if raw, ok := rawOf(h); ok {
+			if i := t.find(raw); i >= 0 && !t.objs[i].pinned {
+				n -= t.objs[i].size
+			}
+		}
+	}
+	return n
+}
+
 // Evicted is what an eviction pass removed.
 type Evicted struct {
 	Objects int64
@@ -275,16 +292,39 @@ type Evicted struct {
 // evictGoal says, with s.mu held, whether a pass has done enough.
 type evictGoal func() bool
 
+// errNoRoom means evicting everything that may go would still not make
+// room for a writer: the pass evicted nothing.
+var errNoRoom = errors.New("not even evicting every unpinned object not in use would make room; nothing evicted")
+
 // evictFor makes room for size more bytes: down to the low mark of the
 // budget, and back above the free-space floor. When size is more than the low
 // mark allows, the pass takes everything it may; the caller checks the fit.
 func (s *Store) evictFor(size int64) (Evicted, error) {
-	return s.evict(func() bool {
+	return s.evict(s.roomGoal(size), nil)
+}
+
+// makeRoom is evictFor for a writer of size bytes, which gains nothing from
+// a pass that cannot make it fit: then it evicts nothing and returns
+// errNoRoom.
+func (s *Store) makeRoom(size int64) (Evicted, error) {
+	return s.evict(s.roomGoal(size), func(evictable int64) error {
+		// Removing a file frees at least its size on the filesystems we
+		// know (blocks round up), so free space grows by evictable too.
+		over, short := s.shortfall(size)
+		if need := max(over, short); need > evictable {
+			return fmt.Errorf("%w: %d bytes short, %d evictable", errNoRoom, need, evictable)
+		}
+		return nil
+	})
+}
+
+func (s *Store) roomGoal(size int64) evictGoal {
+	return func() bool {
 		if s.opt.MaxSize > 0 && s.used+s.reserved+size > s.lowWater() {
 			return false
 		}
 		return s.opt.MinFree <= 0 || s.freeAbove(size)
-	})
+	}
 }
 
 // freeAbove reports whether the filesystem keeps the floor after size more
@@ -296,7 +336,9 @@ func (s *Store) freeAbove(size int64) bool {
 
 // evict removes least recently used objects until goal holds or nothing more
 // may go. Passes run one at a time; held and pinned objects are skipped.
-func (s *Store) evict(goal evictGoal) (Evicted, error) {
+// feasible, when not nil, is told (with s.mu held) how many bytes the pass
+// could evict at most, before it evicts any; an error from it ends the pass.
+func (s *Store) evict(goal evictGoal, feasible func(evictable int64) error) (Evicted, error) {
 	if err := s.AwaitCounts(context.Background()); err != nil {
 		return Evicted{}, fmt.Errorf("evict: %w", err)
 	}
@@ -314,9 +356,18 @@ func (s *Store) evict(goal evictGoal) (Evicted, error) {
 	if err != nil {
 		return done, err
 	}
+	victims := t.victims()
+	if feasible != nil {
+		s.mu.Lock()
+		err := feasible(t.evictable(victims, s.held))
+		s.mu.Unlock()
+		if err != nil {
+			return done, err
+		}
+	}
 	wb := s.db.NewWriteBatch()
 	defer wb.Cancel()
-	for _, v := range t.victims() {
+	for _, v := range victims {
 		o := &t.objs[v]
 		h := rawHash(o.hex)
 		s.mu.Lock()

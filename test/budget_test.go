@@ -933,6 +933,59 @@ func TestTinyFilesystem(t *testing.T) {
 		}
 	})
 
+	t.Run("blob that cannot fit evicts nothing", func(t *testing.T) {
+		t.Parallel()
+		// Issue 15's scenario at half its size: a 32 MiB filesystem, a
+		// 1 MiB floor, 12 objects of about 18 MiB cached, a 40 MiB blob.
+		dir := budTmpfs(t, "32m")
+		up := startUpstream(t, nil)
+		var imgs []budImage
+		for i := range 3 {
+			imgs = append(imgs, budPush(t, up, fmt.Sprintf("kept%d:1", i), budRandom(t, 3*mib, 2)))
+		}
+		data, big := regtest.RandomBlob(t, 40*mib)
+		pushBlob(t, up, "library/big", data)
+		data = nil
+		m := startMirror(t, up.URL, dir, "REGMIRROR_MAX_SIZE=0", "REGMIRROR_MIN_FREE=1MiB")
+		ctx, cancel := context.WithTimeout(t.Context(), guard)
+		defer cancel()
+		var cached []v1.Hash
+		for _, img := range imgs {
+			pullImage(t, m, img.name, img.digest)
+			cached = append(cached, img.digest, img.config)
+			cached = append(cached, img.layers...)
+		}
+		if u := budImages(t, m).Usage; u.Objects != 12 {
+			t.Fatalf("after three pulls the store holds %d objects, want 12", u.Objects)
+		}
+
+		resp, body := m.do(http.MethodGet, "/v2/big/blobs/"+big.String(), nil)
+		if resp.StatusCode != http.StatusOK || sha256Digest(body) != big {
+			t.Fatalf("GET the 40 MiB blob: status = %d, %d bytes hashing to %s; want 200 and %s; logs:\n%s",
+				resp.StatusCode, len(body), sha256Digest(body), big, m.Logs())
+		}
+		if err := m.waitLog(ctx, streamedLine(big)); err != nil {
+			t.Errorf("no Warn %q for %s: %v; logs:\n%s", streamed, big, err, m.Logs())
+		}
+		if evictions := budLogLines(m, func(rec map[string]any) bool { return rec["msg"] == "evicted" }); len(evictions) != 0 {
+			t.Errorf("a blob that could never fit evicted: %v", evictions)
+		}
+		if u := budImages(t, m).Usage; u.Objects != 12 || u.Evictions != 0 {
+			t.Errorf("usage after the GET: %d objects, %d evicted; want 12 and 0", u.Objects, u.Evictions)
+		}
+		for _, h := range cached {
+			if !budStored(t, m, h) {
+				t.Errorf("%s is no longer cached", h)
+			}
+		}
+		if budStored(t, m, big) {
+			t.Errorf("%s, larger than the filesystem, is in the cache", big)
+		}
+		if files := tmpFiles(t, dir); len(files) != 0 {
+			t.Errorf("temp files left: %v", files)
+		}
+	})
+
 	t.Run("free-space floor above the filesystem", func(t *testing.T) {
 		t.Parallel()
 		dir := budTmpfs(t, "4m")
