@@ -5,7 +5,12 @@ import (
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"net"
 	"net/http"
+	"net/netip"
+	"net/url"
+	"strings"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -69,6 +74,9 @@ type admin struct {
 }
 
 func (a *admin) serve(w http.ResponseWriter, r *http.Request) error {
+	if err := a.fromBrowser(r); err != nil {
+		return err
+	}
 	if a.token != "" {
 		got := []byte(r.Header.Get("Authorization"))
 		if subtle.ConstantTimeCompare(got, []byte("Bearer "+a.token)) != 1 {
@@ -195,4 +203,71 @@ func newLines(w http.ResponseWriter) *lines {
 func (l *lines) send(v any) {
 	l.enc.Encode(v)
 	l.rc.Flush()
+}
+
+// fromBrowser refuses what a web page open on the mirror's host could send.
+// A loopback listener is no defence against the browser on that host: a
+// page can POST to it without a preflight (CSRF), and a name of the
+// attacker's that resolves to 127.0.0.1 (DNS rebinding) lets a page read
+// the answers too. The CLI sends neither Origin nor Sec-Fetch-Site, and
+// names the listener by its address or as localhost.
+func (a *admin) fromBrowser(r *http.Request) error {
+	if site := r.Header.Get("Sec-Fetch-Site"); site != "" && site != "same-origin" && site != "none" {
+		return errAdminDenied("the admin API refuses requests a web page makes from another site (Sec-Fetch-Site: " + site + ")")
+	}
+	if origin := r.Header.Get("Origin"); origin != "" && !sameOrigin(origin, r.Host) {
+		return errAdminDenied(fmt.Sprintf("the admin API refuses requests from web pages of another origin (Origin: %q)", origin))
+	}
+	if a.token == "" && !ownHost(r) {
+		return errAdminDenied(fmt.Sprintf("the admin API answers only to localhost and its own loopback address, not to Host %q"+
+			" (set REGMIRROR_ADMIN_TOKEN to reach it under another name)", r.Host))
+	}
+	return nil
+}
+
+func errAdminDenied(msg string) error {
+	return &ociError{status: http.StatusForbidden, code: "DENIED", message: msg}
+}
+
+// sameOrigin reports whether origin is the admin API's own: plain http (it
+// never serves TLS) on the host and port the request was sent to.
+func sameOrigin(origin, host string) bool {
+	u, err := url.Parse(origin)
+	if err != nil || u.Scheme != "http" || u.Host == "" || u.Path != "" || u.User != nil {
+		return false // "null" (a sandboxed or file: page) too
+	}
+	oh, op := splitHostPort(u.Host)
+	hh, hp := splitHostPort(host)
+	return strings.EqualFold(oh, hh) && op == hp
+}
+
+// ownHost reports whether the request names the listener as localhost or
+// by the loopback address it was accepted on.
+func ownHost(r *http.Request) bool {
+	host, _ := splitHostPort(r.Host)
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	if err != nil || !ip.IsLoopback() {
+		return false
+	}
+	local, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr)
+	if !ok {
+		return false
+	}
+	lap, err := netip.ParseAddrPort(local.String())
+	return err == nil && lap.Addr().Unmap() == ip.Unmap()
+}
+
+// splitHostPort splits host[:port], with port 80 when none is given.
+func splitHostPort(hostport string) (host, port string) {
+	host, port, err := net.SplitHostPort(hostport)
+	if err != nil {
+		host, port = strings.TrimSuffix(strings.TrimPrefix(hostport, "["), "]"), ""
+	}
+	if port == "" {
+		port = "80"
+	}
+	return host, port
 }

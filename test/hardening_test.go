@@ -25,6 +25,7 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/regmirror/regmirror/proxy"
 	"github.com/regmirror/regmirror/test/regtest"
 	"golang.org/x/crypto/bcrypt"
 )
@@ -371,4 +372,59 @@ func writeFile(t *testing.T, path, content string) {
 	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// A web page open on the mirror's host cannot drive or read the admin API
+// (issue 15): a cross-site POST (CSRF) and a request under another name
+// that resolves to 127.0.0.1 (DNS rebinding) get 403; the CLI still works,
+// by address and as localhost. With a token, any name may be used.
+func TestAdminAPIRefusesWebPages(t *testing.T) {
+	t.Parallel()
+	up := startUpstream(t, nil)
+	img := budPush(t, up, "app:1", budRandom(t, 1024, 1))
+	denied := func(t *testing.T, m *mirrorProc, method, path string, header http.Header) {
+		t.Helper()
+		resp, body := regtest.Do(t, method, m.AdminURL+path, header)
+		if resp.StatusCode != http.StatusForbidden || regtest.OCICode(t, resp, body) != "DENIED" {
+			t.Errorf("%s %s with %v: status = %d, body %s; want 403 DENIED", method, path, header, resp.StatusCode, body)
+		}
+	}
+	port := func(m *mirrorProc) string { return m.AdminURL[strings.LastIndexByte(m.AdminURL, ':')+1:] }
+
+	t.Run("no token", func(t *testing.T) {
+		t.Parallel()
+		m := startMirror(t, up.URL, "")
+		denied(t, m, http.MethodPost, proxy.AdminPin+"?image=app:1",
+			http.Header{"Origin": {"http://evil.example"}, "Content-Type": {"text/plain"}})
+		denied(t, m, http.MethodPost, proxy.AdminGC, http.Header{"Sec-Fetch-Site": {"cross-site"}})
+		denied(t, m, http.MethodGet, proxy.AdminImages, http.Header{"Host": {"evil.example:" + port(m)}})
+		if a := budImages(t, m); len(a.Images) != 0 {
+			t.Errorf("refused requests left images %+v", a.Images)
+		}
+
+		stdout, stderr, code := budCLI(t, m, "pin", img.name)
+		if code != 0 || !strings.Contains(stdout, "app:1: pinned") {
+			t.Errorf("regmirror pin: exit %d, stdout %q; stderr %s", code, stdout, stderr)
+		}
+		stdout, stderr, code = budCLI(t, m, "ls", "-admin", "http://localhost:"+port(m))
+		if code != 0 || !strings.Contains(stdout, "docker.io/library/app:1") || !strings.Contains(stdout, "pinned") {
+			t.Errorf("regmirror ls -admin http://localhost:%s: exit %d, stdout %q; stderr %s", port(m), code, stdout, stderr)
+		}
+		if stdout, stderr, code = budCLI(t, m, "gc"); code != 0 {
+			t.Errorf("regmirror gc: exit %d, stdout %q; stderr %s", code, stdout, stderr)
+		}
+	})
+
+	t.Run("token", func(t *testing.T) {
+		t.Parallel()
+		m := startMirror(t, up.URL, "", "REGMIRROR_ADMIN_TOKEN=s3cret")
+		bearer := "Bearer s3cret"
+		resp, body := regtest.Do(t, http.MethodGet, m.AdminURL+proxy.AdminImages,
+			http.Header{"Host": {"mirror.lan:" + port(m)}, "Authorization": {bearer}})
+		if resp.StatusCode != http.StatusOK {
+			t.Errorf("GET %s as mirror.lan with the token: status = %d, body %s; want 200", proxy.AdminImages, resp.StatusCode, body)
+		}
+		denied(t, m, http.MethodPost, proxy.AdminGC, http.Header{"Origin": {"http://evil.example"}, "Authorization": {bearer}})
+		denied(t, m, http.MethodGet, proxy.AdminImages, http.Header{"Sec-Fetch-Site": {"cross-site"}, "Authorization": {bearer}})
+	})
 }

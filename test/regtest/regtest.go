@@ -82,7 +82,8 @@ func (c *Counter) Snapshot() map[string]int {
 }
 
 // Do sends a request and returns the response with its body read, failing
-// the test on any transport error.
+// the test on any transport error. A Host in header is sent as the request's
+// Host.
 func Do(t testing.TB, method, url string, header http.Header) (*http.Response, []byte) {
 	t.Helper()
 	req, err := http.NewRequestWithContext(t.Context(), method, url, nil)
@@ -91,6 +92,9 @@ func Do(t testing.TB, method, url string, header http.Header) (*http.Response, [
 	}
 	for k, v := range header {
 		req.Header[k] = v
+	}
+	if host := header.Get("Host"); host != "" {
+		req.Host = host
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
