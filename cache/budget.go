@@ -23,6 +23,15 @@ type Usage struct {
 	EvictedBytes int64 // their bytes
 	Streamed     int64 // blobs served without being stored (too large, or disk full), since start
 	Counting     bool  // reconciliation after a crash is still counting Bytes and Objects
+	MinFree      int64 // the free-space floor; 0 means none
+	Filesystem   int64 // the size of the filesystem under the store at Open; 0 if unknown
+}
+
+// FloorAboveFilesystem reports whether the free-space floor is at least the
+// whole filesystem: then nothing can ever be stored, and every blob is
+// streamed through.
+func (u Usage) FloorAboveFilesystem() bool {
+	return u.MinFree > 0 && u.Filesystem > 0 && u.MinFree >= u.Filesystem
 }
 
 // Usage returns the store's disk use. While reconciliation after a crash is
@@ -38,6 +47,8 @@ func (s *Store) Usage() Usage {
 		EvictedBytes: s.evictedBytes,
 		Streamed:     s.streamed,
 		Counting:     !isClosed(s.counted),
+		MinFree:      s.opt.MinFree,
+		Filesystem:   s.filesystem,
 	}
 }
 
@@ -122,6 +133,15 @@ func (s *Store) shortfall(size int64) (overBudget, belowFloor int64) {
 		}
 	}
 	return overBudget, belowFloor
+}
+
+// filesystemSize is the size of the filesystem under dir, 0 if statfs fails.
+func filesystemSize(dir string) int64 {
+	var st syscall.Statfs_t
+	if syscall.Statfs(dir, &st) != nil {
+		return 0
+	}
+	return int64(st.Blocks) * int64(st.Bsize)
 }
 
 // free is what the filesystem under the store has available to us.

@@ -5,12 +5,15 @@ import (
 	"encoding/json"
 	"errors"
 	"os"
+	"path/filepath"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/regmirror/regmirror/cache"
+	"github.com/regmirror/regmirror/test/regtest"
 	"go.uber.org/zap"
 )
 
@@ -445,5 +448,23 @@ func TestBlobThatCannotFitBesidePinnedAndHeldEvictsNothing(t *testing.T) {
 	}
 	if !whole(s, pinned) {
 		t.Error("the pinned image lost objects")
+	}
+}
+
+// A free-space floor at least as large as the filesystem means nothing can
+// ever be stored (issue 15): Usage says so, for the start-up log, the
+// status page and /readyz.
+func TestUsageTellsAFloorAboveTheFilesystem(t *testing.T) {
+	dir := regtest.Tmpfs(t, "4m")
+	for _, tt := range []struct {
+		floor int64
+		above bool
+	}{{1 << 30, true}, {4 << 20, true}, {1 << 20, false}, {0, false}} {
+		s, _ := openBudget(t, filepath.Join(dir, strconv.FormatInt(tt.floor, 10)), cache.Options{MinFree: tt.floor})
+		u := s.Usage()
+		if u.Filesystem != 4<<20 || u.MinFree != tt.floor || u.FloorAboveFilesystem() != tt.above {
+			t.Errorf("usage %+v with a floor of %d on a 4 MiB filesystem: want Filesystem %d and FloorAboveFilesystem %v",
+				u, tt.floor, 4<<20, tt.above)
+		}
 	}
 }

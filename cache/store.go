@@ -129,6 +129,7 @@ type Store struct {
 	evictions    int64
 	evictedBytes int64
 	streamed     int64
+	filesystem   int64 // size of the filesystem under dir, at Open
 
 	evictMu  sync.Mutex    // one eviction pass at a time
 	evictNow chan struct{} // asks the background evictor for a pass
@@ -158,10 +159,11 @@ func Open(dir string, opt Options, log *zap.Logger) (*Store, error) {
 	}
 	s := &Store{
 		dir: dir, opt: opt, log: log, db: db,
-		access:   make(map[v1.Hash]time.Time),
-		held:     make(map[v1.Hash]int),
-		evictNow: make(chan struct{}, 1),
-		counted:  make(chan struct{}),
+		access:     make(map[v1.Hash]time.Time),
+		held:       make(map[v1.Hash]int),
+		evictNow:   make(chan struct{}, 1),
+		counted:    make(chan struct{}),
+		filesystem: filesystemSize(dir),
 	}
 	s.tags, _ = lru.New[string, TagAnswer](opt.MemoryTags)
 	s.manifests, _ = lru.New[v1.Hash, memManifest](opt.MemoryManifests)

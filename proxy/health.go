@@ -10,7 +10,8 @@ import (
 // HealthPath answers 200 while the process serves; ReadyPath answers 200
 // while the store can serve. An upstream that is down does not make the
 // mirror unready: it still serves what it has. ReadyPath lists each
-// upstream's health for the operator.
+// upstream's health for the operator, and warns of a store that can keep
+// nothing.
 const (
 	HealthPath = "/healthz"
 	ReadyPath  = "/readyz"
@@ -34,6 +35,12 @@ func (p *Proxy) serveReady(w http.ResponseWriter, r *http.Request) error {
 		ups = append(ups, uh)
 	}
 	body := map[string]any{"ready": true, "upstreams": ups}
+	if us, ok := p.st.(usageSource); ok {
+		// Ready, since it serves, but the operator should know.
+		if w := diskWarning(us.Usage()); w != "" {
+			body["warnings"] = []string{w}
+		}
+	}
 	status := http.StatusOK
 	if err := p.st.Healthy(); err != nil {
 		body["ready"], body["problem"] = false, "store: "+err.Error()

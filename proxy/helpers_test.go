@@ -101,6 +101,9 @@ func withMaxDownloads(n int) envOption { return func(c *envConfig) { c.proxy.Max
 // withBudget gives the store a byte budget.
 func withBudget(n int64) envOption { return func(c *envConfig) { c.store.MaxSize = n } }
 
+// withMinFree gives the store a free-space floor.
+func withMinFree(n int64) envOption { return func(c *envConfig) { c.store.MinFree = n } }
+
 // newEnv starts an in-process upstream registry (counted), the real store on
 // a temp dir, and the proxy in an httptest server. Everything stops with t.
 func newEnv(t *testing.T, opts ...envOption) *env {

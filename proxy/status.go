@@ -72,7 +72,18 @@ type statusView struct {
 
 type diskView struct {
 	cache.Usage
-	Fill float64 // Bytes / Budget; 0 without a budget
+	Fill    float64 // Bytes / Budget; 0 without a budget
+	Warning string  // a setting that keeps anything from being stored
+}
+
+// diskWarning is what the operator is told of a store that can keep
+// nothing, or "".
+func diskWarning(u cache.Usage) string {
+	if !u.FloorAboveFilesystem() {
+		return ""
+	}
+	return fmt.Sprintf("REGMIRROR_MIN_FREE (%s) is not less than the cache's filesystem (%s): nothing is stored,"+
+		" every blob is streamed from upstream", humanBytes(u.MinFree), humanBytes(u.Filesystem))
 }
 
 type upstreamView struct {
@@ -90,7 +101,7 @@ func (p *Proxy) serveStatus(w http.ResponseWriter, r *http.Request) error {
 	v.HitRatio, v.HasHitRatio = v.Stats.HitRatio()
 	if us, ok := p.st.(usageSource); ok {
 		u := us.Usage()
-		d := &diskView{Usage: u}
+		d := &diskView{Usage: u, Warning: diskWarning(u)}
 		if u.Budget > 0 {
 			d.Fill = float64(u.Bytes) / float64(u.Budget)
 		}

@@ -1,6 +1,7 @@
 package proxy_test
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -9,6 +10,7 @@ import (
 	"time"
 
 	"github.com/regmirror/regmirror/cache"
+	"github.com/regmirror/regmirror/proxy"
 	"github.com/regmirror/regmirror/test/regtest"
 )
 
@@ -148,5 +150,47 @@ func TestStatusPageKeepsTheLastTwentyPulls(t *testing.T) {
 	}
 	if top := section(t, string(body), "top"); !strings.Contains(top, "docker.io/library/app</td><td class=\"num\">25<") {
 		t.Errorf("top pulls = %s, want library/app with 25", top)
+	}
+}
+
+// A free-space floor larger than the filesystem keeps anything from being
+// stored (issue 15): the status page and /readyz say so, naming the
+// setting, and the mirror stays ready, since it serves.
+func TestFloorAboveTheFilesystemIsToldOnStatusAndReadyz(t *testing.T) {
+	for _, tt := range []struct {
+		name  string
+		floor int64
+		warn  bool
+	}{{"floor above the filesystem", 1 << 62, true}, {"no floor", 0, false}} {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newEnv(t, withMinFree(tt.floor))
+			resp, body := e.do(http.MethodGet, proxy.ReadyPath, nil)
+			var ready struct {
+				Ready    bool
+				Warnings []string
+			}
+			if resp.StatusCode != http.StatusOK || json.Unmarshal(body, &ready) != nil || !ready.Ready {
+				t.Fatalf("readyz: %d %s, want 200 and ready", resp.StatusCode, body)
+			}
+			told := len(ready.Warnings) == 1 && strings.Contains(ready.Warnings[0], "REGMIRROR_MIN_FREE (4.0 EiB)") &&
+				strings.Contains(ready.Warnings[0], "filesystem")
+			if told != tt.warn || (!tt.warn && len(ready.Warnings) != 0) {
+				t.Errorf("readyz warnings %q, want a warning naming REGMIRROR_MIN_FREE and the filesystem: %v", ready.Warnings, tt.warn)
+			}
+
+			resp, body = e.do(http.MethodGet, proxy.StatusPath, nil)
+			if resp.StatusCode != http.StatusOK {
+				t.Fatalf("GET /: status = %d", resp.StatusCode)
+			}
+			page := string(body)
+			if has := strings.Contains(page, `id="disk-warning"`); has != tt.warn {
+				t.Fatalf("status page has a disk warning: %v, want %v", has, tt.warn)
+			}
+			if tt.warn {
+				if w := section(t, page, "disk-warning"); !strings.Contains(w, "REGMIRROR_MIN_FREE (4.0 EiB) is not less than the cache&#39;s filesystem") {
+					t.Errorf("status page disk warning %q, want it to name REGMIRROR_MIN_FREE and the filesystem", w)
+				}
+			}
+		})
 	}
 }

@@ -845,35 +845,6 @@ func TestKillDuringColdDownloadsThenReconcile(t *testing.T) {
 	}
 }
 
-// budTmpfs mounts a tmpfs of size (mount -o size=) on a fresh directory,
-// unmounted when the test ends, after anything registered later (the
-// mirror) has stopped. Without root, or if the mount fails, it skips; it
-// fails when REGMIRROR_REQUIRE_CLIENTS=1, as CI sets.
-func budTmpfs(t *testing.T, size string) string {
-	t.Helper()
-	skip := func(msg string) {
-		t.Helper()
-		if requireClients() {
-			t.Fatal(msg + "; REGMIRROR_REQUIRE_CLIENTS=1 makes this a failure")
-		}
-		t.Skip(msg)
-	}
-	if os.Geteuid() != 0 {
-		skip("a tiny filesystem needs root, to mount a tmpfs")
-	}
-	dir := t.TempDir()
-	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size="+size); err != nil {
-		skip(fmt.Sprintf("mount -t tmpfs -o size=%s tmpfs %s: %v", size, dir, err))
-	}
-	t.Cleanup(func() {
-		if err := syscall.Unmount(dir, 0); err != nil {
-			t.Errorf("umount %s: %v", dir, err)
-			syscall.Unmount(dir, syscall.MNT_DETACH)
-		}
-	})
-	return dir
-}
-
 func TestTinyFilesystem(t *testing.T) {
 	t.Parallel()
 	const streamed = "cannot store blob; streaming it through"
@@ -885,7 +856,7 @@ func TestTinyFilesystem(t *testing.T) {
 
 	t.Run("layer larger than the filesystem", func(t *testing.T) {
 		t.Parallel()
-		dir := budTmpfs(t, "4m")
+		dir := regtest.Tmpfs(t, "4m")
 		up := startUpstream(t, nil)
 		small := budPush(t, up, "small:1", budRandom(t, 64<<10, 1))
 		huge := budPush(t, up, "huge:1", budRandom(t, 8*mib, 1))
@@ -937,7 +908,7 @@ func TestTinyFilesystem(t *testing.T) {
 		t.Parallel()
 		// Issue 15's scenario at half its size: a 32 MiB filesystem, a
 		// 1 MiB floor, 12 objects of about 18 MiB cached, a 40 MiB blob.
-		dir := budTmpfs(t, "32m")
+		dir := regtest.Tmpfs(t, "32m")
 		up := startUpstream(t, nil)
 		var imgs []budImage
 		for i := range 3 {
@@ -988,12 +959,31 @@ func TestTinyFilesystem(t *testing.T) {
 
 	t.Run("free-space floor above the filesystem", func(t *testing.T) {
 		t.Parallel()
-		dir := budTmpfs(t, "4m")
+		dir := regtest.Tmpfs(t, "4m")
 		up := startUpstream(t, nil)
 		img := budPush(t, up, "floor:1", budRandom(t, 256<<10, 2))
-		m := startMirror(t, up.URL, dir, "REGMIRROR_MAX_SIZE=0", "REGMIRROR_MIN_FREE=64MiB")
+		m := startMirror(t, up.URL, dir, "REGMIRROR_MAX_SIZE=0", "REGMIRROR_MIN_FREE=1GiB") // the default
 		ctx, cancel := context.WithTimeout(t.Context(), guard)
 		defer cancel()
+		// Said once at start-up (before the listening line), naming the
+		// setting and the filesystem's size; and on the status page and
+		// in /readyz, which stays ready.
+		floorLines := budLogLines(m, func(rec map[string]any) bool {
+			msg, _ := rec["msg"].(string)
+			return strings.Contains(msg, "REGMIRROR_MIN_FREE")
+		})
+		if len(floorLines) != 1 || floorLines[0]["level"] != "warn" || floorLines[0]["min_free"] != "1GiB" ||
+			floorLines[0]["filesystem"] != "4MiB" {
+			t.Errorf("start-up lines naming REGMIRROR_MIN_FREE: %v; want one Warn with min_free 1GiB and filesystem 4MiB", floorLines)
+		}
+		resp, body := m.do(http.MethodGet, proxy.ReadyPath, nil)
+		if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), `"warnings":["REGMIRROR_MIN_FREE (1.0 GiB)`) {
+			t.Errorf("GET %s: status = %d, body %s; want 200 with a warning naming REGMIRROR_MIN_FREE", proxy.ReadyPath, resp.StatusCode, body)
+		}
+		resp, body = m.do(http.MethodGet, proxy.StatusPath, nil)
+		if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), "REGMIRROR_MIN_FREE (1.0 GiB) is not less than the cache&#39;s filesystem (4.0 MiB)") {
+			t.Errorf("status page: status = %d, no warning naming REGMIRROR_MIN_FREE and the filesystem", resp.StatusCode)
+		}
 		pullImage(t, m, img.name, img.digest)
 		for _, h := range append([]v1.Hash{img.config}, img.layers...) {
 			// The pull can end before the mirror's lines about it reach us.

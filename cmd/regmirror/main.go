@@ -146,6 +146,13 @@ func serve(ctx context.Context, cfg Config) error {
 		return err
 	}
 	defer st.Close()
+	if u := st.Usage(); u.FloorAboveFilesystem() {
+		// Said once here, and on the status page and /readyz: every blob
+		// will be streamed, and each says so only as it goes.
+		log.Warn("REGMIRROR_MIN_FREE is not less than the size of the cache's filesystem: nothing will be stored, every blob is streamed from upstream",
+			zap.Stringer("min_free", cfg.MinFree), zap.Stringer("filesystem", byteSize(u.Filesystem)),
+			zap.Int64("filesystem_bytes", u.Filesystem), zap.String("data_dir", cfg.DataDir))
+	}
 	storeCtx, stopStore := context.WithCancel(context.Background())
 	storeDone := make(chan struct{})
 	go func() { st.Run(storeCtx); close(storeDone) }()

@@ -1,7 +1,7 @@
 // Package regtest is what regmirror's tests share: a request counter to put
 // in front of an upstream registry, a request helper, OCI error decoding,
-// random content with its digest, and the package-dependency check. Only
-// tests import it.
+// random content with its digest, a tiny filesystem, and the
+// package-dependency check. Only tests import it.
 package regtest
 
 import (
@@ -9,11 +9,14 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"os/exec"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -187,4 +190,33 @@ func ReadImage(t testing.TB, img v1.Image) (bytes int64, layers int) {
 		bytes += n
 	}
 	return bytes, len(ls)
+}
+
+// Tmpfs mounts a tmpfs of size (mount -o size=, e.g. "4m") on a fresh
+// directory, unmounted when the test ends, after anything registered later
+// (a store, a mirror) has stopped. Without root, or if the mount fails, it
+// skips; it fails when REGMIRROR_REQUIRE_CLIENTS=1, as CI sets.
+func Tmpfs(t testing.TB, size string) string {
+	t.Helper()
+	skip := func(msg string) {
+		t.Helper()
+		if os.Getenv("REGMIRROR_REQUIRE_CLIENTS") == "1" {
+			t.Fatal(msg + "; REGMIRROR_REQUIRE_CLIENTS=1 makes this a failure")
+		}
+		t.Skip(msg)
+	}
+	if os.Geteuid() != 0 {
+		skip("a tiny filesystem needs root, to mount a tmpfs")
+	}
+	dir := t.TempDir()
+	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size="+size); err != nil {
+		skip(fmt.Sprintf("mount -t tmpfs -o size=%s tmpfs %s: %v", size, dir, err))
+	}
+	t.Cleanup(func() {
+		if err := syscall.Unmount(dir, 0); err != nil {
+			t.Errorf("umount %s: %v", dir, err)
+			syscall.Unmount(dir, syscall.MNT_DETACH)
+		}
+	})
+	return dir
 }
