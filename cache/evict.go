@@ -4,7 +4,6 @@ import (
 	"cmp"
 	"context"
 	"encoding/binary"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -61,57 +60,6 @@ func (t *table) find(raw [32]byte) int {
 		}
 	}
 	return -1
-}
-
-// keyRaw turns "sha256:<hex>" (a key suffix) into raw bytes.
-func keyRaw(k []byte) ([32]byte, bool) {
-	const p = "sha256:"
-	if len(k) < len(p) || string(k[:len(p)]) != p {
-		return [32]byte{}, false
-	}
-	return hexRaw(k[len(p):])
-}
-
-// rawOf is keyRaw for a digest.
-func rawOf(h v1.Hash) ([32]byte, bool) {
-	if h.Algorithm != "sha256" {
-		return [32]byte{}, false
-	}
-	return hexRaw(h.Hex)
-}
-
-// hexRaw decodes 64 lowercase hex digits, the only spelling the store uses
-// in keys and file names, without allocating.
-func hexRaw[T string | []byte](s T) ([32]byte, bool) {
-	var raw [32]byte
-	if len(s) != 64 {
-		return raw, false
-	}
-	bad := byte(0)
-	for i := range raw {
-		hi, lo := hexValue[s[2*i]], hexValue[s[2*i+1]]
-		bad |= hi | lo
-		raw[i] = hi<<4 | lo&0x0f
-	}
-	return raw, bad&0xf0 == 0
-}
-
-// hexValue maps a lowercase hex digit to its value, anything else to 0xff.
-var hexValue = func() (t [256]byte) {
-	for c := range t {
-		t[c] = 0xff
-	}
-	for c := byte('0'); c <= '9'; c++ {
-		t[c] = c - '0'
-	}
-	for c := byte('a'); c <= 'f'; c++ {
-		t[c] = c - 'a' + 10
-	}
-	return t
-}()
-
-func rawHash(raw [32]byte) v1.Hash {
-	return v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(raw[:])}
 }
 
 // loadTable reads every blob record, access time, reference list and pin.

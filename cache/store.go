@@ -191,18 +191,6 @@ func (s *Store) path(h v1.Hash) string {
 	return filepath.Join(blobRoot(s.dir), h.Hex[:2], h.Hex)
 }
 
-func checkHash(h v1.Hash) error {
-	if h.Algorithm != "sha256" || len(h.Hex) != 64 {
-		return fmt.Errorf("%w: %q", ErrUnsupportedDigest, h.String())
-	}
-	for _, c := range h.Hex {
-		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
-			return fmt.Errorf("%w: %q", ErrUnsupportedDigest, h.String())
-		}
-	}
-	return nil
-}
-
 func (s *Store) removeTemps() error {
 	entries, err := os.ReadDir(tmpDir(s.dir))
 	if err != nil {
@@ -257,6 +245,21 @@ func (s *Store) OpenFile(h v1.Hash) (*os.File, error) {
 	}
 	s.Touch(h)
 	return f, nil
+}
+
+// unlink removes the content file of h and uncounts size (-1 when not known).
+// A record means a counted object, so a file already gone (removed by hand)
+// is uncounted too. The records are the caller's to forget. s.mu is held.
+func (s *Store) unlink(h v1.Hash, size int64) error {
+	if err := os.Remove(s.path(h)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove %s: %w", h, err)
+	}
+	if size >= 0 {
+		s.used -= size
+		s.objects--
+	}
+	s.manifests.Remove(h)
+	return nil
 }
 
 // Has reports whether h is cached, without touching its access time.
