@@ -34,18 +34,68 @@ func (u Usage) FloorAboveFilesystem() bool {
 	return u.MinFree > 0 && u.Filesystem > 0 && u.MinFree >= u.Filesystem
 }
 
+// ledger is the budget's accounting, and its only writer: committed bytes
+// and objects, bytes promised to writers in progress, and what eviction and
+// refusals did since start. The store's mu guards it, so that a rename into
+// place or a removal and its count change together; every method is called
+// with mu held.
+type ledger struct {
+	used         int64 // bytes of committed content
+	objects      int64 // committed content files
+	reserved     int64 // bytes promised to writers in progress
+	evictions    int64
+	evictedBytes int64
+	streamed     int64 // content refused and served without storing
+}
+
+// counted sets the committed totals, as saved at a clean close or recounted.
+func (l *ledger) counted(bytes, objects int64) { l.used, l.objects = bytes, objects }
+
+// pending is committed plus promised bytes: what the budget is measured by.
+func (l *ledger) pending() int64 { return l.used + l.reserved }
+
+func (l *ledger) reserve(n int64) { l.reserved += n }
+func (l *ledger) release(n int64) { l.reserved -= n }
+
+// committed moves a writer's reservation into the committed totals; a
+// digest already stored (added false) is counted once.
+func (l *ledger) committed(reserved, size int64, added bool) {
+	l.reserved -= reserved
+	if added {
+		l.used += size
+		l.objects++
+	}
+}
+
+// removed uncounts a content file of size bytes; -1 (no record of its size)
+// uncounts nothing.
+func (l *ledger) removed(size int64) {
+	if size >= 0 {
+		l.used -= size
+		l.objects--
+	}
+}
+
+// evicted counts a removal by eviction, besides removed.
+func (l *ledger) evicted(size int64) {
+	l.evictions++
+	l.evictedBytes += size
+}
+
+func (l *ledger) refused() { l.streamed++ }
+
 // Usage returns the store's disk use. While reconciliation after a crash is
 // counting, Bytes and Objects are zero and Counting is true.
 func (s *Store) Usage() Usage {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return Usage{
-		Bytes:        s.used,
-		Objects:      s.objects,
+		Bytes:        s.ledger.used,
+		Objects:      s.ledger.objects,
 		Budget:       s.opt.MaxSize,
-		Evictions:    s.evictions,
-		EvictedBytes: s.evictedBytes,
-		Streamed:     s.streamed,
+		Evictions:    s.ledger.evictions,
+		EvictedBytes: s.ledger.evictedBytes,
+		Streamed:     s.ledger.streamed,
 		Counting:     !isClosed(s.counted),
 		MinFree:      s.opt.MinFree,
 		Filesystem:   s.filesystem,
@@ -99,7 +149,7 @@ func (s *Store) reserve(h v1.Hash, size int64) error {
 		s.mu.Lock()
 		over, short := s.shortfall(size)
 		if over <= 0 && short <= 0 {
-			s.reserved += size
+			s.ledger.reserve(size)
 			s.mu.Unlock()
 			return nil
 		}
@@ -123,13 +173,13 @@ func (s *Store) reserve(h v1.Hash, size int64) error {
 func (s *Store) shortfall(size int64) (overBudget, belowFloor int64) {
 	overBudget = -1
 	if s.opt.MaxSize > 0 {
-		overBudget = s.used + s.reserved + size - s.opt.MaxSize
+		overBudget = s.ledger.pending() + size - s.opt.MaxSize
 	}
 	belowFloor = -1
 	if s.opt.MinFree > 0 {
 		if free, err := s.free(); err == nil {
 			// Reserved bytes are not all written yet: count them as gone.
-			belowFloor = s.opt.MinFree - (free - s.reserved - size)
+			belowFloor = s.opt.MinFree - (free - s.ledger.reserved - size)
 		}
 	}
 	return overBudget, belowFloor
@@ -158,7 +208,7 @@ func (s *Store) free() (int64, error) {
 
 func (s *Store) refuse(err error) error {
 	s.mu.Lock()
-	s.streamed++
+	s.ledger.refused()
 	s.mu.Unlock()
 	return err
 }
@@ -168,7 +218,7 @@ func (s *Store) unreserve(size int64) {
 		return
 	}
 	s.mu.Lock()
-	s.reserved -= size
+	s.ledger.release(size)
 	s.mu.Unlock()
 }
 
@@ -176,7 +226,7 @@ func (s *Store) unreserve(size int64) {
 func (s *Store) overHigh() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.opt.MaxSize > 0 && s.used+s.reserved > s.highWater() {
+	if s.opt.MaxSize > 0 && s.ledger.pending() > s.highWater() {
 		return true
 	}
 	if s.opt.MinFree > 0 {

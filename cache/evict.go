@@ -68,7 +68,7 @@ func (t *table) find(raw [32]byte) int {
 func (s *Store) loadTable() (*table, error) {
 	s.flushAccess()
 	s.mu.Lock()
-	n := s.objects + s.objects/16 + 16 // room for what lands during the scan
+	n := s.ledger.objects + s.ledger.objects/16 + 16 // room for what lands during the scan
 	s.mu.Unlock()
 	t := &table{objs: make([]object, 0, n), heads: make([]uint64, 0, n)}
 	err := s.db.View(func(txn *badger.Txn) error {
@@ -268,7 +268,7 @@ func (s *Store) makeRoom(size int64) (Evicted, error) {
 
 func (s *Store) roomGoal(size int64) evictGoal {
 	return func() bool {
-		if s.opt.MaxSize > 0 && s.used+s.reserved+size > s.lowWater() {
+		if s.opt.MaxSize > 0 && s.ledger.pending()+size > s.lowWater() {
 			return false
 		}
 		return s.opt.MinFree <= 0 || s.freeAbove(size)
@@ -279,7 +279,7 @@ func (s *Store) roomGoal(size int64) evictGoal {
 // bytes. s.mu is held.
 func (s *Store) freeAbove(size int64) bool {
 	free, err := s.free()
-	return err != nil || free-s.reserved-size >= s.opt.MinFree
+	return err != nil || free-s.ledger.reserved-size >= s.opt.MinFree
 }
 
 // evict removes least recently used objects until goal holds or nothing more
@@ -329,8 +329,7 @@ func (s *Store) evict(goal evictGoal, feasible func(evictable int64) error) (Evi
 		}
 		err := s.unlink(h, o.size)
 		if err == nil {
-			s.evictions++
-			s.evictedBytes += o.size
+			s.ledger.evicted(o.size)
 		}
 		s.mu.Unlock()
 		if err != nil {

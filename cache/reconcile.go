@@ -43,7 +43,7 @@ func (s *Store) loadTotals() error {
 		return fmt.Errorf("clear clean-close mark: %w", err)
 	}
 	s.mu.Lock()
-	s.used, s.objects = t.Bytes, t.Objects
+	s.ledger.counted(t.Bytes, t.Objects)
 	s.mu.Unlock()
 	close(s.counted)
 	return nil
@@ -88,7 +88,7 @@ func (s *Store) AwaitCounts(ctx context.Context) error {
 
 func (s *Store) saveTotals() error {
 	s.mu.Lock()
-	v, err := json.Marshal(totals{Bytes: s.used, Objects: s.objects})
+	v, err := json.Marshal(totals{Bytes: s.ledger.used, Objects: s.ledger.objects})
 	s.mu.Unlock()
 	if err != nil {
 		return err
@@ -179,7 +179,7 @@ func (s *Store) reconcile(ctx context.Context) error {
 		return fmt.Errorf("reconcile: write index: %w", err)
 	}
 	s.mu.Lock()
-	s.used, s.objects = rep.Bytes, rep.Files
+	s.ledger.counted(rep.Bytes, rep.Files)
 	s.mu.Unlock()
 	s.log.Info("reconciled index with content files", zap.Int64("files", rep.Files), zap.Int64("bytes", rep.Bytes),
 		zap.Int64("added_records", rep.AddedRecords), zap.Int64("dropped_records", rep.DroppedRecords),

@@ -121,15 +121,10 @@ type Store struct {
 
 	// mu guards the accounting of the budget and the set of held objects.
 	// Renames into place and removals by eviction happen under it too.
-	mu           sync.Mutex
-	used         int64 // bytes of committed content
-	objects      int64
-	reserved     int64 // bytes promised to writers in progress
-	held         map[v1.Hash]int
-	evictions    int64
-	evictedBytes int64
-	streamed     int64
-	filesystem   int64 // size of the filesystem under dir, at Open
+	mu         sync.Mutex
+	ledger     ledger
+	held       map[v1.Hash]int
+	filesystem int64 // size of the filesystem under dir, at Open
 
 	evictMu  sync.Mutex    // one eviction pass at a time
 	evictNow chan struct{} // asks the background evictor for a pass
@@ -254,10 +249,7 @@ func (s *Store) unlink(h v1.Hash, size int64) error {
 	if err := os.Remove(s.path(h)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("remove %s: %w", h, err)
 	}
-	if size >= 0 {
-		s.used -= size
-		s.objects--
-	}
+	s.ledger.removed(size)
 	s.manifests.Remove(h)
 	return nil
 }

@@ -141,12 +141,8 @@ func (w *Writer) publish() error {
 		s.mu.Unlock()
 		return fmt.Errorf("rename blob %s into place: %w", w.h, err)
 	}
-	s.reserved -= w.reserved
+	s.ledger.committed(w.reserved, w.n, statErr != nil)
 	w.reserved = 0
-	if statErr != nil {
-		s.used += w.n
-		s.objects++
-	}
 	s.mu.Unlock()
 	w.tmp = final
 	w.finished = true
