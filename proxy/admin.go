@@ -17,14 +17,20 @@ import (
 	"github.com/regmirror/regmirror/cache"
 )
 
-// AdminStore is what the admin API needs of the cache.
-type AdminStore interface {
+// Operator is what the operator's views and commands need of the cache:
+// usage against the budget, pins, the image list, eviction on demand,
+// re-verification, and health. The admin API, the status page, the metrics
+// and the readiness check use it.
+type Operator interface {
+	Usage() cache.Usage
+	Pins() ([]cache.Pin, error)
 	Pin(p cache.Pin) error
 	Unpin(registry, repo, ref string) error
 	Images() ([]cache.Image, error)
-	Usage() cache.Usage
 	GC() (cache.Evicted, error)
 	Verify(ctx context.Context, progress func(cache.VerifyReport)) (cache.VerifyReport, error)
+	// Healthy says why the store cannot serve, or nil.
+	Healthy() error
 }
 
 // Admin API paths. Every one but images changes the cache, so they take POST.
@@ -58,8 +64,8 @@ type VerifyProgress struct {
 
 // Admin returns the admin API handler, for its own listener (loopback by
 // default). With a token, every request must carry it as a bearer token.
-func (p *Proxy) Admin(st AdminStore, token string) http.Handler {
-	a := &admin{p: p, st: st, token: token}
+func (p *Proxy) Admin(token string) http.Handler {
+	a := &admin{p: p, op: p.op, token: token}
 	serve := func(w http.ResponseWriter, r *http.Request) error {
 		logInfoFrom(r.Context()).kind = "admin"
 		return a.serve(w, r)
@@ -69,7 +75,7 @@ func (p *Proxy) Admin(st AdminStore, token string) http.Handler {
 
 type admin struct {
 	p     *Proxy
-	st    AdminStore
+	op    Operator
 	token string
 }
 
@@ -93,28 +99,28 @@ func (a *admin) serve(w http.ResponseWriter, r *http.Request) error {
 	}
 	switch r.URL.Path {
 	case AdminImages:
-		imgs, err := a.st.Images()
+		imgs, err := a.op.Images()
 		if err != nil {
 			return err
 		}
 		if imgs == nil {
 			imgs = []cache.Image{}
 		}
-		return writeJSON(w, r, http.StatusOK, ImagesAnswer{Usage: a.st.Usage(), Images: imgs})
+		return writeJSON(w, r, http.StatusOK, ImagesAnswer{Usage: a.op.Usage(), Images: imgs})
 	case AdminWarm:
 		return a.warm(w, r, nil)
 	case AdminPin:
 		return a.warm(w, r, func(rt route, h v1.Hash) error {
-			return a.st.Pin(cache.Pin{Registry: rt.registry, Repo: rt.repo, Ref: rt.ref(), Digest: h})
+			return a.op.Pin(cache.Pin{Registry: rt.registry, Repo: rt.repo, Ref: rt.ref(), Digest: h})
 		})
 	case AdminUnpin:
 		return a.unpin(w, r)
 	case AdminGC:
-		ev, err := a.st.GC()
+		ev, err := a.op.GC()
 		if err != nil {
 			return err
 		}
-		return writeJSON(w, r, http.StatusOK, GCAnswer{Evicted: ev, Usage: a.st.Usage()})
+		return writeJSON(w, r, http.StatusOK, GCAnswer{Evicted: ev, Usage: a.op.Usage()})
 	case AdminVerify:
 		return a.verify(w, r)
 	}
@@ -159,7 +165,7 @@ func (a *admin) unpin(w http.ResponseWriter, r *http.Request) error {
 		if err != nil {
 			return err
 		}
-		if err := a.st.Unpin(rt.registry, rt.repo, rt.ref()); err != nil {
+		if err := a.op.Unpin(rt.registry, rt.repo, rt.ref()); err != nil {
 			if errors.Is(err, cache.ErrNotFound) {
 				return &ociError{status: http.StatusNotFound, code: "NAME_UNKNOWN", message: img + " is not pinned"}
 			}
@@ -172,7 +178,7 @@ func (a *admin) unpin(w http.ResponseWriter, r *http.Request) error {
 func (a *admin) verify(w http.ResponseWriter, r *http.Request) error {
 	lines := newLines(w)
 	var last time.Time
-	rep, err := a.st.Verify(r.Context(), func(rep cache.VerifyReport) {
+	rep, err := a.op.Verify(r.Context(), func(rep cache.VerifyReport) {
 		if time.Since(last) >= warmEvery {
 			last = time.Now()
 			lines.send(VerifyProgress{VerifyReport: rep})

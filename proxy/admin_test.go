@@ -58,7 +58,7 @@ func TestAdminPinWarmsEveryPlatformAndKeepsIt(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.pushIndex("library/app:1", idx)
-	h := e.proxy.Admin(e.store, "")
+	h := e.proxy.Admin("")
 
 	code, lines := e.admin(h, http.MethodPost, proxy.AdminPin+"?image=app:1", "")
 	if code != http.StatusOK || len(lines) == 0 {
@@ -125,7 +125,7 @@ func TestAdminPinWarmsEveryPlatformAndKeepsIt(t *testing.T) {
 
 func TestAdminRefusesBadRequests(t *testing.T) {
 	e := newEnv(t)
-	h := e.proxy.Admin(e.store, "s3cret")
+	h := e.proxy.Admin("s3cret")
 	for _, tt := range []struct {
 		method, path, token string
 		want                int
@@ -208,7 +208,7 @@ func TestAdminRefusesWebPages(t *testing.T) {
 		{"token, rebinding without the token", token, http.MethodGet, proxy.AdminImages, "evil.example:5001", http.Header{}, http.StatusUnauthorized, ""},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			code, lines := e.adminAs(e.proxy.Admin(e.store, tt.token), tt.method, tt.path, tt.host, tt.header)
+			code, lines := e.adminAs(e.proxy.Admin(tt.token), tt.method, tt.path, tt.host, tt.header)
 			if code != tt.want {
 				t.Fatalf("%s %s (Host %q, %v): %d, want %d (%s)", tt.method, tt.path, tt.host, tt.header, code, tt.want, lines)
 			}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"os"
 	"strconv"
 	"time"
 
@@ -11,14 +12,28 @@ import (
 	"github.com/regmirror/regmirror/cache"
 )
 
+// Blobs is content at rest by digest, as serving and downloading blobs need
+// it: what a storage backend of the cache provides (docs/ARCHITECTURE.md,
+// Boundaries).
+type Blobs interface {
+	// OpenFile opens a stored blob; cache.ErrNotFound when it is not there.
+	OpenFile(h v1.Hash) (*os.File, error)
+	Has(h v1.Hash) bool
+	// Create starts writing h; its Commit verifies size and digest before the
+	// content is visible. cache.ErrNoSpace when the budget has no room.
+	Create(h v1.Hash, size int64, mediaType string) (*cache.Writer, error)
+	// Hold keeps h from eviction until release is called.
+	Hold(h v1.Hash) (release func())
+}
+
 func (p *Proxy) serveBlob(w http.ResponseWriter, r *http.Request, rt route) error {
 	ctx := r.Context()
 	up := p.ups[rt.registry]
-	defer p.st.Hold(rt.digest)() // eviction leaves a blob alone while it is served
+	defer p.blobs.Hold(rt.digest)() // eviction leaves a blob alone while it is served
 	// A flight can finish between our miss and our join; then the blob is in
 	// the store and we look again. Twice is plenty; more means it vanished.
 	for range 3 {
-		f, err := p.st.OpenFile(rt.digest)
+		f, err := p.blobs.OpenFile(rt.digest)
 		if err == nil {
 			defer f.Close()
 			setCache(ctx, cacheHit)
@@ -71,7 +86,7 @@ func (p *Proxy) follow(w http.ResponseWriter, r *http.Request, fl *flight, up Up
 			if _, err := io.Copy(io.Discard, rd); err != nil {
 				return err
 			}
-			f, err := p.st.OpenFile(fl.digest)
+			f, err := p.blobs.OpenFile(fl.digest)
 			if err != nil {
 				return err
 			}

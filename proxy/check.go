@@ -59,7 +59,7 @@ func (p *Proxy) Check(ctx context.Context, image string) CheckResult {
 	res.Registry, res.Repository = rt.registry, rt.repo
 	h := rt.digest
 	if !rt.byDigest() {
-		a, err := p.st.Tag(rt.registry, rt.repo, rt.tag)
+		a, err := p.tags.Tag(rt.registry, rt.repo, rt.tag)
 		if err != nil {
 			res.Problem = "this tag was never pulled through the mirror"
 			return res
@@ -73,7 +73,7 @@ func (p *Proxy) Check(ctx context.Context, image string) CheckResult {
 }
 
 func (p *Proxy) walk(ctx context.Context, h v1.Hash, platform string, res *CheckResult) {
-	body, info, err := p.st.Manifest(ctx, h, maxManifest)
+	body, info, err := p.manifests.Manifest(ctx, h, maxManifest)
 	if err != nil {
 		res.Missing = append(res.Missing, MissingPart{Kind: "manifest", Digest: h.String(), Platform: platform})
 		return
@@ -107,7 +107,7 @@ func (p *Proxy) walk(ctx context.Context, h v1.Hash, platform string, res *Check
 }
 
 func (p *Proxy) need(d v1.Descriptor, kind, platform string, res *CheckResult) {
-	if p.st.Has(d.Digest) {
+	if p.blobs.Has(d.Digest) {
 		res.Present++
 		return
 	}

@@ -122,7 +122,7 @@ func (p *Proxy) join(up Upstream, rt route) (fl *flight, leader bool) {
 	if fl := p.flights[rt.digest]; fl != nil {
 		return fl, false
 	}
-	if p.st.Has(rt.digest) {
+	if p.blobs.Has(rt.digest) {
 		return nil, false
 	}
 	fl = newFlight(rt.digest)
@@ -141,7 +141,7 @@ func (p *Proxy) flight(h v1.Hash) *flight {
 
 func (p *Proxy) download(fl *flight, up Upstream, repo string) {
 	defer p.wg.Done()
-	defer p.st.Hold(fl.digest)() // eviction leaves a blob alone while it downloads
+	defer p.blobs.Hold(fl.digest)() // eviction leaves a blob alone while it downloads
 	start := time.Now()
 	err := p.fill(fl, up, repo)
 	if errors.Is(err, cache.ErrNoSpace) {
@@ -225,7 +225,7 @@ func (p *Proxy) fill(fl *flight, up Upstream, repo string) error {
 	if p.noRoom.Contains(fl.digest) {
 		err = fmt.Errorf("%w: %s did not fit before", cache.ErrNoSpace, fl.digest)
 	} else {
-		w, err = p.st.Create(fl.digest, resp.ContentLength, "application/octet-stream")
+		w, err = p.blobs.Create(fl.digest, resp.ContentLength, "application/octet-stream")
 	}
 	if errors.Is(err, cache.ErrNoSpace) {
 		p.log.Warn("cannot store blob; streaming it through", zap.String(keyUpstream, up.Name()),

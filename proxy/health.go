@@ -35,14 +35,12 @@ func (p *Proxy) serveReady(w http.ResponseWriter, r *http.Request) error {
 		ups = append(ups, uh)
 	}
 	body := map[string]any{"ready": true, "upstreams": ups}
-	if us, ok := p.st.(usageSource); ok {
-		// Ready, since it serves, but the operator should know.
-		if w := diskWarning(us.Usage()); w != "" {
-			body["warnings"] = []string{w}
-		}
+	// Ready, since it serves, but the operator should know.
+	if w := diskWarning(p.op.Usage()); w != "" {
+		body["warnings"] = []string{w}
 	}
 	status := http.StatusOK
-	if err := p.st.Healthy(); err != nil {
+	if err := p.op.Healthy(); err != nil {
 		body["ready"], body["problem"] = false, "store: "+err.Error()
 		status = http.StatusServiceUnavailable
 	}

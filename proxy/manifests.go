@@ -22,6 +22,16 @@ import (
 	"go.uber.org/zap"
 )
 
+// Manifests is manifests at rest by digest, read whole (they are small):
+// served from memory when hot.
+type Manifests interface {
+	// Manifest reads a stored manifest of at most max bytes; cache.ErrNotFound
+	// when it is not there.
+	Manifest(ctx context.Context, h v1.Hash, max int64) ([]byte, cache.Info, error)
+	// PutManifest stores a manifest whose digest the caller verified.
+	PutManifest(h v1.Hash, body []byte, mediaType string) error
+}
+
 // maxManifest caps a manifest read from upstream or from disk, as
 // distribution does: manifests are small, and we buffer them whole.
 const maxManifest = 4 << 20
@@ -81,7 +91,7 @@ func (p *Proxy) serveManifest(w http.ResponseWriter, r *http.Request, rt route) 
 // manifestByDigest returns the manifest h: from memory or disk when cached,
 // otherwise fetched once from upstream however many ask, verified, and stored.
 func (p *Proxy) manifestByDigest(ctx context.Context, up Upstream, repo string, h v1.Hash) (resolved, error) {
-	body, info, err := p.st.Manifest(ctx, h, maxManifest)
+	body, info, err := p.manifests.Manifest(ctx, h, maxManifest)
 	if err == nil {
 		return resolved{manifest{body, h, manifestType(info.MediaType, body)}, cacheHit}, nil
 	}
@@ -101,7 +111,7 @@ func (p *Proxy) manifestByDigest(ctx context.Context, up Upstream, repo string, 
 // otherwise asks upstream: a HEAD when we know an answer to compare with, a
 // GET when we do not. When upstream cannot be asked, the last answer is served.
 func (p *Proxy) manifestByTag(ctx context.Context, up Upstream, rt route) (resolved, error) {
-	known, err := p.st.Tag(rt.registry, rt.repo, rt.tag)
+	known, err := p.tags.Tag(rt.registry, rt.repo, rt.tag)
 	if err != nil && !errors.Is(err, cache.ErrNotFound) {
 		return resolved{}, err
 	}
@@ -150,7 +160,7 @@ func (p *Proxy) revalidate(ctx context.Context, up Upstream, rt route, known cac
 	if err != nil {
 		if isNotFound(err) {
 			// Deleted upstream: forget it rather than serve a tag that is gone.
-			if derr := p.st.DeleteTag(rt.registry, rt.repo, rt.tag); derr != nil {
+			if derr := p.tags.DeleteTag(rt.registry, rt.repo, rt.tag); derr != nil {
 				p.log.Warn("forget deleted tag", zap.Error(derr))
 			}
 			return resolved{}, err
@@ -195,7 +205,7 @@ func (p *Proxy) noteStale(rt route, known cache.TagAnswer, err error) {
 
 func (p *Proxy) learnTag(rt route, m manifest) {
 	a := cache.TagAnswer{Digest: m.digest, MediaType: m.mediaType, Size: int64(len(m.body)), LearnedAt: p.opt.Now()}
-	if err := p.st.SetTag(rt.registry, rt.repo, rt.tag, a); err != nil {
+	if err := p.tags.SetTag(rt.registry, rt.repo, rt.tag, a); err != nil {
 		p.log.Warn("record tag answer", zap.String(keyRepo, rt.repo), zap.String("tag", rt.tag), zap.Error(err))
 	}
 }
@@ -228,7 +238,7 @@ func (p *Proxy) fetchManifest(ctx context.Context, up Upstream, repo, ref string
 		return manifest{}, fmt.Errorf("manifest %s: %w: upstream claims %s, content hashes to %s", ref, errUpstreamInvalid, claimed, got)
 	}
 	m := manifest{body: body, digest: got, mediaType: manifestType(resp.Header.Get("Content-Type"), body)}
-	if err := p.st.PutManifest(m.digest, m.body, m.mediaType); err != nil {
+	if err := p.manifests.PutManifest(m.digest, m.body, m.mediaType); err != nil {
 		// Verified in memory: serve it even when the disk cannot keep it.
 		p.log.Warn("store manifest", zap.Stringer(keyDigest, m.digest), zap.Error(err))
 	}

@@ -190,22 +190,20 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	for i, s := range sources {
 		ch <- prometheus.MustNewConstMetric(c.served, prometheus.CounterValue, float64(st.served[i].Load()), s)
 	}
-	if us, ok := c.p.st.(usageSource); ok {
-		u := us.Usage()
-		for _, m := range []struct {
-			d *prometheus.Desc
-			t prometheus.ValueType
-			v int64
-		}{
-			{c.diskBytes, prometheus.GaugeValue, u.Bytes},
-			{c.diskObjects, prometheus.GaugeValue, u.Objects},
-			{c.diskBudget, prometheus.GaugeValue, u.Budget},
-			{c.evictions, prometheus.CounterValue, u.Evictions},
-			{c.evictedBytes, prometheus.CounterValue, u.EvictedBytes},
-			{c.streamed, prometheus.CounterValue, u.Streamed},
-		} {
-			ch <- prometheus.MustNewConstMetric(m.d, m.t, float64(m.v))
-		}
+	u := c.p.op.Usage()
+	for _, m := range []struct {
+		d *prometheus.Desc
+		t prometheus.ValueType
+		v int64
+	}{
+		{c.diskBytes, prometheus.GaugeValue, u.Bytes},
+		{c.diskObjects, prometheus.GaugeValue, u.Objects},
+		{c.diskBudget, prometheus.GaugeValue, u.Budget},
+		{c.evictions, prometheus.CounterValue, u.Evictions},
+		{c.evictedBytes, prometheus.CounterValue, u.EvictedBytes},
+		{c.streamed, prometheus.CounterValue, u.Streamed},
+	} {
+		ch <- prometheus.MustNewConstMetric(m.d, m.t, float64(m.v))
 	}
 	c.p.mu.Lock()
 	flights := len(c.p.flights)
@@ -222,22 +220,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.up, prometheus.GaugeValue, up, name)
 		// Reported only once known: a 0 before the first answer would read
 		// as an exhausted quota.
-		if rl, ok := rateLimit(u); ok {
+		if rl, ok := u.RateLimit(); ok {
 			ch <- prometheus.MustNewConstMetric(c.rateRemaining, prometheus.GaugeValue, float64(rl.Remaining), name)
 			ch <- prometheus.MustNewConstMetric(c.rateLimit, prometheus.GaugeValue, float64(rl.Limit), name)
 		}
 	}
-}
-
-// rateLimiter is an upstream that keeps the pull quota its registry reports
-// (upstream.Client does).
-type rateLimiter interface {
-	RateLimit() (upstream.RateLimit, bool)
-}
-
-func rateLimit(u Upstream) (upstream.RateLimit, bool) {
-	if rl, ok := u.(rateLimiter); ok {
-		return rl.RateLimit()
-	}
-	return upstream.RateLimit{}, false
 }

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -16,27 +15,19 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	lru "github.com/hashicorp/golang-lru/v2"
-	"github.com/regmirror/regmirror/cache"
 	"github.com/regmirror/regmirror/upstream"
 	"go.uber.org/zap"
 	"golang.org/x/sync/singleflight"
 )
 
-// Store is what the proxy needs of the cache.
+// Store is the cache as the proxy's parts use it, one role each (Blobs,
+// Manifests, TagIndex, Operator, declared beside their users). New takes the
+// whole, so main passes the store once; every other part sees only its role.
 type Store interface {
-	OpenFile(h v1.Hash) (*os.File, error)
-	Has(h v1.Hash) bool
-	Create(h v1.Hash, size int64, mediaType string) (*cache.Writer, error)
-	Manifest(ctx context.Context, h v1.Hash, max int64) ([]byte, cache.Info, error)
-	PutManifest(h v1.Hash, body []byte, mediaType string) error
-	Tag(registry, repo, tag string) (cache.TagAnswer, error)
-	SetTag(registry, repo, tag string, a cache.TagAnswer) error
-	DeleteTag(registry, repo, tag string) error
-	Tags(registry, repo string) ([]string, error)
-	Repositories() ([]cache.Repository, error)
-	Healthy() error
-	// Hold keeps h from eviction until release is called.
-	Hold(h v1.Hash) (release func())
+	Blobs
+	Manifests
+	TagIndex
+	Operator
 }
 
 // Upstream is one upstream registry.
@@ -49,6 +40,9 @@ type Upstream interface {
 	BlobFrom(ctx context.Context, repo string, h v1.Hash, offset, size int64) (*http.Response, error)
 	Tags(ctx context.Context, repo, n, last string) (*http.Response, error)
 	Health() upstream.Health
+	// RateLimit is the pull quota the registry last reported; false before
+	// any report.
+	RateLimit() (upstream.RateLimit, bool)
 }
 
 // Options tune a Proxy.
@@ -77,11 +71,14 @@ type Options struct {
 
 // Proxy is the registry API handler. Close it to stop its downloads.
 type Proxy struct {
-	st    Store
-	ups   map[string]Upstream
-	names []string // the upstreams in configured order, the default first
-	opt   Options
-	log   *zap.Logger
+	blobs     Blobs
+	manifests Manifests
+	tags      TagIndex
+	op        Operator
+	ups       map[string]Upstream
+	names     []string // the upstreams in configured order, the default first
+	opt       Options
+	log       *zap.Logger
 
 	// ctx bounds the shared work that outlives any one request (downloads,
 	// resolutions); Close cancels it.
@@ -185,7 +182,7 @@ func New(st Store, ups []Upstream, opt Options, log *zap.Logger) (*Proxy, error)
 	ctx, cancel := context.WithCancel(context.Background())
 	warned, _ := lru.New[string, time.Time](4096)
 	noRoom, _ := lru.New[v1.Hash, struct{}](1024)
-	p := &Proxy{st: st, ups: byName, names: names, opt: opt, log: log, ctx: ctx, cancel: cancel,
+	p := &Proxy{blobs: st, manifests: st, tags: st, op: st, ups: byName, names: names, opt: opt, log: log, ctx: ctx, cancel: cancel,
 		flights: make(map[v1.Hash]*flight), staleWarned: warned, noRoom: noRoom,
 		pulls: newPullLog(), started: opt.Now()}
 	if opt.MaxDownloads > 0 {

@@ -47,17 +47,10 @@ var statusTemplate = template.Must(template.New("status").Funcs(template.FuncMap
 	},
 }).Parse(statusHTML))
 
-// usageSource is a store that knows its disk use against its budget
-// (cache.Store does).
-type usageSource interface{ Usage() cache.Usage }
-
-// pinLister is a store that keeps pinned images (cache.Store does).
-type pinLister interface{ Pins() ([]cache.Pin, error) }
-
 // statusView is what the status page shows.
 type statusView struct {
 	Now, Started time.Time
-	Disk         *diskView // nil when the store does not say
+	Disk         diskView
 	Stats        Stats
 	HitRatio     float64
 	HasHitRatio  bool
@@ -65,7 +58,6 @@ type statusView struct {
 	Top          []repoPulls
 	Recent       []pull
 	Pins         []cache.Pin
-	PinsKnown    bool
 	PinsError    string
 	MetricsHere  bool // /metrics is served on this listener
 }
@@ -99,13 +91,10 @@ func (p *Proxy) serveStatus(w http.ResponseWriter, r *http.Request) error {
 	now := p.opt.Now()
 	v := statusView{Now: now, Started: p.started, Stats: p.Stats(), MetricsHere: p.opt.MetricsHandler != nil}
 	v.HitRatio, v.HasHitRatio = v.Stats.HitRatio()
-	if us, ok := p.st.(usageSource); ok {
-		u := us.Usage()
-		d := &diskView{Usage: u, Warning: diskWarning(u)}
-		if u.Budget > 0 {
-			d.Fill = float64(u.Bytes) / float64(u.Budget)
-		}
-		v.Disk = d
+	v.Disk.Usage = p.op.Usage()
+	v.Disk.Warning = diskWarning(v.Disk.Usage)
+	if v.Disk.Budget > 0 {
+		v.Disk.Fill = float64(v.Disk.Bytes) / float64(v.Disk.Budget)
 	}
 	for _, name := range p.names {
 		u := p.ups[name]
@@ -113,21 +102,18 @@ func (p *Proxy) serveStatus(w http.ResponseWriter, r *http.Request) error {
 		if !uv.Health.Up && !uv.Health.Since.IsZero() {
 			uv.DownFor = now.Sub(uv.Health.Since).Round(time.Second).String()
 		}
-		uv.Rate, uv.RateKnown = rateLimit(u)
+		uv.Rate, uv.RateKnown = u.RateLimit()
 		uv.RateWarning = uv.RateKnown && uv.Rate.Remaining*10 < uv.Rate.Limit
 		v.Upstreams = append(v.Upstreams, uv)
 	}
 	v.Top = p.pulls.top(topPulls)
 	v.Recent = p.pulls.recent()
-	if pl, ok := p.st.(pinLister); ok {
-		v.PinsKnown = true
-		pins, err := pl.Pins()
-		if err != nil {
-			v.PinsError = "the pins could not be read" // details go to the log
-			p.log.Warn("status page: list pins", zap.Error(err))
-		}
-		v.Pins = pins
+	pins, err := p.op.Pins()
+	if err != nil {
+		v.PinsError = "the pins could not be read" // details go to the log
+		p.log.Warn("status page: list pins", zap.Error(err))
 	}
+	v.Pins = pins
 
 	var buf bytes.Buffer
 	if err := statusTemplate.Execute(&buf, v); err != nil {

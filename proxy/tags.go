@@ -9,8 +9,21 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/regmirror/regmirror/cache"
 	"github.com/regmirror/regmirror/upstream"
 )
+
+// TagIndex is what this mirror learned of tags: what each resolved to and
+// when, and the listings built from those answers when upstream cannot be
+// asked.
+type TagIndex interface {
+	// Tag is the last answer for a tag; cache.ErrNotFound when there is none.
+	Tag(registry, repo, tag string) (cache.TagAnswer, error)
+	SetTag(registry, repo, tag string, a cache.TagAnswer) error
+	DeleteTag(registry, repo, tag string) error
+	Tags(registry, repo string) ([]string, error)
+	Repositories() ([]cache.Repository, error)
+}
 
 // maxTagList caps a tag list relayed from upstream.
 const maxTagList = 16 << 20
@@ -29,7 +42,7 @@ func (p *Proxy) serveTags(w http.ResponseWriter, r *http.Request, rt route) erro
 		if !upstream.Unavailable(err) {
 			return err
 		}
-		tags, lerr := p.st.Tags(rt.registry, rt.repo)
+		tags, lerr := p.tags.Tags(rt.registry, rt.repo)
 		if lerr != nil || len(tags) == 0 {
 			return err
 		}
@@ -60,7 +73,7 @@ func (p *Proxy) serveCatalog(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	repos, err := p.st.Repositories()
+	repos, err := p.tags.Repositories()
 	if err != nil {
 		return err
 	}

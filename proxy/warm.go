@@ -160,7 +160,7 @@ func (p *Proxy) platforms(ctx context.Context, up Upstream, repo string, m manif
 // warmBlob brings one blob into the store through its flight.
 func (p *Proxy) warmBlob(ctx context.Context, up Upstream, rt route, h v1.Hash, onWrite func(int64)) error {
 	for range 3 {
-		if p.st.Has(h) {
+		if p.blobs.Has(h) {
 			return nil
 		}
 		fl, _ := p.join(up, route{kind: routeBlob, registry: rt.registry, repo: rt.repo, digest: h})

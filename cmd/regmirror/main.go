@@ -251,7 +251,7 @@ func serve(ctx context.Context, cfg Config) error {
 		errc <- srv.Serve(ln)
 	}()
 	if aln != nil {
-		admin := &http.Server{Handler: px.Admin(st, cfg.AdminToken), ReadHeaderTimeout: 10 * time.Second, ErrorLog: srv.ErrorLog}
+		admin := &http.Server{Handler: px.Admin(cfg.AdminToken), ReadHeaderTimeout: 10 * time.Second, ErrorLog: srv.ErrorLog}
 		go func() { errc <- admin.Serve(aln) }()
 		defer admin.Close() // warm-ups and verify in progress are cut; nothing they do is lost
 	}
