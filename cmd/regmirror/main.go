@@ -29,6 +29,7 @@ import (
 	"github.com/regmirror/regmirror/upstream"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+	"golang.org/x/sync/errgroup"
 )
 
 // version is set at build time with -ldflags "-X main.version=…".
@@ -112,9 +113,8 @@ func newLogger(cfg Config) (*zap.Logger, error) {
 	return zc.Build()
 }
 
-// serve runs the mirror until ctx ends, then shuts down in order: stop
-// accepting, let requests finish within the grace period, stop downloads
-// (their temp files are removed), close the store.
+// serve runs the mirror until ctx ends: build the components, open the
+// listeners, run the servers until a signal, then close the components.
 func serve(ctx context.Context, cfg Config) error {
 	log, err := newLogger(cfg)
 	if err != nil {
@@ -127,26 +127,70 @@ func serve(ctx context.Context, cfg Config) error {
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
 
-	var auth *proxy.ClientAuth
-	if cfg.Htpasswd != "" {
-		if auth, err = proxy.NewClientAuth(cfg.Htpasswd, proxy.ClientAuthOptions{}, log.Named("auth")); err != nil {
-			return fmt.Errorf("%sHTPASSWD: %w", envPrefix, err)
-		}
-	}
-	var certs *certReloader
-	if cfg.TLSCert != "" {
-		if certs, err = newCertReloader(cfg.TLSCert, cfg.TLSKey); err != nil {
-			return fmt.Errorf("%sTLS_CERT, %sTLS_KEY: %w", envPrefix, envPrefix, err)
-		}
-		log.Info("certificate", certFields(certs.cert.Load())...)
-	}
-
-	st, err := cache.Open(cfg.DataDir, cache.Options{MaxSize: int64(cfg.MaxSize), MinFree: int64(cfg.MinFree)}, log.Named("cache"))
+	m, err := newMirror(cfg, log)
 	if err != nil {
 		return err
 	}
-	defer st.Close()
-	if u := st.Usage(); u.FloorAboveFilesystem() {
+	defer m.Close()
+	ls, err := listen(cfg)
+	if err != nil {
+		return err
+	}
+	if ls.metrics != nil {
+		log.Info("serving metrics", zap.String("addr", ls.metrics.Addr().String()))
+	}
+	log.Info("listening", zap.String("addr", ls.main.Addr().String()), zap.String("admin_addr", ls.adminAddr()),
+		zap.Bool("tls", m.certs != nil), zap.Bool("client_auth", m.auth != nil), zap.String("data_dir", cfg.DataDir),
+		zap.String("default_upstream", m.clients[0].Name()), zap.Duration("tag_ttl", cfg.TagTTL),
+		zap.Stringer("max_size", cfg.MaxSize), zap.Stringer("min_free", cfg.MinFree), zap.String("version", version))
+	if err := m.run(ctx, ls, hup); err != nil {
+		return err
+	}
+	log.Info("stopped")
+	return nil
+}
+
+// mirror is the running components: the store, the upstream clients, the
+// proxy, client authentication and the certificate.
+type mirror struct {
+	cfg     Config
+	log     *zap.Logger
+	auth    *proxy.ClientAuth
+	certs   *certReloader
+	store   *cache.Store
+	clients []*upstream.Client
+	proxy   *proxy.Proxy
+	metrics http.Handler
+	closers []func() // in the order they were made; Close runs them backwards
+}
+
+// newMirror builds the components, in dependency order. On an error it
+// closes what it had built.
+func newMirror(cfg Config, log *zap.Logger) (_ *mirror, err error) {
+	m := &mirror{cfg: cfg, log: log}
+	defer func() {
+		if err != nil {
+			m.Close()
+		}
+	}()
+	if cfg.Htpasswd != "" {
+		if m.auth, err = proxy.NewClientAuth(cfg.Htpasswd, proxy.ClientAuthOptions{}, log.Named("auth")); err != nil {
+			return nil, fmt.Errorf("%sHTPASSWD: %w", envPrefix, err)
+		}
+	}
+	if cfg.TLSCert != "" {
+		if m.certs, err = newCertReloader(cfg.TLSCert, cfg.TLSKey); err != nil {
+			return nil, fmt.Errorf("%sTLS_CERT, %sTLS_KEY: %w", envPrefix, envPrefix, err)
+		}
+		log.Info("certificate", certFields(m.certs.cert.Load())...)
+	}
+
+	opt := cache.Options{MaxSize: int64(cfg.MaxSize), MinFree: int64(cfg.MinFree)}
+	if m.store, err = cache.Open(cfg.DataDir, opt, log.Named("cache")); err != nil {
+		return nil, err
+	}
+	m.closers = append(m.closers, func() { m.store.Close() })
+	if u := m.store.Usage(); u.FloorAboveFilesystem() {
 		// Said once here, and on the status page and /readyz: every blob
 		// will be streamed, and each says so only as it goes.
 		log.Warn("REGMIRROR_MIN_FREE is not less than the size of the cache's filesystem: nothing will be stored, every blob is streamed from upstream",
@@ -155,139 +199,188 @@ func serve(ctx context.Context, cfg Config) error {
 	}
 	storeCtx, stopStore := context.WithCancel(context.Background())
 	storeDone := make(chan struct{})
-	go func() { st.Run(storeCtx); close(storeDone) }()
-	defer func() { stopStore(); <-storeDone }()
+	go func() { m.store.Run(storeCtx); close(storeDone) }()
+	m.closers = append(m.closers, func() { stopStore(); <-storeDone })
 
 	// Our own registry, not the global one: only what we register is exported.
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics, err := proxy.NewMetrics(reg)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	metricsHandler := promhttp.HandlerFor(reg, promhttp.HandlerOpts{
+	m.metrics = promhttp.HandlerFor(reg, promhttp.HandlerOpts{
 		ErrorLog:      zap.NewStdLog(log.Named("metrics")),
 		ErrorHandling: promhttp.ContinueOnError, // one failing collector does not blank the scrape
 	})
 
-	clients, err := newUpstreams(cfg, metrics, log.Named("upstream"))
-	if err != nil {
-		return err
+	if m.clients, err = newUpstreams(cfg, metrics, log.Named("upstream")); err != nil {
+		return nil, err
 	}
-	defer func() {
-		for _, c := range clients {
+	m.closers = append(m.closers, func() {
+		for _, c := range m.clients {
 			c.Close()
 		}
-	}()
-	ups := make([]proxy.Upstream, len(clients))
-	for i, c := range clients {
+	})
+	ups := make([]proxy.Upstream, len(m.clients))
+	for i, c := range m.clients {
 		ups[i] = c
 	}
-	opts := proxy.Options{
+	popt := proxy.Options{
 		TagTTL:          cfg.TagTTL,
 		UpstreamTimeout: cfg.UpstreamTimeout,
 		MaxDownloads:    cfg.MaxDownloads,
 		Metrics:         metrics,
-		Auth:            auth,
+		Auth:            m.auth,
 	}
 	if cfg.MetricsAddr == "" {
-		opts.MetricsHandler = metricsHandler
+		popt.MetricsHandler = m.metrics
 	}
-	px, err := proxy.New(st, ups, opts, log.Named("proxy"))
-	if err != nil {
-		return err
+	if m.proxy, err = proxy.New(m.store, ups, popt, log.Named("proxy")); err != nil {
+		return nil, err
 	}
-	defer px.Close()
+	m.closers = append(m.closers, m.proxy.Close)
+	return m, nil
+}
 
-	var metricsSrv *http.Server
-	metricsErr := make(chan error, 1)
-	if cfg.MetricsAddr != "" {
-		mln, err := net.Listen("tcp", cfg.MetricsAddr)
+// Close stops the components in the reverse order of their making: the
+// downloads still running (their temp files are removed), the upstream
+// clients' probes, the store's background work, then the store itself.
+// Call it after the servers have stopped.
+func (m *mirror) Close() {
+	for i := len(m.closers) - 1; i >= 0; i-- {
+		m.closers[i]()
+	}
+	m.closers = nil
+}
+
+// listeners are the sockets serve listens on; metrics and admin are nil
+// when not configured.
+type listeners struct {
+	main, metrics, admin net.Listener
+}
+
+// listen opens every configured listener, or none.
+func listen(cfg Config) (ls listeners, err error) {
+	defer func() {
 		if err != nil {
-			return fmt.Errorf("%sMETRICS_ADDR: %w", envPrefix, err)
+			ls.close()
 		}
-		mux := http.NewServeMux()
-		mux.Handle("GET "+proxy.MetricsPath, metricsHandler)
-		metricsSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ErrorLog: zap.NewStdLog(log.Named("http"))}
-		log.Info("serving metrics", zap.String("addr", mln.Addr().String()))
-		go func() { metricsErr <- metricsSrv.Serve(mln) }()
+	}()
+	if cfg.MetricsAddr != "" {
+		if ls.metrics, err = net.Listen("tcp", cfg.MetricsAddr); err != nil {
+			return ls, fmt.Errorf("%sMETRICS_ADDR: %w", envPrefix, err)
+		}
 	}
+	if ls.main, err = net.Listen("tcp", cfg.Addr); err != nil {
+		return ls, fmt.Errorf("%sADDR: %w", envPrefix, err)
+	}
+	if cfg.AdminAddr != "" && cfg.AdminAddr != "off" {
+		if ls.admin, err = net.Listen("tcp", cfg.AdminAddr); err != nil {
+			return ls, fmt.Errorf("%sADMIN_ADDR: %w", envPrefix, err)
+		}
+	}
+	return ls, nil
+}
 
-	ln, err := net.Listen("tcp", cfg.Addr)
-	if err != nil {
-		return fmt.Errorf("%sADDR: %w", envPrefix, err)
+func (ls listeners) close() {
+	for _, l := range []net.Listener{ls.main, ls.metrics, ls.admin} {
+		if l != nil {
+			l.Close()
+		}
 	}
+}
+
+func (ls listeners) adminAddr() string {
+	if ls.admin == nil {
+		return ""
+	}
+	return ls.admin.Addr().String()
+}
+
+// run serves on ls until ctx ends or a server fails, then shuts down in
+// order: stop accepting (metrics first), let requests finish within the
+// grace period and cut the rest, then cut the admin API's.
+func (m *mirror) run(ctx context.Context, ls listeners, hup <-chan os.Signal) error {
+	errLog := zap.NewStdLog(m.log.Named("http"))
 	srv := &http.Server{
-		Handler:           px,
+		Handler:           m.proxy,
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    64 << 10,
-		ErrorLog:          zap.NewStdLog(log.Named("http")),
+		ErrorLog:          errLog,
 		// No WriteTimeout: it would cut long blob streams.
 	}
-	if certs != nil {
-		srv.TLSConfig = certs.tlsConfig()
+	if m.certs != nil {
+		srv.TLSConfig = m.certs.tlsConfig()
 	}
-	var aln net.Listener
-	adminAddr := ""
-	if cfg.AdminAddr != "" && cfg.AdminAddr != "off" {
-		if aln, err = net.Listen("tcp", cfg.AdminAddr); err != nil {
-			ln.Close()
-			return fmt.Errorf("%sADMIN_ADDR: %w", envPrefix, err)
-		}
-		adminAddr = aln.Addr().String()
+	var metricsSrv, adminSrv *http.Server
+	if ls.metrics != nil {
+		mux := http.NewServeMux()
+		mux.Handle("GET "+proxy.MetricsPath, m.metrics)
+		metricsSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ErrorLog: errLog}
 	}
-	log.Info("listening", zap.String("addr", ln.Addr().String()), zap.String("admin_addr", adminAddr),
-		zap.Bool("tls", certs != nil), zap.Bool("client_auth", auth != nil), zap.String("data_dir", cfg.DataDir),
-		zap.String("default_upstream", ups[0].Name()), zap.Duration("tag_ttl", cfg.TagTTL),
-		zap.Stringer("max_size", cfg.MaxSize), zap.Stringer("min_free", cfg.MinFree), zap.String("version", version))
+	if ls.admin != nil {
+		adminSrv = &http.Server{Handler: m.proxy.Admin(m.cfg.AdminToken), ReadHeaderTimeout: 10 * time.Second, ErrorLog: errLog}
+	}
 
-	errc := make(chan error, 2)
-	go func() {
-		if certs != nil {
-			errc <- srv.ServeTLS(ln, "", "") // the certificate comes from TLSConfig.GetCertificate
-			return
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		if m.certs != nil {
+			return served(srv.ServeTLS(ls.main, "", "")) // the certificate comes from TLSConfig.GetCertificate
 		}
-		errc <- srv.Serve(ln)
-	}()
-	if aln != nil {
-		admin := &http.Server{Handler: px.Admin(cfg.AdminToken), ReadHeaderTimeout: 10 * time.Second, ErrorLog: srv.ErrorLog}
-		go func() { errc <- admin.Serve(aln) }()
-		defer admin.Close() // warm-ups and verify in progress are cut; nothing they do is lost
+		return served(srv.Serve(ls.main))
+	})
+	if metricsSrv != nil {
+		g.Go(func() error {
+			if err := served(metricsSrv.Serve(ls.metrics)); err != nil {
+				return fmt.Errorf("metrics listener: %w", err)
+			}
+			return nil
+		})
 	}
-	stopReload := reloadOnHUP(hup, certs, auth, log)
+	if adminSrv != nil {
+		g.Go(func() error { return served(adminSrv.Serve(ls.admin)) })
+	}
+	g.Go(func() error {
+		<-gctx.Done()
+		daemon.SdNotify(false, daemon.SdNotifyStopping)
+		m.log.Info("shutting down", zap.Duration("grace", m.cfg.ShutdownTimeout))
+		sctx, cancel := context.WithTimeout(context.Background(), m.cfg.ShutdownTimeout)
+		defer cancel()
+		if metricsSrv != nil {
+			metricsSrv.Shutdown(sctx) // scrapes are short; Close cuts any left
+			metricsSrv.Close()
+		}
+		if err := srv.Shutdown(sctx); err != nil {
+			m.log.Warn("requests still running after the grace period were cut", zap.Error(err))
+			srv.Close()
+		}
+		if adminSrv != nil {
+			adminSrv.Close() // warm-ups and verify in progress are cut; nothing they do is lost
+		}
+		return nil
+	})
+
+	stopReload := reloadOnHUP(hup, m.certs, m.auth, m.log)
 	defer stopReload()
 	// systemd (Type=notify): ready once the store is open and the listener is
 	// up; no-ops without NOTIFY_SOCKET.
 	if _, err := daemon.SdNotify(false, daemon.SdNotifyReady); err != nil {
-		log.Warn("tell systemd we are ready", zap.Error(err))
+		m.log.Warn("tell systemd we are ready", zap.Error(err))
 	}
-	stopWatchdog := watchdog(st, log)
+	stopWatchdog := watchdog(m.store, m.log)
 	defer stopWatchdog()
-	select {
-	case err := <-errc:
-		return err
-	case err := <-metricsErr:
-		return fmt.Errorf("metrics listener: %w", err)
-	case <-ctx.Done():
+	return g.Wait()
+}
+
+// served is a server's Serve error with the one of a server shut down on
+// purpose left out.
+func served(err error) error {
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
 	}
-	daemon.SdNotify(false, daemon.SdNotifyStopping)
-	log.Info("shutting down", zap.Duration("grace", cfg.ShutdownTimeout))
-	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
-	defer cancel()
-	if metricsSrv != nil {
-		metricsSrv.Shutdown(sctx) // scrapes are short; Close below cuts any left
-		metricsSrv.Close()
-	}
-	if err := srv.Shutdown(sctx); err != nil {
-		log.Warn("requests still running after the grace period were cut", zap.Error(err))
-		srv.Close()
-	}
-	if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return err
-	}
-	log.Info("stopped")
-	return nil
+	return err
 }
 
 // newUpstreams builds one client per configured upstream, the default first.
