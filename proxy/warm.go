@@ -9,6 +9,7 @@ import (
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"golang.org/x/sync/errgroup"
 )
 
 // WarmProgress is one step of a warm-up, as the admin API streams it.
@@ -97,29 +98,26 @@ func (p *Proxy) warm(ctx context.Context, image string, onResolved func(rt route
 		}
 	})
 
-	var firstErr error
-	var errOnce sync.Once
-	sem := make(chan struct{}, warmParallel)
-	var wg sync.WaitGroup
+	// Not WithContext: a blob that fails does not stop the others; the first
+	// error is the warm-up's.
+	var g errgroup.Group
+	g.SetLimit(warmParallel)
 	for _, d := range blobs {
-		sem <- struct{}{}
-		wg.Go(func() {
-			defer func() { <-sem }()
+		g.Go(func() error {
 			var counted int64
 			err := p.warmBlob(ctx, up, rt, d.Digest, func(written int64) {
 				report(false, func(s *WarmProgress) { s.BytesDone += written - counted })
 				counted = written
 			})
 			if err != nil {
-				errOnce.Do(func() { firstErr = fmt.Errorf("blob %s: %w", d.Digest, err) })
-				return
+				return fmt.Errorf("blob %s: %w", d.Digest, err)
 			}
 			report(false, func(s *WarmProgress) { s.BytesDone += d.Size - counted; s.BlobsDone++ })
+			return nil
 		})
 	}
-	wg.Wait()
-	if firstErr != nil {
-		return fail(firstErr)
+	if err := g.Wait(); err != nil {
+		return fail(err)
 	}
 	report(true, func(s *WarmProgress) { s.Done = true })
 	return nil
