@@ -92,6 +92,7 @@ func TestReconcileAfterACrash(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer s.Close()
 	if got := s.Usage(); got.Bytes != u.Bytes || got.Objects != u.Objects {
 		t.Fatalf("after a clean restart %+v, want %+v", got, u)
 	}

@@ -211,6 +211,7 @@ func TestHTTPSIsNeverDowngradedToHTTP(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer c.Close() // its failure starts a health probe
 	if _, err := c.Tags(t.Context(), "app", "", ""); err == nil {
 		t.Fatal("an https upstream answered over plain http")
 	}
