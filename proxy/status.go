@@ -24,7 +24,7 @@ const StatusPath = "/"
 var statusHTML string
 
 var statusTemplate = template.Must(template.New("status").Funcs(template.FuncMap{
-	"bytes": humanBytes,
+	"bytes": FormatBytes,
 	"when":  func(t time.Time) string { return t.UTC().Format("2006-01-02 15:04:05 UTC") },
 	"clock": func(t time.Time) string { return t.UTC().Format("15:04:05") },
 	"pct":   func(f float64) string { return strconv.FormatFloat(100*f, 'f', 1, 64) + "%" },
@@ -75,7 +75,7 @@ func diskWarning(u cache.Usage) string {
 		return ""
 	}
 	return fmt.Sprintf("REGMIRROR_MIN_FREE (%s) is not less than the cache's filesystem (%s): nothing is stored,"+
-		" every blob is streamed from upstream", humanBytes(u.MinFree), humanBytes(u.Filesystem))
+		" every blob is streamed from upstream", FormatBytes(u.MinFree), FormatBytes(u.Filesystem))
 }
 
 type upstreamView struct {
@@ -141,8 +141,9 @@ func clientHost(remote string) string {
 	return remote
 }
 
-// humanBytes writes n in binary units with one decimal: 1.5 KiB, 20.0 GiB.
-func humanBytes(n int64) string {
+// FormatBytes writes n in binary units with one decimal: 1.5 KiB, 20.0 GiB.
+// The status page and the command line both print sizes with it.
+func FormatBytes(n int64) string {
 	const unit = 1024
 	if n < unit {
 		return strconv.FormatInt(n, 10) + " B"

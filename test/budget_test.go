@@ -260,20 +260,6 @@ func budEndedAfter(t *testing.T, m *mirrorProc, path string, after time.Time) {
 	}
 }
 
-// budHuman formats bytes as the CLI does (binary units, one decimal).
-func budHuman(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
-}
-
 // budGate holds back upstream blob downloads: the first GET of each path
 // given to hold sends half of the blob, flushes, and then waits until
 // release (or until the requester goes away). Later GETs are served whole.
@@ -554,8 +540,8 @@ func TestPinnedImageSurvivesEvictionUntilUnpinned(t *testing.T) {
 		t.Fatalf("regmirror ls: exit %d; stderr %s", code, stderr)
 	}
 	line := budLsLine(stdout, "docker.io/"+pinned.repo+":1")
-	if line == "" || !strings.HasSuffix(line, "pinned") || !strings.Contains(line, budHuman(pinned.bytes)) {
-		t.Errorf("regmirror ls: line of %s = %q, want it marked pinned with its size %s; output:\n%s", pinned.name, line, budHuman(pinned.bytes), stdout)
+	if line == "" || !strings.HasSuffix(line, "pinned") || !strings.Contains(line, proxy.FormatBytes(pinned.bytes)) {
+		t.Errorf("regmirror ls: line of %s = %q, want it marked pinned with its size %s; output:\n%s", pinned.name, line, proxy.FormatBytes(pinned.bytes), stdout)
 	}
 	if imgs := budImages(t, m).Images; !slices.ContainsFunc(imgs, func(i cache.Image) bool {
 		return i.Repo == pinned.repo && i.Ref == "1" && i.Pinned && i.Bytes == pinned.bytes

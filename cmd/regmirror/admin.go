@@ -81,7 +81,7 @@ func runAdmin(cmd string, args []string, stdout, stderr io.Writer) error {
 		if err := c.call(http.MethodPost, proxy.AdminGC, nil, &a); err != nil {
 			return err
 		}
-		fmt.Fprintf(stdout, "evicted %d objects, %s; cache now %s\n", a.Evicted.Objects, human(a.Evicted.Bytes), usageLine(a.Usage))
+		fmt.Fprintf(stdout, "evicted %d objects, %s; cache now %s\n", a.Evicted.Objects, proxy.FormatBytes(a.Evicted.Bytes), usageLine(a.Usage))
 		return nil
 	case "verify":
 		err := c.verify(stdout, stderr)
@@ -163,7 +163,7 @@ func (c *adminClient) ls(stdout io.Writer) error {
 		} else {
 			name += ":" + img.Ref
 		}
-		size := human(img.Bytes)
+		size := proxy.FormatBytes(img.Bytes)
 		if img.Missing > 0 {
 			size += fmt.Sprintf(" (%d parts not cached)", img.Missing)
 		}
@@ -205,7 +205,7 @@ func (c *adminClient) warm(path string, q url.Values, stdout, stderr io.Writer, 
 			fmt.Fprintf(stdout, "%s: FAILED: %s\n", p.Image, p.Error)
 			continue
 		}
-		fmt.Fprintf(stdout, "%s: %s (%s, %d platforms, %d blobs, %s)\n", p.Image, verb, short(p.Digest), p.Platforms, p.Blobs, human(p.Bytes))
+		fmt.Fprintf(stdout, "%s: %s (%s, %d platforms, %d blobs, %s)\n", p.Image, verb, short(p.Digest), p.Platforms, p.Blobs, proxy.FormatBytes(p.Bytes))
 	}
 	if err := sc.Err(); err != nil {
 		return fmt.Errorf("read the admin API's answer: %w", err)
@@ -229,7 +229,7 @@ func (c *adminClient) verify(stdout, stderr io.Writer) error {
 			return fmt.Errorf("read the admin API's answer: %w", err)
 		}
 		if !p.Done {
-			fmt.Fprintf(stderr, "verified %d objects, %s\n", p.Checked, human(p.Bytes))
+			fmt.Fprintf(stderr, "verified %d objects, %s\n", p.Checked, proxy.FormatBytes(p.Bytes))
 			continue
 		}
 		if p.Error != "" {
@@ -258,7 +258,7 @@ func verifyDir(dir string, stdout, stderr io.Writer) error {
 }
 
 func reportVerify(rep cache.VerifyReport, stdout io.Writer) error {
-	fmt.Fprintf(stdout, "verified %d objects, %s\n", rep.Checked, human(rep.Bytes))
+	fmt.Fprintf(stdout, "verified %d objects, %s\n", rep.Checked, proxy.FormatBytes(rep.Bytes))
 	for _, d := range rep.Corrupt {
 		fmt.Fprintf(stdout, "CORRUPT, removed: %s\n", d)
 	}
@@ -296,7 +296,7 @@ func (b *progressBar) draw(p proxy.WarmProgress) {
 	if !b.tty {
 		if p.BlobsDone != b.last {
 			b.last = p.BlobsDone
-			fmt.Fprintf(b.w, "%s: %d/%d blobs, %s of %s\n", p.Image, p.BlobsDone, p.Blobs, human(p.BytesDone), human(p.Bytes))
+			fmt.Fprintf(b.w, "%s: %d/%d blobs, %s of %s\n", p.Image, p.BlobsDone, p.Blobs, proxy.FormatBytes(p.BytesDone), proxy.FormatBytes(p.Bytes))
 		}
 		return
 	}
@@ -307,7 +307,7 @@ func (b *progressBar) draw(p proxy.WarmProgress) {
 	const width = 30
 	filled := int(frac * width)
 	fmt.Fprintf(b.w, "\r%-30.30s [%s%s] %3.0f%% %d/%d blobs %s/%s ", p.Image,
-		strings.Repeat("#", filled), strings.Repeat(".", width-filled), frac*100, p.BlobsDone, p.Blobs, human(p.BytesDone), human(p.Bytes))
+		strings.Repeat("#", filled), strings.Repeat(".", width-filled), frac*100, p.BlobsDone, p.Blobs, proxy.FormatBytes(p.BytesDone), proxy.FormatBytes(p.Bytes))
 }
 
 func (b *progressBar) end() {
@@ -320,28 +320,14 @@ func (b *progressBar) end() {
 func usageLine(u cache.Usage) string {
 	budget := "no limit"
 	if u.Budget > 0 {
-		budget = fmt.Sprintf("%s (%.0f%%)", human(u.Budget), 100*float64(u.Bytes)/float64(u.Budget))
+		budget = fmt.Sprintf("%s (%.0f%%)", proxy.FormatBytes(u.Budget), 100*float64(u.Bytes)/float64(u.Budget))
 	}
 	line := fmt.Sprintf("%s of %s, %d objects; since start %d evicted (%s), %d streamed without storing",
-		human(u.Bytes), budget, u.Objects, u.Evictions, human(u.EvictedBytes), u.Streamed)
+		proxy.FormatBytes(u.Bytes), budget, u.Objects, u.Evictions, proxy.FormatBytes(u.EvictedBytes), u.Streamed)
 	if u.Counting {
 		line += " (still counting after an unclean stop)"
 	}
 	return line
-}
-
-// human prints bytes in binary units, one decimal.
-func human(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }
 
 func short(digest string) string {
