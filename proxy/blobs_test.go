@@ -473,14 +473,10 @@ func leaveMidBlob(t *testing.T, e *env, g *gate) map[string]any {
 	}
 	resp.Body.Close() // the client leaves
 	close(g.open)
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
-		if lines := e.logs.FilterMessage("request").FilterField(zap.String("path", path)).AllUntimed(); len(lines) > 0 {
-			return lines[0].ContextMap()
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("no access-log line for the request")
-		}
-	}
+	e.waitFor("the request's access-log line", func(rec map[string]any) bool {
+		return rec["msg"] == "request" && rec["path"] == path
+	})
+	return e.logs.FilterMessage("request").FilterField(zap.String("path", path)).AllUntimed()[0].ContextMap()
 }
 
 // A client that leaves in the middle of a streamed-through blob is logged
@@ -510,9 +506,10 @@ func TestClientLeavingAFollowedDownloadIsLoggedAborted(t *testing.T) {
 		t.Errorf("access log %v: want status 200, aborted", line)
 	}
 	// The download itself goes on for the store.
-	for deadline := time.Now().Add(10 * time.Second); !e.store.Has(h); time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("the download stopped with its only client")
-		}
+	end := e.waitFor("the download's end", func(rec map[string]any) bool {
+		return (rec["msg"] == "download done" || rec["msg"] == "download failed") && rec["digest"] == h.String()
+	})
+	if end["msg"] != "download done" || !e.store.Has(h) {
+		t.Fatalf("the download stopped with its only client: %v", end)
 	}
 }

@@ -1,6 +1,7 @@
 package proxy_test
 
 import (
+	"context"
 	"io"
 	"log"
 	"net/http"
@@ -21,6 +22,7 @@ import (
 	"github.com/regmirror/regmirror/test/regtest"
 	"github.com/regmirror/regmirror/upstream"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 )
 
@@ -47,6 +49,7 @@ type env struct {
 	mirror   *httptest.Server
 	clock    *clock
 	logs     *observer.ObservedLogs
+	waitLog  *regtest.Log // the same lines, to wait on
 	dataDir  string
 	settled  *sync.WaitGroup   // one per request the mirror is handling
 	auth     *proxy.ClientAuth // set by withClientAuth
@@ -118,7 +121,8 @@ func newEnv(t *testing.T, opts ...envOption) *env {
 	t.Cleanup(up.Close)
 
 	core, logs := observer.New(zap.DebugLevel)
-	logger := zap.New(core)
+	waitLog := regtest.NewLog()
+	logger := zap.New(zapcore.NewTee(core, waitLog.Core(zap.DebugLevel)))
 	reg := prometheus.NewRegistry()
 	metrics, err := proxy.NewMetrics(reg)
 	if err != nil {
@@ -177,7 +181,7 @@ func newEnv(t *testing.T, opts ...envOption) *env {
 			t.Error(err)
 		}
 	})
-	return &env{t: t, upstream: up, counts: counts, extra: extra, store: st, proxy: px, mirror: mirror, clock: clk, logs: logs, dataDir: dir, settled: &settled, auth: popt.Auth}
+	return &env{t: t, upstream: up, counts: counts, extra: extra, store: st, proxy: px, mirror: mirror, clock: clk, logs: logs, waitLog: waitLog, dataDir: dir, settled: &settled, auth: popt.Auth}
 }
 
 func host(s *httptest.Server) string { return strings.TrimPrefix(s.URL, "http://") }
@@ -231,4 +235,17 @@ func (e *env) scrape() regtest.Metrics {
 func (e *env) do(method, path string, header http.Header) (*http.Response, []byte) {
 	e.t.Helper()
 	return regtest.Do(e.t, method, e.mirror.URL+path, header)
+}
+
+// waitFor waits until the proxy logs a line for which match is true, and
+// returns it (numbers in it are float64).
+func (e *env) waitFor(what string, match func(rec map[string]any) bool) map[string]any {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(e.t.Context(), 10*time.Second)
+	defer cancel()
+	rec, err := e.waitLog.Wait(ctx, 0, match)
+	if err != nil {
+		e.t.Fatalf("waiting for %s: %v", what, err)
+	}
+	return rec
 }

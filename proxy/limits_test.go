@@ -2,8 +2,6 @@ package proxy_test
 
 import (
 	"bytes"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"net/http"
 	"testing"
@@ -16,8 +14,7 @@ import (
 // without a Content-Length; past it the client gets 502 and nothing is stored.
 func TestOversizedManifestIsRefusedAndNotCached(t *testing.T) {
 	body := bytes.Repeat([]byte(" "), 5<<20)
-	sum := sha256.Sum256(body)
-	digest := "sha256:" + hex.EncodeToString(sum[:])
+	digest := regtest.DigestOf(body).String()
 	huge := func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			switch r.URL.Path {

@@ -147,10 +147,11 @@ func queueBehind(t *testing.T, e *env, g *gate, h v1.Hash) <-chan []byte {
 	go get(g.digest)
 	<-g.sent // the first download holds the only slot
 	go get(h)
-	for deadline := time.Now().Add(10 * time.Second); e.proxy.Stats().Queued != 1; time.Sleep(time.Millisecond) {
-		if n := e.counts.Count(http.MethodGet, "/v2/library/app/blobs/"+h.String()); n != 0 || time.Now().After(deadline) {
-			t.Fatalf("the second download was not queued (%d upstream GETs) while the only slot was taken", n)
-		}
+	e.waitFor("the second download to queue", func(rec map[string]any) bool {
+		return rec["msg"] == "download queued" && rec["digest"] == h.String()
+	})
+	if n := e.counts.Count(http.MethodGet, "/v2/library/app/blobs/"+h.String()); n != 0 || e.proxy.Stats().Queued != 1 {
+		t.Fatalf("the second download was not queued (%d upstream GETs, %d queued) while the only slot was taken", n, e.proxy.Stats().Queued)
 	}
 	return got
 }

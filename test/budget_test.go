@@ -216,22 +216,10 @@ func budCLI(t *testing.T, m *mirrorProc, args ...string) (stdout, stderr string,
 	return out.String(), errOut.String(), 0
 }
 
-// budLogLines returns the mirror's JSON log lines for which match is true.
-func budLogLines(m *mirrorProc, match func(rec map[string]any) bool) []map[string]any {
-	var out []map[string]any
-	for line := range strings.SplitSeq(m.Logs(), "\n") {
-		var rec map[string]any
-		if json.Unmarshal([]byte(line), &rec) == nil && match(rec) {
-			out = append(out, rec)
-		}
-	}
-	return out
-}
-
 // budRequestEnded reports whether the mirror has logged the end of a
 // request for path (the access line is written when the handler returns).
 func budRequestEnded(m *mirrorProc, path string) bool {
-	return len(budLogLines(m, func(rec map[string]any) bool { return rec["msg"] == "request" && rec["path"] == path })) > 0
+	return len(m.log.Records(0, func(rec map[string]any) bool { return rec["msg"] == "request" && rec["path"] == path })) > 0
 }
 
 // budEndedAfter waits for the access line of the (first) request for path
@@ -361,8 +349,8 @@ func TestBudgetEvictsLeastRecentlyUsedImage(t *testing.T) {
 	result := make(chan error, 1)
 	go func() {
 		body, err := readBlob(ctx, m.URL+"/v2/app2/blobs/"+layer.String(), func() { close(first) })
-		if err == nil && sha256Digest(body) != layer {
-			err = fmt.Errorf("%d bytes hashing to %s, want %s", len(body), sha256Digest(body), layer)
+		if err == nil && regtest.DigestOf(body) != layer {
+			err = fmt.Errorf("%d bytes hashing to %s, want %s", len(body), regtest.DigestOf(body), layer)
 		}
 		result <- err
 	}()
@@ -737,8 +725,8 @@ func TestEvictSkipsBlobWhileASlowClientReadsIt(t *testing.T) {
 	}
 	gets := up.Count(http.MethodGet, "/v2/library/big/blobs/"+big.String())
 	resp, body := m.do(http.MethodGet, path, nil)
-	if resp.StatusCode != http.StatusOK || sha256Digest(body) != big {
-		t.Errorf("GET %s again: status = %d, %d bytes hashing to %s; want 200 and %s", path, resp.StatusCode, len(body), sha256Digest(body), big)
+	if resp.StatusCode != http.StatusOK || regtest.DigestOf(body) != big {
+		t.Errorf("GET %s again: status = %d, %d bytes hashing to %s; want 200 and %s", path, resp.StatusCode, len(body), regtest.DigestOf(body), big)
 	}
 	if n := up.Count(http.MethodGet, "/v2/library/big/blobs/"+big.String()) - gets; n != 0 {
 		t.Errorf("GET %s again made %d upstream GETs, want 0", path, n)
@@ -795,7 +783,7 @@ func TestKillDuringColdDownloadsThenReconcile(t *testing.T) {
 	if err := m2.waitLog(ctx, reconciled); err != nil {
 		t.Fatalf("no reconciliation logged after kill -9: %v; logs:\n%s", err, m2.Logs())
 	}
-	recs := budLogLines(m2, reconciled)
+	recs := m2.log.Records(0, reconciled)
 	if len(recs) != 1 {
 		t.Fatalf("after kill -9, start-up logged %d reconciliations, want 1; logs:\n%s", len(recs), m2.Logs())
 	}
@@ -825,8 +813,8 @@ func TestKillDuringColdDownloadsThenReconcile(t *testing.T) {
 	for _, h := range blobs {
 		path := "/v2/cold/blobs/" + h.String()
 		resp, body := m2.do(http.MethodGet, path, nil)
-		if resp.StatusCode != http.StatusOK || sha256Digest(body) != h {
-			t.Errorf("GET %s after the restart: status = %d, %d bytes hashing to %s; want 200 and %s", path, resp.StatusCode, len(body), sha256Digest(body), h)
+		if resp.StatusCode != http.StatusOK || regtest.DigestOf(body) != h {
+			t.Errorf("GET %s after the restart: status = %d, %d bytes hashing to %s; want 200 and %s", path, resp.StatusCode, len(body), regtest.DigestOf(body), h)
 		}
 	}
 }
@@ -917,14 +905,14 @@ func TestTinyFilesystem(t *testing.T) {
 		}
 
 		resp, body := m.do(http.MethodGet, "/v2/big/blobs/"+big.String(), nil)
-		if resp.StatusCode != http.StatusOK || sha256Digest(body) != big {
+		if resp.StatusCode != http.StatusOK || regtest.DigestOf(body) != big {
 			t.Fatalf("GET the 40 MiB blob: status = %d, %d bytes hashing to %s; want 200 and %s; logs:\n%s",
-				resp.StatusCode, len(body), sha256Digest(body), big, m.Logs())
+				resp.StatusCode, len(body), regtest.DigestOf(body), big, m.Logs())
 		}
 		if err := m.waitLog(ctx, streamedLine(big)); err != nil {
 			t.Errorf("no Warn %q for %s: %v; logs:\n%s", streamed, big, err, m.Logs())
 		}
-		if evictions := budLogLines(m, func(rec map[string]any) bool { return rec["msg"] == "evicted" }); len(evictions) != 0 {
+		if evictions := m.log.Records(0, func(rec map[string]any) bool { return rec["msg"] == "evicted" }); len(evictions) != 0 {
 			t.Errorf("a blob that could never fit evicted: %v", evictions)
 		}
 		if u := budImages(t, m).Usage; u.Objects != 12 || u.Evictions != 0 {
@@ -954,7 +942,7 @@ func TestTinyFilesystem(t *testing.T) {
 		// Said once at start-up (before the listening line), naming the
 		// setting and the filesystem's size; and on the status page and
 		// in /readyz, which stays ready.
-		floorLines := budLogLines(m, func(rec map[string]any) bool {
+		floorLines := m.log.Records(0, func(rec map[string]any) bool {
 			msg, _ := rec["msg"].(string)
 			return strings.Contains(msg, "REGMIRROR_MIN_FREE")
 		})

@@ -21,7 +21,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -325,20 +324,10 @@ type accessLine struct {
 	Bytes  int64  `json:"bytes"`
 }
 
-// logMark is how many lines the mirror has logged so far.
-func logMark(m *mirrorProc) int {
-	m.logMu.Lock()
-	defer m.logMu.Unlock()
-	return len(m.logs)
-}
-
-// accessSince returns the access-log lines logged after mark.
+// accessSince returns the access-log lines logged after mark (m.log.Len()).
 func accessSince(m *mirrorProc, mark int) []accessLine {
-	m.logMu.Lock()
-	lines := slices.Clone(m.logs[mark:])
-	m.logMu.Unlock()
 	var out []accessLine
-	for _, l := range lines {
+	for _, l := range m.log.Lines(mark) {
 		var a accessLine
 		if json.Unmarshal([]byte(l), &a) == nil && a.Msg == "request" {
 			out = append(out, a)
@@ -352,24 +341,18 @@ func accessSince(m *mirrorProc, mark int) []accessLine {
 // so it may come a moment after the client is done.
 func waitAccess(t *testing.T, m *mirrorProc, mark int, want []v1.Hash) []accessLine {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		lines := accessSince(m, mark)
-		missing := slices.DeleteFunc(slices.Clone(want), func(h v1.Hash) bool {
-			return slices.ContainsFunc(lines, func(a accessLine) bool {
-				return a.Method == http.MethodGet && strings.HasSuffix(a.Path, "/"+h.String())
-			})
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	for _, h := range want {
+		_, err := m.log.Wait(ctx, mark, func(rec map[string]any) bool {
+			path, _ := rec["path"].(string)
+			return rec["msg"] == "request" && rec["method"] == http.MethodGet && strings.HasSuffix(path, "/"+h.String())
 		})
-		if len(missing) == 0 {
-			return lines
+		if err != nil {
+			t.Fatalf("the mirror's access log has no GET of %s (%v); it has:\n%s", h, err, m.Logs())
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the mirror's access log has no GET of %v; it has:\n%s", missing, m.Logs())
-		}
-		<-tick.C
 	}
+	return accessSince(m, mark)
 }
 
 // upstreamDelta is what the upstream was asked since before, by "METHOD /path".

@@ -110,7 +110,7 @@ func TestClients(t *testing.T) {
 func checkPull(t *testing.T, tc *clientsTest, m *mirrorProc, what string, cold bool, pull puller) {
 	t.Helper()
 	img := tc.img
-	before, mark := tc.up.Snapshot(), logMark(m)
+	before, mark := tc.up.Snapshot(), m.log.Len()
 	start := time.Now()
 	got := pull(t, m)
 	took := time.Since(start)

@@ -2,8 +2,6 @@ package test
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -288,11 +286,6 @@ func readBlob(ctx context.Context, url string, first func()) ([]byte, error) {
 	return append(buf, rest...), nil
 }
 
-func sha256Digest(b []byte) v1.Hash {
-	sum := sha256.Sum256(b)
-	return v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(sum[:])}
-}
-
 func TestConcurrentColdGetsShareOneStreamingDownload(t *testing.T) {
 	t.Parallel()
 	up, g := startGated(t, "big", 4<<20)
@@ -330,7 +323,7 @@ func TestConcurrentColdGetsShareOneStreamingDownload(t *testing.T) {
 			t.Errorf("client %d: %v", i, errs[i])
 			continue
 		}
-		if got := sha256Digest(bodies[i]); got != g.digest || len(bodies[i]) != len(g.data) {
+		if got := regtest.DigestOf(bodies[i]); got != g.digest || len(bodies[i]) != len(g.data) {
 			t.Errorf("client %d: got %d bytes hashing to %s, want %d bytes of %s", i, len(bodies[i]), got, len(g.data), g.digest)
 		}
 	}
@@ -391,7 +384,7 @@ func TestClientDisconnectDoesNotCancelSharedDownload(t *testing.T) {
 	if errB != nil {
 		t.Fatalf("client B: %v; logs:\n%s", errB, m.Logs())
 	}
-	if got := sha256Digest(bodyB); got != g.digest {
+	if got := regtest.DigestOf(bodyB); got != g.digest {
 		t.Errorf("client B: got %d bytes hashing to %s, want %d bytes of %s", len(bodyB), got, len(g.data), g.digest)
 	}
 	if n := up.Count(http.MethodGet, g.path); n != 1 {
@@ -400,8 +393,8 @@ func TestClientDisconnectDoesNotCancelSharedDownload(t *testing.T) {
 
 	// The download completed into the cache.
 	resp, body := m.do(http.MethodGet, path, nil)
-	if resp.StatusCode != http.StatusOK || sha256Digest(body) != g.digest {
-		t.Fatalf("GET %s after the download: status = %d, want %d; %d bytes hashing to %s, want %s", path, resp.StatusCode, http.StatusOK, len(body), sha256Digest(body), g.digest)
+	if resp.StatusCode != http.StatusOK || regtest.DigestOf(body) != g.digest {
+		t.Fatalf("GET %s after the download: status = %d, want %d; %d bytes hashing to %s, want %s", path, resp.StatusCode, http.StatusOK, len(body), regtest.DigestOf(body), g.digest)
 	}
 	if n := up.Count(http.MethodGet, g.path); n != 1 {
 		t.Errorf("upstream GET %s after a cached read: %d times, want 1", g.path, n)
@@ -461,7 +454,7 @@ func TestBadUpstreamContentNeverCached(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			data, _ := regtest.RandomBlob(t, size)
-			h := sha256Digest(data)
+			h := regtest.DigestOf(data)
 			upPath := "/v2/library/bad/blobs/" + h.String()
 			release := make(chan struct{})
 			open := sync.OnceFunc(func() { close(release) })
@@ -497,7 +490,7 @@ func TestBadUpstreamContentNeverCached(t *testing.T) {
 				complete := resp.ContentLength < 0 || int64(len(body)) == resp.ContentLength
 				if resp.StatusCode == http.StatusOK && rerr == nil && complete {
 					t.Fatalf("GET %s: a complete 200 of %d bytes hashing to %s (Content-Length %d), want a failed response for bad upstream content",
-						path, len(body), sha256Digest(body), resp.ContentLength)
+						path, len(body), regtest.DigestOf(body), resp.ContentLength)
 				}
 			}
 			if n := up.Count(http.MethodGet, upPath); n != 1 {
@@ -512,7 +505,7 @@ func TestBadUpstreamContentNeverCached(t *testing.T) {
 			if resp.StatusCode != http.StatusOK {
 				t.Fatalf("GET %s: status = %d, want %d; body %s", path, resp.StatusCode, http.StatusOK, body)
 			}
-			if got := sha256Digest(body); got != h {
+			if got := regtest.DigestOf(body); got != h {
 				t.Errorf("GET %s: %d bytes hashing to %s, want %s", path, len(body), got, h)
 			}
 			if n := up.Count(http.MethodGet, upPath); n != 2 {
@@ -693,8 +686,8 @@ func startHeldDownload(t *testing.T, repo string, extraEnv ...string) (*upstream
 	result := make(chan error, 1)
 	go func() {
 		body, err := readBlob(ctx, m.URL+"/v2/"+repo+"/blobs/"+g.digest.String(), func() { close(first) })
-		if err == nil && sha256Digest(body) != g.digest {
-			err = fmt.Errorf("%d bytes hashing to %s", len(body), sha256Digest(body))
+		if err == nil && regtest.DigestOf(body) != g.digest {
+			err = fmt.Errorf("%d bytes hashing to %s", len(body), regtest.DigestOf(body))
 		}
 		result <- err
 	}()
@@ -756,7 +749,7 @@ func TestKillDuringDownloadThenRestart(t *testing.T) {
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("GET %s: status = %d, want %d; body %s", path, resp.StatusCode, http.StatusOK, body)
 	}
-	if got := sha256Digest(body); got != g.digest {
+	if got := regtest.DigestOf(body); got != g.digest {
 		t.Errorf("GET %s: %d bytes hashing to %s, want %s", path, len(body), got, g.digest)
 	}
 	if n := up.Count(http.MethodGet, g.path); n != 2 {
@@ -769,7 +762,7 @@ func TestKillDuringDownloadThenRestart(t *testing.T) {
 
 func TestCutDownloadResumesThroughTheBinary(t *testing.T) {
 	data, _ := regtest.RandomBlob(t, 1<<20)
-	h := sha256Digest(data)
+	h := regtest.DigestOf(data)
 	upPath := "/v2/library/cut/blobs/" + h.String()
 	up := startUpstream(t, faultOnce(upPath, func(next http.Handler, w http.ResponseWriter, r *http.Request) {
 		next.ServeHTTP(&truncateWriter{ResponseWriter: w, limit: int64(len(data) / 2)}, r)
@@ -784,7 +777,7 @@ func TestCutDownloadResumesThroughTheBinary(t *testing.T) {
 	}
 	body, err := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if err != nil || resp.StatusCode != http.StatusOK || sha256Digest(body) != h {
+	if err != nil || resp.StatusCode != http.StatusOK || regtest.DigestOf(body) != h {
 		t.Fatalf("status %d, %d bytes, %v: want the whole blob; logs:\n%s", resp.StatusCode, len(body), err, m.Logs())
 	}
 	if n := up.Count(http.MethodGet, upPath); n != 2 {

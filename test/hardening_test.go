@@ -10,7 +10,6 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
-	"fmt"
 	"io"
 	"math/big"
 	"net"
@@ -120,15 +119,10 @@ func (m *mirrorProc) sighup(t *testing.T, msg string) {
 func tlsGet(t *testing.T, conn *tls.Conn, br *bufio.Reader, path string) int {
 	t.Helper()
 	conn.SetDeadline(time.Now().Add(guard))
-	if _, err := fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", path); err != nil {
-		t.Fatalf("GET %s: %v", path, err)
-	}
-	resp, err := http.ReadResponse(br, nil)
+	resp, _, err := regtest.Exchange(conn, br, http.MethodGet, []byte("GET "+path+" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"))
 	if err != nil {
 		t.Fatalf("GET %s: %v", path, err)
 	}
-	io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
 	return resp.StatusCode
 }
 
@@ -328,14 +322,7 @@ func TestOversizedHeaderIs431(t *testing.T) {
 		defer conn.Close()
 		conn.SetDeadline(time.Now().Add(guard))
 		req := "GET /v2/ HTTP/1.1\r\nHost: " + m.Addr + "\r\nX-Filler: " + strings.Repeat("a", headerBytes) + "\r\nConnection: close\r\n\r\n"
-		// Written while the answer is read: the server may answer before it
-		// has read everything.
-		go conn.Write([]byte(req))
-		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
-		if err == nil {
-			io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-		}
+		resp, _, err := regtest.Exchange(conn, bufio.NewReader(conn), http.MethodGet, []byte(req))
 		return resp, err
 	}
 	resp, err := send(100 << 10)

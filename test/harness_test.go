@@ -88,9 +88,7 @@ type mirrorProc struct {
 	URL      string // http://host:port
 	AdminURL string // its admin API
 	DataDir  string
-	logMu    sync.Mutex
-	logs     []string      // every line it wrote to stderr
-	logged   chan struct{} // closed and replaced whenever a line is added
+	log      *regtest.Log // every line it wrote to stderr
 	exited   chan struct{}
 }
 
@@ -123,18 +121,14 @@ func startMirror(t *testing.T, upstreamURL, dataDir string, extraEnv ...string) 
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	m := &mirrorProc{t: t, cmd: cmd, DataDir: dataDir, logged: make(chan struct{}), exited: make(chan struct{})}
+	m := &mirrorProc{t: t, cmd: cmd, DataDir: dataDir, log: regtest.NewLog(), exited: make(chan struct{})}
 	listening := make(chan [2]string, 1)
 	go func() {
 		sc := bufio.NewScanner(stderr)
 		sc.Buffer(make([]byte, 64<<10), 1<<20)
 		for sc.Scan() {
 			line := sc.Text()
-			m.logMu.Lock()
-			m.logs = append(m.logs, line)
-			close(m.logged)
-			m.logged = make(chan struct{})
-			m.logMu.Unlock()
+			m.log.Add(line)
 			var rec struct {
 				Msg       string `json:"msg"`
 				Addr      string `json:"addr"`
@@ -144,6 +138,7 @@ func startMirror(t *testing.T, upstreamURL, dataDir string, extraEnv ...string) 
 				listening <- [2]string{rec.Addr, rec.AdminAddr}
 			}
 		}
+		m.log.Close()
 		cmd.Wait()
 		close(m.exited)
 	}()
@@ -194,9 +189,7 @@ func (m *mirrorProc) Kill() {
 
 // Logs returns everything the mirror logged so far.
 func (m *mirrorProc) Logs() string {
-	m.logMu.Lock()
-	defer m.logMu.Unlock()
-	return strings.Join(m.logs, "\n")
+	return m.log.String()
 }
 
 // Host is host:port of the mirror, for go-containerregistry references.
@@ -239,31 +232,8 @@ func ref(t *testing.T, host, repoTag string) name.Reference {
 // waitLog waits until the mirror has logged a JSON line for which match is
 // true. It fails when ctx ends or the process exits first.
 func (m *mirrorProc) waitLog(ctx context.Context, match func(rec map[string]any) bool) error {
-	seen := 0
-	for {
-		m.logMu.Lock()
-		lines, next := m.logs[seen:], m.logged
-		seen = len(m.logs)
-		m.logMu.Unlock()
-		for _, line := range lines {
-			var rec map[string]any
-			if json.Unmarshal([]byte(line), &rec) == nil && match(rec) {
-				return nil
-			}
-		}
-		select {
-		case <-next:
-		case <-m.exited:
-			m.logMu.Lock()
-			more := len(m.logs) > seen
-			m.logMu.Unlock()
-			if !more {
-				return errors.New("regmirror exited")
-			}
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
+	_, err := m.log.Wait(ctx, 0, match)
+	return err
 }
 
 // ExitCode waits for the process to exit and returns its exit code.
@@ -308,17 +278,10 @@ func (m *mirrorProc) rawDo(t *testing.T, method, requestURI string) (*http.Respo
 	if dl, ok := ctx.Deadline(); ok {
 		conn.SetDeadline(dl)
 	}
-	if _, err := fmt.Fprintf(conn, "%s %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n", method, requestURI, m.Addr); err != nil {
-		t.Fatalf("%s %s: write request: %v", method, requestURI, err)
-	}
-	resp, err := http.ReadResponse(bufio.NewReader(conn), &http.Request{Method: method})
+	wire := fmt.Sprintf("%s %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n", method, requestURI, m.Addr)
+	resp, body, err := regtest.Exchange(conn, bufio.NewReader(conn), method, []byte(wire))
 	if err != nil {
-		t.Fatalf("%s %s: read response: %v", method, requestURI, err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatalf("%s %s: read body: %v", method, requestURI, err)
+		t.Fatalf("%s %s: %v", method, requestURI, err)
 	}
 	return resp, body
 }

@@ -4,9 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	"maps"
 	"math/rand/v2"
 	"net"
@@ -16,7 +14,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -255,29 +252,13 @@ func flood(t *testing.T, addr string, reqs []rawRequest, workers int) []answer {
 					conn, br = c, bufio.NewReader(c)
 				}
 				conn.SetDeadline(time.Now().Add(guard))
-				// Written while the answer is read: the server may answer (431)
-				// before it has read all of it.
-				written := make(chan error, 1)
-				go func() { _, err := conn.Write(reqs[i].wire); written <- err }()
-				resp, err := http.ReadResponse(br, &http.Request{Method: reqs[i].method})
+				resp, body, err := regtest.Exchange(conn, br, reqs[i].method, reqs[i].wire)
 				if err != nil {
-					errc <- fmt.Errorf("request %d %q: read answer: %v", i, truncate(reqs[i].wire), err)
-					return
-				}
-				body, err := io.ReadAll(resp.Body)
-				resp.Body.Close()
-				if err != nil && resp.Close && errors.Is(err, syscall.ECONNRESET) {
-					// The server closed a connection whose request it did not
-					// read to the end (net/http's own 400): the reset replaces
-					// the end of file after the body.
-					err = nil
-				}
-				if err != nil {
-					errc <- fmt.Errorf("request %d %q: read body: %v", i, truncate(reqs[i].wire), err)
+					errc <- fmt.Errorf("request %d %q: %v", i, truncate(reqs[i].wire), err)
 					return
 				}
 				out[i] = answer{req: reqs[i], status: resp.StatusCode, header: resp.Header, body: body, close: resp.Close}
-				if werr := <-written; resp.Close || werr != nil {
+				if resp.Close {
 					conn.Close()
 					conn = nil
 				}
@@ -399,13 +380,7 @@ func TestMalformedRequestFlood(t *testing.T) {
 			ociErrors++
 			continue
 		}
-		var e struct {
-			Errors []struct {
-				Code    string `json:"code"`
-				Message string `json:"message"`
-			} `json:"errors"`
-		}
-		if err := json.Unmarshal(a.body, &e); err != nil || len(e.Errors) == 0 || e.Errors[0].Code == "" {
+		if _, _, ok := regtest.ParseOCIError(a.body); !ok {
 			fail("request %d %q: status %d, body is not an OCI error: %q", i, truncate(a.req.wire), a.status, a.body)
 			continue
 		}

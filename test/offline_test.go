@@ -61,44 +61,15 @@ const (
 	offlinePing     = "GET /v2/" // the probe's request, as regtest.Counter keys it
 )
 
-// offlineLogged matches a mirror log line by its message.
-func offlineLogged(msg string) func(map[string]any) bool {
-	return func(rec map[string]any) bool { return rec["msg"] == msg }
-}
-
-// offlineLines returns the mirror's log records for which match is true.
-func offlineLines(m *mirrorProc, match func(map[string]any) bool) []map[string]any {
-	var out []map[string]any
-	for line := range strings.SplitSeq(m.Logs(), "\n") {
-		var rec map[string]any
-		if json.Unmarshal([]byte(line), &rec) == nil && match(rec) {
-			out = append(out, rec)
-		}
-	}
-	return out
-}
-
 // offlineWait waits until the mirror logs msg, for at most guard.
 func offlineWait(t *testing.T, m *mirrorProc, msg string) map[string]any {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), guard)
 	defer cancel()
-	if err := m.waitLog(ctx, offlineLogged(msg)); err != nil {
+	if err := m.waitLog(ctx, regtest.Msg(msg)); err != nil {
 		t.Fatalf("waiting for the mirror to log %q: %v; logs:\n%s", msg, err, m.Logs())
 	}
-	return offlineLines(m, offlineLogged(msg))[0]
-}
-
-// offlineOCIError decodes an OCI error body.
-func offlineOCIError(t *testing.T, resp *http.Response, body []byte) (code, message string) {
-	t.Helper()
-	var e struct {
-		Errors []struct{ Code, Message string }
-	}
-	if ct := resp.Header.Get("Content-Type"); ct != "application/json" || json.Unmarshal(body, &e) != nil || len(e.Errors) == 0 {
-		t.Fatalf("status %d: not an OCI error body (Content-Type %q): %q", resp.StatusCode, ct, body)
-	}
-	return e.Errors[0].Code, e.Errors[0].Message
+	return m.log.Records(0, regtest.Msg(msg))[0]
 }
 
 // offlineGetManifest GETs a manifest through the mirror and checks the
@@ -112,7 +83,7 @@ func offlineGetManifest(t *testing.T, m *mirrorProc, path string, want v1.Hash, 
 	if got := resp.Header.Get("Docker-Content-Digest"); got != want.String() {
 		t.Errorf("GET %s: Docker-Content-Digest = %s, want %s", path, got, want)
 	}
-	if got := sha256Digest(body); got != want {
+	if got := regtest.DigestOf(body); got != want {
 		t.Errorf("GET %s: body hashes to %s, want %s", path, got, want)
 	}
 	warning := resp.Header.Values("Warning")
@@ -191,7 +162,7 @@ func TestOfflineServesCachedContent(t *testing.T) {
 
 	// Each tag was served stale several times; each is logged at Warn once.
 	for _, repo := range []string{"library/multi", "library/idx"} {
-		lines := offlineLines(m, func(rec map[string]any) bool {
+		lines := m.log.Records(0, func(rec map[string]any) bool {
 			return rec["msg"] == offlineMsgStale && rec["repo"] == repo && rec["tag"] == "latest"
 		})
 		if len(lines) != 1 {
@@ -225,7 +196,7 @@ func TestOfflineRestartWhileUpstreamDown(t *testing.T) {
 	// The first request of the new process finds out (no token handshake
 	// of a past run to reuse): not cached, so 503, and the upstream is down.
 	resp, body := m.send(t, http.MethodGet, "/v2/library/never/manifests/latest", nil)
-	if code, msg := offlineOCIError(t, resp, body); resp.StatusCode != http.StatusServiceUnavailable || code != "UNAVAILABLE" || !strings.Contains(msg, "unreachable") {
+	if code, msg := regtest.OCIError(t, resp, body); resp.StatusCode != http.StatusServiceUnavailable || code != "UNAVAILABLE" || !strings.Contains(msg, "unreachable") {
 		t.Errorf("GET an uncached manifest: %d %s %q, want 503 UNAVAILABLE saying the upstream is unreachable", resp.StatusCode, code, msg)
 	}
 	if rec := offlineWait(t, m, offlineMsgDown); rec["reason"] != "connection failed" {
@@ -418,7 +389,7 @@ func TestOfflineUncachedIsUnavailableAtOnce(t *testing.T) {
 			if tt.method == http.MethodHead {
 				return
 			}
-			code, msg := offlineOCIError(t, resp, body)
+			code, msg := regtest.OCIError(t, resp, body)
 			if code != "UNAVAILABLE" || !strings.Contains(msg, "unreachable") {
 				t.Errorf("%s %s: error %s %q, want UNAVAILABLE saying the upstream is unreachable", tt.method, tt.path, code, msg)
 			}

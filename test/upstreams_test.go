@@ -286,17 +286,6 @@ func dockerConfig(t *testing.T, registry, user, pass string) string {
 	return "REGMIRROR_DOCKER_CONFIG=" + p
 }
 
-// ociError decodes an OCI error body and returns its first code and message.
-func ociError(t *testing.T, resp *http.Response, body []byte) (code, message string) {
-	t.Helper()
-	code = regtest.OCICode(t, resp, body)
-	var e struct {
-		Errors []struct{ Code, Message string }
-	}
-	json.Unmarshal(body, &e)
-	return code, e.Errors[0].Message
-}
-
 // manifestAccept accepts every image manifest type.
 var manifestAccept = http.Header{"Accept": {
 	"application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json",
@@ -357,11 +346,11 @@ func pullByNS(t *testing.T, m *mirrorProc, repo, tag, ns string) v1.Hash {
 	}
 	for _, d := range append([]v1.Descriptor{mf.Config}, mf.Layers...) {
 		path := "/v2/" + repo + "/blobs/" + d.Digest.String() + q
-		if got := sha256Digest(get(path, nil)); got != d.Digest {
+		if got := regtest.DigestOf(get(path, nil)); got != d.Digest {
 			t.Errorf("GET %s: content digest = %s", path, got)
 		}
 	}
-	return sha256Digest(body)
+	return regtest.DigestOf(body)
 }
 
 // assertNoSecrets fails if the mirror's logs or any of the given texts
@@ -623,7 +612,7 @@ func TestUpstreamsUnconfiguredRegistryRefused(t *testing.T) {
 			if resp.StatusCode != http.StatusNotFound {
 				t.Fatalf("GET %s: status = %d, want %d; body %s", tt.path, resp.StatusCode, http.StatusNotFound, body)
 			}
-			code, msg := ociError(t, resp, body)
+			code, msg := regtest.OCIError(t, resp, body)
 			if code != "NAME_UNKNOWN" || !strings.Contains(msg, "REGMIRROR_UPSTREAMS") {
 				t.Errorf("GET %s: error %s %q, want NAME_UNKNOWN naming REGMIRROR_UPSTREAMS", tt.path, code, msg)
 			}
@@ -682,7 +671,7 @@ func TestUpstreamsSelfSignedTLS(t *testing.T) {
 					if resp.StatusCode != http.StatusBadGateway {
 						t.Fatalf("GET %s: status = %d, want %d; body %s", path, resp.StatusCode, http.StatusBadGateway, body)
 					}
-					_, msg := ociError(t, resp, body)
+					_, msg := regtest.OCIError(t, resp, body)
 					if !strings.Contains(msg, "REGMIRROR_INSECURE_REGISTRIES") || !strings.Contains(msg, "REGMIRROR_CA_FILE") {
 						t.Errorf("GET %s: message %q names neither REGMIRROR_INSECURE_REGISTRIES nor REGMIRROR_CA_FILE", path, msg)
 					}
@@ -807,7 +796,7 @@ func TestUpstreamsTokenReuseAndRefresh(t *testing.T) {
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("GET %s after the token expired: status = %d, want %d; body %s", path, resp.StatusCode, http.StatusOK, body)
 	}
-	if got := sha256Digest(body); got != want["v4"] {
+	if got := regtest.DigestOf(body); got != want["v4"] {
 		t.Errorf("GET %s: digest = %s, want %s", path, got, want["v4"])
 	}
 	after := c.auth.stats()

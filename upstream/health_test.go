@@ -1,6 +1,7 @@
 package upstream_test
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -16,8 +17,10 @@ import (
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/registry"
+	"github.com/regmirror/regmirror/test/regtest"
 	"github.com/regmirror/regmirror/upstream"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 )
 
@@ -42,8 +45,9 @@ func TestDownUpstreamIsNotAskedUntilTheProbeSeesItBack(t *testing.T) {
 	srv := httptest.NewServer(f)
 	defer srv.Close()
 	core, logs := observer.New(zap.InfoLevel)
+	lines := regtest.NewLog()
 	c, err := upstream.New(upstream.Options{Name: "docker.io", URL: srv.URL, Timeout: 5 * time.Second,
-		ProbeMin: 10 * time.Millisecond, ProbeMax: 20 * time.Millisecond}, zap.New(core))
+		ProbeMin: 10 * time.Millisecond, ProbeMax: 20 * time.Millisecond}, zap.New(zapcore.NewTee(core, lines.Core(zap.InfoLevel))))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -68,12 +72,11 @@ func TestDownUpstreamIsNotAskedUntilTheProbeSeesItBack(t *testing.T) {
 	}
 
 	f.failing.Store(false)
-	deadline := time.Now().Add(10 * time.Second)
-	for !c.Health().Up {
-		if time.Now().After(deadline) {
-			t.Fatalf("the probe did not see the upstream come back (hits %d)", f.hits.Load())
-		}
-		time.Sleep(5 * time.Millisecond) // the probe runs on its own clock
+	// The probe runs on its own clock; it logs once it has marked it up.
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	if _, err := lines.Wait(ctx, 0, regtest.Msg("upstream up again")); err != nil || !c.Health().Up {
+		t.Fatalf("the probe did not see the upstream come back (hits %d): %v", f.hits.Load(), err)
 	}
 	if f.hits.Load() <= failingHits {
 		t.Error("the upstream came back without being probed")

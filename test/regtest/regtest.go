@@ -1,16 +1,19 @@
 // Package regtest is what regmirror's tests share: a request counter to put
-// in front of an upstream registry, a request helper, OCI error decoding,
-// random content with its digest, a tiny filesystem, and the
-// package-dependency check. Only tests import it.
+// in front of an upstream registry, request helpers (raw ones too), OCI error
+// decoding, a log to wait on, random content with its digest, a tiny
+// filesystem, and the package-dependency check. Only tests import it.
 package regtest
 
 import (
+	"bufio"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -111,16 +114,34 @@ func Do(t testing.TB, method, url string, header http.Header) (*http.Response, [
 	return resp, body
 }
 
-// OCICode checks that resp carries an OCI error body and returns its first code.
-func OCICode(t testing.TB, resp *http.Response, body []byte) string {
-	t.Helper()
+// ParseOCIError decodes an OCI error body: its first code and message. ok is
+// false when body is not one, or its first error has no code.
+func ParseOCIError(body []byte) (code, message string, ok bool) {
 	var e struct {
 		Errors []struct{ Code, Message string }
 	}
-	if resp.Header.Get("Content-Type") != "application/json" || json.Unmarshal(body, &e) != nil || len(e.Errors) == 0 {
-		t.Fatalf("status %d: not an OCI error (Content-Type %q): %q", resp.StatusCode, resp.Header.Get("Content-Type"), body)
+	if json.Unmarshal(body, &e) != nil || len(e.Errors) == 0 || e.Errors[0].Code == "" {
+		return "", "", false
 	}
-	return e.Errors[0].Code
+	return e.Errors[0].Code, e.Errors[0].Message, true
+}
+
+// OCIError checks that resp carries an OCI error body and returns its first
+// code and message.
+func OCIError(t testing.TB, resp *http.Response, body []byte) (code, message string) {
+	t.Helper()
+	code, message, ok := ParseOCIError(body)
+	if ct := resp.Header.Get("Content-Type"); ct != "application/json" || !ok {
+		t.Fatalf("status %d: not an OCI error (Content-Type %q): %q", resp.StatusCode, ct, body)
+	}
+	return code, message
+}
+
+// OCICode is OCIError's code.
+func OCICode(t testing.TB, resp *http.Response, body []byte) string {
+	t.Helper()
+	code, _ := OCIError(t, resp, body)
+	return code
 }
 
 // RandomBlob returns n random bytes and their sha256 digest.
@@ -130,8 +151,13 @@ func RandomBlob(t testing.TB, n int) ([]byte, v1.Hash) {
 	if _, err := rand.Read(b); err != nil {
 		t.Fatal(err)
 	}
+	return b, DigestOf(b)
+}
+
+// DigestOf is b's sha256 digest.
+func DigestOf(b []byte) v1.Hash {
 	sum := sha256.Sum256(b)
-	return b, v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(sum[:])}
+	return v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(sum[:])}
 }
 
 // Digest is d's digest, failing the test on error.
@@ -219,4 +245,34 @@ func Tmpfs(t testing.TB, size string) string {
 		}
 	})
 	return dir
+}
+
+// Exchange writes one request, as raw bytes on the wire, on conn and reads
+// its answer from br (reading conn), body included: for requests no client
+// would send. The request is written while the answer is read, since a
+// server may answer (431, 400) before it has read all of it. A connection the
+// server closes after such an answer may be reset where the end of file
+// after the body would be: that counts as the end. resp.Close is also set
+// when the request could not be written whole: conn is not to be reused.
+func Exchange(conn net.Conn, br *bufio.Reader, method string, wire []byte) (*http.Response, []byte, error) {
+	written := make(chan error, 1)
+	go func() { _, err := conn.Write(wire); written <- err }()
+	resp, err := http.ReadResponse(br, &http.Request{Method: method})
+	if err != nil {
+		conn.Close() // ends the write, if it still waits
+		<-written
+		return nil, nil, fmt.Errorf("read answer: %w", err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil && resp.Close && errors.Is(err, syscall.ECONNRESET) {
+		err = nil
+	}
+	if werr := <-written; werr != nil {
+		resp.Close = true
+	}
+	if err != nil {
+		return resp, body, fmt.Errorf("read body: %w", err)
+	}
+	return resp, body, nil
 }
