@@ -31,6 +31,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/regmirror/regmirror/test/regtest"
+	"go.uber.org/goleak"
 )
 
 // binary is the regmirror binary built by TestMain.
@@ -53,6 +54,13 @@ func TestMain(m *testing.M) {
 	}
 	code := m.Run()
 	os.RemoveAll(dir)
+	// Every in-process server and client a test started is stopped by it:
+	// what is left once idle keep-alive connections are closed is a leak.
+	http.DefaultClient.CloseIdleConnections()
+	if err := goleak.Find(); code == 0 && err != nil {
+		fmt.Fprintln(os.Stderr, "goleak:", err)
+		code = 1
+	}
 	os.Exit(code)
 }
 
