@@ -153,6 +153,7 @@ func (p *Proxy) account(r *http.Request, info *logInfo, status int, n int64) {
 	if status < 300 {
 		p.stats.served[sourceOf(info.cache)].Add(n)
 	}
+	p.hist.served(rt.kind == routeManifest || rt.kind == routeBlob, info.cache, status < 300, n)
 	if rt.kind == routeManifest && rt.tag != "" && status < 400 {
 		p.pulls.add(rt.registry, rt.repo, rt.tag, clientHost(r.RemoteAddr), info.cache, p.opt.Now())
 	}

@@ -53,6 +53,7 @@ type env struct {
 	dataDir  string
 	settled  *sync.WaitGroup   // one per request the mirror is handling
 	auth     *proxy.ClientAuth // set by withClientAuth
+	stop     func()            // stops the mirror, the proxy and the store, once; cleanup calls it too
 }
 
 // extraUpstream is one more in-process registry behind the proxy.
@@ -70,8 +71,22 @@ type envConfig struct {
 	extra      []string // names of more upstreams, beside docker.io
 	store      cache.Options
 	proxy      proxy.Options
-	htpasswd   string // client authentication against this file, on the env's clock
+	htpasswd   string        // client authentication against this file, on the env's clock
+	dataDir    string        // the store's and the history's; a new temp dir if empty
+	probe      time.Duration // the upstreams' probe back-off while down, if set
+	start      time.Time
 }
+
+// withDataDir opens the store (and the history) in dir: a second env on the
+// dir of a stopped one is a restart.
+func withDataDir(dir string) envOption { return func(c *envConfig) { c.dataDir = dir } }
+
+// withProbe makes a down upstream's probe ask every d, so a test that took
+// it down sees it up soon after it answers again.
+func withProbe(d time.Duration) envOption { return func(c *envConfig) { c.probe = d } }
+
+// withClockAt starts the env's clock at t.
+func withClockAt(t time.Time) envOption { return func(c *envConfig) { c.start = t } }
 
 // withClientAuth requires clients to log in with the users of an htpasswd file.
 func withClientAuth(path string) envOption { return func(c *envConfig) { c.htpasswd = path } }
@@ -112,7 +127,7 @@ func withMinFree(n int64) envOption { return func(c *envConfig) { c.store.MinFre
 func newEnv(t *testing.T, opts ...envOption) *env {
 	t.Helper()
 	same := func(h http.Handler) http.Handler { return h }
-	cfg := envConfig{wrap: same, wrapMirror: same, ttl: time.Minute}
+	cfg := envConfig{wrap: same, wrapMirror: same, ttl: time.Minute, start: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
 	for _, o := range opts {
 		o(&cfg)
 	}
@@ -128,15 +143,19 @@ func newEnv(t *testing.T, opts ...envOption) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir := t.TempDir()
-	clk := &clock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	dir := cfg.dataDir
+	if dir == "" {
+		dir = t.TempDir()
+	}
+	clk := &clock{now: cfg.start}
 	cfg.store.Now = clk.Now
 	st, err := cache.Open(dir, cfg.store, logger.Named("cache"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	newClient := func(name, url string) proxy.Upstream {
-		c, err := upstream.New(upstream.Options{Name: name, URL: url, Timeout: 5 * time.Second, Observer: metrics}, logger.Named("upstream"))
+		c, err := upstream.New(upstream.Options{Name: name, URL: url, Timeout: 5 * time.Second, Observer: metrics,
+			ProbeMin: cfg.probe, ProbeMax: cfg.probe}, logger.Named("upstream"))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -153,7 +172,7 @@ func newEnv(t *testing.T, opts ...envOption) *env {
 		clients = append(clients, newClient(name, x.server.URL))
 	}
 	popt := cfg.proxy
-	popt.TagTTL, popt.Now = cfg.ttl, clk.Now
+	popt.TagTTL, popt.Now, popt.DataDir = cfg.ttl, clk.Now, dir
 	if popt.UpstreamTimeout == 0 {
 		popt.UpstreamTimeout = 5 * time.Second
 	}
@@ -174,14 +193,18 @@ func newEnv(t *testing.T, opts ...envOption) *env {
 		px.ServeHTTP(w, r)
 	})
 	mirror := httptest.NewServer(cfg.wrapMirror(tracked))
-	t.Cleanup(func() {
-		mirror.Close()
-		px.Close()
-		if err := st.Close(); err != nil {
-			t.Error(err)
-		}
-	})
-	return &env{t: t, upstream: up, counts: counts, extra: extra, store: st, proxy: px, mirror: mirror, clock: clk, logs: logs, waitLog: waitLog, dataDir: dir, settled: &settled, auth: popt.Auth}
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			mirror.Close()
+			px.Close()
+			if err := st.Close(); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return &env{t: t, upstream: up, counts: counts, extra: extra, store: st, proxy: px, mirror: mirror, clock: clk, logs: logs, waitLog: waitLog, dataDir: dir, settled: &settled, auth: popt.Auth, stop: stop}
 }
 
 func host(s *httptest.Server) string { return strings.TrimPrefix(s.URL, "http://") }

@@ -3,6 +3,7 @@ package proxy
 import (
 	"net/http"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -24,6 +25,7 @@ type Metrics struct {
 	upDuration *prometheus.HistogramVec
 	upErrors   *prometheus.CounterVec
 	upBytes    *prometheus.CounterVec
+	history    atomic.Pointer[history] // the proxy's series, which count upstream failures too
 }
 
 // NewMetrics registers the mirror's request and upstream metrics on reg.
@@ -69,6 +71,9 @@ func (m *Metrics) Answered(registry, op string, took time.Duration, failure stri
 	}
 	if failure != "" {
 		m.upErrors.WithLabelValues(registry, failure).Inc()
+		if h := m.history.Load(); h != nil {
+			h.failed(registry, failure)
+		}
 	}
 }
 

@@ -64,6 +64,9 @@ type Options struct {
 	Metrics *Metrics
 	// MetricsHandler, if set, is served at MetricsPath (GET and HEAD).
 	MetricsHandler http.Handler
+	// DataDir, if set, is where the status page's series are kept across
+	// restarts (HistoryFile); empty keeps them in memory only.
+	DataDir string
 	// Auth, when set, requires HTTP Basic credentials on every request but
 	// the health endpoints, which probes must reach without them.
 	Auth *ClientAuth
@@ -96,6 +99,7 @@ type Proxy struct {
 	noRoom      *lru.Cache[v1.Hash, struct{}] // blobs that ran out of room while stored: streamed from now on
 	stats       stats
 	pulls       *pullLog
+	hist        *history
 	started     time.Time
 }
 
@@ -198,14 +202,17 @@ func New(st Store, ups []Upstream, opt Options, log *zap.Logger) (*Proxy, error)
 			return nil, fmt.Errorf("register metrics: %w", err)
 		}
 	}
+	p.startHistory()
 	return p, nil
 }
 
-// Close stops every download in progress and waits for them to clean up.
-// Call it after the HTTP server has drained its requests.
+// Close stops every download in progress and waits for them to clean up,
+// then writes the status page's series. Call it after the HTTP server has
+// drained its requests.
 func (p *Proxy) Close() {
 	p.cancel()
 	p.wg.Wait()
+	p.closeHistory()
 }
 
 func (p *Proxy) has(name string) bool { _, ok := p.ups[name]; return ok }
@@ -251,6 +258,8 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) error {
 		return p.serveCheck(w, r)
 	case StatusPath: // names repositories and clients
 		return p.serveStatus(w, r)
+	case HistoryPath: // the status page's charts, as numbers
+		return p.serveHistory(w, r)
 	}
 	if !isAPI {
 		return errNotFound()

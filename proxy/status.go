@@ -60,6 +60,7 @@ type statusView struct {
 	Pins         []cache.Pin
 	PinsError    string
 	MetricsHere  bool // /metrics is served on this listener
+	Charts       template.HTML
 }
 
 type diskView struct {
@@ -106,6 +107,7 @@ func (p *Proxy) serveStatus(w http.ResponseWriter, r *http.Request) error {
 		uv.RateWarning = uv.RateKnown && uv.Rate.Remaining*10 < uv.Rate.Limit
 		v.Upstreams = append(v.Upstreams, uv)
 	}
+	v.Charts = p.charts()
 	v.Top = p.pulls.top(topPulls)
 	v.Recent = p.pulls.recent()
 	pins, err := p.op.Pins()

@@ -4,34 +4,24 @@ package test
 
 import (
 	"context"
-	"os/exec"
 	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/regmirror/regmirror/test/regtest"
 )
 
-// chromium renders url in Debian's headless Chromium and returns the DOM it
-// built. Chromium talks to nothing but url: no proxy, no background traffic.
+// chromium renders url in Debian's headless Chromium and returns what it
+// wrote (the DOM with --dump-dom).
 func chromium(t *testing.T, url string, extra ...string) string {
 	t.Helper()
 	bin := lookClient(t, "chromium")[0]
 	ctx, cancel := context.WithTimeout(t.Context(), guard)
 	defer cancel()
 	home := shortTempDir(t, "chromium")
-	args := append([]string{"--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-		"--disable-background-networking", "--no-proxy-server", "--user-data-dir=" + home}, extra...)
-	cmd := exec.CommandContext(ctx, bin, append(args, url)...)
-	cmd.Env = clientEnv("HOME=" + home)
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("chromium %s: %v\n%s", url, err, stderr.String())
-	}
-	return string(out)
+	return regtest.Chromium(ctx, t, bin, home, clientEnv("HOME="+home), url, extra...)
 }
 
 // TestStatusPageInABrowser pulls an image through the real binary twice,

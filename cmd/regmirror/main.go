@@ -230,6 +230,7 @@ func newMirror(cfg Config, log *zap.Logger) (_ *mirror, err error) {
 		TagTTL:          cfg.TagTTL,
 		UpstreamTimeout: cfg.UpstreamTimeout,
 		MaxDownloads:    cfg.MaxDownloads,
+		DataDir:         cfg.DataDir, // the status page's series, beside the cache
 		Metrics:         metrics,
 		Auth:            m.auth,
 	}

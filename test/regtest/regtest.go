@@ -1,11 +1,13 @@
 // Package regtest is what regmirror's tests share: a request counter to put
 // in front of an upstream registry, request helpers (raw ones too), OCI error
 // decoding, a log to wait on, random content with its digest, a tiny
-// filesystem, and the package-dependency check. Only tests import it.
+// filesystem, headless Chromium, and the package-dependency check. Only tests
+// import it.
 package regtest
 
 import (
 	"bufio"
+	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
@@ -275,4 +277,23 @@ func Exchange(conn net.Conn, br *bufio.Reader, method string, wire []byte) (*htt
 		return resp, body, fmt.Errorf("read body: %w", err)
 	}
 	return resp, body, nil
+}
+
+// Chromium renders url in Debian's headless Chromium (bin), with home as its
+// profile and env as its environment, and returns its standard output (the
+// DOM with --dump-dom). It talks to nothing but url: no proxy, no
+// background traffic.
+func Chromium(ctx context.Context, t testing.TB, bin, home string, env []string, url string, extra ...string) string {
+	t.Helper()
+	args := append([]string{"--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+		"--disable-background-networking", "--no-proxy-server", "--user-data-dir=" + home}, extra...)
+	cmd := exec.CommandContext(ctx, bin, append(args, url)...)
+	cmd.Env = env
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("chromium %s: %v\n%s", url, err, stderr.String())
+	}
+	return string(out)
 }
