@@ -1,6 +1,7 @@
 package proxy_test
 
 import (
+	"context"
 	"encoding/json"
 	"net/http"
 	"os"
@@ -203,13 +204,15 @@ func TestHistoryOfAnotherFormatIsDropped(t *testing.T) {
 // history is written off the request path.
 func waitFile(t *testing.T, file string, ok func([]byte) bool) {
 	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second) // a guard, not a measure
+	defer cancel()
 	for {
 		b, err := os.ReadFile(file)
 		if err == nil && ok(b) {
 			return
 		}
 		select {
-		case <-t.Context().Done():
+		case <-ctx.Done():
 			t.Fatalf("%s never got the content wanted: %v\n%.500s", file, err, b)
 		case <-time.After(time.Millisecond):
 		}
