@@ -90,12 +90,12 @@ func (r *ring) slotStart(t time.Time) int64 {
 	return t.Unix() / s * s
 }
 
-// at is the bucket of instant t, emptied first if it held an older step.
-// A clock stepped back lands in the newer step it finds.
+// at is the bucket of instant t, emptied first if it held another step (an
+// older one, or a newer one after the clock stepped back a whole ring).
 func (r *ring) at(t time.Time, ups int) *bucket {
 	start := r.slotStart(t)
 	b := &r.b[start/int64(r.step/time.Second)%int64(len(r.b))]
-	if b.Start < start {
+	if b.Start != start {
 		*b = bucket{Start: start, Ups: make([]upBucket, ups)}
 	}
 	return b
@@ -127,10 +127,10 @@ func newHistory(file string, names []string, now func() time.Time, log *zap.Logg
 	for _, hr := range historyRanges {
 		h.rings = append(h.rings, ring{step: hr.Step, b: make([]bucket, hr.Points)})
 	}
-	if file != "" {
-		h.load()
-	}
 	h.sampledAt = now()
+	if file != "" {
+		h.load(h.sampledAt)
+	}
 	h.savedSlot = h.rings[0].slotStart(h.sampledAt)
 	return h
 }
@@ -322,7 +322,7 @@ func (h *history) addDown(i int, from, to time.Time) {
 		for t := from; t.Before(to); {
 			b := rg.at(t, len(h.names))
 			end := time.Unix(b.Start, 0).Add(rg.step)
-			if b.Start > rg.slotStart(t) || end.After(to) { // clock stepped back, or the last step
+			if end.After(to) {
 				end = to
 			}
 			b.Ups[i].DownSeconds += end.Sub(t).Seconds()
@@ -363,9 +363,9 @@ type historyFile struct {
 	Rings     [][]bucket `json:"rings"` // per range, buckets with data only
 }
 
-// load reads the file, if there is one. One of another version or that does
-// not parse is dropped with one log line: the charts start afresh.
-func (h *history) load() {
+// load reads the file, if there is one, as of now. One of another version or
+// that does not parse is dropped with one log line: the charts start afresh.
+func (h *history) load(now time.Time) {
 	f, err := os.Open(h.file)
 	if errors.Is(err, os.ErrNotExist) {
 		return
@@ -400,8 +400,8 @@ func (h *history) load() {
 		rg := &h.rings[r]
 		step := int64(rg.step / time.Second)
 		for _, b := range hf.Rings[r] {
-			if b.Start <= 0 || b.Start%step != 0 {
-				continue
+			if b.Start <= 0 || b.Start%step != 0 || b.Start > now.Unix() {
+				continue // not a step, or one ahead of the clock, which would hide steps to come
 			}
 			ups := make([]upBucket, len(h.names))
 			for j, ub := range b.Ups {

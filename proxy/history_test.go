@@ -350,3 +350,19 @@ func TestHistoryNeedsCredentialsLikeTheStatusPage(t *testing.T) {
 		}
 	}
 }
+
+// TestHistoryAfterTheClockSteppedBackADay counts the steps of the clock as
+// it now reads: the slot the later step held is taken back.
+func TestHistoryAfterTheClockSteppedBackADay(t *testing.T) {
+	e := newEnv(t, withTTL(48*time.Hour), withClockAt(day0.Add(24*time.Hour+time.Minute)))
+	e.push("library/app:1", randomImage(t))
+	pullAll(t, e, "app:1")
+	e.settle()
+	e.clock.Advance(-24 * time.Hour)
+	pullAll(t, e, "app:1")
+	day := e.history("24h")
+	checkShape(t, day, e.clock.Now())
+	if got := point(t, day, day0); got.Requests != 3 || got.Cached != 3 {
+		t.Errorf("step 00:00 after the clock stepped back a day = %+v, want the 3 hits counted there", countsOf(got))
+	}
+}
