@@ -1,0 +1,419 @@
+package cache
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"syscall"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/minio/minio-go/v7"
+	"github.com/minio/minio-go/v7/pkg/credentials"
+	"github.com/minio/minio-go/v7/pkg/s3utils"
+	"go.uber.org/zap"
+)
+
+// S3Config names a bucket of an S3-compatible store and where in it the
+// objects live. Credentials are not part of it: they come from the standard
+// chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, the shared credentials
+// file, instance and IRSA roles), never from a URL.
+type S3Config struct {
+	// Endpoint is the store's URL, "http://host:port" for plain HTTP or
+	// "https://host"; empty means AWS for Region.
+	Endpoint string
+	Bucket   string
+	// Prefix, optional, puts every key under "<Prefix>/", so one bucket can
+	// hold several caches.
+	Prefix string
+	Region string
+	// PartSize is the size of a multipart upload's parts; content up to it
+	// goes in a single PUT. 0 means 16 MiB; S3 refuses parts under 5 MiB.
+	PartSize int64
+	// Transport carries the requests; nil means minio-go's default.
+	Transport http.RoundTripper
+}
+
+const (
+	defaultPartSize = 16 << 20
+	minPartSize     = 5 << 20
+	maxParts        = 10000 // S3's limit per multipart upload
+)
+
+// S3Objects keeps content in a bucket, one object per digest under
+// <prefix>/blobs/sha256/<hex>, written with If-None-Match: * so content once
+// in the bucket is never overwritten.
+type S3Objects struct {
+	core     *minio.Core
+	bucket   string
+	prefix   string // "" or ending in "/"
+	partSize int64
+	log      *zap.Logger
+}
+
+var _ Objects = (*S3Objects)(nil)
+
+// NewS3Objects makes the client; it opens no connection. Check and
+// CheckConditionalWrites are the start-up tests of the bucket.
+func NewS3Objects(cfg S3Config, log *zap.Logger) (*S3Objects, error) {
+	host, secure, err := s3Endpoint(cfg.Endpoint)
+	if err != nil {
+		return nil, err
+	}
+	if err := s3utils.CheckValidBucketName(cfg.Bucket); err != nil {
+		return nil, fmt.Errorf("bucket %q: %w", cfg.Bucket, err)
+	}
+	part := cfg.PartSize
+	if part == 0 {
+		part = defaultPartSize
+	}
+	if part < minPartSize {
+		return nil, fmt.Errorf("part size %d below S3's minimum of %d bytes", part, minPartSize)
+	}
+	creds := credentials.NewChainCredentials([]credentials.Provider{
+		&credentials.EnvAWS{},
+		&credentials.FileAWSCredentials{},
+		&credentials.IAM{},
+	})
+	core, err := minio.NewCore(host, &minio.Options{
+		Creds:     creds,
+		Secure:    secure,
+		Region:    cfg.Region,
+		Transport: cfg.Transport,
+		// A few quick retries ride out a blip; a store that stays down is
+		// the caller's to handle (serve without it), not minio-go's to wait on.
+		MaxRetries: 3,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("object store client: %w", err)
+	}
+	prefix := strings.Trim(cfg.Prefix, "/")
+	if prefix != "" {
+		prefix += "/"
+	}
+	return &S3Objects{core: core, bucket: cfg.Bucket, prefix: prefix, partSize: part, log: log}, nil
+}
+
+// s3Endpoint splits an endpoint URL into minio-go's host and TLS flag.
+func s3Endpoint(endpoint string) (host string, secure bool, err error) {
+	if endpoint == "" {
+		return "s3.amazonaws.com", true, nil
+	}
+	u, err := url.Parse(endpoint)
+	if err != nil {
+		return "", false, fmt.Errorf("endpoint: %w", err)
+	}
+	if u.User != nil {
+		// Credentials come from the standard chain only, never from a URL
+		// (which ends up in logs). The message leaves the URL out for that reason.
+		return "", false, errors.New("endpoint: credentials in the URL are not accepted; use the standard AWS chain")
+	}
+	if u.Scheme != "http" && u.Scheme != "https" || u.Host == "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" {
+		return "", false, fmt.Errorf("endpoint %q: want http://host[:port] or https://host[:port]", endpoint)
+	}
+	return u.Host, u.Scheme == "https", nil
+}
+
+func (o *S3Objects) key(h v1.Hash) string { return o.prefix + "blobs/sha256/" + h.Hex }
+
+// Check reports whether the bucket is there and the credentials may use it:
+// ErrBucketMissing, ErrAccessDenied or ErrStoreUnavailable when not.
+func (o *S3Objects) Check(ctx context.Context) error {
+	// A listing of one key, not a HEAD of the bucket: a HEAD's answer has no
+	// body to tell a missing bucket from unknown credentials (versitygw
+	// answers 404 to both), and reconciliation will need to list anyway.
+	_, err := o.core.ListObjectsV2(o.bucket, o.prefix, "", "", "", 1)
+	return o.classify("list bucket", "", err)
+}
+
+// CheckConditionalWrites writes a probe object twice with If-None-Match: *
+// and expects the second write refused (412), then deletes the probe. A
+// store that overwrites gives ErrConditionalWritesIgnored.
+func (o *S3Objects) CheckConditionalWrites(ctx context.Context) error {
+	var nonce [8]byte
+	rand.Read(nonce[:])
+	key := o.prefix + "probes/if-none-match-" + hex.EncodeToString(nonce[:])
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer cancel()
+		if err := o.core.RemoveObject(ctx, o.bucket, key, minio.RemoveObjectOptions{}); err != nil {
+			o.log.Warn("remove the If-None-Match probe", zap.String("key", key), zap.Error(err))
+		}
+	}()
+	write := func() error {
+		body := strings.NewReader(key)
+		_, err := o.core.PutObject(ctx, o.bucket, key, body, body.Size(), "", "", onlyIfAbsent())
+		return err
+	}
+	if err := write(); err != nil {
+		return o.classify("write probe", key, err)
+	}
+	err := write()
+	if err == nil {
+		return fmt.Errorf("probe %s written twice: %w", key, ErrConditionalWritesIgnored)
+	}
+	if isPreconditionFailed(err) {
+		return nil
+	}
+	return o.classify("write probe again", key, err)
+}
+
+// onlyIfAbsent is how content is written: with If-None-Match: *, so an
+// object already in the bucket is never overwritten.
+func onlyIfAbsent() minio.PutObjectOptions {
+	// DisableContentSha256 stops minio-go's own streaming signature, so the
+	// SHA-256 hashed here is the payload hash signed into the request.
+	opts := minio.PutObjectOptions{ContentType: "application/octet-stream", DisableContentSha256: true}
+	opts.SetMatchETagExcept("*")
+	return opts
+}
+
+func isPreconditionFailed(err error) bool {
+	var resp minio.ErrorResponse
+	return errors.As(err, &resp) && (resp.StatusCode == http.StatusPreconditionFailed || resp.Code == minio.PreconditionFailed)
+}
+
+// Put hashes the content first and writes it only if it hashes to h: a
+// single PUT up to the part size, else a multipart upload completed only
+// after the whole content hashed right (and aborted otherwise). Each request
+// is signed with the SHA-256 of its body as hashed here (x-amz-content-sha256),
+// which S3 checks against the bytes it receives: it keeps the bytes hashed.
+func (o *S3Objects) Put(ctx context.Context, h v1.Hash, content io.ReaderAt, size int64) error {
+	if err := checkHash(h); err != nil {
+		return err
+	}
+	if size < 0 {
+		return fmt.Errorf("put %s: %w: size %d", h, ErrSizeMismatch, size)
+	}
+	if size <= o.partSize {
+		return o.putSingle(ctx, h, content, size)
+	}
+	return o.putMultipart(ctx, h, content, size)
+}
+
+// hashSection hashes size bytes of content from off into sum (when not nil)
+// and returns their own SHA-256. Fewer bytes than size is ErrSizeMismatch.
+func hashSection(h v1.Hash, content io.ReaderAt, off, size int64, sum io.Writer) (string, error) {
+	part := sha256.New()
+	w := io.Writer(part)
+	if sum != nil {
+		w = io.MultiWriter(part, sum)
+	}
+	n, err := io.Copy(w, io.NewSectionReader(content, off, size))
+	if err != nil {
+		return "", fmt.Errorf("read %s: %w", h, err)
+	}
+	if n != size {
+		return "", fmt.Errorf("blob %s: %w: got %d bytes, want %d", h, ErrSizeMismatch, off+n, off+size)
+	}
+	return hex.EncodeToString(part.Sum(nil)), nil
+}
+
+func digestMismatch(h v1.Hash, got string) error {
+	return fmt.Errorf("blob %s: %w: content hashes to sha256:%s", h, ErrDigestMismatch, got)
+}
+
+func (o *S3Objects) putSingle(ctx context.Context, h v1.Hash, content io.ReaderAt, size int64) error {
+	got, err := hashSection(h, content, 0, size, nil)
+	if err != nil {
+		return err
+	}
+	if got != h.Hex {
+		return digestMismatch(h, got)
+	}
+	key := o.key(h)
+	_, err = o.core.PutObject(ctx, o.bucket, key, io.NewSectionReader(content, 0, size), size, "", h.Hex, onlyIfAbsent())
+	if err != nil && !isPreconditionFailed(err) { // 412: already stored, the same bytes
+		return o.classify("put", key, err)
+	}
+	return nil
+}
+
+func (o *S3Objects) putMultipart(ctx context.Context, h v1.Hash, content io.ReaderAt, size int64) error {
+	// Content already there costs one HEAD instead of the whole upload.
+	if _, err := o.Stat(ctx, h); err == nil {
+		return nil
+	} else if !errors.Is(err, ErrNotFound) {
+		return err
+	}
+	return o.uploadParts(ctx, h, content, size)
+}
+
+// uploadParts is a multipart upload of the content, completed with
+// If-None-Match: * only once the whole content hashed to h.
+func (o *S3Objects) uploadParts(ctx context.Context, h v1.Hash, content io.ReaderAt, size int64) error {
+	key := o.key(h)
+	part := max(o.partSize, (size+maxParts-1)/maxParts)
+	id, err := o.core.NewMultipartUpload(ctx, o.bucket, key, minio.PutObjectOptions{ContentType: "application/octet-stream"})
+	if err != nil {
+		return o.classify("start multipart upload", key, err)
+	}
+	completed := false
+	defer func() {
+		if !completed {
+			o.abort(ctx, key, id)
+		}
+	}()
+	whole := sha256.New()
+	var parts []minio.CompletePart
+	for off, n := int64(0), 1; off < size; off, n = off+part, n+1 {
+		length := min(part, size-off)
+		sum, err := hashSection(h, content, off, length, whole)
+		if err != nil {
+			return err
+		}
+		p, err := o.core.PutObjectPart(ctx, o.bucket, key, id, n, io.NewSectionReader(content, off, length), length,
+			minio.PutObjectPartOptions{Sha256Hex: sum, DisableContentSha256: true})
+		if err != nil {
+			return o.classify(fmt.Sprintf("upload part %d of", n), key, err)
+		}
+		parts = append(parts, minio.CompletePart{PartNumber: n, ETag: p.ETag})
+	}
+	if got := hex.EncodeToString(whole.Sum(nil)); got != h.Hex {
+		return digestMismatch(h, got)
+	}
+	_, err = o.core.CompleteMultipartUpload(ctx, o.bucket, key, id, parts, onlyIfAbsent())
+	if err == nil {
+		completed = true
+		return nil
+	}
+	if isPreconditionFailed(err) {
+		return nil // stored meanwhile by another writer; this upload is aborted
+	}
+	return o.classify("complete multipart upload", key, err)
+}
+
+// abort ends a multipart upload that will not complete, even when ctx ended
+// (the client left): its parts would otherwise be billed until a lifecycle
+// rule (AbortIncompleteMultipartUpload) removes them.
+func (o *S3Objects) abort(ctx context.Context, key, id string) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	if err := o.core.AbortMultipartUpload(ctx, o.bucket, key, id); err != nil {
+		o.log.Warn("abort multipart upload; the bucket's AbortIncompleteMultipartUpload rule will remove it",
+			zap.String("key", key), zap.String("upload_id", id), zap.Error(err))
+	}
+}
+
+// Open returns the object as a ReadSeeker: each read after a seek is a
+// ranged GET, so http.ServeContent serves Range requests from the bucket.
+// The reader lives on ctx.
+func (o *S3Objects) Open(ctx context.Context, h v1.Hash) (ObjectReader, int64, error) {
+	if err := checkHash(h); err != nil {
+		return nil, 0, err
+	}
+	key := o.key(h)
+	obj, err := o.core.Client.GetObject(ctx, o.bucket, key, minio.GetObjectOptions{})
+	if err != nil {
+		return nil, 0, o.classify("open", key, err)
+	}
+	st, err := obj.Stat()
+	if err != nil {
+		obj.Close()
+		return nil, 0, o.classify("open", key, err)
+	}
+	return obj, st.Size, nil
+}
+
+// Stat returns the object's size from a HEAD.
+func (o *S3Objects) Stat(ctx context.Context, h v1.Hash) (int64, error) {
+	if err := checkHash(h); err != nil {
+		return 0, err
+	}
+	key := o.key(h)
+	st, err := o.core.StatObject(ctx, o.bucket, key, minio.StatObjectOptions{})
+	if err != nil {
+		return 0, o.classify("stat", key, err)
+	}
+	return st.Size, nil
+}
+
+// Delete removes the object; S3 answers a delete of a missing key with success.
+func (o *S3Objects) Delete(ctx context.Context, h v1.Hash) error {
+	if err := checkHash(h); err != nil {
+		return err
+	}
+	key := o.key(h)
+	err := o.core.RemoveObject(ctx, o.bucket, key, minio.RemoveObjectOptions{})
+	if err = o.classify("delete", key, err); errors.Is(err, ErrNotFound) {
+		return nil
+	}
+	return err
+}
+
+// List walks the keys under <prefix>/blobs/sha256/, which S3 lists in key
+// order, so in digest order. Keys that are not a digest are skipped.
+func (o *S3Objects) List(ctx context.Context, fn func(h v1.Hash, size int64) error) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	dir := o.prefix + "blobs/sha256/"
+	objects := o.core.Client.ListObjects(ctx, o.bucket, minio.ListObjectsOptions{Prefix: dir, Recursive: true})
+	var err error
+	for obj := range objects {
+		if err != nil {
+			continue // drain: the listing ends once ctx is cancelled
+		}
+		if obj.Err != nil {
+			err = o.classify("list", dir, obj.Err)
+			cancel()
+			continue
+		}
+		raw, ok := hexRaw(strings.TrimPrefix(obj.Key, dir))
+		if !ok {
+			continue
+		}
+		if err = fn(rawHash(raw), obj.Size); err != nil {
+			cancel()
+		}
+	}
+	return err
+}
+
+// classify wraps an error of the store in the sentinel that says what the
+// caller can do about it; nil stays nil.
+func (o *S3Objects) classify(op, key string, err error) error {
+	if err == nil {
+		return nil
+	}
+	where := fmt.Sprintf("%s s3://%s/%s", op, o.bucket, key)
+	var resp minio.ErrorResponse
+	if !errors.As(err, &resp) {
+		// No answer at all: refused, reset, timed out, cut short, a TLS
+		// failure. Anything else (a caller's cancel, a refused argument) is
+		// no state of the store.
+		var netErr net.Error
+		if !errors.Is(err, context.Canceled) && (errors.As(err, &netErr) || errors.Is(err, io.ErrUnexpectedEOF) ||
+			errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, context.DeadlineExceeded)) {
+			return fmt.Errorf("%s: %w: %w", where, ErrStoreUnavailable, err)
+		}
+		return fmt.Errorf("%s: %w", where, err)
+	}
+	var kind error
+	switch {
+	case resp.Code == minio.NoSuchKey:
+		kind = ErrNotFound
+	case resp.Code == minio.NoSuchBucket:
+		kind = ErrBucketMissing
+	case resp.StatusCode == http.StatusForbidden, resp.Code == minio.AccessDenied,
+		resp.Code == "InvalidAccessKeyId", resp.Code == "SignatureDoesNotMatch",
+		resp.Code == "InvalidToken", resp.Code == "ExpiredToken",
+		resp.Code == "XAdminUserNotFound": // versitygw's 404 for an unknown access key
+		kind = ErrAccessDenied
+	case resp.StatusCode >= 500, resp.Code == "SlowDown", resp.Code == "RequestTimeout",
+		resp.StatusCode == http.StatusTooManyRequests,
+		resp.Code == "ConditionalRequestConflict": // AWS, under concurrent conditional writes: retry later
+
+		kind = ErrStoreUnavailable
+	default:
+		return fmt.Errorf("%s: %w", where, err)
+	}
+	return fmt.Errorf("%s: %w: %w", where, kind, err)
+}

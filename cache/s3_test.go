@@ -1,0 +1,512 @@
+package cache
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/minio/minio-go/v7"
+	"github.com/minio/minio-go/v7/pkg/credentials"
+	"go.uber.org/zap/zaptest"
+)
+
+const (
+	s3Access = "regmirror-test"
+	s3Secret = "regmirror-test-secret"
+	s3Region = "us-east-1"
+)
+
+// s3Server is a versitygw process serving a temp dir on 127.0.0.1, stopped
+// when the test ends.
+type s3Server struct {
+	endpoint string
+	admin    *minio.Client // root credentials, for creating buckets and looking behind Objects
+}
+
+// startVersity starts versitygw, or skips the test when it is not installed
+// (.ci/clients.sh installs it) unless REGMIRROR_REQUIRE_CLIENTS=1.
+func startVersity(t *testing.T) *s3Server {
+	t.Helper()
+	bin, err := exec.LookPath("versitygw")
+	if err != nil {
+		msg := "versitygw not on PATH (go install github.com/versity/versitygw/cmd/versitygw@v1.8.0, or bash .ci/clients.sh)"
+		if os.Getenv("REGMIRROR_REQUIRE_CLIENTS") == "1" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	root := t.TempDir()
+	var out bytes.Buffer
+	cmd := exec.Command(bin, "--port", addr, "posix", root)
+	cmd.Env = append(os.Environ(), "ROOT_ACCESS_KEY="+s3Access, "ROOT_SECRET_KEY="+s3Secret)
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-exited
+	})
+	tr := testTransport(t)
+	admin, err := minio.New(addr, &minio.Options{
+		Creds: credentials.NewStaticV4(s3Access, s3Secret, ""), Region: s3Region, Transport: tr, MaxRetries: 1,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Ready when it answers a signed request; a process that exits first fails the test.
+	for {
+		if _, err := admin.ListBuckets(context.Background()); err == nil {
+			break
+		}
+		select {
+		case err := <-exited:
+			t.Fatalf("versitygw exited: %v\n%s", err, out.String())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	return &s3Server{endpoint: "http://" + addr, admin: admin}
+}
+
+// testTransport is a transport whose idle connections close with the test,
+// so no goroutine outlives it.
+func testTransport(t *testing.T) *http.Transport {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	t.Cleanup(tr.CloseIdleConnections)
+	return tr
+}
+
+// bucket creates a fresh bucket.
+func (s *s3Server) bucket(t *testing.T, name string) string {
+	t.Helper()
+	if err := s.admin.MakeBucket(context.Background(), name, minio.MakeBucketOptions{Region: s3Region}); err != nil {
+		t.Fatalf("make bucket %s: %v", name, err)
+	}
+	return name
+}
+
+// objects opens the bucket through S3Objects with credentials from the
+// environment, as in production.
+func (s *s3Server) objects(t *testing.T, cfg S3Config) *S3Objects {
+	t.Helper()
+	cfg.Endpoint, cfg.Region, cfg.Transport = s.endpoint, s3Region, testTransport(t)
+	o, err := NewS3Objects(cfg, zaptest.NewLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return o
+}
+
+func setS3Credentials(t *testing.T, access, secret string) {
+	t.Setenv("AWS_ACCESS_KEY_ID", access)
+	t.Setenv("AWS_SECRET_ACCESS_KEY", secret)
+	t.Setenv("AWS_SESSION_TOKEN", "")
+}
+
+// keys lists every object key in the bucket.
+func (s *s3Server) keys(t *testing.T, bucket string) []string {
+	t.Helper()
+	var keys []string
+	for obj := range s.admin.ListObjects(context.Background(), bucket, minio.ListObjectsOptions{Recursive: true}) {
+		if obj.Err != nil {
+			t.Fatal(obj.Err)
+		}
+		keys = append(keys, obj.Key)
+	}
+	return keys
+}
+
+// uploads lists the multipart uploads not completed nor aborted.
+func (s *s3Server) uploads(t *testing.T, bucket string) []string {
+	t.Helper()
+	var ids []string
+	for u := range s.admin.ListIncompleteUploads(context.Background(), bucket, "", true) {
+		if u.Err != nil {
+			t.Fatal(u.Err)
+		}
+		ids = append(ids, u.Key+" "+u.UploadID)
+	}
+	return ids
+}
+
+// checkAndPutFail asserts that the start-up check and a write both fail with want.
+func checkAndPutFail(t *testing.T, o *S3Objects, want error) {
+	t.Helper()
+	ctx := context.Background()
+	if err := o.Check(ctx); !errors.Is(err, want) {
+		t.Fatalf("check: %v, want %v", err, want)
+	}
+	body, h := randomContent(t, 10)
+	if err := o.Put(ctx, h, bytes.NewReader(body), 10); !errors.Is(err, want) {
+		t.Fatalf("put: %v, want %v", err, want)
+	}
+}
+
+func TestS3ObjectsAgainstVersity(t *testing.T) {
+	srv := startVersity(t)
+	setS3Credentials(t, s3Access, s3Secret)
+	ctx := context.Background()
+
+	for _, tc := range []struct {
+		name string
+		size int // with 5 MiB parts: one PUT, or three parts
+	}{{"single PUT", 3000}, {"multipart", 11<<20 + 17}} {
+		t.Run(tc.name, func(t *testing.T) {
+			bucket := srv.bucket(t, "put-"+strings.ReplaceAll(strings.ToLower(tc.name), " ", "-"))
+			o := srv.objects(t, S3Config{Bucket: bucket, Prefix: "/mirror-a/", PartSize: minPartSize})
+			body, h := randomContent(t, tc.size)
+
+			// The last byte differs from what h names: only the whole hash can tell.
+			bad := bytes.Clone(body)
+			bad[len(bad)-1] ^= 1
+			if err := o.Put(ctx, h, bytes.NewReader(bad), int64(len(bad))); !errors.Is(err, ErrDigestMismatch) {
+				t.Fatalf("put of wrong content: %v, want ErrDigestMismatch", err)
+			}
+			if err := o.Put(ctx, h, bytes.NewReader(body[:len(body)-1]), int64(len(body))); !errors.Is(err, ErrSizeMismatch) {
+				t.Fatalf("put of short content: %v, want ErrSizeMismatch", err)
+			}
+			if keys, ups := srv.keys(t, bucket), srv.uploads(t, bucket); len(keys) != 0 || len(ups) != 0 {
+				t.Fatalf("after refused puts: objects %q, incomplete uploads %q", keys, ups)
+			}
+			if _, err := o.Stat(ctx, h); !errors.Is(err, ErrNotFound) {
+				t.Fatalf("stat before put: %v, want ErrNotFound", err)
+			}
+
+			if err := o.Put(ctx, h, bytes.NewReader(body), int64(len(body))); err != nil {
+				t.Fatal(err)
+			}
+			if err := o.Put(ctx, h, bytes.NewReader(body), int64(len(body))); err != nil {
+				t.Fatalf("second put of the same content: %v", err)
+			}
+			want := []string{"mirror-a/blobs/sha256/" + h.Hex}
+			if keys, ups := srv.keys(t, bucket), srv.uploads(t, bucket); fmt.Sprint(keys) != fmt.Sprint(want) || len(ups) != 0 {
+				t.Fatalf("objects %q (want %q), incomplete uploads %q", keys, want, ups)
+			}
+			if size, err := o.Stat(ctx, h); err != nil || size != int64(len(body)) {
+				t.Fatalf("stat: %d, %v; want %d", size, err, len(body))
+			}
+			r, size, err := o.Open(ctx, h)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := io.ReadAll(r)
+			r.Close()
+			if err != nil || size != int64(len(body)) || !bytes.Equal(got, body) {
+				t.Fatalf("open: %d bytes of %d (%v), equal %v", len(got), size, err, bytes.Equal(got, body))
+			}
+		})
+	}
+
+	t.Run("complete refused by If-None-Match is success and aborts", func(t *testing.T) {
+		bucket := srv.bucket(t, "complete-twice")
+		o := srv.objects(t, S3Config{Bucket: bucket, PartSize: minPartSize})
+		body, h := randomContent(t, 6<<20)
+		if err := o.Put(ctx, h, bytes.NewReader(body), int64(len(body))); err != nil {
+			t.Fatal(err)
+		}
+		// Past Put's HEAD, as when another writer completed first.
+		if err := o.uploadParts(ctx, h, bytes.NewReader(body), int64(len(body))); err != nil {
+			t.Fatalf("a second complete of the same digest: %v", err)
+		}
+		if ups := srv.uploads(t, bucket); len(ups) != 0 {
+			t.Fatalf("incomplete uploads left: %q", ups)
+		}
+		if keys := srv.keys(t, bucket); len(keys) != 1 {
+			t.Fatalf("objects %q, want one", keys)
+		}
+	})
+
+	t.Run("concurrent puts store one object", func(t *testing.T) {
+		bucket := srv.bucket(t, "concurrent")
+		o := srv.objects(t, S3Config{Bucket: bucket, PartSize: minPartSize})
+		body, h := randomContent(t, 6<<20)
+		var wg sync.WaitGroup
+		errs := make([]error, 4)
+		for i := range errs {
+			wg.Go(func() { errs[i] = o.Put(ctx, h, bytes.NewReader(body), int64(len(body))) })
+		}
+		wg.Wait()
+		for i, err := range errs {
+			if err != nil {
+				t.Errorf("put %d: %v", i, err)
+			}
+		}
+		if keys, ups := srv.keys(t, bucket), srv.uploads(t, bucket); len(keys) != 1 || len(ups) != 0 {
+			t.Fatalf("objects %q (want one), incomplete uploads %q", keys, ups)
+		}
+	})
+
+	t.Run("Range", func(t *testing.T) {
+		bucket := srv.bucket(t, "range")
+		o := srv.objects(t, S3Config{Bucket: bucket})
+		body, h := randomContent(t, 100000)
+		if err := o.Put(ctx, h, bytes.NewReader(body), int64(len(body))); err != nil {
+			t.Fatal(err)
+		}
+		serve := func(rangeHeader string) *httptest.ResponseRecorder {
+			r, _, err := o.Open(ctx, h)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer r.Close()
+			req := httptest.NewRequest(http.MethodGet, "/blob", nil)
+			req.Header.Set("Range", rangeHeader)
+			rec := httptest.NewRecorder()
+			http.ServeContent(rec, req, "", time.Time{}, r)
+			return rec
+		}
+		rec := serve("bytes=1000-1999")
+		if rec.Code != http.StatusPartialContent || !bytes.Equal(rec.Body.Bytes(), body[1000:2000]) ||
+			rec.Header().Get("Content-Range") != "bytes 1000-1999/100000" {
+			t.Fatalf("range: %d %q, %d bytes, right bytes %v", rec.Code, rec.Header().Get("Content-Range"),
+				rec.Body.Len(), bytes.Equal(rec.Body.Bytes(), body[1000:2000]))
+		}
+		rec = serve("bytes=-10")
+		if rec.Code != http.StatusPartialContent || !bytes.Equal(rec.Body.Bytes(), body[len(body)-10:]) {
+			t.Fatalf("suffix range: %d, %d bytes", rec.Code, rec.Body.Len())
+		}
+		rec = serve("bytes=0-9,50000-50009")
+		if rec.Code != http.StatusPartialContent || !strings.HasPrefix(rec.Header().Get("Content-Type"), "multipart/byteranges") ||
+			!bytes.Contains(rec.Body.Bytes(), body[:10]) || !bytes.Contains(rec.Body.Bytes(), body[50000:50010]) {
+			t.Fatalf("multi-range: %d %q", rec.Code, rec.Header().Get("Content-Type"))
+		}
+		rec = serve("bytes=200000-")
+		if rec.Code != http.StatusRequestedRangeNotSatisfiable {
+			t.Fatalf("range past the end: %d", rec.Code)
+		}
+	})
+
+	t.Run("not found, delete, list", func(t *testing.T) {
+		bucket := srv.bucket(t, "list")
+		o := srv.objects(t, S3Config{Bucket: bucket, Prefix: "a"})
+		other := srv.objects(t, S3Config{Bucket: bucket, Prefix: "b"})
+		_, missing := randomContent(t, 1)
+		if _, _, err := o.Open(ctx, missing); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("open of a missing digest: %v, want ErrNotFound", err)
+		}
+		if err := o.Delete(ctx, missing); err != nil {
+			t.Fatalf("delete of a missing digest: %v", err)
+		}
+		var want []string
+		for i := range 3 {
+			body, h := randomContent(t, 10+i)
+			if err := o.Put(ctx, h, bytes.NewReader(body), int64(len(body))); err != nil {
+				t.Fatal(err)
+			}
+			want = append(want, fmt.Sprintf("%s %d", h, len(body)))
+		}
+		// Not a digest: skipped by the walk.
+		if _, err := srv.admin.PutObject(ctx, bucket, "a/blobs/sha256/notes.txt", strings.NewReader("x"), 1, minio.PutObjectOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		slices.Sort(want)
+		list := func(o *S3Objects) []string {
+			var got []string
+			if err := o.List(ctx, func(h v1.Hash, size int64) error {
+				got = append(got, fmt.Sprintf("%s %d", h, size))
+				return nil
+			}); err != nil {
+				t.Fatal(err)
+			}
+			return got
+		}
+		if got := list(o); fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Fatalf("list:\n%q\nwant\n%q", got, want)
+		}
+		if got := list(other); len(got) != 0 {
+			t.Fatalf("another prefix lists %q", got)
+		}
+		stop := errors.New("stop")
+		calls := 0
+		if err := o.List(ctx, func(v1.Hash, int64) error { calls++; return stop }); !errors.Is(err, stop) || calls != 1 {
+			t.Fatalf("list stopped by fn: %v after %d calls", err, calls)
+		}
+		first, _ := v1.NewHash(strings.Fields(want[0])[0])
+		if err := o.Delete(ctx, first); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := o.Stat(ctx, first); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("stat after delete: %v", err)
+		}
+		if got := list(o); fmt.Sprint(got) != fmt.Sprint(want[1:]) {
+			t.Fatalf("list after delete: %q", got)
+		}
+	})
+
+	t.Run("If-None-Match self-test", func(t *testing.T) {
+		bucket := srv.bucket(t, "probe")
+		o := srv.objects(t, S3Config{Bucket: bucket, Prefix: "p"})
+		if err := o.Check(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := o.CheckConditionalWrites(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if keys := srv.keys(t, bucket); len(keys) != 0 {
+			t.Fatalf("probe left behind: %q", keys)
+		}
+	})
+
+	t.Run("missing bucket", func(t *testing.T) {
+		// A HEAD of an object cannot tell (a 404 without a body): Check at start-up can.
+		checkAndPutFail(t, srv.objects(t, S3Config{Bucket: "no-such-bucket"}), ErrBucketMissing)
+	})
+}
+
+// Wrong credentials are refused by name, not taken for a missing object.
+func TestS3ObjectsWrongCredentials(t *testing.T) {
+	srv := startVersity(t)
+	bucket := srv.bucket(t, "creds")
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name, access, secret string
+		// versitygw answers a HEAD with an unknown key 404 and no body, which
+		// reads as a missing object; AWS answers 403. Check, a GET, tells.
+		headTells bool
+	}{
+		{"wrong secret", s3Access, "not-the-secret", true},
+		{"unknown key", "nobody", s3Secret, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			setS3Credentials(t, tc.access, tc.secret)
+			o := srv.objects(t, S3Config{Bucket: bucket})
+			checkAndPutFail(t, o, ErrAccessDenied)
+			_, h := randomContent(t, 1)
+			if _, err := o.Stat(ctx, h); tc.headTells && !errors.Is(err, ErrAccessDenied) {
+				t.Fatalf("stat: %v, want ErrAccessDenied", err)
+			}
+			if strings.Contains(fmt.Sprint(o.Check(ctx)), tc.secret) {
+				t.Fatal("the secret is in the error")
+			}
+		})
+	}
+}
+
+// A store that cannot be reached, or answers 5xx or SlowDown, is unavailable:
+// a transient state, told apart from the configuration mistakes above.
+func TestS3ObjectsUnavailable(t *testing.T) {
+	setS3Credentials(t, s3Access, s3Secret)
+	ctx := context.Background()
+	open := func(t *testing.T, endpoint string) *S3Objects {
+		o, err := NewS3Objects(S3Config{Endpoint: endpoint, Bucket: "bucket", Region: s3Region, Transport: testTransport(t)}, zaptest.NewLogger(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return o
+	}
+	t.Run("refused", func(t *testing.T) {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := l.Addr().String()
+		l.Close()
+		o := open(t, "http://"+addr)
+		if err := o.Check(ctx); !errors.Is(err, ErrStoreUnavailable) {
+			t.Fatalf("check: %v, want ErrStoreUnavailable", err)
+		}
+		if _, err := o.Stat(ctx, v1.Hash{Algorithm: "sha256", Hex: strings.Repeat("a", 64)}); !errors.Is(err, ErrStoreUnavailable) {
+			t.Fatalf("stat: %v, want ErrStoreUnavailable", err)
+		}
+	})
+	for _, tc := range []struct {
+		status int
+		code   string
+	}{{http.StatusServiceUnavailable, "SlowDown"}, {http.StatusInternalServerError, "InternalError"}} {
+		t.Run(tc.code, func(t *testing.T) {
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Content-Type", "application/xml")
+				w.WriteHeader(tc.status)
+				if r.Method != http.MethodHead {
+					fmt.Fprintf(w, `<?xml version="1.0" encoding="UTF-8"?><Error><Code>%s</Code><Message>busy</Message></Error>`, tc.code)
+				}
+			}))
+			defer srv.Close()
+			checkAndPutFail(t, open(t, srv.URL), ErrStoreUnavailable)
+		})
+	}
+}
+
+// A store that lets a second If-None-Match: * write through is reported.
+func TestS3ConditionalWritesIgnored(t *testing.T) {
+	setS3Credentials(t, s3Access, s3Secret)
+	var mu sync.Mutex
+	objects := map[string]bool{}
+	// Answers like S3 but without conditions: every PUT overwrites.
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		defer mu.Unlock()
+		switch r.Method {
+		case http.MethodPut:
+			io.Copy(io.Discard, r.Body)
+			objects[r.URL.Path] = true
+			w.Header().Set("ETag", `"0123"`)
+		case http.MethodDelete:
+			delete(objects, r.URL.Path)
+			w.WriteHeader(http.StatusNoContent)
+		default:
+			w.WriteHeader(http.StatusNotImplemented)
+		}
+	}))
+	defer srv.Close()
+	o, err := NewS3Objects(S3Config{Endpoint: srv.URL, Bucket: "bucket", Region: s3Region, Transport: testTransport(t)}, zaptest.NewLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := o.CheckConditionalWrites(context.Background()); !errors.Is(err, ErrConditionalWritesIgnored) {
+		t.Fatalf("self-test: %v, want ErrConditionalWritesIgnored", err)
+	}
+	if len(objects) != 0 {
+		t.Fatalf("probe left: %v", objects)
+	}
+}
+
+func TestS3Endpoint(t *testing.T) {
+	for _, tc := range []struct {
+		endpoint, host string
+		secure, ok     bool
+	}{
+		{"", "s3.amazonaws.com", true, true},
+		{"http://127.0.0.1:7070", "127.0.0.1:7070", false, true},
+		{"https://s3.example.com/", "s3.example.com", true, true},
+		{"https://key:secret@s3.example.com", "", false, false},
+		{"s3.example.com", "", false, false},
+		{"ftp://s3.example.com", "", false, false},
+		{"https://s3.example.com/bucket", "", false, false},
+	} {
+		host, secure, err := s3Endpoint(tc.endpoint)
+		if (err == nil) != tc.ok || host != tc.host || secure != tc.secure {
+			t.Errorf("%q: %q %v %v", tc.endpoint, host, secure, err)
+		}
+		if err != nil && strings.Contains(err.Error(), "secret") {
+			t.Errorf("%q: the error repeats the credentials: %v", tc.endpoint, err)
+		}
+	}
+	if _, err := NewS3Objects(S3Config{Bucket: "bucket", PartSize: 1 << 20}, zaptest.NewLogger(t)); err == nil {
+		t.Error("a part size under 5 MiB was accepted")
+	}
+	if _, err := NewS3Objects(S3Config{}, zaptest.NewLogger(t)); err == nil {
+		t.Error("no bucket was accepted")
+	}
+}
