@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Installs the container clients that test/clients_test.go drives, from
 # Debian's packages: skopeo, podman, containerd (which ships ctr) and the
-# Docker daemon; and Chromium, which test/status_test.go renders the status
-# page in. Idempotent: it does nothing when every binary is there.
+# Docker daemon; Chromium, which test/status_test.go renders the status
+# page in; and versitygw, the S3 server cache/s3_test.go runs against,
+# built with `go install`. Idempotent: it does nothing when every binary is
+# there.
 #
 #   bash .ci/clients.sh
 #   REGMIRROR_REQUIRE_CLIENTS=1 go test ./test -run TestClients
@@ -13,6 +15,23 @@
 # A fresh install (apt-get update included) takes about 13-19 s on the
 # 2-core CI machine; with everything present, the script returns at once.
 set -euo pipefail
+
+# versitygw has no Debian package: built from source, about 3 minutes on 2
+# cores the first time (the module cache makes a rebuild cheaper). Into
+# /usr/local/bin, so it is on PATH for the tests.
+if ! command -v versitygw >/dev/null 2>&1; then
+	gobin=/usr/local/bin
+	if [ ! -w "$gobin" ]; then
+		gobin=$(go env GOPATH)/bin
+		echo "clients.sh: $gobin/versitygw must be on PATH for cache/s3_test.go" >&2
+	fi
+	echo "clients.sh: building versitygw v1.8.0 into $gobin"
+	start=$SECONDS
+	GOBIN=$gobin go install github.com/versity/versitygw/cmd/versitygw@v1.8.0
+	echo "clients.sh: built versitygw in $((SECONDS - start))s"
+else
+	echo "clients.sh: versitygw is already installed"
+fi
 
 # binary → the Debian package that ships it. docker.io depends on containerd,
 # runc and tini; podman on conmon and containers-common (and crun | runc,
