@@ -305,7 +305,7 @@ func (o *S3Objects) abort(ctx context.Context, key, id string) {
 
 // Open returns the object as a ReadSeeker: each read after a seek is a
 // ranged GET, so http.ServeContent serves Range requests from the bucket.
-// The reader lives on ctx.
+// The reader lives on ctx and holds a goroutine of minio-go's until Close.
 func (o *S3Objects) Open(ctx context.Context, h v1.Hash) (ObjectReader, int64, error) {
 	if err := checkHash(h); err != nil {
 		return nil, 0, err
