@@ -150,6 +150,20 @@ func (s *s3Server) uploads(t *testing.T, bucket string) []string {
 	return ids
 }
 
+// cancelAt cancels a context when a read reaches off.
+type cancelAt struct {
+	io.ReaderAt
+	off    int64
+	cancel context.CancelFunc
+}
+
+func (c cancelAt) ReadAt(p []byte, off int64) (int, error) {
+	if off >= c.off {
+		c.cancel()
+	}
+	return c.ReaderAt.ReadAt(p, off)
+}
+
 // checkAndPutFail asserts that the start-up check and a write both fail with want.
 func checkAndPutFail(t *testing.T, o *S3Objects, want error) {
 	t.Helper()
@@ -234,6 +248,22 @@ func TestS3ObjectsAgainstVersity(t *testing.T) {
 		}
 		if keys := srv.keys(t, bucket); len(keys) != 1 {
 			t.Fatalf("objects %q, want one", keys)
+		}
+	})
+
+	t.Run("a put cancelled midway aborts its upload", func(t *testing.T) {
+		bucket := srv.bucket(t, "cancelled")
+		o := srv.objects(t, S3Config{Bucket: bucket, PartSize: minPartSize})
+		body, h := randomContent(t, 11<<20)
+		ctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		// The client leaves once the first part is up: the second part's read cancels.
+		content := cancelAt{ReaderAt: bytes.NewReader(body), off: minPartSize, cancel: cancel}
+		if err := o.Put(ctx, h, content, int64(len(body))); !errors.Is(err, context.Canceled) {
+			t.Fatalf("put: %v, want context.Canceled", err)
+		}
+		if keys, ups := srv.keys(t, bucket), srv.uploads(t, bucket); len(keys) != 0 || len(ups) != 0 {
+			t.Fatalf("objects %q, incomplete uploads %q", keys, ups)
 		}
 	})
 
