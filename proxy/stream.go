@@ -8,7 +8,6 @@ import (
 	"io"
 	"net/http"
 	"strconv"
-	"time"
 
 	"github.com/regmirror/regmirror/cache"
 )
@@ -36,9 +35,10 @@ func (p *Proxy) streamThrough(w http.ResponseWriter, r *http.Request, up Upstrea
 		h = &handedOver{resp: resp, ctx: ctx, cancel: cancel, release: release}
 	}
 	defer h.end()
-	// Like a download, a body that stops sending fails instead of hanging.
-	idle := time.AfterFunc(p.opt.UpstreamTimeout, func() { h.cancel(errIdle) })
-	defer idle.Stop()
+	// Like a download, a body that stops sending (or trickles) fails
+	// instead of hanging.
+	a := p.newAttempt(h.resp, h.ctx, h.cancel)
+	defer a.idle.Stop()
 
 	size := h.resp.ContentLength
 	setBlobHeaders(w.Header(), rt.digest)
@@ -53,7 +53,7 @@ func (p *Proxy) streamThrough(w http.ResponseWriter, r *http.Request, up Upstrea
 	for {
 		k, err := h.resp.Body.Read(buf)
 		if k > 0 {
-			idle.Reset(p.opt.UpstreamTimeout)
+			a.progress(k)
 			hasher.Write(buf[:k])
 			n += int64(k)
 			if len(held) > 0 {
