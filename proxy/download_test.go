@@ -1,11 +1,14 @@
 package proxy_test
 
 import (
+	"bytes"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -56,5 +59,165 @@ func TestTricklingUpstreamIsCutWhenStreamedThrough(t *testing.T) {
 	}
 	if !idle {
 		t.Errorf("want the request's log line to say upstream stopped sending; logs: %v", e.logs.FilterMessage("request").All())
+	}
+}
+
+// revivable is a listener a test can take down (new connections refused,
+// open ones cut) and bring back on the same address.
+type revivable struct {
+	addr net.Addr
+
+	mu      sync.Mutex
+	l       net.Listener // nil while down
+	conns   []net.Conn
+	revived chan struct{} // closed while up
+	closed  bool
+}
+
+func newRevivable(t *testing.T) *revivable {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	up := make(chan struct{})
+	close(up)
+	return &revivable{addr: l.Addr(), l: l, revived: up}
+}
+
+func (r *revivable) Accept() (net.Conn, error) {
+	for {
+		r.mu.Lock()
+		l, revived, closed := r.l, r.revived, r.closed
+		r.mu.Unlock()
+		if closed {
+			return nil, net.ErrClosed
+		}
+		if l == nil {
+			<-revived
+			continue
+		}
+		c, err := l.Accept()
+		r.mu.Lock()
+		if err != nil {
+			if r.l == l && !r.closed {
+				r.mu.Unlock()
+				return nil, err
+			}
+			r.mu.Unlock()
+			continue // taken down meanwhile
+		}
+		r.conns = append(r.conns, c)
+		r.mu.Unlock()
+		return c, nil
+	}
+}
+
+// kill closes the listener and every connection it accepted.
+func (r *revivable) kill() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.l.Close()
+	r.l = nil
+	r.revived = make(chan struct{})
+	for _, c := range r.conns {
+		c.Close()
+	}
+	r.conns = nil
+}
+
+// revive listens again on the same address.
+func (r *revivable) revive(t *testing.T) {
+	l, err := net.Listen("tcp", r.addr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.mu.Lock()
+	r.l = l
+	close(r.revived)
+	r.mu.Unlock()
+}
+
+func (r *revivable) Close() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return nil
+	}
+	r.closed = true
+	if r.l != nil {
+		return r.l.Close()
+	}
+	close(r.revived)
+	return nil
+}
+
+func (r *revivable) Addr() net.Addr { return r.addr }
+
+// An upstream that dies mid-download and comes back within the resumes'
+// back-off: the download uses its resumes, though the first one, refused,
+// marked the upstream down for new requests, and every client gets the blob.
+func TestDownloadOutlastsAnUpstreamRestart(t *testing.T) {
+	body, h := regtest.RandomBlob(t, 1<<20)
+	g := newGate(h, body) // the first half, then it waits; once open, whole blobs
+	ln := newRevivable(t)
+	e := newEnv(t, withUpstreamListener(ln), withUpstreamFault(g.wrap))
+
+	const clients = 4
+	var firstBytes sync.WaitGroup
+	firstBytes.Add(clients)
+	results := make(chan error, clients)
+	for i := range clients {
+		go func() {
+			results <- func() error {
+				var once sync.Once
+				reached := func() { once.Do(firstBytes.Done) }
+				defer reached()
+				resp, err := http.Get(e.mirror.URL + "/v2/app/blobs/" + h.String())
+				if err != nil {
+					return err
+				}
+				defer resp.Body.Close()
+				first := make([]byte, 64<<10)
+				if _, err := io.ReadFull(resp.Body, first); err != nil {
+					return fmt.Errorf("client %d: %v", i, err)
+				}
+				reached()
+				rest, err := io.ReadAll(resp.Body)
+				if err != nil || resp.StatusCode != http.StatusOK || !bytes.Equal(append(first, rest...), body) {
+					return fmt.Errorf("client %d: status %d, %d bytes, %v", i, resp.StatusCode, len(first)+len(rest), err)
+				}
+				return nil
+			}()
+		}()
+	}
+	firstBytes.Wait() // every client is mid-blob
+	ln.kill()
+	close(g.open)
+	waitLog(t, e, "upstream down: serving from cache until it answers again") // a resume was refused
+	ln.revive(t)
+	for range clients {
+		if err := <-results; err != nil {
+			t.Error(err)
+		}
+	}
+	e.proxy.Close()
+	if !e.store.Has(h) {
+		t.Error("the resumed blob was not stored")
+	}
+	// The second resume went through though the upstream was still marked
+	// down (its probe waits a second).
+	resumed := e.logs.FilterMessage("download resumed").All()
+	if len(resumed) != 1 || resumed[0].ContextMap()["attempt"] != int64(2) {
+		t.Errorf("want one 'download resumed' line, for attempt 2: %v", resumed)
+	}
+}
+
+// waitLog waits until the proxy logged msg.
+func waitLog(t *testing.T, e *env, msg string) {
+	t.Helper()
+	for deadline := time.Now().Add(20 * time.Second); e.logs.FilterMessage(msg).Len() == 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no %q log line", msg)
+		}
 	}
 }

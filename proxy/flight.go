@@ -267,20 +267,33 @@ func (p *Proxy) fill(fl *flight, up Upstream, repo string) error {
 		}
 		rerr = fmt.Errorf("download %s: %w", fl.digest, rerr)
 		written, _, _, _ := fl.state()
-		if resumes == maxResumes || p.ctx.Err() != nil || (fl.size >= 0 && written >= fl.size) {
+		if p.ctx.Err() != nil || (fl.size >= 0 && written >= fl.size) {
 			return rerr
 		}
 		// The connection broke mid-blob: ask for the rest, and carry on
-		// writing (and hashing) where it stopped. Followers see no gap.
-		resumes++
+		// writing (and hashing) where it stopped. Followers see no gap. A
+		// download in progress uses all its resumes, whatever the upstream's
+		// health mark says for new requests.
 		a.end()
-		next, err := p.resume(up, repo, fl.digest, written, fl.size, resumes)
-		if err != nil {
-			return fmt.Errorf("%w; resuming at byte %d: %w", rerr, written, err)
+		for {
+			if resumes == maxResumes {
+				return rerr
+			}
+			resumes++
+			next, err := p.resume(up, repo, fl.digest, written, fl.size, resumes)
+			if err == nil {
+				p.log.Info("download resumed", zap.String(keyUpstream, up.Name()), zap.Stringer(keyDigest, fl.digest),
+					zap.Int64("offset", written), zap.Int("attempt", resumes), zap.NamedError("cause", rerr))
+				a = next
+				break
+			}
+			rerr = fmt.Errorf("%w; resuming at byte %d: %w", rerr, written, err)
+			if p.ctx.Err() != nil {
+				return rerr
+			}
+			p.log.Info("download resume failed", zap.String(keyUpstream, up.Name()), zap.Stringer(keyDigest, fl.digest),
+				zap.Int64("offset", written), zap.Int("attempt", resumes), zap.Error(err))
 		}
-		p.log.Info("download resumed", zap.String(keyUpstream, up.Name()), zap.Stringer(keyDigest, fl.digest),
-			zap.Int64("offset", written), zap.Int("attempt", resumes), zap.NamedError("cause", rerr))
-		a = next
 	}
 	return w.Commit()
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"log"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -75,7 +76,12 @@ type envConfig struct {
 	dataDir    string        // the store's and the history's; a new temp dir if empty
 	probe      time.Duration // the upstreams' probe back-off while down, if set
 	start      time.Time
+	listener   net.Listener
 }
+
+// withUpstreamListener serves the upstream registry on l instead of a fresh
+// listener, so a test can take the upstream down and bring it back.
+func withUpstreamListener(l net.Listener) envOption { return func(c *envConfig) { c.listener = l } }
 
 // withDataDir opens the store (and the history) in dir: a second env on the
 // dir of a stopped one is a restart.
@@ -132,7 +138,12 @@ func newEnv(t *testing.T, opts ...envOption) *env {
 		o(&cfg)
 	}
 	counts := regtest.Count(cfg.wrap(registry.New(registry.Logger(log.New(io.Discard, "", 0)))))
-	up := httptest.NewServer(counts)
+	up := httptest.NewUnstartedServer(counts)
+	if cfg.listener != nil {
+		up.Listener.Close()
+		up.Listener = cfg.listener
+	}
+	up.Start()
 	t.Cleanup(up.Close)
 
 	core, logs := observer.New(zap.DebugLevel)

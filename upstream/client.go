@@ -220,12 +220,14 @@ func (c *Client) Blob(ctx context.Context, method, repo string, h v1.Hash) (*htt
 // that ignores Range.
 // size is the blob's length, or -1: with it the range is closed
 // (bytes=a-b), which every registry takes; some refuse the open form.
+// A download in progress uses its resumes whatever the health mark says for
+// new requests: BlobFrom asks even while the upstream is marked down.
 func (c *Client) BlobFrom(ctx context.Context, repo string, h v1.Hash, offset, size int64) (*http.Response, error) {
 	rng := "bytes=" + strconv.FormatInt(offset, 10) + "-"
 	if size > offset {
 		rng += strconv.FormatInt(size-1, 10)
 	}
-	return c.do(ctx, http.MethodGet, repo, http.Header{"Range": {rng}}, "blobs", h.String())
+	return c.ask(ctx, http.MethodGet, repo, http.Header{"Range": {rng}}, nil, "blobs", h.String())
 }
 
 // Tags asks for repo's tag list, passing n and last through.
@@ -250,6 +252,11 @@ func (c *Client) doQuery(ctx context.Context, method, repo string, h http.Header
 		c.observe(path[0], 0, err)
 		return nil, err
 	}
+	return c.ask(ctx, method, repo, h, q, path...)
+}
+
+// ask sends a request, whatever the health mark says, noting its outcome.
+func (c *Client) ask(ctx context.Context, method, repo string, h http.Header, q url.Values, path ...string) (*http.Response, error) {
 	start := time.Now()
 	resp, err := c.send(ctx, method, repo, h, q, path...)
 	c.observe(path[0], time.Since(start), err)
