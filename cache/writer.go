@@ -2,11 +2,8 @@ package cache
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"hash"
 	"os"
 	"path/filepath"
 	"sync"
@@ -26,8 +23,7 @@ type Writer struct {
 	mediaType string
 
 	f        *os.File
-	hasher   hash.Hash
-	n        int64
+	v        *Verifier // of what is in the file
 	refs     []v1.Hash // what a manifest refers to, for eviction
 	reserved int64     // bytes of the budget promised to this writer
 
@@ -59,22 +55,21 @@ func (s *Store) Create(h v1.Hash, size int64, mediaType string) (*Writer, error)
 		}
 		return nil, fmt.Errorf("create temp file for %s: %w", h, err)
 	}
-	return &Writer{s: s, h: h, size: size, mediaType: mediaType, f: f, hasher: sha256.New(), tmp: f.Name(), reserved: max(size, 0)}, nil
+	return &Writer{s: s, h: h, size: size, mediaType: mediaType, f: f, v: NewVerifier(h, size), tmp: f.Name(), reserved: max(size, 0)}, nil
 }
 
 // Write appends p to the temp file. It fails early once more bytes arrive than
 // were announced. Writes must not be concurrent with each other or with Commit.
 func (w *Writer) Write(p []byte) (int, error) {
-	if w.size >= 0 && w.n+int64(len(p)) > w.size {
-		return 0, fmt.Errorf("blob %s: %w: more than %d bytes", w.h, ErrSizeMismatch, w.size)
+	if err := w.v.fits(len(p)); err != nil {
+		return 0, err
 	}
-	if max := w.s.opt.MaxSize; w.size < 0 && max > 0 && w.n+int64(len(p)) > max {
+	if max := w.s.opt.MaxSize; w.size < 0 && max > 0 && w.v.Written()+int64(len(p)) > max {
 		// Content of unknown size reserved nothing; it may not outgrow the budget.
 		return 0, w.s.refuse(fmt.Errorf("%w: %s grew past the whole budget of %d bytes", ErrNoSpace, w.h, max))
 	}
 	n, err := w.f.Write(p)
-	w.hasher.Write(p[:n])
-	w.n += int64(n)
+	w.v.Write(p[:n]) // fits: checked above
 	if errors.Is(err, syscall.ENOSPC) {
 		return n, fmt.Errorf("write blob %s: %w: %w", w.h, ErrNoSpace, err)
 	}
@@ -87,7 +82,7 @@ func (w *Writer) Write(p []byte) (int, error) {
 // Commit verifies the content and makes it visible. On any failure the temp
 // file is removed and nothing becomes visible.
 func (w *Writer) Commit() error {
-	err := w.verify()
+	err := w.v.Check()
 	if err == nil {
 		err = w.publish()
 	}
@@ -95,23 +90,13 @@ func (w *Writer) Commit() error {
 		w.finish(err)
 		return err
 	}
-	if err := w.s.putRecord(w.h, Info{Size: w.n, MediaType: w.mediaType}, w.refs); err != nil {
+	if err := w.s.putRecord(w.h, Info{Size: w.v.Written(), MediaType: w.mediaType}, w.refs); err != nil {
 		// The file is verified and in place; a lost record is rebuilt from it.
 		w.s.log.Warn("index blob record", zap.Stringer("digest", w.h), zap.Error(err))
 	}
 	w.s.Touch(w.h)
 	if w.s.overHigh() {
 		w.s.kick()
-	}
-	return nil
-}
-
-func (w *Writer) verify() error {
-	if w.size >= 0 && w.n != w.size {
-		return fmt.Errorf("blob %s: %w: got %d bytes, want %d", w.h, ErrSizeMismatch, w.n, w.size)
-	}
-	if got := hex.EncodeToString(w.hasher.Sum(nil)); got != w.h.Hex {
-		return fmt.Errorf("blob %s: %w: content hashes to sha256:%s", w.h, ErrDigestMismatch, got)
 	}
 	return nil
 }
@@ -141,7 +126,7 @@ func (w *Writer) publish() error {
 		s.mu.Unlock()
 		return fmt.Errorf("rename blob %s into place: %w", w.h, err)
 	}
-	s.ledger.committed(w.reserved, w.n, statErr != nil)
+	s.ledger.committed(w.reserved, w.v.Written(), statErr != nil)
 	w.reserved = 0
 	s.mu.Unlock()
 	w.tmp = final
