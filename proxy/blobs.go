@@ -51,49 +51,52 @@ func (p *Proxy) serveBlob(w http.ResponseWriter, r *http.Request, rt route) erro
 			continue
 		}
 		setCache(ctx, coalesced(cacheMiss, !leader))
-		return p.follow(w, r, fl, up, rt)
+		return p.follow(w, r, fl, rt)
 	}
 	return errors.New("blob vanished from the store while being served")
 }
 
 // follow streams a blob to the client as its flight downloads it.
-func (p *Proxy) follow(w http.ResponseWriter, r *http.Request, fl *flight, up Upstream, rt route) error {
+func (p *Proxy) follow(w http.ResponseWriter, r *http.Request, fl *flight, rt route) error {
 	select {
 	case <-fl.ready:
 	case <-r.Context().Done():
 		return r.Context().Err()
 	}
-	if _, ok := fl.started(); !ok {
-		_, _, err, _ := fl.state()
-		if errors.Is(err, errPassThrough) {
-			setCache(r.Context(), cacheStream)
-			return p.streamThrough(w, r, up, rt, fl.claim())
+	size, stored := fl.started()
+	if !stored {
+		if fl.passedThrough() { // it may not have finished yet
+			return p.streamThrough(w, r, fl, rt)
 		}
-		return err // upstream refused before sending anything: the client gets its OCI error
+		return fl.failure() // upstream refused before sending anything: the client gets its OCI error
+	}
+	if size < 0 && r.Header.Get("Range") != "" {
+		// No announced size: Range needs it, so such a client waits for the
+		// whole blob and is served from the store.
+		if err := fl.wait(r.Context(), func(int64) {}); err != nil {
+			if errors.Is(err, errPassThrough) {
+				return p.streamThrough(w, r, fl, rt)
+			}
+			return err
+		}
+		f, err := p.blobs.OpenFile(fl.digest)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		serveContent(w, r, fl.digest, f)
+		return nil
 	}
 	rc := http.NewResponseController(w)
-	rd, err := fl.reader(r.Context(), func() { rc.Flush() })
+	rd, err := p.reader(r.Context(), fl, func() { rc.Flush() })
 	if err != nil {
 		return err
 	}
 	defer rd.Close()
-	if fl.size >= 0 {
+	if size >= 0 {
 		serveContent(w, r, fl.digest, rd)
 	} else {
-		// No announced size: stream without Content-Length. Range needs the
-		// size, so such a client waits for the whole blob and is served from the store.
-		if r.Header.Get("Range") != "" {
-			if _, err := io.Copy(io.Discard, rd); err != nil {
-				return err
-			}
-			f, err := p.blobs.OpenFile(fl.digest)
-			if err != nil {
-				return err
-			}
-			defer f.Close()
-			serveContent(w, r, fl.digest, f)
-			return nil
-		}
+		// No announced size: stream without Content-Length (chunked).
 		setBlobHeaders(w.Header(), fl.digest)
 		w.WriteHeader(http.StatusOK)
 		io.Copy(w, rd)

@@ -180,13 +180,13 @@ func (p *Proxy) warmBlob(ctx context.Context, up Upstream, rt route, h v1.Hash, 
 // wait blocks until the flight ends, telling onWrite how much it has written.
 func (fl *flight) wait(ctx context.Context, onWrite func(int64)) error {
 	for {
-		written, done, err, next := fl.state()
-		onWrite(written)
-		if done {
-			return err
+		pr := fl.progress()
+		onWrite(pr.written)
+		if pr.done {
+			return pr.err
 		}
 		select {
-		case <-next:
+		case <-pr.changed:
 		case <-ctx.Done():
 			return ctx.Err()
 		}
