@@ -70,8 +70,9 @@ func (w *Writer) Write(p []byte) (int, error) {
 	}
 	n, err := w.f.Write(p)
 	w.v.Write(p[:n]) // fits: checked above
-	if errors.Is(err, syscall.ENOSPC) {
-		return n, fmt.Errorf("write blob %s: %w: %w", w.h, ErrNoSpace, err)
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+		// The caller streams the rest without storing it: counted as streamed.
+		return n, w.s.refuse(fmt.Errorf("write blob %s: %w: %w", w.h, ErrNoSpace, err))
 	}
 	if err != nil {
 		return n, fmt.Errorf("write blob %s: %w", w.h, err)
@@ -100,6 +101,11 @@ func (w *Writer) Commit() error {
 	}
 	return nil
 }
+
+// Verifier returns a copy of the writer's verifier, as it stands after the
+// bytes written so far: what is in the temp file need not be hashed again
+// by whoever carries on with the rest of the content.
+func (w *Writer) Verifier() *Verifier { return w.v.Clone() }
 
 // publish fsyncs the temp file, renames it to its digest's path and fsyncs the
 // directory, so a crash leaves either no file or the whole verified one.

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -9,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -39,7 +41,7 @@ func (p *Proxy) download(fl *flight) {
 	if errors.Is(err, errPassThrough) {
 		// Nobody claimed the response in time: the requesters left.
 		time.AfterFunc(p.opt.UpstreamTimeout, func() {
-			if h := fl.claim(); h != nil {
+			if h := fl.claim(written); h != nil {
 				h.end()
 			}
 		})
@@ -85,6 +87,7 @@ func (p *Proxy) slot(ctx context.Context, h v1.Hash) (release func(), err error)
 // reader to stream straight through, with the download slot it holds.
 type handedOver struct {
 	*attempt
+	at      int64  // the blob's offset of its next byte
 	release func() // gives back the download slot
 }
 
@@ -94,10 +97,18 @@ func (h *handedOver) end() {
 	h.release()
 }
 
+// unstorable reports whether a write into the temp file failed because the
+// disk cannot take the blob (full, over quota, or failing): the content from
+// upstream is good, so it is streamed instead.
+func unstorable(err error) bool {
+	return errors.Is(err, cache.ErrNoSpace) || errors.Is(err, syscall.ENOSPC) ||
+		errors.Is(err, syscall.EDQUOT) || errors.Is(err, syscall.EIO)
+}
+
 // fill downloads the blob into a store writer, publishing progress as it
 // goes. The content is committed only if it hashes to the digest. When the
-// store cannot keep it, fill hands the upstream response over to the
-// flight's readers and returns errPassThrough.
+// store cannot keep it, before or while it is written, fill hands the
+// upstream response over to the flight's readers and returns errPassThrough.
 func (p *Proxy) fill(fl *flight) error {
 	release, err := p.slot(p.ctx, fl.digest)
 	if err != nil {
@@ -123,7 +134,7 @@ func (p *Proxy) fill(fl *flight) error {
 	if errors.Is(err, cache.ErrNoSpace) {
 		p.log.Warn("cannot store blob; streaming it through", zap.String(keyUpstream, fl.up.Name()),
 			zap.Stringer(keyDigest, fl.digest), zap.Int64("size", size), zap.Error(err))
-		fl.passThrough(size, &handedOver{attempt: a, release: release})
+		fl.passThrough(size, &handedOver{attempt: a, release: release}, cache.NewVerifier(fl.digest, size))
 		handed = true
 		return errPassThrough
 	}
@@ -143,10 +154,22 @@ func (p *Proxy) fill(fl *flight) error {
 	for resumes := 0; ; {
 		n, rerr := a.Read(buf)
 		if n > 0 {
-			if _, werr := w.Write(buf[:n]); werr != nil {
+			k, werr := w.Write(buf[:n])
+			fl.advance(k) // what a failed write did write is in the file and its hash
+			if werr != nil && unstorable(werr) {
+				// The disk filled: what the readers have read is in the
+				// temp file, and the rest comes on from upstream.
+				written := fl.progress().written
+				p.log.Warn("cannot store blob; streaming it through", zap.String(keyUpstream, fl.up.Name()),
+					zap.Stringer(keyDigest, fl.digest), zap.Int64("size", size), zap.Int64(keyBytes, written), zap.Error(werr))
+				a.unread(buf[k:n])
+				fl.passThrough(size, &handedOver{attempt: a, at: written, release: release}, w.Verifier())
+				handed = true
+				return fmt.Errorf("%w: %w", errPassThrough, werr)
+			}
+			if werr != nil {
 				return werr
 			}
-			fl.advance(n)
 		}
 		if rerr == io.EOF {
 			break
@@ -201,7 +224,8 @@ var errIdle = errors.New("upstream stopped sending")
 // without ending the download.
 type attempt struct {
 	body    io.ReadCloser
-	size    int64 // the blob's, as the response announced it; -1 when unknown
+	size    int64  // the blob's, as the response announced it; -1 when unknown
+	pending []byte // read from body but not used yet: read again first
 	ctx     context.Context
 	cancel  context.CancelCauseFunc
 	idle    *time.Timer // a body that sends nothing for UpstreamTimeout is cut
@@ -218,6 +242,11 @@ func (p *Proxy) newAttempt(resp *http.Response, ctx context.Context, cancel cont
 // upstream that trickles a byte every few seconds is as stuck as a silent
 // one. A body cut by its context says why (errIdle).
 func (a *attempt) Read(p []byte) (int, error) {
+	if len(a.pending) > 0 {
+		n := copy(p, a.pending)
+		a.pending = a.pending[n:]
+		return n, nil
+	}
 	n, err := a.body.Read(p)
 	if a.since += n; a.since >= minProgress {
 		a.idle.Reset(a.timeout)
@@ -230,6 +259,9 @@ func (a *attempt) Read(p []byte) (int, error) {
 	}
 	return n, err
 }
+
+// unread puts b back in front of what is still to be read.
+func (a *attempt) unread(b []byte) { a.pending = bytes.Clone(b) }
 
 // skip reads and drops the first n bytes of the body, as progress: a
 // registry that ignores Range resends what was written, and skipping a

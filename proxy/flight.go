@@ -28,14 +28,17 @@ type flight struct {
 	done    bool
 	err     error         // why the flight failed; nil while running and after success
 	changed chan struct{} // closed and replaced whenever written or done changes
-	// Once the store could not keep the blob (errPassThrough), readers
-	// stream it from upstream.
-	handed *handedOver // the flight's own upstream response, for the first reader
-	passed bool
+	// Once the store could not keep the blob (errPassThrough), readers carry
+	// on from upstream: from streamAt, where the temp file ends, checked by
+	// streamHash, which has seen the file's content.
+	handed     *handedOver // the flight's own upstream response, at streamAt, for the first reader there
+	streamAt   int64
+	streamHash *cache.Verifier
 }
 
 // errPassThrough fails a flight whose blob the store cannot keep (larger
-// than the budget, or no room): each requester streams it from upstream.
+// than the budget, no room, or the disk filled while it was written): each
+// requester streams the rest from upstream.
 var errPassThrough = errors.New("blob streamed through without being stored")
 
 func newFlight(h v1.Hash, up Upstream, repo string) *flight {
@@ -84,11 +87,13 @@ func (fl *flight) finish(err error) {
 	fl.readyOnce.Do(func() { close(fl.ready) })
 }
 
-// passThrough leaves the blob to be streamed from upstream; h is the
-// flight's upstream response. The flight then finishes with errPassThrough.
-func (fl *flight) passThrough(size int64, h *handedOver) {
+// passThrough leaves the blob to be streamed from upstream after the first
+// fl.written bytes (those in the temp file, if any), which v has checked; h is
+// the flight's upstream response, positioned there. The flight then
+// finishes with errPassThrough.
+func (fl *flight) passThrough(size int64, h *handedOver, v *cache.Verifier) {
 	fl.mu.Lock()
-	fl.handed, fl.passed = h, true
+	fl.handed, fl.streamAt, fl.streamHash = h, fl.written, v
 	fl.mu.Unlock()
 	fl.readyOnce.Do(func() { // without a writer: the store refused the blob at once
 		fl.size = size
@@ -101,15 +106,27 @@ func (fl *flight) passThrough(size int64, h *handedOver) {
 func (fl *flight) passedThrough() bool {
 	fl.mu.Lock()
 	defer fl.mu.Unlock()
-	return fl.passed
+	return fl.streamHash != nil
 }
 
-// claim takes the flight's handed-over response, once; later callers get
-// nil and ask upstream themselves.
-func (fl *flight) claim() *handedOver {
+// resumeStream says where a reader that has the temp file carries on from
+// upstream once the flight passed the blob through, and the check of the
+// bytes before it.
+func (fl *flight) resumeStream() (at int64, v *cache.Verifier) {
+	fl.mu.Lock()
+	defer fl.mu.Unlock()
+	return fl.streamAt, fl.streamHash.Clone()
+}
+
+// claim takes the flight's handed-over response if it starts at offset,
+// once; later callers get nil and ask upstream themselves.
+func (fl *flight) claim(offset int64) *handedOver {
 	fl.mu.Lock()
 	defer fl.mu.Unlock()
 	h := fl.handed
+	if h == nil || h.at != offset {
+		return nil
+	}
 	fl.handed = nil
 	return h
 }

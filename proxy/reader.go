@@ -16,9 +16,9 @@ import (
 // io.ReadSeeker over the announced size, so http.ServeContent serves Range
 // requests on a blob in flight as it does on a file.
 //
-// Without a temp file (the store could not keep the blob: errPassThrough),
-// it streams the blob from upstream, checking it against the digest as it
-// goes.
+// When the store gives up on the blob (errPassThrough), the reader carries
+// on from upstream where the temp file ends (or from the start, without a
+// temp file), checking the rest against the digest as it goes.
 type flightReader struct {
 	p     *Proxy
 	fl    *flight
@@ -33,17 +33,17 @@ type flightReader struct {
 }
 
 // reader opens the flight's temp file for a requester. When the flight has
-// no temp file, the reader streams the blob from upstream.
+// no temp file (any more), the reader streams the blob from upstream.
 func (p *Proxy) reader(ctx context.Context, fl *flight, flush func()) (*flightReader, error) {
 	r := &flightReader{p: p, fl: fl, size: fl.size, ctx: ctx, flush: flush}
 	if _, stored := fl.started(); !stored {
 		return r, nil
 	}
 	f, err := fl.w.OpenReader()
-	if err != nil {
+	if err != nil && !fl.passedThrough() {
 		return nil, err
 	}
-	r.f = f
+	r.f = f // nil if the flight gave up and removed the file meanwhile
 	return r, nil
 }
 
@@ -61,6 +61,14 @@ func (r *flightReader) available() (int64, error) {
 	}
 	for {
 		pr := r.fl.progress()
+		if errors.Is(pr.err, errPassThrough) {
+			// The file holds the bytes before the stream, which verifies
+			// them with the rest: none of them is the last.
+			if r.off < pr.written {
+				return pr.written - r.off, nil
+			}
+			return 0, errFromUpstream
+		}
 		if pr.err != nil {
 			r.err = pr.err
 			return 0, pr.err
@@ -220,16 +228,20 @@ func (r *flightReader) streamFailed(err error) error {
 	return r.err
 }
 
-// openStream starts the reader's stream: with the flight's handed-over
-// response if it is still unclaimed, else with a request of its own, which
-// takes a download slot like any other.
+// openStream starts the reader's stream where the temp file ends (from the
+// start without one): with the flight's handed-over response if it is
+// there and still unclaimed, else with a request of its own, which takes a
+// download slot like any other.
 func (r *flightReader) openStream() error {
 	if r.stream != nil {
 		r.stream.h.end()
 		r.stream = nil
 	}
 	from, v := int64(0), cache.NewVerifier(r.fl.digest, r.size)
-	h := r.fl.claim()
+	if r.f != nil {
+		from, v = r.fl.resumeStream()
+	}
+	h := r.fl.claim(from)
 	if h == nil {
 		release, err := r.p.slot(r.ctx, r.fl.digest)
 		if err != nil {
@@ -240,7 +252,7 @@ func (r *flightReader) openStream() error {
 			release()
 			return err
 		}
-		h = &handedOver{attempt: a, release: release}
+		h = &handedOver{attempt: a, at: from, release: release}
 	}
 	r.stream = &blobStream{h: h, off: from, r: &holdLast{r: &verifying{r: h, v: v}}}
 	return nil

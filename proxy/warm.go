@@ -167,7 +167,7 @@ func (p *Proxy) warmBlob(ctx context.Context, up Upstream, rt route, h v1.Hash, 
 		}
 		err := fl.wait(ctx, onWrite)
 		if errors.Is(err, errPassThrough) {
-			if h := fl.claim(); h != nil {
+			if h := fl.claim(fl.progress().written); h != nil {
 				h.end()
 			}
 			return fmt.Errorf("no room in the cache for it (REGMIRROR_MAX_SIZE, REGMIRROR_MIN_FREE)")
