@@ -70,9 +70,11 @@ func (p *Proxy) follow(w http.ResponseWriter, r *http.Request, fl *flight, rt ro
 		}
 		return fl.failure() // upstream refused before sending anything: the client gets its OCI error
 	}
-	if size < 0 && r.Header.Get("Range") != "" {
-		// No announced size: Range needs it, so such a client waits for the
-		// whole blob and is served from the store.
+	if size < 0 && (r.Header.Get("Range") != "" || !r.ProtoAtLeast(1, 1)) {
+		// No announced size. Range needs it, and so does an HTTP/1.0
+		// client, which has no chunked encoding: the end of the connection
+		// would end the body, so a cut one would look whole. Such a client
+		// waits for the whole blob and is served from the store.
 		if err := fl.wait(r.Context(), func(int64) {}); err != nil {
 			if errors.Is(err, errPassThrough) {
 				return p.streamThrough(w, r, fl, rt)

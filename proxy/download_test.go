@@ -1,11 +1,13 @@
 package proxy_test
 
 import (
+	"bufio"
 	"bytes"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -219,5 +221,89 @@ func waitLog(t *testing.T, e *env, msg string) {
 		if time.Now().After(deadline) {
 			t.Fatalf("no %q log line", msg)
 		}
+	}
+}
+
+// get10 sends a GET as an HTTP/1.0 client and reads the answer to the end
+// of the connection.
+func get10(t *testing.T, e *env, path string) (*http.Response, []byte, error) {
+	t.Helper()
+	conn, err := net.Dial("tcp", host(e.mirror))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprintf(conn, "GET %s HTTP/1.0\r\nHost: %s\r\n\r\n", path, host(e.mirror))
+	req, _ := http.NewRequest(http.MethodGet, e.mirror.URL+path, nil)
+	resp, err := http.ReadResponse(bufio.NewReader(conn), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(resp.Body)
+	return resp, got, err
+}
+
+// An HTTP/1.0 client has no chunked encoding: without a Content-Length, the
+// end of the connection is the end of the body, and an aborted body looks
+// whole. So it always gets a Content-Length, and never all of a wrong blob.
+func TestHTTP10ClientNeverGetsAWrongBlobThatLooksComplete(t *testing.T) {
+	body, h := regtest.RandomBlob(t, 256<<10)
+	bad := bytes.Clone(body)
+	bad[len(bad)-1] ^= 0xff
+	for _, tt := range []struct {
+		name   string
+		budget int64
+		sent   []byte
+	}{
+		{"stored", 0, body},
+		{"stored, wrong bytes", 0, bad},
+		{"streamed through", 64 << 10, body},
+		{"streamed through, wrong bytes", 64 << 10, bad},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newEnv(t, withBudget(tt.budget), withUpstreamFault(corrupt(h, func(w http.ResponseWriter) {
+				w.Write(tt.sent) // chunked: no length announced
+			})))
+			e.pushBlob("app", body) // upstream's HEAD knows the size
+			resp, got, err := get10(t, e, "/v2/app/blobs/"+h.String())
+			if resp.StatusCode == http.StatusOK && resp.ContentLength < 0 {
+				t.Fatalf("a 200 without Content-Length to an HTTP/1.0 client (%d bytes, %v)", len(got), err)
+			}
+			if bytes.Equal(tt.sent, body) {
+				if resp.StatusCode != http.StatusOK || err != nil || !bytes.Equal(got, body) {
+					t.Fatalf("status %d, %d bytes, %v; want 200 and the blob", resp.StatusCode, len(got), err)
+				}
+				return
+			}
+			if resp.StatusCode == http.StatusOK && err == nil && int64(len(got)) == resp.ContentLength {
+				t.Fatalf("a complete-looking 200 of %d wrong bytes", len(got))
+			}
+		})
+	}
+}
+
+// A blob the mirror does not store, of a size upstream says neither in its
+// GET nor in its HEAD, cannot go to an HTTP/1.0 client safely: it is refused.
+func TestHTTP10ClientIsRefusedABlobOfUnknownSize(t *testing.T) {
+	body, h := regtest.RandomBlob(t, 256<<10)
+	noLength := func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if filepath.Base(r.URL.Path) != h.String() {
+				next.ServeHTTP(w, r)
+				return
+			}
+			w.WriteHeader(http.StatusOK)
+			if r.Method == http.MethodGet {
+				w.Write(body) // chunked
+			}
+		})
+	}
+	e := newEnv(t, withBudget(64<<10), withUpstreamFault(noLength))
+	resp, got, err := get10(t, e, "/v2/app/blobs/"+h.String())
+	if err != nil || resp.StatusCode != http.StatusHTTPVersionNotSupported {
+		t.Fatalf("status %d, %v; want %d", resp.StatusCode, err, http.StatusHTTPVersionNotSupported)
+	}
+	if code := regtest.OCICode(t, resp, got); code != "UNSUPPORTED" {
+		t.Errorf("code %s, want UNSUPPORTED", code)
 	}
 }
