@@ -283,3 +283,20 @@ func (e *env) waitFor(what string, match func(rec map[string]any) bool) map[stri
 	}
 	return rec
 }
+
+// getCut GETs path from a mirror whose upstream misbehaves (why says how)
+// and fails the test if the client got a complete 200: the body must be cut
+// or refused. It returns what arrived.
+func (e *env) getCut(path, why string) []byte {
+	e.t.Helper()
+	resp, err := http.Get(e.mirror.URL + path)
+	if err != nil {
+		return nil
+	}
+	defer resp.Body.Close()
+	got, err := io.ReadAll(resp.Body)
+	if err == nil && resp.StatusCode == http.StatusOK {
+		e.t.Fatalf("client got a complete 200 (%d bytes) %s", len(got), why)
+	}
+	return got
+}
