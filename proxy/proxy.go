@@ -227,6 +227,12 @@ type handlerFunc func(w http.ResponseWriter, r *http.Request) error
 
 // serve routes a request and writes any error it returns as an OCI error.
 func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) error {
+	isAPI := strings.HasPrefix(r.URL.Path, "/v2")
+	if isAPI {
+		// On every /v2 answer, refusals included: before the method check (its
+		// 405) and the credentials check (Docker looks for it on its ping's 401).
+		w.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
+	}
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		return errUnsupported()
 	}
@@ -240,11 +246,6 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) error {
 			p.opt.MetricsHandler.ServeHTTP(w, r)
 			return nil
 		}
-	}
-	isAPI := strings.HasPrefix(r.URL.Path, "/v2")
-	if isAPI {
-		// Before the credentials check: Docker looks for it on the 401 of its ping.
-		w.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
 	}
 	if p.opt.Auth != nil {
 		user, err := p.opt.Auth.authenticate(w, r)

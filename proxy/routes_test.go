@@ -40,6 +40,9 @@ func TestWriteMethodsAreUnsupported(t *testing.T) {
 			if code := regtest.OCICode(t, resp, body); code != "UNSUPPORTED" {
 				t.Errorf("%s %s: code = %s, want UNSUPPORTED", method, path, code)
 			}
+			if v := resp.Header.Get("Docker-Distribution-API-Version"); v != "registry/2.0" {
+				t.Errorf("%s %s: Docker-Distribution-API-Version = %q, want registry/2.0", method, path, v)
+			}
 		}
 	}
 	if n := e.counts.Total(); n != 0 {
