@@ -5,7 +5,6 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"strconv"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -116,7 +115,7 @@ func (p *Proxy) headBlob(w http.ResponseWriter, r *http.Request, up Upstream, rt
 	if fl := p.flight(rt.digest); fl != nil {
 		if size, ok := fl.started(); ok && size >= 0 {
 			setCache(r.Context(), cacheCoalesced)
-			writeBlobHead(w, rt.digest, size)
+			writeBlobHead(w, r, rt.digest, size)
 			return nil
 		}
 	}
@@ -126,17 +125,40 @@ func (p *Proxy) headBlob(w http.ResponseWriter, r *http.Request, up Upstream, rt
 		return err
 	}
 	resp.Body.Close()
-	writeBlobHead(w, rt.digest, resp.ContentLength)
+	writeBlobHead(w, r, rt.digest, resp.ContentLength)
 	return nil
 }
 
-func writeBlobHead(w http.ResponseWriter, h v1.Hash, size int64) {
-	setBlobHeaders(w.Header(), h)
+// writeBlobHead answers a HEAD for a blob of a known size without its
+// content, through the same http.ServeContent as a cached blob: conditional
+// and Range headers get the same answer (304, 206 with Content-Range, 416)
+// whatever the cache holds.
+func writeBlobHead(w http.ResponseWriter, r *http.Request, h v1.Hash, size int64) {
 	if size >= 0 {
-		w.Header().Set("Content-Length", strconv.FormatInt(size, 10))
+		serveContent(w, r, h, sizeOnly{size: size})
+		return
 	}
+	setBlobHeaders(w.Header(), h)
 	w.Header().Set("Accept-Ranges", "bytes")
 	w.WriteHeader(http.StatusOK)
+}
+
+// sizeOnly is content of a known size with no bytes to give: ServeContent
+// seeks it to learn its size and ranges, and reads nothing for a HEAD.
+type sizeOnly struct{ size int64 }
+
+var errNoContent = errors.New("HEAD: no content to read")
+
+func (s sizeOnly) Read([]byte) (int, error) { return 0, errNoContent }
+
+func (s sizeOnly) Seek(offset int64, whence int) (int64, error) {
+	switch whence {
+	case io.SeekStart:
+		return offset, nil
+	case io.SeekEnd:
+		return s.size + offset, nil
+	}
+	return 0, errNoContent // ServeContent seeks only from the start or the end
 }
 
 func setBlobHeaders(h http.Header, d v1.Hash) {

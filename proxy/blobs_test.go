@@ -506,3 +506,48 @@ func TestClientLeavingAFollowedDownloadIsLoggedAborted(t *testing.T) {
 		t.Fatalf("the download stopped with its only client: %v", end)
 	}
 }
+
+// TestHeadOfBlobAnswersTheSameColdAndWarm: a HEAD with conditional or Range
+// headers gets the answer a cached blob gets (RFC 9110 asks 304 of a HEAD
+// too), before the blob is cached and after.
+func TestHeadOfBlobAnswersTheSameColdAndWarm(t *testing.T) {
+	e := newEnv(t)
+	body, h := regtest.RandomBlob(t, 1000)
+	e.pushBlob("library/app", body)
+	path, etag := "/v2/app/blobs/"+h.String(), `"`+h.String()+`"`
+	tests := []struct {
+		name         string
+		header       http.Header
+		status       int
+		contentRange string
+	}{
+		{"plain", nil, 200, ""},
+		{"If-None-Match", http.Header{"If-None-Match": {etag}}, 304, ""},
+		{"If-None-Match, another", http.Header{"If-None-Match": {`"sha256:0"`}}, 200, ""},
+		{"If-Match, another", http.Header{"If-Match": {`"sha256:0"`}}, 412, ""},
+		{"first byte", http.Header{"Range": {"bytes=0-0"}}, 206, "bytes 0-0/1000"},
+		{"last bytes", http.Header{"Range": {"bytes=-10"}}, 206, "bytes 990-999/1000"},
+		{"past the end", http.Header{"Range": {"bytes=1000-"}}, 416, "bytes */1000"},
+		{"If-Range, another", http.Header{"Range": {"bytes=0-0"}, "If-Range": {`"sha256:0"`}}, 200, ""},
+	}
+	check := func(state string) {
+		for _, tt := range tests {
+			resp, _ := e.do(http.MethodHead, path, tt.header)
+			if resp.StatusCode != tt.status || resp.Header.Get("Content-Range") != tt.contentRange {
+				t.Errorf("%s HEAD, %s: status %d, Content-Range %q; want %d, %q", state, tt.name,
+					resp.StatusCode, resp.Header.Get("Content-Range"), tt.status, tt.contentRange)
+			}
+			if tt.status == 206 && resp.ContentLength != 1 && resp.ContentLength != 10 {
+				t.Errorf("%s HEAD, %s: Content-Length %d", state, tt.name, resp.ContentLength)
+			}
+		}
+	}
+	check("cold")
+	if e.store.Has(h) {
+		t.Fatal("a HEAD cached the blob")
+	}
+	if resp, _ := e.do(http.MethodGet, path, nil); resp.StatusCode != 200 {
+		t.Fatalf("GET: %d", resp.StatusCode)
+	}
+	check("warm")
+}
