@@ -1,6 +1,8 @@
 package proxy
 
 import (
+	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -28,41 +30,88 @@ type TagIndex interface {
 // maxTagList caps a tag list relayed from upstream.
 const maxTagList = 16 << 20
 
-// serveTags relays an upstream tag list, with n and last passed through.
-// When upstream cannot answer, the tags this mirror has answers for are
-// listed instead, with a Warning saying so.
+// serveTags lists a repository's tags from its upstream, paged here: at
+// most n tags in lexical order after last, with a Link to the next page,
+// whatever paging the upstream does or does not do. When upstream cannot
+// answer, the tags this mirror has answers for are listed instead, with a
+// Warning saying so.
 func (p *Proxy) serveTags(w http.ResponseWriter, r *http.Request, rt route) error {
 	n, last, err := pageParams(r)
 	if err != nil {
 		return err
 	}
 	setCache(r.Context(), cachePass)
-	resp, err := p.ups[rt.registry].Tags(r.Context(), rt.repo, r.URL.Query().Get("n"), last)
+	tags, err := p.upstreamTags(r.Context(), p.ups[rt.registry], rt.repo, last)
 	if err != nil {
 		if !upstream.Unavailable(err) {
 			return err
 		}
-		tags, lerr := p.tags.Tags(rt.registry, rt.repo)
-		if lerr != nil || len(tags) == 0 {
+		known, lerr := p.tags.Tags(rt.registry, rt.repo)
+		if lerr != nil || len(known) == 0 {
 			return err
 		}
+		tags = known
 		setCache(r.Context(), cacheStale)
 		w.Header().Set("Warning", fmt.Sprintf(`299 - "upstream %s unreachable: tags known to this mirror's cache"`, rt.registry))
-		tags, more := page(tags, n, last)
-		return writeList(w, r, map[string]any{"name": rt.repo, "tags": tags}, more, n, tags)
 	}
-	defer resp.Body.Close()
-	h := w.Header()
-	h.Set("Content-Type", "application/json")
-	if link := resp.Header.Get("Link"); link != "" {
-		h.Set("Link", rewriteLink(link, rt))
+	tags, more := page(tags, n, last)
+	if tags == nil {
+		tags = []string{} // "tags": [], not null
 	}
-	if resp.ContentLength >= 0 && resp.ContentLength <= maxTagList {
-		h.Set("Content-Length", strconv.FormatInt(resp.ContentLength, 10))
+	return writeList(w, r, map[string]any{"name": rt.repo, "tags": tags}, more, n, tags)
+}
+
+// maxTagPages bounds the upstream pages read for one tag list.
+const maxTagPages = 1000
+
+// upstreamTags returns the repository's tags after last, sorted, with no
+// repeats: every page the upstream links to, read in turn, up to maxTagList
+// bytes in all. Asking with last spares a paging upstream the tags before
+// it; one that ignores last sends them, and page drops them.
+func (p *Proxy) upstreamTags(ctx context.Context, up Upstream, repo, last string) ([]string, error) {
+	var tags []string
+	budget := int64(maxTagList)
+	for range maxTagPages {
+		resp, err := up.Tags(ctx, repo, "", last)
+		if err != nil {
+			return nil, err
+		}
+		var list struct {
+			Tags []string `json:"tags"`
+		}
+		lr := &io.LimitedReader{R: resp.Body, N: budget + 1}
+		err = json.NewDecoder(lr).Decode(&list)
+		resp.Body.Close()
+		if budget = lr.N - 1; budget < 0 {
+			return nil, fmt.Errorf("tag list of %s: %w: larger than %d bytes", repo, errUpstreamInvalid, maxTagList)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("tag list of %s: %w: %v", repo, errUpstreamInvalid, err)
+		}
+		tags = append(tags, list.Tags...)
+		next, ok := nextLast(resp.Header.Get("Link"))
+		if !ok || next <= last {
+			break // no next page, or one that does not move on
+		}
+		last = next
 	}
-	w.WriteHeader(http.StatusOK)
-	_, err = io.Copy(w, io.LimitReader(resp.Body, maxTagList))
-	return err
+	slices.Sort(tags)
+	return slices.Compact(tags), nil
+}
+
+// nextLast is the last parameter of a next-page Link header, as
+// distribution and Docker Hub write it.
+func nextLast(link string) (string, bool) {
+	start, end := strings.Index(link, "<"), strings.Index(link, ">")
+	if start < 0 || end < start || !strings.Contains(link[end:], "next") {
+		return "", false
+	}
+	u, err := url.Parse(link[start+1 : end])
+	if err != nil {
+		return "", false
+	}
+	last := u.Query().Get("last")
+	return last, last != ""
 }
 
 // serveCatalog lists the repositories this mirror has answers for: what an
@@ -99,6 +148,11 @@ const (
 func pageParams(r *http.Request) (n int, last string, err error) {
 	q := r.URL.Query()
 	n = defaultPage
+	if r.URL.Path != "/v2/_catalog" {
+		// A tag list asked for without n is whole, as distribution gives it:
+		// clients that do not follow Link still see every tag.
+		n = maxPage
+	}
 	if s := q.Get("n"); s != "" {
 		if n, err = strconv.Atoi(s); err != nil || n < 0 {
 			return 0, "", &ociError{status: http.StatusBadRequest, code: "PAGINATION_NUMBER_INVALID", message: fmt.Sprintf("invalid n %q", s)}
@@ -142,29 +196,4 @@ func writeList(w http.ResponseWriter, r *http.Request, body map[string]any, more
 		w.Header().Set("Link", fmt.Sprintf(`<%s?%s>; rel="next"`, r.URL.Path, q.Encode()))
 	}
 	return writeJSON(w, r, http.StatusOK, body)
-}
-
-// rewriteLink keeps a client on the same registry when it follows the
-// upstream's next-page link: the upstream's path is relative to itself, so a
-// client that named the registry by ?ns= or by a path prefix gets it back.
-func rewriteLink(link string, rt route) string {
-	start, end := strings.Index(link, "<"), strings.Index(link, ">")
-	if start < 0 || end < start {
-		return link
-	}
-	u, err := url.Parse(link[start+1 : end])
-	if err != nil || u.Host != "" {
-		return link // absolute links go elsewhere; leave them alone
-	}
-	switch rt.via {
-	case viaNS:
-		q := u.Query()
-		q.Set("ns", rt.registry)
-		u.RawQuery = q.Encode()
-	case viaPrefix:
-		if rest, ok := strings.CutPrefix(u.Path, "/v2/"); ok {
-			u.Path = "/v2/" + rt.registry + "/" + rest
-		}
-	}
-	return link[:start+1] + u.String() + link[end:]
 }

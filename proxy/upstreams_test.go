@@ -1,7 +1,11 @@
 package proxy_test
 
 import (
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 
@@ -145,5 +149,87 @@ func TestRateLimitedUpstreamPassesRetryAfter(t *testing.T) {
 	}
 	if got := resp.Header.Get("Retry-After"); got != "60" {
 		t.Errorf("Retry-After = %q, want 60", got)
+	}
+}
+
+// tagPager answers tags/list itself with tags, as upstreams that page their
+// own way do: per lists the tags it sends per page after last (0: all,
+// ignoring last, as distribution 2.8 does behind some proxies), with a Link
+// to the next page when more follow. The order is the slice's.
+func tagPager(tags []string, per int) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if !strings.HasSuffix(r.URL.Path, "/tags/list") {
+				next.ServeHTTP(w, r)
+				return
+			}
+			out := tags
+			if per > 0 {
+				start := 0
+				if last := r.URL.Query().Get("last"); last != "" {
+					start = slices.Index(tags, last) + 1
+				}
+				out = tags[start:min(start+per, len(tags))]
+				if start+per < len(tags) {
+					w.Header().Set("Link", fmt.Sprintf(`<%s?last=%s&n=%d>; rel="next"`, r.URL.Path, out[len(out)-1], per))
+				}
+			}
+			w.Header().Set("Content-Type", "application/json")
+			json.NewEncoder(w).Encode(map[string]any{"name": "library/app", "tags": out})
+		})
+	}
+}
+
+func TestTagListIsPagedHereWhateverTheUpstreamDoes(t *testing.T) {
+	var sorted []string
+	for i := range 30 {
+		sorted = append(sorted, fmt.Sprintf("t%02d", i))
+	}
+	shuffled := slices.Clone(sorted)
+	rand.New(rand.NewPCG(1, 2)).Shuffle(len(shuffled), func(i, j int) { shuffled[i], shuffled[j] = shuffled[j], shuffled[i] })
+	for _, up := range []struct {
+		name string
+		wrap func(http.Handler) http.Handler
+	}{
+		{"all at once, unsorted, no paging", tagPager(shuffled, 0)},
+		{"pages of 7 of its own", tagPager(sorted, 7)},
+	} {
+		t.Run(up.name, func(t *testing.T) {
+			e := newEnv(t, withUpstreamFault(up.wrap))
+			var got []string
+			path := "/v2/app/tags/list?n=5"
+			for range 10 {
+				resp, body := e.do(http.MethodGet, path, nil)
+				var list struct{ Tags []string }
+				if resp.StatusCode != http.StatusOK || json.Unmarshal(body, &list) != nil {
+					t.Fatalf("GET %s: status %d, body %s", path, resp.StatusCode, body)
+				}
+				if len(list.Tags) > 5 || !slices.IsSorted(list.Tags) {
+					t.Fatalf("GET %s: tags %v, want at most 5, sorted", path, list.Tags)
+				}
+				got = append(got, list.Tags...)
+				link := resp.Header.Get("Link")
+				if link == "" {
+					break
+				}
+				want := fmt.Sprintf(`</v2/app/tags/list?last=%s&n=5>; rel="next"`, list.Tags[len(list.Tags)-1])
+				if link != want {
+					t.Fatalf("GET %s: Link %q, want %q", path, link, want)
+				}
+				path = strings.TrimSuffix(strings.TrimPrefix(link, "<"), `>; rel="next"`)
+			}
+			if !slices.Equal(got, sorted) {
+				t.Errorf("paged through: %v, want %v", got, sorted)
+			}
+			_, body := e.do(http.MethodGet, "/v2/app/tags/list?last=t27", nil)
+			if string(body) != `{"name":"library/app","tags":["t28","t29"]}` {
+				t.Errorf("after t27, no n: %s", body)
+			}
+			resp, body := e.do(http.MethodGet, "/v2/app/tags/list", nil)
+			var list struct{ Tags []string }
+			if json.Unmarshal(body, &list) != nil || !slices.Equal(list.Tags, sorted) || resp.Header.Get("Link") != "" {
+				t.Errorf("no n: tags %s, Link %q; want all 30 sorted, no Link", body, resp.Header.Get("Link"))
+			}
+		})
 	}
 }
