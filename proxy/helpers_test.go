@@ -112,6 +112,9 @@ func withUpstreamFault(wrap func(http.Handler) http.Handler) envOption {
 	return func(c *envConfig) { c.wrap = wrap }
 }
 
+// withDefault makes the upstream of that name (one of withUpstreams) the default.
+func withDefault(name string) envOption { return func(c *envConfig) { c.proxy.Default = name } }
+
 func withTTL(d time.Duration) envOption { return func(c *envConfig) { c.ttl = d } }
 
 // withUpstreamTimeout sets the proxy's upstream (and idle download) timeout.

@@ -151,6 +151,9 @@ func parseRoute(r *http.Request, regs registries) (route, error) {
 // pickRegistry decides which upstream a request is for, in this order:
 // containerd's ?ns= parameter, a first path component naming a registry
 // (podman's "mirror.lan:5000/ghcr.io" prefix), then the default upstream.
+// Behind Docker Hub, any other first component that looks like a host is
+// refused as an unknown registry; behind another default, it is the start of
+// that registry's repository name.
 // A registry that is not configured is refused: we are never an open proxy.
 func pickRegistry(ns string, parts []string, regs registries) (string, via, []string, error) {
 	if ns != "" {
@@ -160,13 +163,19 @@ func pickRegistry(ns string, parts []string, regs registries) (string, via, []st
 		return ns, viaNS, parts, nil
 	}
 	if len(parts) > 1 && looksLikeHost(parts[0]) {
+		if regs.has(parts[0]) {
+			return parts[0], viaPrefix, parts[1:], nil
+		}
+		if def := regs.defaultName(); def != dockerHub && componentRE.MatchString(parts[0]) {
+			// A private registry's names may start with a dotted component
+			// (my.org/app), which Docker Hub's never do: behind such a default,
+			// a first component that is no configured registry is part of the name.
+			return def, viaDefault, parts, nil
+		}
 		if !hostRE.MatchString(parts[0]) {
 			return "", 0, nil, errNameInvalid("invalid registry host in the path")
 		}
-		if !regs.has(parts[0]) {
-			return "", 0, nil, errRegistryUnknown(parts[0])
-		}
-		return parts[0], viaPrefix, parts[1:], nil
+		return "", 0, nil, errRegistryUnknown(parts[0])
 	}
 	return regs.defaultName(), viaDefault, parts, nil
 }

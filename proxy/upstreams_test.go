@@ -233,3 +233,48 @@ func TestTagListIsPagedHereWhateverTheUpstreamDoes(t *testing.T) {
 		})
 	}
 }
+
+// TestDottedFirstComponentBelongsToAPrivateDefault: behind a default that is
+// not Docker Hub, /v2/my.org/app is that registry's my.org/app; a configured
+// registry's name still routes to it, and behind Docker Hub an unknown
+// host-like component is still refused.
+func TestDottedFirstComponentBelongsToAPrivateDefault(t *testing.T) {
+	e := newEnv(t, withUpstreams("registry.corp.lan", "ghcr.io"), withDefault("registry.corp.lan"))
+	corp, ghcr := randomImage(t), randomImage(t)
+	e.pushTo(e.extra["registry.corp.lan"], "my.org/app:1", corp)
+	e.pushTo(e.extra["registry.corp.lan"], "localhost/tool:1", corp)
+	e.pushTo(e.extra["ghcr.io"], "owner/app:1", ghcr)
+	for _, tt := range []struct {
+		path, namespace string
+		want            v1.Image
+	}{
+		{"/v2/my.org/app/manifests/1", "registry.corp.lan", corp},
+		{"/v2/localhost/tool/manifests/1", "registry.corp.lan", corp},
+		{"/v2/registry.corp.lan/my.org/app/manifests/1", "registry.corp.lan", corp},
+		{"/v2/ghcr.io/owner/app/manifests/1", "ghcr.io", ghcr},
+	} {
+		resp, body := e.do(http.MethodGet, tt.path, nil)
+		if resp.StatusCode != http.StatusOK || resp.Header.Get("OCI-Namespace") != tt.namespace ||
+			resp.Header.Get("Docker-Content-Digest") != regtest.Digest(t, tt.want).String() {
+			t.Errorf("GET %s: status %d, OCI-Namespace %q, digest %s; want 200 from %s; body %s", tt.path, resp.StatusCode,
+				resp.Header.Get("OCI-Namespace"), resp.Header.Get("Docker-Content-Digest"), tt.namespace, body)
+		}
+	}
+	if a, err := e.store.Tag("registry.corp.lan", "my.org/app", "1"); err != nil || a.Digest != regtest.Digest(t, corp) {
+		t.Errorf("tag answer for registry.corp.lan my.org/app:1 = %v, %v", a.Digest, err)
+	}
+	// A port cannot be part of a repository name: still an unknown registry.
+	resp, body := e.do(http.MethodGet, "/v2/other.lan:5000/app/manifests/1", nil)
+	if resp.StatusCode != http.StatusNotFound || regtest.OCICode(t, resp, body) != "NAME_UNKNOWN" {
+		t.Errorf("unknown registry with a port: status %d, body %s", resp.StatusCode, body)
+	}
+
+	hub := newEnv(t)
+	resp, body = hub.do(http.MethodGet, "/v2/my.org/app/manifests/1", nil)
+	if resp.StatusCode != http.StatusNotFound || !strings.Contains(string(body), "REGMIRROR_UPSTREAMS") {
+		t.Errorf("behind Docker Hub: status %d, body %s; want 404 naming an unconfigured registry", resp.StatusCode, body)
+	}
+	if n := hub.counts.Total(); n != 0 {
+		t.Errorf("behind Docker Hub: %d upstream requests, want none", n)
+	}
+}
