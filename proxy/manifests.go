@@ -12,7 +12,6 @@ import (
 	"mime"
 	"net/http"
 	"slices"
-	"strings"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -71,9 +70,7 @@ func (p *Proxy) serveManifest(w http.ResponseWriter, r *http.Request, rt route) 
 	}
 	setCache(ctx, res.source)
 	m := res.m
-	if !rt.byDigest() && !accepts(r.Header.Values("Accept"), m.mediaType) {
-		// A client that takes no index gets the linux/amd64 image, as
-		// distribution answers such clients.
+	if !rt.byDigest() {
 		if m, err = p.negotiate(ctx, up, rt, m, r.Header.Values("Accept")); err != nil {
 			return err
 		}
@@ -269,48 +266,6 @@ func manifestType(given string, body []byte) string {
 func isManifestType(mt string) bool { return slices.Contains(upstream.ManifestTypes, mt) }
 
 func isIndex(mt string) bool { return mt == typeOCIIndex || mt == typeDockerList }
-
-// accepts reports whether a client's Accept headers admit mt. No Accept
-// header, or */*, admits anything.
-func accepts(accept []string, mt string) bool {
-	if len(accept) == 0 {
-		return true
-	}
-	for _, line := range accept {
-		for part := range strings.SplitSeq(line, ",") {
-			t, _, _ := strings.Cut(part, ";")
-			t = strings.TrimSpace(t)
-			if t == mt || t == "*/*" || t == "application/*" {
-				return true
-			}
-		}
-	}
-	return false
-}
-
-// negotiate answers a client that does not take the index m: when it takes
-// single-image manifests, it gets the linux/amd64 image of the index.
-func (p *Proxy) negotiate(ctx context.Context, up Upstream, rt route, m manifest, accept []string) (manifest, error) {
-	refuse := errManifestUnknown(fmt.Sprintf("%s:%s is a %s, which the client does not accept", rt.repo, rt.tag, m.mediaType))
-	if !isIndex(m.mediaType) {
-		return manifest{}, refuse
-	}
-	idx, err := v1.ParseIndexManifest(bytes.NewReader(m.body))
-	if err != nil {
-		return manifest{}, refuse
-	}
-	for _, d := range idx.Manifests {
-		if d.Platform == nil || d.Platform.OS != "linux" || d.Platform.Architecture != "amd64" || !accepts(accept, string(d.MediaType)) {
-			continue
-		}
-		res, err := p.manifestByDigest(ctx, up, rt.repo, d.Digest)
-		if err != nil {
-			return manifest{}, err
-		}
-		return res.m, nil
-	}
-	return manifest{}, refuse
-}
 
 func coalesced(outcome string, shared bool) string {
 	if shared {

@@ -316,3 +316,67 @@ func TestManifestRequestsCoalesce(t *testing.T) {
 		t.Errorf("upstream GETs by tag = %d, want 1", n)
 	}
 }
+
+// TestManifestByTagIsRefusedOnlyWhenOCIMeetsAClientNamingNoOCIType: Docker
+// schema 2 is served in its own type whatever the Accept; an index a client
+// does not take gets its linux/amd64 image; only an OCI manifest or index to
+// a client that names no OCI type at all gets 404, saying why.
+func TestManifestByTagIsRefusedOnlyWhenOCIMeetsAClientNamingNoOCIType(t *testing.T) {
+	e := newEnv(t)
+	schema2 := randomImage(t)
+	e.push("library/schema2:1", schema2)
+	list, listImgs := platformIndex(t, dockerList)
+	e.pushIndex("library/list:1", list)
+	ociImg := mutate.MediaType(randomImage(t), ociManifest)
+	e.push("library/oci:1", ociImg)
+	ociIdx := mutate.IndexMediaType(empty.Index, ociIndex)
+	ociAMD64 := mutate.MediaType(randomImage(t), ociManifest)
+	ociIdx = mutate.AppendManifests(ociIdx, mutate.IndexAddendum{Add: ociAMD64, Descriptor: v1.Descriptor{
+		MediaType: ociManifest, Platform: &v1.Platform{OS: "linux", Architecture: "amd64"}}})
+	e.pushIndex("library/ociindex:1", ociIdx)
+
+	tests := []struct {
+		name, repo string
+		accept     string
+		want       v1.Hash // zero: refused
+		wantType   string
+	}{
+		{"schema 2 to an OCI-only client", "schema2", ociManifest, regtest.Digest(t, schema2), dockerManifest},
+		{"schema 2 to an index-only client", "schema2", ociIndex + ", " + dockerList, regtest.Digest(t, schema2), dockerManifest},
+		{"schema 2 to a client naming no manifest type", "schema2", "application/json", regtest.Digest(t, schema2), dockerManifest},
+		{"Docker list to an OCI-manifest-only client", "list", ociManifest, regtest.Digest(t, listImgs["amd64"]), dockerManifest},
+		{"Docker list to a schema-2-only client", "list", dockerManifest, regtest.Digest(t, listImgs["amd64"]), dockerManifest},
+		{"OCI index to an OCI-manifest-only client", "ociindex", ociManifest, regtest.Digest(t, ociAMD64), ociManifest},
+		{"OCI index to a Docker-only client", "ociindex", dockerManifest + ", " + dockerList, v1.Hash{}, ""},
+		{"OCI manifest to a Docker-only client", "oci", dockerManifest + ", " + dockerList, v1.Hash{}, ""},
+		{"OCI manifest to a client naming the OCI index only", "oci", ociIndex, v1.Hash{}, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			for _, method := range []string{http.MethodGet, http.MethodHead} {
+				resp, body := e.do(method, "/v2/"+tt.repo+"/manifests/1", http.Header{"Accept": {tt.accept}})
+				if tt.want.Hex == "" {
+					if resp.StatusCode != http.StatusNotFound {
+						t.Fatalf("%s: status %d, want 404; body %s", method, resp.StatusCode, body)
+					}
+					if method == http.MethodGet {
+						if code := regtest.OCICode(t, resp, body); code != "MANIFEST_UNKNOWN" {
+							t.Errorf("code = %s, want MANIFEST_UNKNOWN", code)
+						}
+						if tt.repo != "oci" || tt.accept != ociIndex {
+							if !strings.Contains(string(body), "names no OCI type") {
+								t.Errorf("message %s does not say the client names no OCI type", body)
+							}
+						}
+					}
+					continue
+				}
+				if resp.StatusCode != http.StatusOK || resp.Header.Get("Docker-Content-Digest") != tt.want.String() ||
+					resp.Header.Get("Content-Type") != tt.wantType {
+					t.Errorf("%s: status %d, digest %s, type %s; want 200 %s %s; body %s", method, resp.StatusCode,
+						resp.Header.Get("Docker-Content-Digest"), resp.Header.Get("Content-Type"), tt.want, tt.wantType, body)
+				}
+			}
+		})
+	}
+}
