@@ -68,6 +68,7 @@ var (
 	componentRE = regexp.MustCompile(`^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$`)
 	tagRE       = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$`)
 	sha256RE    = regexp.MustCompile(`^[a-f0-9]{64}$`)
+	sha512RE    = regexp.MustCompile(`^sha512:[a-f0-9]{128}$`)
 	// A registry host as a path prefix: DNS labels and an optional port.
 	hostRE = regexp.MustCompile(`^(?:[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*(?::[0-9]{1,5})?$`)
 )
@@ -137,6 +138,11 @@ func parseRoute(r *http.Request, regs registries) (route, error) {
 	switch {
 	case rt.kind == routeBlob || (rt.kind == routeManifest && strings.Contains(ref, ":")):
 		if rt.digest, err = parseDigest(ref); err != nil {
+			if sha512RE.MatchString(ref) {
+				// A valid OCI digest that this mirror's store cannot name content
+				// by: answered as a registry without such content answers.
+				return route{}, notFound(rt.kind, "this mirror keeps sha256 content only: no content is known by "+ref)
+			}
 			return route{}, err
 		}
 	case rt.kind == routeManifest:

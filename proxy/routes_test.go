@@ -257,3 +257,38 @@ func TestTokenServerOnAnotherPrivateAddressIsABadGatewayNotA500(t *testing.T) {
 		t.Errorf("code %s, body %s: want UNAVAILABLE saying the realm is private", code, body)
 	}
 }
+
+// TestSHA512DigestsAreUnknownNotInvalid: sha512 is a valid OCI digest; a
+// mirror that stores sha256 content only answers 404 for it, as a registry
+// without such content does, never 400, and asks no upstream.
+func TestSHA512DigestsAreUnknownNotInvalid(t *testing.T) {
+	e := newEnv(t)
+	d := "sha512:" + strings.Repeat("ab", 64)
+	for _, tt := range []struct{ path, code string }{
+		{"/v2/app/blobs/" + d, "BLOB_UNKNOWN"},
+		{"/v2/app/manifests/" + d, "MANIFEST_UNKNOWN"},
+		{"/v2/ghcr.io/owner/app/blobs/" + d + "?ns=docker.io", "BLOB_UNKNOWN"},
+	} {
+		for _, method := range []string{http.MethodGet, http.MethodHead} {
+			resp, body := e.do(method, tt.path, nil)
+			if resp.StatusCode != http.StatusNotFound {
+				t.Errorf("%s %s: status %d, want 404; body %s", method, tt.path, resp.StatusCode, body)
+				continue
+			}
+			if method == http.MethodGet {
+				if code := regtest.OCICode(t, resp, body); code != tt.code {
+					t.Errorf("GET %s: code %s, want %s", tt.path, code, tt.code)
+				}
+			}
+		}
+	}
+	for _, bad := range []string{"sha512:" + strings.Repeat("a", 64), "sha512:" + strings.Repeat("A", 128)} {
+		resp, body := e.do(http.MethodGet, "/v2/app/blobs/"+bad, nil)
+		if resp.StatusCode != http.StatusBadRequest || regtest.OCICode(t, resp, body) != "DIGEST_INVALID" {
+			t.Errorf("GET blob %s: status %d, body %s; want 400 DIGEST_INVALID", bad, resp.StatusCode, body)
+		}
+	}
+	if n := e.counts.Total(); n != 0 {
+		t.Errorf("upstream requests = %d, want 0", n)
+	}
+}
