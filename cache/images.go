@@ -56,7 +56,9 @@ func (s *Store) Images() ([]Image, error) {
 			var a TagAnswer
 			registry, rest, ok := strings.Cut(string(key), "/")
 			i := strings.LastIndexByte(rest, ':')
-			if !ok || i <= 0 || json.Unmarshal(v, &a) != nil {
+			if !ok || i <= 0 || strings.Contains(rest[i+1:], "/") || json.Unmarshal(v, &a) != nil {
+				// A name no tag can have ('/') is an answer kept for another
+				// request (the proxy's referrers answers), not an image.
 				return nil
 			}
 			out = append(out, Image{Registry: registry, Repo: rest[:i], Ref: rest[i+1:], Digest: a.Digest})

@@ -77,6 +77,7 @@ type envConfig struct {
 	probe      time.Duration // the upstreams' probe back-off while down, if set
 	start      time.Time
 	listener   net.Listener
+	referrers  bool // the default upstream has the referrers API
 }
 
 // withUpstreamListener serves the upstream registry on l instead of a fresh
@@ -112,6 +113,9 @@ func withUpstreamFault(wrap func(http.Handler) http.Handler) envOption {
 	return func(c *envConfig) { c.wrap = wrap }
 }
 
+// withReferrersAPI gives the default upstream the OCI 1.1 referrers API.
+func withReferrersAPI() envOption { return func(c *envConfig) { c.referrers = true } }
+
 // withDefault makes the upstream of that name (one of withUpstreams) the default.
 func withDefault(name string) envOption { return func(c *envConfig) { c.proxy.Default = name } }
 
@@ -140,7 +144,7 @@ func newEnv(t *testing.T, opts ...envOption) *env {
 	for _, o := range opts {
 		o(&cfg)
 	}
-	counts := regtest.Count(cfg.wrap(registry.New(registry.Logger(log.New(io.Discard, "", 0)))))
+	counts := regtest.Count(cfg.wrap(registry.New(registry.Logger(log.New(io.Discard, "", 0)), registry.WithReferrersSupport(cfg.referrers))))
 	up := httptest.NewUnstartedServer(counts)
 	if cfg.listener != nil {
 		up.Listener.Close()

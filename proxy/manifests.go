@@ -120,9 +120,15 @@ func (p *Proxy) manifestByTag(ctx context.Context, up Upstream, rt route) (resol
 		// The manifest went missing from the store: ask upstream afresh.
 	}
 	key := "t/" + rt.registry + "/" + rt.repo + ":" + rt.tag
-	v, shared, err := p.shared(ctx, key, func(ctx context.Context) (any, error) {
+	return p.sharedResolve(ctx, key, func(ctx context.Context) (resolved, error) {
 		return p.resolveTag(ctx, up, rt, known, haveAnswer)
 	})
+}
+
+// sharedResolve runs a resolution once for every concurrent caller with the
+// same key; a miss shared with others counts as coalesced.
+func (p *Proxy) sharedResolve(ctx context.Context, key string, fn func(ctx context.Context) (resolved, error)) (resolved, error) {
+	v, shared, err := p.shared(ctx, key, func(ctx context.Context) (any, error) { return fn(ctx) })
 	if err != nil {
 		return resolved{}, err
 	}
@@ -215,19 +221,11 @@ func (p *Proxy) fetchManifest(ctx context.Context, up Upstream, repo, ref string
 	if err != nil {
 		return manifest{}, err
 	}
-	defer resp.Body.Close()
-	if resp.ContentLength > maxManifest {
-		return manifest{}, fmt.Errorf("manifest %s: %w: %d bytes", ref, errUpstreamInvalid, resp.ContentLength)
-	}
-	body, err := io.ReadAll(io.LimitReader(resp.Body, maxManifest+1))
+	body, err := readManifest(resp, "manifest "+ref)
 	if err != nil {
-		return manifest{}, fmt.Errorf("read manifest %s: %w", ref, err)
+		return manifest{}, err
 	}
-	if len(body) > maxManifest {
-		return manifest{}, fmt.Errorf("manifest %s: %w: larger than %d bytes", ref, errUpstreamInvalid, maxManifest)
-	}
-	sum := sha256.Sum256(body)
-	got := v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(sum[:])}
+	got := sha256Of(body)
 	if want.Hex != "" && got != want {
 		return manifest{}, fmt.Errorf("manifest %s: %w: content hashes to %s", ref, cache.ErrDigestMismatch, got)
 	}
@@ -240,6 +238,28 @@ func (p *Proxy) fetchManifest(ctx context.Context, up Upstream, repo, ref string
 		p.log.Warn("store manifest", zap.Stringer(keyDigest, m.digest), zap.Error(err))
 	}
 	return m, nil
+}
+
+// readManifest reads and closes an upstream's manifest-sized answer, under
+// the size cap; what names it in errors.
+func readManifest(resp *http.Response, what string) ([]byte, error) {
+	defer resp.Body.Close()
+	if resp.ContentLength > maxManifest {
+		return nil, fmt.Errorf("%s: %w: %d bytes", what, errUpstreamInvalid, resp.ContentLength)
+	}
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxManifest+1))
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", what, err)
+	}
+	if len(body) > maxManifest {
+		return nil, fmt.Errorf("%s: %w: larger than %d bytes", what, errUpstreamInvalid, maxManifest)
+	}
+	return body, nil
+}
+
+func sha256Of(b []byte) v1.Hash {
+	sum := sha256.Sum256(b)
+	return v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(sum[:])}
 }
 
 // manifestType is the media type to serve a manifest with: the one upstream

@@ -187,7 +187,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 
 func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	st := &c.p.stats
-	for _, k := range []routeKind{routeManifest, routeBlob, routeTags} {
+	for _, k := range []routeKind{routeManifest, routeBlob, routeTags, routeReferrers} {
 		for i, o := range outcomes {
 			ch <- prometheus.MustNewConstMetric(c.outcome, prometheus.CounterValue, float64(st.outcomes[k][i].Load()), k.String(), o)
 		}

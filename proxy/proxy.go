@@ -39,6 +39,9 @@ type Upstream interface {
 	// the whole blob from a registry that ignores Range.
 	BlobFrom(ctx context.Context, repo string, h v1.Hash, offset, size int64) (*http.Response, error)
 	Tags(ctx context.Context, repo, n, last string) (*http.Response, error)
+	// Referrers GETs the referrers index of subject; a 404 from a registry
+	// without the referrers API.
+	Referrers(ctx context.Context, repo string, subject v1.Hash) (*http.Response, error)
 	Health() upstream.Health
 	// RateLimit is the pull quota the registry last reported; false before
 	// any report.
@@ -283,6 +286,8 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) error {
 		return p.serveBlob(w, r, rt)
 	case routeTags:
 		return p.serveTags(w, r, rt)
+	case routeReferrers:
+		return p.serveReferrers(w, r, rt)
 	case routeCatalog:
 		return p.serveCatalog(w, r)
 	default:

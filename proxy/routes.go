@@ -17,11 +17,12 @@ const (
 	routeManifest
 	routeBlob
 	routeTags
+	routeReferrers
 	routeCatalog
 )
 
 func (k routeKind) String() string {
-	return [...]string{"base", "manifest", "blob", "tags", "catalog"}[k]
+	return [...]string{"base", "manifest", "blob", "tags", "referrers", "catalog"}[k]
 }
 
 // route is a /v2/ request parsed once at the edge: every field is validated,
@@ -32,7 +33,7 @@ type route struct {
 	via      via     // how the request named the registry
 	repo     string  // repository within that registry, Docker Hub's library/ added
 	tag      string  // set for a manifest by tag
-	digest   v1.Hash // set for a manifest by digest and for a blob
+	digest   v1.Hash // set for a manifest by digest, a blob, and the subject of referrers
 }
 
 // via is how a request chose its registry.
@@ -118,6 +119,8 @@ func parseRoute(r *http.Request, regs registries) (route, error) {
 		rt.kind, ref, parts = routeManifest, parts[n-1], parts[:n-2]
 	case n >= 3 && parts[n-2] == "blobs":
 		rt.kind, ref, parts = routeBlob, parts[n-1], parts[:n-2]
+	case n >= 3 && parts[n-2] == "referrers":
+		rt.kind, ref, parts = routeReferrers, parts[n-1], parts[:n-2]
 	default:
 		return route{}, errNotFound()
 	}
@@ -136,7 +139,7 @@ func parseRoute(r *http.Request, regs registries) (route, error) {
 	}
 
 	switch {
-	case rt.kind == routeBlob || (rt.kind == routeManifest && strings.Contains(ref, ":")):
+	case rt.kind == routeBlob || rt.kind == routeReferrers || (rt.kind == routeManifest && strings.Contains(ref, ":")):
 		if rt.digest, err = parseDigest(ref); err != nil {
 			if sha512RE.MatchString(ref) {
 				// A valid OCI digest that this mirror's store cannot name content

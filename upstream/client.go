@@ -271,7 +271,7 @@ func (c *Client) ask(ctx context.Context, method, repo string, h http.Header, q 
 }
 
 // ops names the API endpoints for the Observer: "manifests" is "manifest".
-var ops = map[string]string{"manifests": "manifest", "blobs": "blob", "tags": "tags"}
+var ops = map[string]string{"manifests": "manifest", "blobs": "blob", "tags": "tags", "referrers": "referrers"}
 
 func (c *Client) observe(endpoint string, took time.Duration, err error) {
 	if c.obs != nil {

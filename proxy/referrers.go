@@ -1,0 +1,153 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+	"github.com/regmirror/regmirror/cache"
+	"github.com/regmirror/regmirror/upstream"
+	"go.uber.org/zap"
+)
+
+// The referrers API (OCI distribution 1.1): GET /v2/<name>/referrers/<digest>
+// answers an image index of the manifests whose subject is digest. The
+// mirror keeps the whole, unfiltered answer like a tag answer: the index is
+// stored as a manifest (by its sha256) and a tag answer under
+// referrersTag(subject) points at it, learned at a time, answered without
+// asking upstream inside REGMIRROR_TAG_TTL and from the cache, with a
+// Warning, when upstream cannot be asked. The artifactType filter is applied
+// here, on that one answer.
+
+// referrersTag is the tag answer's name for subject's referrers. The '/' no
+// real tag can hold keeps it apart from the tags (and out of the tag
+// listings, which skip such names); its repository is the subject's.
+func referrersTag(subject v1.Hash) string {
+	return "referrers/" + subject.Algorithm + "-" + subject.Hex
+}
+
+// tagSchemaTag is the referrers tag schema's tag for subject: where clients
+// of a registry without the referrers API keep its referrers index.
+func tagSchemaTag(subject v1.Hash) string { return subject.Algorithm + "-" + subject.Hex }
+
+// emptyReferrers is the answer for a subject nothing refers to.
+var emptyReferrers = []byte(`{"schemaVersion":2,"mediaType":"` + typeOCIIndex + `","manifests":[]}`)
+
+func (p *Proxy) serveReferrers(w http.ResponseWriter, r *http.Request, rt route) error {
+	ctx := r.Context()
+	res, err := p.referrers(ctx, p.ups[rt.registry], rt)
+	if err != nil {
+		return err
+	}
+	setCache(ctx, res.source)
+	body := res.m.body
+	if at := r.URL.Query().Get("artifactType"); at != "" {
+		if body, err = filterReferrers(body, at); err != nil {
+			return err
+		}
+		w.Header().Set("OCI-Filters-Applied", "artifactType")
+	}
+	if res.source == cacheStale {
+		w.Header().Set("Warning", fmt.Sprintf(`299 - "upstream %s unreachable: referrers answer may be out of date"`, rt.registry))
+	}
+	w.Header().Set("Content-Type", typeOCIIndex)
+	http.ServeContent(&ociStatusWriter{ResponseWriter: w, r: r}, r, "", time.Time{}, bytes.NewReader(body))
+	return nil
+}
+
+// referrers returns subject's referrers index: the kept answer inside the
+// TTL, otherwise upstream's (once however many ask), otherwise, when
+// upstream cannot be asked, the kept answer however old.
+func (p *Proxy) referrers(ctx context.Context, up Upstream, rt route) (resolved, error) {
+	tag := referrersTag(rt.digest)
+	known, err := p.tags.Tag(rt.registry, rt.repo, tag)
+	if err != nil && !errors.Is(err, cache.ErrNotFound) {
+		return resolved{}, err
+	}
+	haveAnswer := err == nil
+	if haveAnswer && p.opt.Now().Sub(known.LearnedAt) < p.opt.TagTTL {
+		if body, _, err := p.manifests.Manifest(ctx, known.Digest, maxManifest); err == nil {
+			return resolved{manifest{body, known.Digest, typeOCIIndex}, cacheHit}, nil
+		}
+	}
+	key := "r/" + rt.registry + "/" + rt.repo + "@" + rt.digest.String()
+	return p.sharedResolve(ctx, key, func(ctx context.Context) (resolved, error) {
+		body, err := p.askReferrers(ctx, up, rt)
+		if err != nil {
+			if upstream.Unavailable(err) && haveAnswer {
+				if body, _, cerr := p.manifests.Manifest(ctx, known.Digest, maxManifest); cerr == nil {
+					return resolved{manifest{body, known.Digest, typeOCIIndex}, cacheStale}, nil
+				}
+			}
+			return resolved{}, err
+		}
+		m := manifest{body: body, digest: sha256Of(body), mediaType: typeOCIIndex}
+		if err := p.manifests.PutManifest(m.digest, m.body, m.mediaType); err != nil {
+			p.log.Warn("store referrers index", zap.Stringer(keyDigest, rt.digest), zap.Error(err))
+		}
+		a := cache.TagAnswer{Digest: m.digest, MediaType: m.mediaType, Size: int64(len(body)), LearnedAt: p.opt.Now()}
+		if err := p.tags.SetTag(rt.registry, rt.repo, tag, a); err != nil {
+			p.log.Warn("record referrers answer", zap.String(keyRepo, rt.repo), zap.Stringer(keyDigest, rt.digest), zap.Error(err))
+		}
+		return resolved{m, cacheMiss}, nil
+	})
+}
+
+// askReferrers asks upstream's referrers API and, when it has none (404),
+// reads the referrers tag schema, as the spec's clients do; no index there
+// either means nothing refers to the subject.
+func (p *Proxy) askReferrers(ctx context.Context, up Upstream, rt route) ([]byte, error) {
+	resp, err := up.Referrers(ctx, rt.repo, rt.digest)
+	if err == nil {
+		body, err := readManifest(resp, "referrers of "+rt.digest.String())
+		if err != nil {
+			return nil, err
+		}
+		return body, checkReferrers(body)
+	}
+	if !isNotFound(err) {
+		return nil, err
+	}
+	m, err := p.fetchManifest(ctx, up, rt.repo, tagSchemaTag(rt.digest), v1.Hash{})
+	if isNotFound(err) {
+		return emptyReferrers, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return m.body, checkReferrers(m.body)
+}
+
+// checkReferrers accepts an image index, the only form a referrers answer has.
+func checkReferrers(body []byte) error {
+	idx, err := v1.ParseIndexManifest(bytes.NewReader(body))
+	if err != nil {
+		return fmt.Errorf("referrers: %w: %v", errUpstreamInvalid, err)
+	}
+	if idx.MediaType != "" && !isIndex(string(idx.MediaType)) {
+		return fmt.Errorf("referrers: %w: a %s, not an index", errUpstreamInvalid, idx.MediaType)
+	}
+	return nil
+}
+
+// filterReferrers keeps the descriptors of artifactType at.
+func filterReferrers(body []byte, at string) ([]byte, error) {
+	idx, err := v1.ParseIndexManifest(bytes.NewReader(body))
+	if err != nil {
+		return nil, fmt.Errorf("referrers: %w: %v", errUpstreamInvalid, err)
+	}
+	kept := []v1.Descriptor{}
+	for _, d := range idx.Manifests {
+		if d.ArtifactType == at {
+			kept = append(kept, d)
+		}
+	}
+	idx.Manifests, idx.SchemaVersion, idx.MediaType = kept, 2, types.OCIImageIndex
+	return json.Marshal(idx)
+}
