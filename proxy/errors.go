@@ -80,6 +80,9 @@ func toOCI(err error, kind routeKind) *ociError {
 		// token server on a private address); it carries no credentials.
 		return &ociError{status: http.StatusBadGateway, code: "UNAVAILABLE", message: registry + ": " + ue.Err.Error()}
 	}
+	if fromUpstream && errors.Is(err, upstream.ErrWrongRegistry) {
+		return &ociError{status: http.StatusBadGateway, code: "UNKNOWN", message: registry + ": " + ue.Err.Error()}
+	}
 	if errors.Is(err, upstream.ErrUntrustedCertificate) {
 		return &ociError{status: http.StatusBadGateway, code: "UNAVAILABLE", message: registry +
 			" presented a TLS certificate that does not verify: list it in REGMIRROR_INSECURE_REGISTRIES, or add its CA to REGMIRROR_CA_FILE"}

@@ -39,13 +39,15 @@ var ManifestTypes = []string{
 type Options struct {
 	// Name is the registry's name as clients know it, e.g. "docker.io".
 	Name string
-	// URL is the registry's base URL; "http://" means plain HTTP.
+	// URL is where the registry is reached; "http://" means plain HTTP. At
+	// a mirror of several registries it says how to name this one there:
+	// ?ns=NAME, or a repository prefix (see ParseEndpoint).
 	URL string
 	// Timeout bounds connecting and waiting for response headers. It does
 	// not bound a body: long blob downloads are the caller's to watch.
 	Timeout time.Duration
-	// Keychain finds our credentials for the registry (by Name) at each
-	// token handshake; nil means anonymous.
+	// Keychain finds our credentials at each token handshake, by the host
+	// of URL they are sent to (never by Name); nil means anonymous.
 	Keychain authn.Keychain
 	// Insecure skips TLS certificate verification (self-signed registries).
 	Insecure bool
@@ -67,6 +69,7 @@ type Options struct {
 type Client struct {
 	name     string
 	base     *url.URL
+	ep       Endpoint
 	timeout  time.Duration
 	reg      name.Registry
 	keychain authn.Keychain
@@ -92,10 +95,11 @@ type Client struct {
 
 // New returns a client for the registry at opt.URL.
 func New(opt Options, log *zap.Logger) (*Client, error) {
-	base, err := ParseURL(opt.URL)
+	ep, err := ParseEndpoint(opt.URL)
 	if err != nil {
 		return nil, err
 	}
+	base := ep.Base
 	var regOpts []name.Option
 	if base.Scheme == "http" {
 		regOpts = append(regOpts, name.Insecure)
@@ -120,6 +124,9 @@ func New(opt Options, log *zap.Logger) (*Client, error) {
 	// ggcr tries https and http on loopback and private addresses; we speak
 	// only the scheme the operator wrote, so https is never downgraded.
 	rt = schemeGuard{host: base.Host, scheme: base.Scheme, next: rt}
+	if ep.NS != "" {
+		rt = nsTransport{host: base.Host, ns: ep.NS, next: rt}
+	}
 	// Retry what a second try may fix (a reset connection, a 502/503/504)
 	// briefly, but never a timeout: an upstream that hangs is marked down
 	// rather than waited on three times.
@@ -146,30 +153,11 @@ func New(opt Options, log *zap.Logger) (*Client, error) {
 	if opt.ProbeMax < opt.ProbeMin {
 		opt.ProbeMax = max(30*time.Second, opt.ProbeMin)
 	}
-	auth, err := opt.Keychain.Resolve(registryName(opt.Name))
+	auth, err := opt.Keychain.Resolve(registryName(ep.credentialKey()))
 	life, stop := context.WithCancel(context.Background())
-	return &Client{name: opt.Name, base: base, timeout: opt.Timeout, reg: reg, keychain: opt.Keychain, rt: rt, transports: cache, log: log, obs: opt.Observer,
+	return &Client{name: opt.Name, base: base, ep: ep, timeout: opt.Timeout, reg: reg, keychain: opt.Keychain, rt: rt, transports: cache, log: log, obs: opt.Observer,
 		probeMin: opt.ProbeMin, probeMax: opt.ProbeMax, life: life, stop: stop,
 		withCredentials: err == nil && auth != authn.Anonymous}, nil
-}
-
-// ParseURL checks an upstream base URL: http or https, a host, nothing else.
-// Errors never repeat a password that was put in the URL.
-func ParseURL(raw string) (*url.URL, error) {
-	u, err := url.Parse(strings.TrimSuffix(raw, "/"))
-	if err != nil {
-		return nil, errors.New("upstream URL is not a valid URL")
-	}
-	if u.Scheme != "http" && u.Scheme != "https" {
-		return nil, fmt.Errorf("upstream URL %q: scheme must be http or https", redacted(u))
-	}
-	if u.User != nil {
-		return nil, fmt.Errorf("upstream URL %q: credentials do not belong in the URL", redacted(u))
-	}
-	if u.Host == "" || u.RawQuery != "" || u.Fragment != "" || (u.Path != "" && u.Path != "/") {
-		return nil, fmt.Errorf("upstream URL %q: want scheme://host[:port] and nothing more", redacted(u))
-	}
-	return u, nil
 }
 
 // redacted is u with all of its user info as ***: url.URL.Redacted hides
@@ -201,6 +189,9 @@ func (c *Client) HasCredentials() bool { return c.withCredentials }
 
 // Name is the registry's name as clients know it.
 func (c *Client) Name() string { return c.name }
+
+// Endpoint is where the client finds its registry.
+func (c *Client) Endpoint() Endpoint { return c.ep }
 
 // Manifest asks for repo's manifest by tag or digest (GET or HEAD), accepting
 // every manifest type. A non-200 answer is returned as *transport.Error.
@@ -290,7 +281,7 @@ func (c *Client) send(ctx context.Context, method, repo string, h http.Header, q
 		}
 		return nil, c.wrap(err)
 	}
-	u := c.base.JoinPath(append([]string{"v2", repo}, path...)...)
+	u := c.base.JoinPath(append([]string{"v2", c.ep.Repo(repo)}, path...)...)
 	u.RawQuery = q.Encode()
 	req, err := http.NewRequestWithContext(ctx, method, u.String(), nil)
 	if err != nil {
@@ -304,6 +295,10 @@ func (c *Client) send(ctx context.Context, method, repo string, h http.Header, q
 		return nil, c.wrap(err)
 	}
 	c.limits.observe(resp.Header, c.name, c.log)
+	if err := c.checkRegistry(resp); err != nil {
+		resp.Body.Close()
+		return nil, err
+	}
 	if err := transport.CheckError(resp, http.StatusOK, http.StatusPartialContent); err != nil {
 		return nil, &Error{Registry: c.name, Err: err, RetryAfter: resp.Header.Get("Retry-After"), WithCredentials: c.withCredentials}
 	}
@@ -320,12 +315,12 @@ func (c *Client) transport(ctx context.Context, repo string) (http.RoundTripper,
 		// The handshake is shared, so it must not die with the first caller.
 		hctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*c.timeout)
 		defer cancel()
-		// The scope is built from repo as given: parsing it as a reference
-		// would take a dotted first component for a registry.
-		scope := "repository:" + repo + ":" + transport.PullScope
-		auth, err := authn.Resolve(hctx, c.keychain, registryName(c.name))
+		// The scope is built from repo as the upstream names it: parsing it
+		// as a reference would take a dotted first component for a registry.
+		scope := "repository:" + c.ep.Repo(repo) + ":" + transport.PullScope
+		auth, err := authn.Resolve(hctx, c.keychain, registryName(c.ep.credentialKey()))
 		if err != nil {
-			return nil, fmt.Errorf("credentials for %s: %w", c.name, err)
+			return nil, fmt.Errorf("credentials for %s: %w", c.ep.credentialKey(), err)
 		}
 		rt, err := transport.NewWithContext(hctx, c.reg, auth, c.rt, []string{scope})
 		if err != nil {

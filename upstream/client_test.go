@@ -184,27 +184,61 @@ func TestTagsPassesPagination(t *testing.T) {
 
 func TestParseURL(t *testing.T) {
 	tests := []struct {
-		name, url string
-		ok        bool
+		name, url      string
+		ok             bool
+		prefix, ns     string
+		repo, wantRepo string
 	}{
-		{"https", "https://registry-1.docker.io", true},
-		{"http with port and slash", "http://127.0.0.1:5001/", true},
-		{"no scheme", "registry-1.docker.io", false},
-		{"ftp", "ftp://x", false},
-		{"credentials in URL", "https://user:pw@x", false},
-		{"a token as the user name", "https://pwtoken@x", false},
-		{"unparsable with credentials", "https://user:pw@x:port:bad", false},
-		{"path", "https://x/v2", false},
-		{"query", "https://x?a=b", false},
+		{name: "https", url: "https://registry-1.docker.io", ok: true},
+		{name: "http with port and slash", url: "http://127.0.0.1:5001/", ok: true},
+		{name: "ns", url: "http://regional:5000?ns=ghcr.io", ok: true, ns: "ghcr.io"},
+		{name: "ns with a port", url: "http://regional:5000/?ns=build.lan:5000", ok: true, ns: "build.lan:5000"},
+		{name: "prefix", url: "https://harbor.lan/ghcr-proxy/", ok: true, prefix: "ghcr-proxy", repo: "owner/app", wantRepo: "ghcr-proxy/owner/app"},
+		{name: "registry as prefix", url: "http://regional:5000/ghcr.io", ok: true, prefix: "ghcr.io", repo: "a/b", wantRepo: "ghcr.io/a/b"},
+		{name: "deep prefix", url: "https://art.lan/api/docker/remote", ok: true, prefix: "api/docker/remote"},
+		{name: "no scheme", url: "registry-1.docker.io"},
+		{name: "ftp", url: "ftp://x"},
+		{name: "credentials in URL", url: "https://user:pw@x"},
+		{name: "a token as the user name", url: "https://pwtoken@x"},
+		{name: "unparsable with credentials", url: "https://user:pw@x:port:bad"},
+		{name: "the API path", url: "https://x/v2"},
+		{name: "the API path deeper", url: "https://x/v2/ghcr.io"},
+		{name: "other query key", url: "https://x?a=b"},
+		{name: "ns and another key", url: "https://x?ns=ghcr.io&a=b"},
+		{name: "ns twice", url: "https://x?ns=ghcr.io&ns=quay.io"},
+		{name: "ns not a registry", url: "https://x?ns=GHCR.io"},
+		{name: "empty ns", url: "https://x?ns="},
+		{name: "empty query", url: "https://x?"},
+		{name: "fragment", url: "https://x#frag"},
+		{name: "empty fragment", url: "https://x/#"},
+		{name: "ns and prefix", url: "https://x/p?ns=ghcr.io"},
+		{name: "encoded prefix", url: "https://x/a%2Fb"},
+		{name: "dot-dot prefix", url: "https://x/a/../b"},
+		{name: "upper-case prefix", url: "https://x/Proj"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := upstream.ParseURL(tt.url)
+			ep, err := upstream.ParseEndpoint(tt.url)
 			if (err == nil) != tt.ok {
-				t.Errorf("ParseURL(%q) err = %v, want ok %v", tt.url, err, tt.ok)
+				t.Fatalf("ParseEndpoint(%q) err = %v, want ok %v", tt.url, err, tt.ok)
 			}
-			if err != nil && strings.Contains(err.Error(), "pw") {
-				t.Errorf("ParseURL(%q) error repeats the password: %v", tt.url, err)
+			if err != nil {
+				if strings.Contains(err.Error(), "pw") {
+					t.Errorf("ParseEndpoint(%q) error repeats the password: %v", tt.url, err)
+				}
+				if _, uerr := upstream.ParseURL(tt.url); uerr == nil {
+					t.Errorf("ParseURL(%q) accepts what ParseEndpoint refuses", tt.url)
+				}
+				return
+			}
+			if ep.Prefix != tt.prefix || ep.NS != tt.ns || ep.Base.Path != "" || ep.Base.RawQuery != "" {
+				t.Errorf("ParseEndpoint(%q) = base %s prefix %q ns %q, want prefix %q ns %q", tt.url, ep.Base, ep.Prefix, ep.NS, tt.prefix, tt.ns)
+			}
+			if tt.repo != "" && ep.Repo(tt.repo) != tt.wantRepo {
+				t.Errorf("Repo(%q) = %q, want %q", tt.repo, ep.Repo(tt.repo), tt.wantRepo)
+			}
+			if again, err := upstream.ParseEndpoint(ep.String()); err != nil || again.String() != ep.String() {
+				t.Errorf("ParseEndpoint(%q.String() = %q) = %v, %v", tt.url, ep.String(), again, err)
 			}
 		})
 	}
