@@ -1,8 +1,14 @@
 package test
 
 import (
+	"encoding/base64"
 	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -97,4 +103,92 @@ func TestSiteRefusesARegionalAnsweringForAnotherRegistry(t *testing.T) {
 	}
 	// The default upstream is docker.io at the regional too: that works.
 	pullImage(t, site, "other/tool:1.0", hubDigest)
+}
+
+// authRecorder stands in front of a regional mirror that asks for HTTP Basic
+// credentials, and records every Authorization header it and the blob
+// storage it redirects to are sent.
+type authRecorder struct {
+	mu      sync.Mutex
+	seen    []string // at the regional
+	storage []string // at the blob storage, another host
+}
+
+func (a *authRecorder) record(to *[]string, v string) {
+	a.mu.Lock()
+	*to = append(*to, v)
+	a.mu.Unlock()
+}
+
+func startAuthRecorder(t *testing.T, regional *mirrorProc) (*authRecorder, *httptest.Server) {
+	t.Helper()
+	target, _ := url.Parse(regional.URL)
+	rp := httputil.NewSingleHostReverseProxy(target)
+	a := &authRecorder{}
+	storage := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		a.record(&a.storage, r.Header.Get("Authorization"))
+		rp.ServeHTTP(w, r)
+	}))
+	t.Cleanup(storage.Close)
+	// Another host name for the same loopback address.
+	storageURL := strings.Replace(storage.URL, "127.0.0.1", "localhost", 1)
+	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		auth := r.Header.Get("Authorization")
+		a.record(&a.seen, auth)
+		if auth == "" {
+			w.Header().Set("WWW-Authenticate", `Basic realm="regional"`)
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/blobs/") {
+			http.Redirect(w, r, storageURL+r.URL.RequestURI(), http.StatusTemporaryRedirect)
+			return
+		}
+		r.Header.Del("Authorization")
+		rp.ServeHTTP(w, r)
+	}))
+	t.Cleanup(front.Close)
+	return a, front
+}
+
+// Upstream credentials are chosen by the host they are sent to: a site whose
+// docker.io upstream is a regional mirror sends the regional's password
+// there, never Docker Hub's, and a redirect to another host carries none.
+func TestCredentialsGoByHostNotRegistryName(t *testing.T) {
+	t.Parallel()
+	hub := startUpstream(t, nil)
+	img := pushRandom(t, hub, "library/app:1", 2)
+	regional := startMirror(t, hub.URL, "")
+	rec, front := startAuthRecorder(t, regional)
+	creds := filepath.Join(t.TempDir(), "credentials")
+	frontHost := strings.TrimPrefix(front.URL, "http://")
+	writeFile(t, creds, "docker.io hubuser hubsecret\n"+frontHost+" regionaluser regionalsecret\n")
+	site := startMirror(t, front.URL, "", "REGMIRROR_CREDENTIALS_FILE="+creds)
+	want := regtest.Digest(t, img)
+	pullImage(t, site, "app:1", want)
+
+	regionalAuth := "Basic " + base64.StdEncoding.EncodeToString([]byte("regionaluser:regionalsecret"))
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	used := false
+	for _, a := range rec.seen {
+		if a != "" && a != regionalAuth {
+			t.Errorf("the regional was sent %q, want only its own credentials", a)
+		}
+		used = used || a == regionalAuth
+	}
+	if !used {
+		t.Errorf("the regional's own credentials were never sent; saw %q", rec.seen)
+	}
+	if len(rec.storage) == 0 {
+		t.Fatal("no blob was redirected to the storage host")
+	}
+	for _, a := range rec.storage {
+		if a != "" {
+			t.Errorf("a redirect to another host carried Authorization %q", a)
+		}
+	}
+	if logs := site.Logs() + regional.Logs(); strings.Contains(logs, "hubsecret") || strings.Contains(logs, "regionalsecret") {
+		t.Error("a password is in the logs")
+	}
 }

@@ -408,7 +408,7 @@ func (u threeUpstreams) env(t *testing.T) []string {
 	return []string{
 		upstreamsEnv("docker.io", u.a.URL, tlsName, u.b.URL, authName, u.c.URL),
 		"REGMIRROR_INSECURE_REGISTRIES=" + tlsName,
-		credentialsFile(t, authName, testUser, testPassword),
+		credentialsFile(t, strings.TrimPrefix(u.c.URL, "http://"), testUser, testPassword),
 	}
 }
 
@@ -499,7 +499,7 @@ func TestUpstreamsShareOneBlobStore(t *testing.T) {
 	}
 	c.push(t, "team/shared:1", imgC)
 
-	m := startMirror(t, a.URL, "", upstreamsEnv(authName, c.URL), credentialsFile(t, authName, testUser, testPassword))
+	m := startMirror(t, a.URL, "", upstreamsEnv(authName, c.URL), credentialsFile(t, strings.TrimPrefix(c.URL, "http://"), testUser, testPassword))
 	pullImage(t, m, "team/shared:1", regtest.Digest(t, imgA))
 	pullImage(t, m, authName+"/team/shared:1", regtest.Digest(t, imgC))
 
@@ -696,26 +696,26 @@ func TestUpstreamsCredentials(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
 		name       string
-		env        func(t *testing.T) []string
-		wantStatus int // for the manifest; 200 means the whole pull works
+		env        func(t *testing.T, host string) []string // host: where the credentials go
+		wantStatus int                                      // for the manifest; 200 means the whole pull works
 		wantCode   string
 		wantText   string // in the error message
 	}{
-		{name: "credentials file", wantStatus: http.StatusOK, env: func(t *testing.T) []string {
-			return []string{credentialsFile(t, authName, testUser, testPassword)}
+		{name: "credentials file", wantStatus: http.StatusOK, env: func(t *testing.T, host string) []string {
+			return []string{credentialsFile(t, host, testUser, testPassword)}
 		}},
-		{name: "docker config", wantStatus: http.StatusOK, env: func(t *testing.T) []string {
-			return []string{dockerConfig(t, authName, testUser, testPassword)}
+		{name: "docker config", wantStatus: http.StatusOK, env: func(t *testing.T, host string) []string {
+			return []string{dockerConfig(t, host, testUser, testPassword)}
 		}},
 		// The token server refuses the wrong password with 401, so the token
 		// handshake fails with 401 and the mirror passes that on: 401 UNAUTHORIZED.
-		{name: "wrong password in credentials file", wantStatus: http.StatusUnauthorized, wantCode: "UNAUTHORIZED", wantText: "REGMIRROR_CREDENTIALS_FILE", env: func(t *testing.T) []string {
-			return []string{credentialsFile(t, authName, testUser, wrongPassword)}
+		{name: "wrong password in credentials file", wantStatus: http.StatusUnauthorized, wantCode: "UNAUTHORIZED", wantText: "REGMIRROR_CREDENTIALS_FILE", env: func(t *testing.T, host string) []string {
+			return []string{credentialsFile(t, host, testUser, wrongPassword)}
 		}},
-		{name: "wrong password in docker config", wantStatus: http.StatusUnauthorized, wantCode: "UNAUTHORIZED", wantText: "REGMIRROR_DOCKER_CONFIG", env: func(t *testing.T) []string {
-			return []string{dockerConfig(t, authName, testUser, wrongPassword)}
+		{name: "wrong password in docker config", wantStatus: http.StatusUnauthorized, wantCode: "UNAUTHORIZED", wantText: "REGMIRROR_DOCKER_CONFIG", env: func(t *testing.T, host string) []string {
+			return []string{dockerConfig(t, host, testUser, wrongPassword)}
 		}},
-		{name: "no credentials", wantStatus: http.StatusUnauthorized, wantCode: "UNAUTHORIZED", wantText: "private or does not exist", env: func(*testing.T) []string { return nil }},
+		{name: "no credentials", wantStatus: http.StatusUnauthorized, wantCode: "UNAUTHORIZED", wantText: "private or does not exist", env: func(*testing.T, string) []string { return nil }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -726,7 +726,9 @@ func TestUpstreamsCredentials(t *testing.T) {
 				t.Fatal(err)
 			}
 			want := c.push(t, appRepo+":"+appTag, img)
-			env := append([]string{upstreamsEnv(authName, c.URL)}, tt.env(t)...)
+			// Credentials are keyed by the host they are sent to, not by the
+			// registry's name (c.local).
+			env := append([]string{upstreamsEnv(authName, c.URL)}, tt.env(t, strings.TrimPrefix(c.URL, "http://"))...)
 			m := startMirror(t, authName, "", env...)
 
 			path := "/v2/" + appRepo + "/manifests/" + appTag
@@ -771,7 +773,7 @@ func TestUpstreamsTokenReuseAndRefresh(t *testing.T) {
 	// With a tag TTL of 0 every pull by tag asks upstream, so every pull
 	// below really talks to C.
 	m := startMirror(t, authName, "", upstreamsEnv(authName, c.URL),
-		credentialsFile(t, authName, testUser, testPassword), "REGMIRROR_TAG_TTL=0")
+		credentialsFile(t, strings.TrimPrefix(c.URL, "http://"), testUser, testPassword), "REGMIRROR_TAG_TTL=0")
 	pull := func(tag string) {
 		t.Helper()
 		pullImage(t, m, authName+"/"+appRepo+":"+tag, want[tag])

@@ -78,8 +78,9 @@ func ParseCredentials(r io.Reader) (map[string]authn.AuthConfig, error) {
 	return out, nil
 }
 
-// Resolve implements authn.Keychain for a registry, by the name clients know
-// it by ("docker.io", "ghcr.io", "build.lan:5000").
+// Resolve implements authn.Keychain for the host credentials are sent to
+// ("ghcr.io", "regional.lan:5000"; "docker.io" for any of Docker Hub's hosts),
+// never for a registry's name: a mirror serving docker.io is not Docker Hub.
 func (k *Keychain) Resolve(r authn.Resource) (authn.Authenticator, error) {
 	reg := r.RegistryStr()
 	if c, ok := k.file[reg]; ok {
