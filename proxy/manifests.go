@@ -47,6 +47,7 @@ type manifest struct {
 	body      []byte
 	digest    v1.Hash
 	mediaType string
+	tier      tierHeaders // what upstream said of it that clients must hear; none when cached
 }
 
 // resolved is a manifest and how we came by it.
@@ -78,6 +79,7 @@ func (p *Proxy) serveManifest(w http.ResponseWriter, r *http.Request, rt route) 
 	if res.source == cacheStale {
 		w.Header().Set("Warning", fmt.Sprintf(`299 - "upstream %s unreachable: tag answer may be out of date"`, rt.registry))
 	}
+	res.m.tier.passOn(w.Header())
 	h := w.Header()
 	h.Set("Content-Type", m.mediaType)
 	setDigestHeaders(h, m.digest)
@@ -90,7 +92,7 @@ func (p *Proxy) serveManifest(w http.ResponseWriter, r *http.Request, rt route) 
 func (p *Proxy) manifestByDigest(ctx context.Context, up Upstream, repo string, h v1.Hash) (resolved, error) {
 	body, info, err := p.manifests.Manifest(ctx, h, maxManifest)
 	if err == nil {
-		return resolved{manifest{body, h, manifestType(info.MediaType, body)}, cacheHit}, nil
+		return resolved{manifest{body: body, digest: h, mediaType: manifestType(info.MediaType, body)}, cacheHit}, nil
 	}
 	if !errors.Is(err, cache.ErrNotFound) {
 		return resolved{}, err
@@ -150,6 +152,11 @@ func (p *Proxy) resolveTag(ctx context.Context, up Upstream, rt route, known cac
 	if err != nil {
 		return resolved{}, err
 	}
+	if m.tier.stale() {
+		// A lower tier served its last answer: ours is as stale as its.
+		p.learnTagAt(rt, m, p.expired())
+		return resolved{m, cacheStale}, nil
+	}
 	p.learnTag(rt, m)
 	return resolved{m, cacheMiss}, nil
 }
@@ -188,6 +195,13 @@ func (p *Proxy) revalidate(ctx context.Context, up Upstream, rt route, known cac
 	if err != nil {
 		return resolved{}, err
 	}
+	res.m.tier = tierOf(resp.Header)
+	if res.m.tier.stale() {
+		// A lower tier served its last answer: not a renewal of ours.
+		p.learnTagAt(rt, res.m, p.expired())
+		res.source = cacheStale
+		return res, nil
+	}
 	p.learnTag(rt, res.m)
 	return res, nil
 }
@@ -206,8 +220,12 @@ func (p *Proxy) noteStale(rt route, known cache.TagAnswer, err error) {
 		zap.String("tag", rt.tag), zap.Time("learned_at", known.LearnedAt), zap.NamedError("upstream_error", err))
 }
 
-func (p *Proxy) learnTag(rt route, m manifest) {
-	a := cache.TagAnswer{Digest: m.digest, MediaType: m.mediaType, Size: int64(len(m.body)), LearnedAt: p.opt.Now()}
+func (p *Proxy) learnTag(rt route, m manifest) { p.learnTagAt(rt, m, p.opt.Now()) }
+
+// learnTagAt records a tag answer as learned at t: an answer that is already
+// out of date is recorded as learned a TTL ago, so the next request asks again.
+func (p *Proxy) learnTagAt(rt route, m manifest, t time.Time) {
+	a := cache.TagAnswer{Digest: m.digest, MediaType: m.mediaType, Size: int64(len(m.body)), LearnedAt: t}
 	if err := p.tags.SetTag(rt.registry, rt.repo, rt.tag, a); err != nil {
 		p.log.Warn("record tag answer", zap.String(keyRepo, rt.repo), zap.String("tag", rt.tag), zap.Error(err))
 	}
@@ -232,7 +250,7 @@ func (p *Proxy) fetchManifest(ctx context.Context, up Upstream, repo, ref string
 	if claimed := resp.Header.Get("Docker-Content-Digest"); claimed != "" && claimed != got.String() {
 		return manifest{}, fmt.Errorf("manifest %s: %w: upstream claims %s, content hashes to %s", ref, errUpstreamInvalid, claimed, got)
 	}
-	m := manifest{body: body, digest: got, mediaType: manifestType(resp.Header.Get("Content-Type"), body)}
+	m := manifest{body: body, digest: got, mediaType: manifestType(resp.Header.Get("Content-Type"), body), tier: tierOf(resp.Header)}
 	if err := p.manifests.PutManifest(m.digest, m.body, m.mediaType); err != nil {
 		// Verified in memory: serve it even when the disk cannot keep it.
 		p.log.Warn("store manifest", zap.Stringer(keyDigest, m.digest), zap.Error(err))

@@ -73,7 +73,7 @@ func (p *Proxy) referrers(ctx context.Context, up Upstream, rt route) (resolved,
 	haveAnswer := err == nil
 	if haveAnswer && p.opt.Now().Sub(known.LearnedAt) < p.opt.TagTTL {
 		if body, _, err := p.manifests.Manifest(ctx, known.Digest, maxManifest); err == nil {
-			return resolved{manifest{body, known.Digest, typeOCIIndex}, cacheHit}, nil
+			return resolved{manifest{body: body, digest: known.Digest, mediaType: typeOCIIndex}, cacheHit}, nil
 		}
 	}
 	key := "r/" + rt.registry + "/" + rt.repo + "@" + rt.digest.String()
@@ -82,7 +82,7 @@ func (p *Proxy) referrers(ctx context.Context, up Upstream, rt route) (resolved,
 		if err != nil {
 			if upstream.Unavailable(err) && haveAnswer {
 				if body, _, cerr := p.manifests.Manifest(ctx, known.Digest, maxManifest); cerr == nil {
-					return resolved{manifest{body, known.Digest, typeOCIIndex}, cacheStale}, nil
+					return resolved{manifest{body: body, digest: known.Digest, mediaType: typeOCIIndex}, cacheStale}, nil
 				}
 			}
 			return resolved{}, err

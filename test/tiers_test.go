@@ -192,3 +192,102 @@ func TestCredentialsGoByHostNotRegistryName(t *testing.T) {
 		t.Error("a password is in the logs")
 	}
 }
+
+// site is a site regmirror whose docker.io upstream is the regional, both
+// asking upstream on every tag request (TTL 0).
+func startTier(t *testing.T, originWrap func(http.Handler) http.Handler) (origin *upstreamServer, regional, site *mirrorProc) {
+	t.Helper()
+	origin = startUpstream(t, originWrap)
+	regional = startMirror(t, origin.URL, "", "REGMIRROR_TAG_TTL=0")
+	site = startMirror(t, regional.URL+"?ns=docker.io", "", "REGMIRROR_TAG_TTL=0")
+	return origin, regional, site
+}
+
+// A regional's stale answer (its origin is down: Warning 299) reaches the
+// site's clients with its Warning, and the site counts it as stale.
+func TestRegionalStaleAnswerIsStaleAtTheSite(t *testing.T) {
+	t.Parallel()
+	origin, regional, site := startTier(t, nil)
+	one := regtest.Digest(t, pushRandom(t, origin, "team/app:1", 1))
+	two := regtest.Digest(t, pushRandom(t, origin, "team/app:2", 1))
+	pullImage(t, site, "team/app:1", one)     // both tiers know tag 1
+	pullImage(t, regional, "team/app:2", two) // only the regional knows tag 2
+	origin.Close()
+
+	for _, tc := range []struct {
+		tag    string
+		method string
+		want   v1.Hash
+	}{{"1", http.MethodHead, one}, {"1", http.MethodGet, one}, {"2", http.MethodGet, two}, {"2", http.MethodHead, two}} {
+		path := "/v2/team/app/manifests/" + tc.tag
+		resp, body := site.do(tc.method, path, manifestAccept)
+		if resp.StatusCode != http.StatusOK || resp.Header.Get("Docker-Content-Digest") != tc.want.String() {
+			t.Fatalf("%s %s at the site: %d %s, want 200 with %s", tc.method, path, resp.StatusCode, body, tc.want)
+		}
+		if w := resp.Header.Get("Warning"); !strings.HasPrefix(w, "299 ") || !strings.Contains(w, "docker.io unreachable") {
+			t.Errorf("%s %s at the site: Warning %q, want the regional's 299", tc.method, path, w)
+		}
+	}
+	if n := regtest.Scrape(t, site.URL+"/metrics").Value("regmirror_stale_answers_total", "registry", "docker.io"); n < 4 {
+		t.Errorf("site regmirror_stale_answers_total = %v, want at least 4", n)
+	}
+}
+
+// A regional's 503 for an image it lacks (its origin is down) is an answer
+// about that image: the site goes on serving all the regional has.
+func TestRegionalUnavailableForOneImageIsNotAnOutage(t *testing.T) {
+	t.Parallel()
+	origin, regional, site := startTier(t, nil)
+	have := regtest.Digest(t, pushRandom(t, origin, "team/have:1", 2))
+	lack := regtest.Digest(t, pushRandom(t, origin, "team/lack:1", 2))
+	pullImage(t, regional, "team/have:1", have)
+	origin.Close()
+
+	for _, path := range []string{"/v2/team/lack/manifests/1", "/v2/team/lack/manifests/" + lack.String()} {
+		for _, method := range []string{http.MethodGet, http.MethodHead} {
+			if resp, body := site.do(method, path, manifestAccept); resp.StatusCode != http.StatusServiceUnavailable {
+				t.Fatalf("%s %s at the site: %d %s, want 503", method, path, resp.StatusCode, body)
+			}
+		}
+	}
+	pullImage(t, site, "team/have:1", have)
+	pullImage(t, site, "team/have@"+have.String(), have)
+	if n := regtest.Scrape(t, site.URL+"/metrics").Value("regmirror_upstream_up", "registry", "docker.io"); n != 1 {
+		t.Errorf("site regmirror_upstream_up = %v, want 1: the regional answered", n)
+	}
+	if strings.Contains(site.Logs(), "upstream down") {
+		t.Errorf("the site marked the regional down for one image's 503; logs:\n%s", site.Logs())
+	}
+}
+
+// The origin's pull quota headers reach the site's clients through the regional.
+func TestRateLimitHeadersPassThroughTiers(t *testing.T) {
+	t.Parallel()
+	quota := func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if strings.Contains(r.URL.Path, "/manifests/") {
+				w.Header().Set("Ratelimit-Limit", "100;w=21600")
+				w.Header().Set("Ratelimit-Remaining", "76;w=21600")
+				w.Header().Set("Docker-Ratelimit-Source", "203.0.113.7")
+			}
+			next.ServeHTTP(w, r)
+		})
+	}
+	origin, _, site := startTier(t, quota)
+	want := regtest.Digest(t, pushRandom(t, origin, "team/app:1", 1))
+	for _, method := range []string{http.MethodGet, http.MethodHead} {
+		resp, body := site.do(method, "/v2/team/app/manifests/1", manifestAccept)
+		if resp.StatusCode != http.StatusOK || resp.Header.Get("Docker-Content-Digest") != want.String() {
+			t.Fatalf("%s at the site: %d %s", method, resp.StatusCode, body)
+		}
+		if got := resp.Header.Get("Ratelimit-Remaining"); got != "76;w=21600" {
+			t.Errorf("%s at the site: Ratelimit-Remaining %q, want the origin's 76;w=21600", method, got)
+		}
+		if got := resp.Header.Get("Ratelimit-Limit"); got != "100;w=21600" {
+			t.Errorf("%s at the site: Ratelimit-Limit %q, want the origin's", method, got)
+		}
+	}
+	if n := regtest.Scrape(t, site.URL+"/metrics").Value("regmirror_upstream_ratelimit_remaining", "registry", "docker.io"); n != 76 {
+		t.Errorf("site regmirror_upstream_ratelimit_remaining = %v, want 76", n)
+	}
+}

@@ -300,6 +300,9 @@ func (c *Client) send(ctx context.Context, method, repo string, h http.Header, q
 		return nil, err
 	}
 	if err := transport.CheckError(resp, http.StatusOK, http.StatusPartialContent); err != nil {
+		if te, ok := errors.AsType[*transport.Error](err); ok && answeredUnavailable(resp, te) {
+			err = fmt.Errorf("%w: %w", errAnsweredUnavailable, err)
+		}
 		return nil, &Error{Registry: c.name, Err: err, RetryAfter: resp.Header.Get("Retry-After"), WithCredentials: c.withCredentials}
 	}
 	return resp, nil

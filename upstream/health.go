@@ -54,7 +54,7 @@ func (c *Client) isDown() bool {
 // a network error, a timeout, or a 5xx. A 404 or 401 is an answer, and a 429
 // is about our quota, not the registry's health.
 func (c *Client) noteFailure(err error) {
-	if !unreachable(err) {
+	if !unreachable(err) || isAnswer(err) {
 		return
 	}
 	c.health.mu.Lock()
