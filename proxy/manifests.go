@@ -48,6 +48,7 @@ type manifest struct {
 	digest    v1.Hash
 	mediaType string
 	tier      tierHeaders // what upstream said of it that clients must hear; none when cached
+	fallback  string      // the fallback source that answered instead of the upstream, if one did
 }
 
 // resolved is a manifest and how we came by it.
@@ -152,6 +153,10 @@ func (p *Proxy) resolveTag(ctx context.Context, up Upstream, rt route, known cac
 	if err != nil {
 		return resolved{}, err
 	}
+	if m.fallback != "" {
+		p.learnFromFallback(rt, &m)
+		return resolved{m, cacheMiss}, nil
+	}
 	if m.tier.stale() {
 		// A lower tier served its last answer: ours is as stale as its.
 		p.learnTagAt(rt, m, p.expired())
@@ -166,7 +171,8 @@ var errNoDigestHeader = errors.New("upstream sent no Docker-Content-Digest")
 // revalidate asks upstream with a HEAD (free against Docker Hub's pull limit)
 // whether the tag still points where it did.
 func (p *Proxy) revalidate(ctx context.Context, up Upstream, rt route, known cache.TagAnswer) (resolved, error) {
-	resp, err := up.Manifest(ctx, http.MethodHead, rt.repo, rt.tag)
+	// Our own last answer beats a fallback's: only the upstream is asked.
+	resp, err := up.Manifest(upstream.PrimaryOnly(ctx), http.MethodHead, rt.repo, rt.tag)
 	if err != nil {
 		if isNotFound(err) {
 			// Deleted upstream: forget it rather than serve a tag that is gone.
@@ -184,6 +190,7 @@ func (p *Proxy) revalidate(ctx context.Context, up Upstream, rt route, known cac
 		}
 		p.noteStale(rt, known, err)
 		res.source = cacheStale
+		p.markFallback(rt, &res.m)
 		return res, nil
 	}
 	resp.Body.Close()
@@ -220,7 +227,12 @@ func (p *Proxy) noteStale(rt route, known cache.TagAnswer, err error) {
 		zap.String("tag", rt.tag), zap.Time("learned_at", known.LearnedAt), zap.NamedError("upstream_error", err))
 }
 
-func (p *Proxy) learnTag(rt route, m manifest) { p.learnTagAt(rt, m, p.opt.Now()) }
+// learnTag records the upstream's own answer for a tag, which replaces a
+// fallback's.
+func (p *Proxy) learnTag(rt route, m manifest) {
+	p.fellBack.Remove(tagKey(rt))
+	p.learnTagAt(rt, m, p.opt.Now())
+}
 
 // learnTagAt records a tag answer as learned at t: an answer that is already
 // out of date is recorded as learned a TTL ago, so the next request asks again.
@@ -235,6 +247,7 @@ func (p *Proxy) learnTagAt(rt route, m manifest, t time.Time) {
 // it against want (when fetched by digest) and against the digest upstream
 // claims, and stores it.
 func (p *Proxy) fetchManifest(ctx context.Context, up Upstream, repo, ref string, want v1.Hash) (manifest, error) {
+	ctx, src := upstream.WithSource(ctx)
 	resp, err := up.Manifest(ctx, http.MethodGet, repo, ref)
 	if err != nil {
 		return manifest{}, err
@@ -250,7 +263,7 @@ func (p *Proxy) fetchManifest(ctx context.Context, up Upstream, repo, ref string
 	if claimed := resp.Header.Get("Docker-Content-Digest"); claimed != "" && claimed != got.String() {
 		return manifest{}, fmt.Errorf("manifest %s: %w: upstream claims %s, content hashes to %s", ref, errUpstreamInvalid, claimed, got)
 	}
-	m := manifest{body: body, digest: got, mediaType: manifestType(resp.Header.Get("Content-Type"), body), tier: tierOf(resp.Header)}
+	m := manifest{body: body, digest: got, mediaType: manifestType(resp.Header.Get("Content-Type"), body), tier: tierOf(resp.Header), fallback: src.Fallback()}
 	if err := p.manifests.PutManifest(m.digest, m.body, m.mediaType); err != nil {
 		// Verified in memory: serve it even when the disk cannot keep it.
 		p.log.Warn("store manifest", zap.Stringer(keyDigest, m.digest), zap.Error(err))

@@ -26,6 +26,7 @@ type Metrics struct {
 	upErrors   *prometheus.CounterVec
 	upBytes    *prometheus.CounterVec
 	history    atomic.Pointer[history] // the proxy's series, which count upstream failures too
+	fallbacks  *prometheus.CounterVec
 }
 
 // NewMetrics registers the mirror's request and upstream metrics on reg.
@@ -50,8 +51,12 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Name: "regmirror_upstream_received_bytes_total",
 			Help: "Bytes of manifests, blobs and tag lists received from each upstream registry.",
 		}, []string{"registry"}),
+		fallbacks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "regmirror_fallback_answers_total",
+			Help: "Answers a fallback source gave because a registry's own upstream could not be asked, by registry, fallback and operation (manifest, blob, tags).",
+		}, []string{"registry", "fallback", "op"}),
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.upDuration, m.upErrors, m.upBytes} {
+	for _, c := range []prometheus.Collector{m.requests, m.upDuration, m.upErrors, m.upBytes, m.fallbacks} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

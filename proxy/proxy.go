@@ -99,6 +99,7 @@ type Proxy struct {
 	resolve singleflight.Group // tag and manifest resolutions
 
 	staleWarned *lru.Cache[string, time.Time] // tag → when we last warned it was stale
+	fellBack    *lru.Cache[string, string]    // tag → the fallback whose answer we hold
 	noRoom      *lru.Cache[v1.Hash, struct{}] // blobs that ran out of room while stored: streamed from now on
 	stats       stats
 	pulls       *pullLog
@@ -189,8 +190,9 @@ func New(st Store, ups []Upstream, opt Options, log *zap.Logger) (*Proxy, error)
 	ctx, cancel := context.WithCancel(context.Background())
 	warned, _ := lru.New[string, time.Time](4096)
 	noRoom, _ := lru.New[v1.Hash, struct{}](1024)
+	fellBack, _ := lru.New[string, string](4096)
 	p := &Proxy{blobs: st, manifests: st, tags: st, op: st, ups: byName, names: names, opt: opt, log: log, ctx: ctx, cancel: cancel,
-		flights: make(map[v1.Hash]*flight), staleWarned: warned, noRoom: noRoom,
+		flights: make(map[v1.Hash]*flight), staleWarned: warned, noRoom: noRoom, fellBack: fellBack,
 		pulls: newPullLog(), started: opt.Now()}
 	if opt.MaxDownloads > 0 {
 		p.slots = make(chan struct{}, opt.MaxDownloads)

@@ -41,7 +41,11 @@ func (p *Proxy) serveTags(w http.ResponseWriter, r *http.Request, rt route) erro
 		return err
 	}
 	setCache(r.Context(), cachePass)
-	tags, err := p.upstreamTags(r.Context(), p.ups[rt.registry], rt.repo, last)
+	ctx, src := upstream.WithSource(r.Context())
+	tags, err := p.upstreamTags(ctx, p.ups[rt.registry], rt.repo, last)
+	if src.Fallback() != "" {
+		w.Header().Set("Warning", answeredBy(src.Fallback()))
+	}
 	if err != nil {
 		if !upstream.Unavailable(err) {
 			return err

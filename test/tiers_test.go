@@ -1,6 +1,7 @@
 package test
 
 import (
+	"context"
 	"encoding/base64"
 	"net/http"
 	"net/http/httptest"
@@ -9,7 +10,9 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/random"
@@ -289,5 +292,113 @@ func TestRateLimitHeadersPassThroughTiers(t *testing.T) {
 	}
 	if n := regtest.Scrape(t, site.URL+"/metrics").Value("regmirror_upstream_ratelimit_remaining", "registry", "docker.io"); n != 76 {
 		t.Errorf("site regmirror_upstream_ratelimit_remaining = %v, want 76", n)
+	}
+}
+
+// switchable is an upstream fault: while down, every request gets a bare 503
+// (a load balancer in front of a dead registry).
+type switchable struct{ down atomic.Bool }
+
+func (s *switchable) wrap(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if s.down.Load() {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// With the primary down from the start, an image nobody cached pulls whole
+// from the fallback, with the same digests; the tag carries a Warning naming
+// the fallback, is counted per fallback, and the primary's own answer
+// replaces it as soon as the primary is back.
+func TestFallbackAnswersWhilePrimaryIsDown(t *testing.T) {
+	t.Parallel()
+	var sw switchable
+	sw.down.Store(true)
+	primary := startUpstream(t, sw.wrap)
+	fallback := startUpstream(t, nil)
+	onFallback := regtest.Digest(t, pushRandom(t, fallback, "team/app:1", 3))
+	sw.down.Store(false)
+	onPrimary := regtest.Digest(t, pushRandom(t, primary, "team/app:1", 2)) // the tag moved; the fallback lags
+	sw.down.Store(true)
+
+	dead := startUpstream(t, nil) // a first fallback that is gone too
+	dead.Close()
+	m := startMirror(t, primary.URL, "", "REGMIRROR_FALLBACKS=docker.io="+dead.URL+",docker.io="+fallback.URL+"?ns=docker.io")
+
+	pullImage(t, m, "team/app:1", onFallback)
+	pullImage(t, m, "team/app@"+onFallback.String(), onFallback)
+	resp, body := m.do(http.MethodGet, "/v2/team/app/manifests/1", manifestAccept)
+	want := `299 - "answered by ` + fallback.Host() + `"`
+	if resp.StatusCode != http.StatusOK || resp.Header.Get("Warning") != want {
+		t.Fatalf("GET tag while the primary is down: %d, Warning %q, want 200 with %q; body %s", resp.StatusCode, resp.Header.Get("Warning"), want, body)
+	}
+	mt := regtest.Scrape(t, m.URL+"/metrics")
+	if n := mt.Value("regmirror_fallback_answers_total", "registry", "docker.io", "fallback", fallback.Host(), "op", "manifest"); n < 1 {
+		t.Errorf("regmirror_fallback_answers_total for manifests = %v, want at least 1", n)
+	}
+	if n := mt.Value("regmirror_fallback_answers_total", "fallback", fallback.Host(), "op", "blob"); n < 3 {
+		t.Errorf("regmirror_fallback_answers_total for blobs = %v, want at least 3", n)
+	}
+	if !strings.Contains(m.Logs(), `"msg":"answered by fallback"`) {
+		t.Error("no log line says a fallback answered")
+	}
+
+	sw.down.Store(false)
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	if err := m.waitLog(ctx, func(rec map[string]any) bool { return rec["msg"] == "upstream up again" }); err != nil {
+		t.Fatalf("the primary was not seen up again: %v", err)
+	}
+	resp, body = m.do(http.MethodGet, "/v2/team/app/manifests/1", manifestAccept)
+	if resp.StatusCode != http.StatusOK || resp.Header.Get("Docker-Content-Digest") != onPrimary.String() || resp.Header.Get("Warning") != "" {
+		t.Fatalf("GET tag with the primary back: %d %s, Warning %q; want the primary's %s without a Warning; body %s",
+			resp.StatusCode, resp.Header.Get("Docker-Content-Digest"), resp.Header.Get("Warning"), onPrimary, body)
+	}
+	pullImage(t, m, "team/app:1", onPrimary)
+}
+
+// A fallback that serves a tampered blob is caught: the client's download is
+// aborted and nothing is stored.
+func TestFallbackTamperedBlobIsCaught(t *testing.T) {
+	t.Parallel()
+	primary := startUpstream(t, nil)
+	primary.Close()
+	data, _ := regtest.RandomBlob(t, 256<<10)
+	var path string
+	fallback := startUpstream(t, func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Method == http.MethodGet && r.URL.Path == path {
+				next.ServeHTTP(&tamperWriter{ResponseWriter: w, at: int64(len(data) - 10)}, r)
+				return
+			}
+			next.ServeHTTP(w, r)
+		})
+	})
+	h := pushBlob(t, fallback, "library/app", data)
+	path = "/v2/library/app/blobs/" + h.String()
+	m := startMirror(t, primary.URL, "", "REGMIRROR_FALLBACKS=docker.io="+fallback.URL)
+
+	got, err := readBlob(t.Context(), m.URL+"/v2/library/app/blobs/"+h.String(), func() {})
+	if err == nil {
+		t.Fatalf("a tampered blob from the fallback was served whole (%d bytes, digest %s)", len(got), regtest.DigestOf(got))
+	}
+	if files := blobFiles(t, m.DataDir, h); len(files) != 0 {
+		t.Errorf("tampered blob stored: %v", files)
+	}
+	if n := fallback.Count(http.MethodGet, path); n == 0 {
+		t.Fatal("the fallback was never asked for the blob")
+	}
+	if !strings.Contains(m.Logs(), "does not match") && !strings.Contains(m.Logs(), "digest mismatch") {
+		t.Errorf("no log line says the content did not match its digest; logs:\n%s", m.Logs())
+	}
+	// Every try is caught again: the fallback keeps tampering.
+	if got, err := readBlob(t.Context(), m.URL+"/v2/library/app/blobs/"+h.String(), func() {}); err == nil {
+		t.Fatalf("a second GET served the tampered blob whole (%d bytes)", len(got))
+	}
+	if files := blobFiles(t, m.DataDir, h); len(files) != 0 {
+		t.Errorf("tampered blob stored after a second GET: %v", files)
 	}
 }

@@ -37,8 +37,13 @@ var ManifestTypes = []string{
 
 // Options configure a Client.
 type Options struct {
-	// Name is the registry's name as clients know it, e.g. "docker.io".
+	// Name is the registry's name as clients know it, e.g. "docker.io"; for
+	// a fallback source, the source's own name (its host), used in logs,
+	// errors and metrics.
 	Name string
+	// Serves is the registry whose content the client fetches, when Name is
+	// a fallback's own; empty means Name.
+	Serves string
 	// URL is where the registry is reached; "http://" means plain HTTP. At
 	// a mirror of several registries it says how to name this one there:
 	// ?ns=NAME, or a repository prefix (see ParseEndpoint).
@@ -68,6 +73,7 @@ type Options struct {
 // Client is a pull-only client for one upstream registry. It is safe for concurrent use.
 type Client struct {
 	name     string
+	serves   string // the registry asked for at the endpoint
 	base     *url.URL
 	ep       Endpoint
 	timeout  time.Duration
@@ -117,6 +123,9 @@ func New(opt Options, log *zap.Logger) (*Client, error) {
 	if opt.Name == "" {
 		opt.Name = base.Host
 	}
+	if opt.Serves == "" {
+		opt.Serves = opt.Name
+	}
 	rt := opt.Transport
 	if rt == nil {
 		rt = baseTransport(opt.Timeout, opt.Insecure, opt.RootCAs)
@@ -155,7 +164,7 @@ func New(opt Options, log *zap.Logger) (*Client, error) {
 	}
 	auth, err := opt.Keychain.Resolve(registryName(ep.credentialKey()))
 	life, stop := context.WithCancel(context.Background())
-	return &Client{name: opt.Name, base: base, ep: ep, timeout: opt.Timeout, reg: reg, keychain: opt.Keychain, rt: rt, transports: cache, log: log, obs: opt.Observer,
+	return &Client{name: opt.Name, serves: opt.Serves, base: base, ep: ep, timeout: opt.Timeout, reg: reg, keychain: opt.Keychain, rt: rt, transports: cache, log: log, obs: opt.Observer,
 		probeMin: opt.ProbeMin, probeMax: opt.ProbeMax, life: life, stop: stop,
 		withCredentials: err == nil && auth != authn.Anonymous}, nil
 }

@@ -154,12 +154,12 @@ var ErrWrongRegistry = errors.New("upstream answered for another registry")
 // a mirror asked for plain /v2/owner/app would answer with its default
 // registry's owner/app, and we would serve that image under our name.
 func (c *Client) checkRegistry(resp *http.Response) error {
-	got, want := resp.Header.Get("Oci-Namespace"), c.ep.answersFor(c.name)
+	got, want := resp.Header.Get("Oci-Namespace"), c.ep.answersFor(c.serves)
 	if got == "" || want == "" || got == want {
 		return nil
 	}
 	return &Error{Registry: c.name, Err: fmt.Errorf("%w: %s answered for %s where %s was asked for: name the registry in the upstream URL, e.g. %s?ns=%s",
-		ErrWrongRegistry, c.base.Host, got, want, c.base, c.name)}
+		ErrWrongRegistry, c.base.Host, got, want, c.base, c.serves)}
 }
 
 // nsTransport puts the endpoint's ?ns= on every request to its host: ours,

@@ -30,6 +30,7 @@ type Config struct {
 	DataDir            string        `env:"DATA_DIR"            envDefault:"$XDG_CACHE_HOME/regmirror"     flag:"data-dir"            usage:"cache directory"`
 	Upstream           string        `env:"UPSTREAM"            envDefault:"https://registry-1.docker.io"  flag:"upstream"            usage:"the default upstream, which answers plain paths: a registry name from -upstreams, or a base URL (known as docker.io)"`
 	Upstreams          string        `env:"UPSTREAMS"           envDefault:""                              flag:"upstreams"           usage:"more upstream registries: name=URL,name=URL (e.g. ghcr.io=https://ghcr.io; at a mirror: ghcr.io=http://regional:5000?ns=ghcr.io or ghcr.io=https://harbor.lan/ghcr-proxy)"`
+	Fallbacks          string        `env:"FALLBACKS"           envDefault:""                              flag:"fallbacks"           usage:"other sources of a registry's content, tried in order when its upstream cannot be asked: registry=URL,... (e.g. docker.io=https://mirror.gcr.io)"`
 	InsecureRegistries string        `env:"INSECURE_REGISTRIES" envDefault:""                              flag:"insecure-registries" usage:"upstreams whose TLS certificates are not verified: host[:port],..."`
 	CAFile             string        `env:"CA_FILE"             envDefault:""                              flag:"ca-file"             usage:"PEM bundle of extra CAs trusted for upstream TLS"`
 	DockerConfig       string        `env:"DOCKER_CONFIG"       envDefault:""                              flag:"docker-config"       usage:"a Docker config.json with upstream credentials (credential helpers included)"`
@@ -111,12 +112,7 @@ func (c Config) resolveUpstreams() ([]upstreamSpec, string, error) {
 	first := specs[i]
 	specs = append([]upstreamSpec{first}, slices.Delete(specs, i, i+1)...)
 
-	insecure := map[string]bool{}
-	for _, h := range strings.Split(c.InsecureRegistries, ",") {
-		if h = strings.TrimSpace(h); h != "" {
-			insecure[h] = true
-		}
-	}
+	insecure := c.insecureSet()
 	for i := range specs {
 		u, _ := upstream.ParseURL(specs[i].URL)
 		if insecure[specs[i].Name] || insecure[u.Host] {
@@ -125,7 +121,11 @@ func (c Config) resolveUpstreams() ([]upstreamSpec, string, error) {
 			delete(insecure, u.Host)
 		}
 	}
+	fallbackHosts := c.fallbackHosts()
 	for h := range insecure {
+		if fallbackHosts[h] {
+			continue // a fallback's, see resolveFallbacks
+		}
 		return nil, "", fmt.Errorf("%sINSECURE_REGISTRIES: %q is not a configured upstream (by name or URL host)", envPrefix, h)
 	}
 	return specs, def, nil
@@ -263,7 +263,9 @@ func (c Config) Validate() error {
 	if c.DataDir == "" {
 		bad("DATA_DIR", "must not be empty")
 	}
-	if _, _, err := c.resolveUpstreams(); err != nil {
+	if specs, _, err := c.resolveUpstreams(); err != nil {
+		errs = append(errs, err)
+	} else if _, err := c.resolveFallbacks(specs); err != nil {
 		errs = append(errs, err)
 	}
 	if c.TagTTL < 0 {

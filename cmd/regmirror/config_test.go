@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"slices"
 	"strings"
@@ -311,5 +312,44 @@ func TestSettingsTaggedSecretAreNeverShown(t *testing.T) {
 	want := []setting{{"REGMIRROR_PASSWORD", "***"}, {"REGMIRROR_EMPTY", ""}, {"REGMIRROR_USER", "alice"}}
 	if !slices.Equal(got, want) {
 		t.Errorf("settings = %v, want %v", got, want)
+	}
+}
+
+func TestFallbacksConfig(t *testing.T) {
+	tests := []struct {
+		name, fallbacks, insecure string
+		want                      []fallbackSpec
+		err                       string // in the error; "" means accepted
+	}{
+		{name: "two in order", fallbacks: "docker.io=https://mirror.gcr.io, docker.io=http://mirror2.lan:5000?ns=docker.io", insecure: "mirror2.lan:5000",
+			want: []fallbackSpec{{Registry: "docker.io", Name: "mirror.gcr.io", URL: "https://mirror.gcr.io"},
+				{Registry: "docker.io", Name: "mirror2.lan:5000", URL: "http://mirror2.lan:5000?ns=docker.io", Insecure: true}}},
+		{name: "prefix", fallbacks: "ghcr.io=https://harbor.lan/ghcr-proxy",
+			want: []fallbackSpec{{Registry: "ghcr.io", Name: "harbor.lan/ghcr-proxy", URL: "https://harbor.lan/ghcr-proxy"}}},
+		{name: "unconfigured registry", fallbacks: "quay.io=https://q.lan", err: "REGMIRROR_FALLBACKS: entry 1: \"quay.io\" is not a configured upstream"},
+		{name: "no URL", fallbacks: "docker.io", err: "REGMIRROR_FALLBACKS: entry 1: want registry=URL"},
+		{name: "bad URL", fallbacks: "docker.io=https://m.lan#x", err: "REGMIRROR_FALLBACKS: docker.io: upstream URL"},
+		{name: "password", fallbacks: "docker.io=https://u:hunter2pw@m.lan", err: "credentials do not belong"},
+		{name: "twice", fallbacks: "docker.io=https://m.lan,docker.io=https://m.lan?ns=docker.io", err: "m.lan listed twice"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg, err := loadConfig(nil, map[string]string{"REGMIRROR_DATA_DIR": "/d", "REGMIRROR_UPSTREAMS": "ghcr.io=https://ghcr.io",
+				"REGMIRROR_FALLBACKS": tt.fallbacks, "REGMIRROR_INSECURE_REGISTRIES": tt.insecure})
+			if tt.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.err) || strings.Contains(err.Error(), "hunter2pw") {
+					t.Fatalf("err = %v, want one saying %q", err, tt.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			specs, _, _ := cfg.resolveUpstreams()
+			got, err := cfg.resolveFallbacks(specs)
+			if err != nil || !reflect.DeepEqual(got, tt.want) {
+				t.Errorf("fallbacks = %+v, %v; want %+v", got, err, tt.want)
+			}
+		})
 	}
 }

@@ -222,10 +222,11 @@ func newMirror(cfg Config, log *zap.Logger) (_ *mirror, err error) {
 			c.Close()
 		}
 	})
-	ups := make([]proxy.Upstream, len(m.clients))
-	for i, c := range m.clients {
-		ups[i] = c
+	ups, closeFallbacks, err := withFallbacks(cfg, m.clients, metrics, log.Named("upstream"))
+	if err != nil {
+		return nil, err
 	}
+	m.closers = append(m.closers, closeFallbacks)
 	popt := proxy.Options{
 		TagTTL:          cfg.TagTTL,
 		UpstreamTimeout: cfg.UpstreamTimeout,
@@ -390,28 +391,15 @@ func newUpstreams(cfg Config, obs upstream.Observer, log *zap.Logger) ([]*upstre
 	if err != nil {
 		return nil, err
 	}
-	keychain, err := upstream.LoadKeychain(cfg.CredentialsFile, cfg.DockerConfig)
+	opt, err := upstreamOptions(cfg, obs)
 	if err != nil {
-		return nil, fmt.Errorf("upstream credentials (%sCREDENTIALS_FILE, %sDOCKER_CONFIG): %w", envPrefix, envPrefix, err)
-	}
-	var roots *x509.CertPool
-	if cfg.CAFile != "" {
-		if roots, err = loadCAs(cfg.CAFile); err != nil {
-			return nil, fmt.Errorf("%sCA_FILE: %w", envPrefix, err)
-		}
+		return nil, err
 	}
 	var ups []*upstream.Client
 	for _, sp := range specs {
-		c, err := upstream.New(upstream.Options{
-			Name:      sp.Name,
-			URL:       sp.URL,
-			Timeout:   cfg.UpstreamTimeout,
-			Keychain:  keychain,
-			Insecure:  sp.Insecure,
-			RootCAs:   roots,
-			UserAgent: "regmirror/" + version,
-			Observer:  obs,
-		}, log)
+		o := opt
+		o.Name, o.URL, o.Insecure = sp.Name, sp.URL, sp.Insecure
+		c, err := upstream.New(o, log)
 		if err != nil {
 			for _, u := range ups {
 				u.Close()
