@@ -2,9 +2,10 @@
 # Installs the container clients that test/clients_test.go drives, from
 # Debian's packages: skopeo, podman, containerd (which ships ctr) and the
 # Docker daemon; Chromium, which test/status_test.go renders the status
-# page in; and versitygw, the S3 server cache/s3_test.go runs against,
-# built with `go install`. Idempotent: it does nothing when every binary is
-# there.
+# page in; distribution's registry (docker-registry), which test/tiers_test.go
+# runs as a regional proxy; and versitygw, the S3 server cache/s3_test.go runs
+# against, built with `go install`. Idempotent: it does nothing when every
+# binary is there.
 #
 #   bash .ci/clients.sh
 #   REGMIRROR_REQUIRE_CLIENTS=1 go test ./test -run TestClients
@@ -45,6 +46,7 @@ declare -A pkg_of=(
 	[dockerd]=docker.io
 	[/usr/bin/docker]=docker.io
 	[chromium]=chromium
+	[docker-registry]=docker-registry
 )
 
 missing=()
@@ -54,7 +56,7 @@ for bin in "${!pkg_of[@]}"; do
 	fi
 done
 if [ ${#missing[@]} -eq 0 ]; then
-	echo "clients.sh: skopeo, podman, containerd, ctr, dockerd and chromium are already installed"
+	echo "clients.sh: skopeo, podman, containerd, ctr, dockerd, chromium and docker-registry are already installed"
 	exit 0
 fi
 mapfile -t pkgs < <(printf '%s\n' "${missing[@]}" | sort -u)

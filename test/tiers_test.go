@@ -1,12 +1,16 @@
 package test
 
 import (
+	"bytes"
 	"context"
 	"encoding/base64"
+	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -400,5 +404,79 @@ func TestFallbackTamperedBlobIsCaught(t *testing.T) {
 	}
 	if files := blobFiles(t, m.DataDir, h); len(files) != 0 {
 		t.Errorf("tampered blob stored after a second GET: %v", files)
+	}
+}
+
+// A tier with distribution's proxy (Debian's docker-registry, `proxy:
+// remoteurl:`) as the regional: a site regmirror in front of it pulls whole
+// images by tag and digest, and serves them again with the regional gone.
+func TestSiteThroughDistributionProxy(t *testing.T) {
+	t.Parallel()
+	bin := lookClient(t, "docker-registry")[0]
+	origin := startUpstream(t, nil)
+	img := pushRandom(t, origin, "team/app:1", 3)
+	want := regtest.Digest(t, img)
+
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close() // docker-registry takes an address, not a listener
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "config.yml")
+	writeFile(t, conf, fmt.Sprintf(`version: 0.1
+log:
+  level: warn
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: %s
+http:
+  addr: %s
+  secret: regmirror-test
+proxy:
+  remoteurl: %s
+`, filepath.Join(dir, "data"), addr, origin.URL))
+	reg := exec.Command(bin, "serve", conf)
+	var out bytes.Buffer
+	reg.Stdout, reg.Stderr = &out, &out
+	if err := reg.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { reg.Wait(); close(exited) }()
+	stop := func() {
+		reg.Process.Kill()
+		<-exited
+	}
+	t.Cleanup(stop)
+	regionalURL := "http://" + addr
+	for {
+		if resp, err := http.Get(regionalURL + "/v2/"); err == nil {
+			resp.Body.Close()
+			break
+		}
+		select {
+		case <-exited:
+			t.Fatalf("docker-registry exited: %s", out.String())
+		case <-t.Context().Done():
+			t.Fatal("docker-registry did not start")
+		case <-time.After(20 * time.Millisecond): // polling a port that is not open yet
+		}
+	}
+
+	site := startMirror(t, regionalURL, "")
+	pullImage(t, site, "team/app:1", want)
+	pullImage(t, site, "team/app@"+want.String(), want)
+	if n := origin.CountPrefix(http.MethodGet, "/v2/team/app/blobs/"); n == 0 {
+		t.Errorf("the origin was never asked for a blob: did the site bypass the regional?")
+	}
+	stop()
+	pullImage(t, site, "team/app@"+want.String(), want)
+	resp, _ := site.do(http.MethodGet, "/v2/team/app/manifests/1", manifestAccept)
+	if resp.StatusCode != http.StatusOK || resp.Header.Get("Docker-Content-Digest") != want.String() {
+		t.Errorf("tag with the regional gone: %d %s, want 200 %s", resp.StatusCode, resp.Header.Get("Docker-Content-Digest"), want)
 	}
 }
