@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/caarlos0/env/v11"
+	"github.com/regmirror/regmirror/upstream"
 	"go.uber.org/zap/zapcore"
 )
 
@@ -351,5 +352,43 @@ func TestFallbacksConfig(t *testing.T) {
 				t.Errorf("fallbacks = %+v, %v; want %+v", got, err, tt.want)
 			}
 		})
+	}
+}
+
+// The tier example in deploy/tiers (and the README) is a configuration that
+// starts, and the site names every registry at the regional.
+func TestDeployTierFilesAreValid(t *testing.T) {
+	for _, file := range []string{"regional.env", "site.env"} {
+		raw, err := os.ReadFile(filepath.Join("..", "..", "deploy", "tiers", file))
+		if err != nil {
+			t.Fatal(err)
+		}
+		environ := map[string]string{}
+		for _, line := range strings.Split(string(raw), "\n") {
+			if k, v, ok := strings.Cut(line, "="); ok && !strings.HasPrefix(line, "#") {
+				environ[k] = v
+			}
+		}
+		cfg, err := loadConfig(nil, environ)
+		if err != nil {
+			t.Fatalf("%s: %v", file, err)
+		}
+		specs, _, _ := cfg.resolveUpstreams()
+		for _, sp := range specs {
+			ep, err := upstream.ParseEndpoint(sp.URL)
+			if err != nil {
+				t.Fatalf("%s: %s: %v", file, sp.Name, err)
+			}
+			if file == "site.env" && ep.NS != sp.Name {
+				t.Errorf("%s: %s is asked of %s as %q", file, sp.Name, ep.Base, ep.NS)
+			}
+		}
+		readme, err := os.ReadFile(filepath.Join("..", "..", "README.md"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(string(readme), "REGMIRROR_UPSTREAMS="+environ["REGMIRROR_UPSTREAMS"]) {
+			t.Errorf("%s: the README's example does not show its REGMIRROR_UPSTREAMS", file)
+		}
 	}
 }
