@@ -208,3 +208,29 @@ perf_stop() {
 		PERF_PID=
 	fi
 }
+
+# registry_config FILE ADDR ROOT ACCESSLOG [REMOTEURL]: a config of Debian's
+# docker-registry (distribution 2.8) serving ROOT on ADDR, its access log on
+# when ACCESSLOG is on; with REMOTEURL, a pull-through proxy of it.
+registry_config() {
+	local disabled=true
+	[ "$4" = on ] && disabled=false
+	cat >"$1" <<CONF
+version: 0.1
+log:
+  level: warn
+  accesslog:
+    disabled: $disabled
+storage:
+  filesystem:
+    rootdirectory: $3
+  cache:
+    blobdescriptor: inmemory
+http:
+  addr: $2
+  secret: regmirror-bench-$(basename "$1" .yml)
+CONF
+	if [ -n "${5:-}" ]; then
+		printf 'proxy:\n  remoteurl: %s\n' "$5" >>"$1"
+	fi
+}

@@ -103,23 +103,7 @@ start_peer() {
 	local name=$1 port
 	port=$(free_port)
 	DATA[$name]=$WORK/data-$name
-	cat >"$WORK/$name.yml" <<EOF
-version: 0.1
-log:
-  level: warn
-  accesslog:
-    disabled: true
-storage:
-  filesystem:
-    rootdirectory: ${DATA[$name]}
-  cache:
-    blobdescriptor: inmemory
-http:
-  addr: 127.0.0.1:$port
-  secret: regmirror-bench-$name
-proxy:
-  remoteurl: $UP_URL
-EOF
+	registry_config "$WORK/$name.yml" "127.0.0.1:$port" "${DATA[$name]}" off "$UP_URL"
 	docker-registry serve "$WORK/$name.yml" >"$WORK/log-$name" 2>&1 &
 	PID[$name]=$!
 	PIDS+=("${PID[$name]}")
@@ -430,21 +414,7 @@ CRANE=$WORK/bin/crane
 # The upstream.
 UP_PORT=$(free_port)
 UP_URL=http://127.0.0.1:$UP_PORT
-cat >"$WORK/upstream.yml" <<EOF
-version: 0.1
-log:
-  level: warn
-  accesslog:
-    disabled: false
-storage:
-  filesystem:
-    rootdirectory: $WORK/data-upstream
-  cache:
-    blobdescriptor: inmemory
-http:
-  addr: 127.0.0.1:$UP_PORT
-  secret: regmirror-bench-upstream
-EOF
+registry_config "$WORK/upstream.yml" "127.0.0.1:$UP_PORT" "$WORK/data-upstream" on
 docker-registry serve "$WORK/upstream.yml" >"$WORK/upstream.access" 2>"$WORK/log-upstream" &
 PID[upstream]=$!
 PIDS+=("${PID[upstream]}")

@@ -34,19 +34,7 @@ CRANE=$WORK/bin/crane
 
 UP_PORT=$(free_port)
 UP_URL=http://127.0.0.1:$UP_PORT
-cat >"$WORK/origin.yml" <<CONF
-version: 0.1
-log:
-  level: warn
-  accesslog:
-    disabled: true
-storage:
-  filesystem:
-    rootdirectory: $WORK/data-origin
-http:
-  addr: 127.0.0.1:$UP_PORT
-  secret: regmirror-bench-origin
-CONF
+registry_config "$WORK/origin.yml" "127.0.0.1:$UP_PORT" "$WORK/data-origin" off
 docker-registry serve "$WORK/origin.yml" >"$WORK/log-origin" 2>&1 &
 PIDS+=("$!")
 wait_http "$UP_URL/v2/" "$!" "$WORK/log-origin"
