@@ -68,6 +68,7 @@ func (p *Proxy) serveManifest(w http.ResponseWriter, r *http.Request, rt route) 
 		res, err = p.manifestByTag(ctx, up, rt)
 	}
 	if err != nil {
+		passQuota(w.Header(), up, err)
 		return err
 	}
 	setCache(ctx, res.source)

@@ -1,9 +1,12 @@
 package proxy
 
 import (
+	"errors"
 	"net/http"
 	"strings"
 	"time"
+
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 )
 
 // tierHeaders are the headers of an upstream's manifest answer that the
@@ -53,3 +56,16 @@ func (t tierHeaders) passOn(h http.Header) {
 
 // expired is a LearnedAt that makes a tag answer due for revalidation at once.
 func (p *Proxy) expired() time.Time { return p.opt.Now().Add(-p.opt.TagTTL - time.Second) }
+
+// passQuota puts the upstream's quota headers on a 429 passed on to our
+// client: the one answer where they say most (how long until pulls work).
+func passQuota(h http.Header, up Upstream, err error) {
+	if te, ok := errors.AsType[*transport.Error](err); !ok || te.StatusCode != http.StatusTooManyRequests {
+		return
+	}
+	if rl, ok := up.RateLimit(); ok {
+		for k, v := range rl.Header {
+			h[k] = v
+		}
+	}
+}

@@ -272,6 +272,15 @@ func TestRateLimitHeadersPassThroughTiers(t *testing.T) {
 	t.Parallel()
 	quota := func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if strings.Contains(r.URL.Path, "/team/limited/manifests/") {
+				w.Header().Set("Ratelimit-Limit", "100;w=21600")
+				w.Header().Set("Ratelimit-Remaining", "0;w=21600")
+				w.Header().Set("Retry-After", "60")
+				w.Header().Set("Content-Type", "application/json")
+				w.WriteHeader(http.StatusTooManyRequests)
+				w.Write([]byte(`{"errors":[{"code":"TOOMANYREQUESTS","message":"pull rate limit"}]}`))
+				return
+			}
 			if strings.Contains(r.URL.Path, "/manifests/") {
 				w.Header().Set("Ratelimit-Limit", "100;w=21600")
 				w.Header().Set("Ratelimit-Remaining", "76;w=21600")
@@ -296,6 +305,17 @@ func TestRateLimitHeadersPassThroughTiers(t *testing.T) {
 	}
 	if n := regtest.Scrape(t, site.URL+"/metrics").Value("regmirror_upstream_ratelimit_remaining", "registry", "docker.io"); n != 76 {
 		t.Errorf("site regmirror_upstream_ratelimit_remaining = %v, want 76", n)
+	}
+	// Out of quota at the origin: the 429 reaches the site's client with the
+	// origin's quota and Retry-After.
+	resp, body := site.do(http.MethodGet, "/v2/team/limited/manifests/1", manifestAccept)
+	if resp.StatusCode != http.StatusTooManyRequests {
+		t.Fatalf("GET an image over quota at the site: %d %s, want 429", resp.StatusCode, body)
+	}
+	for k, want := range map[string]string{"Ratelimit-Remaining": "0;w=21600", "Ratelimit-Limit": "100;w=21600", "Retry-After": "60"} {
+		if got := resp.Header.Get(k); got != want {
+			t.Errorf("429 at the site: %s %q, want the origin's %q", k, got, want)
+		}
 	}
 }
 

@@ -18,6 +18,10 @@ type RateLimit struct {
 	Remaining int
 	Source    string
 	At        time.Time
+	// Header is the quota headers as the registry sent them
+	// (Ratelimit-Limit, Ratelimit-Remaining, Docker-Ratelimit-Source), for
+	// a mirror to pass on to its own clients.
+	Header http.Header
 }
 
 // rateLimits keeps the latest RateLimit and warns, at most every few minutes,
@@ -39,7 +43,13 @@ func (r *rateLimits) observe(h http.Header, registry string, log *zap.Logger) {
 	}
 	now := time.Now()
 	r.mu.Lock()
-	r.latest = RateLimit{Limit: limit, Remaining: remaining, Source: h.Get("Docker-Ratelimit-Source"), At: now}
+	raw := http.Header{}
+	for _, k := range []string{"Ratelimit-Limit", "Ratelimit-Remaining", "Docker-Ratelimit-Source"} {
+		if v := h.Get(k); v != "" {
+			raw.Set(k, v)
+		}
+	}
+	r.latest = RateLimit{Limit: limit, Remaining: remaining, Source: h.Get("Docker-Ratelimit-Source"), At: now, Header: raw}
 	r.known = true
 	warn := remaining*10 < limit && now.Sub(r.lastWarned) >= rateWarnEvery
 	if warn {
