@@ -53,7 +53,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		}, []string{"registry"}),
 		fallbacks: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "regmirror_fallback_answers_total",
-			Help: "Answers a fallback source gave because a registry's own upstream could not be asked, by registry, fallback and operation (manifest, blob, tags).",
+			Help: "Answers a fallback source gave because a registry's own upstream could not be asked, by registry, fallback and operation (manifest, blob, tags, referrers).",
 		}, []string{"registry", "fallback", "op"}),
 	}
 	for _, c := range []prometheus.Collector{m.requests, m.upDuration, m.upErrors, m.upBytes, m.fallbacks} {

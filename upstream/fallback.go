@@ -10,7 +10,7 @@ import (
 )
 
 // FallbackObserver hears of every answer a fallback source gave in place of
-// its registry's own upstream, for metrics. op is "manifest", "blob" or "tags".
+// its registry's own upstream, for metrics. op is "manifest", "blob", "tags" or "referrers".
 type FallbackObserver interface {
 	FellBack(registry, fallback, op string)
 }
