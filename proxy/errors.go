@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,7 +12,6 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/regmirror/regmirror/cache"
 	"github.com/regmirror/regmirror/upstream"
 )
@@ -51,85 +49,131 @@ func errManifestUnknown(msg string) error {
 	return &ociError{status: http.StatusNotFound, code: "MANIFEST_UNKNOWN", message: msg}
 }
 
-// toOCI maps any error a handler returns to what the client is told. The
-// route kind picks the code for "not found"; internals never reach the client.
+// answer is what a client is told of a failure. In message, {registry} is
+// who failed ("upstream docker.io", or "upstream" when the error does not
+// say), {status} the status an upstream answered ("503 Service
+// Unavailable"), and {detail} the upstream error's own text.
+type answer struct {
+	status  int
+	code    string // "" for a 404: the route's not-found code (notFoundCode)
+	message string
+}
+
+// kindAnswers is what a client is told of an upstream failure, by its kind
+// (upstream.FailureOf); a status answered upstream is in statusAnswer.
+var kindAnswers = map[upstream.Kind]answer{
+	upstream.KindDown:    {http.StatusServiceUnavailable, "UNAVAILABLE", "{registry} is unreachable"},
+	upstream.KindTimeout: {http.StatusServiceUnavailable, "UNAVAILABLE", "{registry} is unreachable"},
+	upstream.KindNetwork: {http.StatusServiceUnavailable, "UNAVAILABLE", "{registry} is unreachable"},
+	upstream.KindTLS: {http.StatusBadGateway, "UNAVAILABLE", "{registry} presented a TLS certificate that does not verify: " +
+		"list it in REGMIRROR_INSECURE_REGISTRIES, or add its CA to REGMIRROR_CA_FILE"},
+	// The text is go-containerregistry's, about the registry's setup (e.g. a
+	// token server on a private address); it carries no credentials.
+	upstream.KindHandshake: {http.StatusBadGateway, "UNAVAILABLE", "{registry}: {detail}"},
+	upstream.KindCanceled:  {http.StatusServiceUnavailable, "UNAVAILABLE", "request canceled"},
+	upstream.KindOther:     {http.StatusInternalServerError, "UNKNOWN", "internal error"},
+}
+
+// statusAnswer is what a client is told of a status an upstream answered.
+func statusAnswer(status int) answer {
+	switch {
+	case status == http.StatusNotFound:
+		return answer{http.StatusNotFound, "", "{registry} answered {status}"}
+	case status == http.StatusUnauthorized:
+		return answer{http.StatusUnauthorized, "UNAUTHORIZED", "{registry} answered {status}: the repository is private or does not exist"}
+	case status == http.StatusForbidden:
+		return answer{http.StatusForbidden, "DENIED", "{registry} answered {status}"}
+	case status == http.StatusTooManyRequests:
+		return answer{http.StatusTooManyRequests, "TOOMANYREQUESTS", "{registry} answered {status}"}
+	case status >= 500:
+		return answer{http.StatusServiceUnavailable, "UNAVAILABLE", "{registry} answered {status}"}
+	default:
+		return answer{http.StatusBadGateway, "UNKNOWN", "{registry} answered {status}"}
+	}
+}
+
+// sentinelAnswers is what a client is told of the cache's and the proxy's
+// own sentinel errors, looked for before the upstream's kinds.
+var sentinelAnswers = []struct {
+	err error
+	answer
+}{
+	{cache.ErrNotFound, answer{http.StatusNotFound, "", "not found"}},
+	{cache.ErrDigestMismatch, answerBadContent},
+	{cache.ErrSizeMismatch, answerBadContent},
+	{errUpstreamInvalid, answerBadContent},
+	{upstream.ErrWrongRegistry, answer{http.StatusBadGateway, "UNKNOWN", "{registry}: {detail}"}},
+}
+
+var (
+	answerBadContent = answer{http.StatusBadGateway, "UNKNOWN", "{registry} sent content that does not match its digest"}
+	// The full error, with its paths, goes to the access log.
+	answerStoreFailed    = answer{http.StatusInternalServerError, "UNKNOWN", "the mirror's cache store failed"}
+	answerBadCredentials = answer{http.StatusUnauthorized, "UNAUTHORIZED",
+		"{registry} refused this mirror's credentials for it: check REGMIRROR_CREDENTIALS_FILE or REGMIRROR_DOCKER_CONFIG"}
+)
+
+// toOCI maps any error a handler returns to what the client is told: an
+// *ociError as it is, a sentinel of the cache or the proxy by
+// sentinelAnswers, a failure of this machine's store as such, and anything
+// else by its upstream.Failure. The route kind picks the code for "not
+// found"; internals never reach the client.
 func toOCI(err error, kind routeKind) *ociError {
 	if oe, ok := errors.AsType[*ociError](err); ok {
 		return oe
 	}
-	if errors.Is(err, cache.ErrNotFound) {
-		return notFound(kind, "not found")
-	}
-	registry := "upstream"
 	ue, fromUpstream := errors.AsType[*upstream.Error](err)
+	f := upstream.FailureOf(err)
+	a, found := sentinelAnswer(err)
+	switch {
+	case found:
+	case !fromUpstream && isStoreError(err):
+		a = answerStoreFailed
+	case f.Kind == upstream.KindStatus && f.Status == http.StatusUnauthorized && fromUpstream && ue.WithCredentials:
+		a = answerBadCredentials
+	case f.Kind == upstream.KindStatus:
+		a = statusAnswer(f.Status)
+	default:
+		a = kindAnswers[f.Kind]
+	}
+	registry, detail := "upstream", ""
 	if fromUpstream {
-		registry = "upstream " + ue.Registry
+		registry, detail = "upstream "+ue.Registry, ue.Err.Error()
 	}
-	if te, ok := errors.AsType[*transport.Error](err); ok {
-		oe := fromUpstreamStatus(te.StatusCode, registry, kind)
-		switch {
-		case oe.status == http.StatusTooManyRequests && fromUpstream:
-			oe.retryAfter = ue.RetryAfter
-		case oe.status == http.StatusUnauthorized && fromUpstream && ue.WithCredentials:
-			oe.message = registry + " refused this mirror's credentials for it: check REGMIRROR_CREDENTIALS_FILE or REGMIRROR_DOCKER_CONFIG"
-		}
-		return oe
+	oe := &ociError{status: a.status, code: a.code, message: strings.NewReplacer("{registry}", registry,
+		"{status}", strconv.Itoa(f.Status)+" "+http.StatusText(f.Status), "{detail}", detail).Replace(a.message)}
+	if oe.code == "" {
+		oe.code = notFoundCode(kind)
 	}
-	if fromUpstream && errors.Is(err, upstream.ErrHandshake) {
-		// The text is go-containerregistry's, about the registry's setup (e.g. a
-		// token server on a private address); it carries no credentials.
-		return &ociError{status: http.StatusBadGateway, code: "UNAVAILABLE", message: registry + ": " + ue.Err.Error()}
+	if oe.status == http.StatusTooManyRequests && fromUpstream {
+		oe.retryAfter = ue.RetryAfter
 	}
-	if fromUpstream && errors.Is(err, upstream.ErrWrongRegistry) {
-		return &ociError{status: http.StatusBadGateway, code: "UNKNOWN", message: registry + ": " + ue.Err.Error()}
-	}
-	if errors.Is(err, upstream.ErrUntrustedCertificate) {
-		return &ociError{status: http.StatusBadGateway, code: "UNAVAILABLE", message: registry +
-			" presented a TLS certificate that does not verify: list it in REGMIRROR_INSECURE_REGISTRIES, or add its CA to REGMIRROR_CA_FILE"}
-	}
-	if errors.Is(err, cache.ErrDigestMismatch) || errors.Is(err, cache.ErrSizeMismatch) || errors.Is(err, errUpstreamInvalid) {
-		return &ociError{status: http.StatusBadGateway, code: "UNKNOWN", message: registry + " sent content that does not match its digest"}
-	}
-	if !fromUpstream && isStoreError(err) {
-		// The full error, with its paths, goes to the access log.
-		return &ociError{status: http.StatusInternalServerError, code: "UNKNOWN", message: "the mirror's cache store failed"}
-	}
-	if errors.Is(err, context.DeadlineExceeded) || upstream.IsNetworkError(err) || errors.Is(err, upstream.ErrDown) {
-		return &ociError{status: http.StatusServiceUnavailable, code: "UNAVAILABLE", message: registry + " is unreachable"}
-	}
-	if errors.Is(err, context.Canceled) {
-		return &ociError{status: http.StatusServiceUnavailable, code: "UNAVAILABLE", message: "request canceled"}
-	}
-	return &ociError{status: http.StatusInternalServerError, code: "UNKNOWN", message: "internal error"}
+	return oe
 }
 
+func sentinelAnswer(err error) (answer, bool) {
+	for _, s := range sentinelAnswers {
+		if errors.Is(err, s.err) {
+			return s.answer, true
+		}
+	}
+	return answer{}, false
+}
+
+// notFound is a 404 with the route kind's not-found code.
 func notFound(kind routeKind, msg string) *ociError {
-	code := "NAME_UNKNOWN"
+	return &ociError{status: http.StatusNotFound, code: notFoundCode(kind), message: msg}
+}
+
+// notFoundCode is the OCI code of a 404 for a route kind.
+func notFoundCode(kind routeKind) string {
 	switch kind {
 	case routeManifest:
-		code = "MANIFEST_UNKNOWN"
+		return "MANIFEST_UNKNOWN"
 	case routeBlob:
-		code = "BLOB_UNKNOWN"
+		return "BLOB_UNKNOWN"
 	}
-	return &ociError{status: http.StatusNotFound, code: code, message: msg}
-}
-
-func fromUpstreamStatus(status int, registry string, kind routeKind) *ociError {
-	said := registry + " answered " + strconv.Itoa(status) + " " + http.StatusText(status)
-	switch {
-	case status == http.StatusNotFound:
-		return notFound(kind, said)
-	case status == http.StatusUnauthorized:
-		return &ociError{status: http.StatusUnauthorized, code: "UNAUTHORIZED", message: said + ": the repository is private or does not exist"}
-	case status == http.StatusForbidden:
-		return &ociError{status: http.StatusForbidden, code: "DENIED", message: said}
-	case status == http.StatusTooManyRequests:
-		return &ociError{status: http.StatusTooManyRequests, code: "TOOMANYREQUESTS", message: said}
-	case status >= 500:
-		return &ociError{status: http.StatusServiceUnavailable, code: "UNAVAILABLE", message: said}
-	default:
-		return &ociError{status: http.StatusBadGateway, code: "UNKNOWN", message: said}
-	}
+	return "NAME_UNKNOWN"
 }
 
 // isStoreError reports whether err is a failed system call on this machine

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"sync"
@@ -223,8 +224,8 @@ func (h *history) served(hitRatio bool, outcome string, ok bool, n int64) {
 }
 
 // failed counts one upstream request that did not get a 200.
-func (h *history) failed(registry, failure string) {
-	if failure == "" || failure == upstream.FailureCanceled || failure == upstream.FailureNotFound {
+func (h *history) failed(registry string, f upstream.Failure) {
+	if f.Kind == upstream.KindNone || f.Kind == upstream.KindCanceled || f == failureNotFound {
 		return // a 404 is an answer; a client that left says nothing of the upstream
 	}
 	i := h.index(registry)
@@ -236,11 +237,16 @@ func (h *history) failed(registry, failure string) {
 	defer h.mu.Unlock()
 	h.each(now, func(b *bucket) {
 		b.Ups[i].Errors++
-		if failure == upstream.FailureRateLimited {
+		if f == failureRateLimited {
 			b.Ups[i].RateLimited++
 		}
 	})
 }
+
+var (
+	failureNotFound    = upstream.Failure{Kind: upstream.KindStatus, Status: http.StatusNotFound}
+	failureRateLimited = upstream.Failure{Kind: upstream.KindStatus, Status: http.StatusTooManyRequests}
+)
 
 func (h *history) index(registry string) int {
 	for i, n := range h.names {

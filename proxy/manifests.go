@@ -15,7 +15,6 @@ import (
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/regmirror/regmirror/cache"
 	"github.com/regmirror/regmirror/upstream"
 	"go.uber.org/zap"
@@ -182,7 +181,7 @@ func (p *Proxy) revalidate(ctx context.Context, up Upstream, rt route, known cac
 			}
 			return resolved{}, err
 		}
-		if !upstream.Unavailable(err) {
+		if !upstream.FailureOf(err).Unavailable() {
 			return resolved{}, err
 		}
 		res, cerr := p.manifestByDigest(ctx, up, rt.repo, known.Digest)
@@ -327,6 +326,5 @@ func coalesced(outcome string, shared bool) string {
 }
 
 func isNotFound(err error) bool {
-	te, ok := errors.AsType[*transport.Error](err)
-	return ok && te.StatusCode == http.StatusNotFound
+	return upstream.FailureOf(err) == failureNotFound
 }

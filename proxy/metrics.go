@@ -65,19 +65,19 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 }
 
 // Answered implements upstream.Observer.
-func (m *Metrics) Answered(registry, op string, took time.Duration, failure string) {
-	switch failure {
-	case upstream.FailureCanceled:
+func (m *Metrics) Answered(registry, op string, took time.Duration, f upstream.Failure) {
+	switch f.Kind {
+	case upstream.KindCanceled:
 		return // our client left: nothing to say about the upstream
-	case upstream.FailureDown:
+	case upstream.KindDown:
 		// Refused without asking: no latency to speak of.
 	default:
 		m.upDuration.WithLabelValues(registry, op).Observe(took.Seconds())
 	}
-	if failure != "" {
-		m.upErrors.WithLabelValues(registry, failure).Inc()
+	if reason := f.Reason(); reason != "" {
+		m.upErrors.WithLabelValues(registry, reason).Inc()
 		if h := m.history.Load(); h != nil {
-			h.failed(registry, failure)
+			h.failed(registry, f)
 		}
 	}
 }

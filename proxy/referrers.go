@@ -80,7 +80,7 @@ func (p *Proxy) referrers(ctx context.Context, up Upstream, rt route) (resolved,
 	return p.sharedResolve(ctx, key, func(ctx context.Context) (resolved, error) {
 		body, err := p.askReferrers(ctx, up, rt)
 		if err != nil {
-			if upstream.Unavailable(err) && haveAnswer {
+			if upstream.FailureOf(err).Unavailable() && haveAnswer {
 				if body, _, cerr := p.manifests.Manifest(ctx, known.Digest, maxManifest); cerr == nil {
 					return resolved{manifest{body: body, digest: known.Digest, mediaType: typeOCIIndex}, cacheStale}, nil
 				}

@@ -194,3 +194,23 @@ func TestFloorAboveTheFilesystemIsToldOnStatusAndReadyz(t *testing.T) {
 		})
 	}
 }
+
+// TestDownUpstreamIsNamedInOneWord checks that the status page, /readyz and
+// the metrics give the same reason for an upstream that went down.
+func TestDownUpstreamIsNamedInOneWord(t *testing.T) {
+	e := newEnv(t)
+	e.upstream.Close() // connections are refused from now on
+	if resp, body := e.do(http.MethodGet, "/v2/library/app/manifests/1.0", nil); resp.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("GET a manifest of a refusing upstream: status = %d, want 503; body %s", resp.StatusCode, body)
+	}
+	if got := e.scrape().Value("regmirror_upstream_errors_total", "registry", "docker.io", "reason", "network"); got < 1 {
+		t.Errorf("regmirror_upstream_errors_total{reason=network} = %v, want at least 1", got)
+	}
+	_, body := e.do(http.MethodGet, "/", nil)
+	if up := section(t, string(body), "upstreams"); !strings.Contains(up, "down") || !strings.Contains(up, ": network") {
+		t.Errorf("the status page's upstreams say %s, want docker.io down: network", up)
+	}
+	if _, body := e.do(http.MethodGet, "/readyz", nil); !strings.Contains(string(body), `"reason":"network"`) {
+		t.Errorf("/readyz = %s, want docker.io's reason network", body)
+	}
+}

@@ -47,7 +47,7 @@ func (p *Proxy) serveTags(w http.ResponseWriter, r *http.Request, rt route) erro
 		w.Header().Set("Warning", answeredBy(src.Fallback()))
 	}
 	if err != nil {
-		if !upstream.Unavailable(err) {
+		if !upstream.FailureOf(err).Unavailable() {
 			return err
 		}
 		known, lerr := p.tags.Tags(rt.registry, rt.repo)

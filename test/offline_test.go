@@ -199,8 +199,9 @@ func TestOfflineRestartWhileUpstreamDown(t *testing.T) {
 	if code, msg := regtest.OCIError(t, resp, body); resp.StatusCode != http.StatusServiceUnavailable || code != "UNAVAILABLE" || !strings.Contains(msg, "unreachable") {
 		t.Errorf("GET an uncached manifest: %d %s %q, want 503 UNAVAILABLE saying the upstream is unreachable", resp.StatusCode, code, msg)
 	}
-	if rec := offlineWait(t, m, offlineMsgDown); rec["reason"] != "connection failed" {
-		t.Errorf("%q: reason %v, want connection failed", offlineMsgDown, rec["reason"])
+	// The word of the metrics' reason label, as on the status page.
+	if rec := offlineWait(t, m, offlineMsgDown); rec["reason"] != "network" {
+		t.Errorf("%q: reason %v, want network", offlineMsgDown, rec["reason"])
 	}
 	for _, p := range pulls {
 		t.Run(p.name, func(t *testing.T) { p.run(t, m) })
@@ -446,8 +447,8 @@ func TestOfflineShutdownDoesNotWaitForTheProbe(t *testing.T) {
 	// A 5xx marks the upstream down at once (no timeout to wait out).
 	u.mode.Store(offlineFail)
 	pullImage(t, m, "library/probe:latest", d)
-	if rec := offlineWait(t, m, offlineMsgDown); rec["reason"] != http.StatusText(http.StatusInternalServerError) {
-		t.Errorf("%q: reason %v, want %q", offlineMsgDown, rec["reason"], http.StatusText(http.StatusInternalServerError))
+	if rec := offlineWait(t, m, offlineMsgDown); rec["reason"] != "server_error" || rec["http_status"] != float64(http.StatusInternalServerError) {
+		t.Errorf("%q: reason %v, http_status %v, want server_error and 500", offlineMsgDown, rec["reason"], rec["http_status"])
 	}
 
 	// Now the upstream hangs, and the probe's GET /v2/ is held there.

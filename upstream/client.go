@@ -248,8 +248,8 @@ func (c *Client) do(ctx context.Context, method, repo string, h http.Header, pat
 
 func (c *Client) doQuery(ctx context.Context, method, repo string, h http.Header, q url.Values, path ...string) (*http.Response, error) {
 	if c.isDown() {
-		err := &Error{Registry: c.name, Err: ErrDown}
-		c.observe(path[0], 0, err)
+		err := &Error{Registry: c.name, Failure: Failure{Kind: KindDown}, Err: ErrDown}
+		c.observe(path[0], 0, err.Failure)
 		return nil, err
 	}
 	return c.ask(ctx, method, repo, h, q, path...)
@@ -259,9 +259,10 @@ func (c *Client) doQuery(ctx context.Context, method, repo string, h http.Header
 func (c *Client) ask(ctx context.Context, method, repo string, h http.Header, q url.Values, path ...string) (*http.Response, error) {
 	start := time.Now()
 	resp, err := c.send(ctx, method, repo, h, q, path...)
-	c.observe(path[0], time.Since(start), err)
+	f := FailureOf(err)
+	c.observe(path[0], time.Since(start), f)
 	if err != nil {
-		c.noteFailure(err)
+		c.noteFailure(f)
 		return nil, err
 	}
 	if c.obs != nil {
@@ -273,9 +274,9 @@ func (c *Client) ask(ctx context.Context, method, repo string, h http.Header, q 
 // ops names the API endpoints for the Observer: "manifests" is "manifest".
 var ops = map[string]string{"manifests": "manifest", "blobs": "blob", "tags": "tags", "referrers": "referrers"}
 
-func (c *Client) observe(endpoint string, took time.Duration, err error) {
+func (c *Client) observe(endpoint string, took time.Duration, f Failure) {
 	if c.obs != nil {
-		c.obs.Answered(c.name, ops[endpoint], took, Failure(err))
+		c.obs.Answered(c.name, ops[endpoint], took, f)
 	}
 }
 
@@ -284,8 +285,7 @@ func (c *Client) send(ctx context.Context, method, repo string, h http.Header, q
 	if err != nil {
 		// Anything but an answer, an outage, a certificate or our caller leaving
 		// is about the registry's token setup.
-		_, answered := errors.AsType[*transport.Error](err)
-		if !answered && !unreachable(err) && !isCertificateError(err) && !errors.Is(err, context.Canceled) {
+		if classify(err).Kind == KindOther {
 			err = fmt.Errorf("%w: %v", ErrHandshake, err)
 		}
 		return nil, c.wrap(err)
@@ -309,10 +309,12 @@ func (c *Client) send(ctx context.Context, method, repo string, h http.Header, q
 		return nil, err
 	}
 	if err := transport.CheckError(resp, http.StatusOK, http.StatusPartialContent); err != nil {
+		f := Failure{Kind: KindStatus, Status: resp.StatusCode}
 		if te, ok := errors.AsType[*transport.Error](err); ok && answeredUnavailable(resp, te) {
-			err = fmt.Errorf("%w: %w", errAnsweredUnavailable, err)
+			f.Answered = true
 		}
-		return nil, &Error{Registry: c.name, Err: err, RetryAfter: resp.Header.Get("Retry-After"), WithCredentials: c.withCredentials}
+		return nil, &Error{Registry: c.name, Failure: f, Err: err,
+			RetryAfter: resp.Header.Get("Retry-After"), WithCredentials: c.withCredentials}
 	}
 	return resp, nil
 }
@@ -352,41 +354,18 @@ func (c *Client) transport(ctx context.Context, repo string) (http.RoundTripper,
 	}
 }
 
-// Error is an upstream failure, with the registry's name for messages.
-type Error struct {
-	Registry        string
-	Err             error
-	RetryAfter      string // the upstream's Retry-After, if it sent one
-	WithCredentials bool   // we presented credentials of our own
-}
-
-func (e *Error) Error() string { return fmt.Sprintf("upstream %s: %v", e.Registry, e.Err) }
-func (e *Error) Unwrap() error { return e.Err }
-
-// ErrUntrustedCertificate means the registry's TLS certificate did not verify.
-var ErrUntrustedCertificate = errors.New("TLS certificate not trusted")
-
-// ErrHandshake means the token handshake failed for a reason of the
-// registry's setup, e.g. a token server go-containerregistry will not call
-// (a private address other than the registry's own: its guard against SSRF).
-var ErrHandshake = errors.New("token handshake failed")
-
+// wrap makes err an *Error, classified: the one place a request's failure
+// gets its Kind. A certificate that does not verify is marked
+// ErrUntrustedCertificate, its details kept as text only.
 func (c *Client) wrap(err error) error {
 	if _, ok := errors.AsType[*Error](err); ok {
 		return err
 	}
-	if isCertificateError(err) {
+	f := classify(err)
+	if f.Kind == KindTLS && !errors.Is(err, ErrUntrustedCertificate) {
 		err = fmt.Errorf("%w: %v", ErrUntrustedCertificate, err)
 	}
-	return &Error{Registry: c.name, Err: err, WithCredentials: c.withCredentials}
-}
-
-func isCertificateError(err error) bool {
-	_, verify := errors.AsType[*tls.CertificateVerificationError](err)
-	_, unknown := errors.AsType[x509.UnknownAuthorityError](err)
-	_, host := errors.AsType[x509.HostnameError](err)
-	_, invalid := errors.AsType[x509.CertificateInvalidError](err)
-	return verify || unknown || host || invalid
+	return &Error{Registry: c.name, Failure: f, Err: err, WithCredentials: c.withCredentials}
 }
 
 // schemeGuard refuses requests to the registry's own host in any scheme but

@@ -84,7 +84,7 @@ func (s *Sources) Tags(ctx context.Context, repo, n, last string) (*http.Respons
 func (s *Sources) try(ctx context.Context, op, repo string, ask func(*Client) (*http.Response, error)) (*http.Response, error) {
 	resp, err := ask(s.primary)
 	rec, _ := ctx.Value(sourceKey{}).(*Source)
-	if err == nil || !Unavailable(err) || ctx.Err() != nil || (rec != nil && rec.primaryOnly) {
+	if err == nil || !FailureOf(err).Unavailable() || ctx.Err() != nil || (rec != nil && rec.primaryOnly) {
 		return resp, err
 	}
 	for _, f := range s.fallbacks {

@@ -2,23 +2,12 @@ package upstream
 
 import (
 	"context"
-	"errors"
-	"io"
-	"net"
 	"net/http"
-	"os"
 	"sync"
-	"syscall"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"go.uber.org/zap"
 )
-
-// ErrDown means the upstream failed recently and is not asked again until a
-// background probe finds it answering: requests fail at once instead of each
-// waiting out a timeout.
-var ErrDown = errors.New("upstream is down")
 
 // health tracks whether an upstream answers. One probe goroutine runs while
 // it is down, with back-off, and marks it up when its /v2/ answers.
@@ -26,7 +15,7 @@ type health struct {
 	mu      sync.Mutex
 	down    bool
 	since   time.Time
-	reason  string
+	failure Failure // why it went down
 	probing bool
 }
 
@@ -34,14 +23,14 @@ type health struct {
 type Health struct {
 	Up     bool
 	Since  time.Time // when it went down; zero while up
-	Reason string    // why, without URLs or credentials
+	Reason string    // why, in the words of the metrics' reason label (Failure.Reason)
 }
 
 // Health reports whether the upstream is up.
 func (c *Client) Health() Health {
 	c.health.mu.Lock()
 	defer c.health.mu.Unlock()
-	return Health{Up: !c.health.down, Since: c.health.since, Reason: c.health.reason}
+	return Health{Up: !c.health.down, Since: c.health.since, Reason: c.health.failure.Reason()}
 }
 
 func (c *Client) isDown() bool {
@@ -50,11 +39,9 @@ func (c *Client) isDown() bool {
 	return c.health.down
 }
 
-// noteFailure marks the upstream down when err means it cannot be reached:
-// a network error, a timeout, or a 5xx. A 404 or 401 is an answer, and a 429
-// is about our quota, not the registry's health.
-func (c *Client) noteFailure(err error) {
-	if !unreachable(err) || isAnswer(err) {
+// noteFailure marks the upstream down when f is an outage (Failure.Outage).
+func (c *Client) noteFailure(f Failure) {
+	if !f.Outage() {
 		return
 	}
 	c.health.mu.Lock()
@@ -62,69 +49,19 @@ func (c *Client) noteFailure(err error) {
 		c.health.mu.Unlock()
 		return
 	}
-	c.health.down, c.health.since, c.health.reason = true, time.Now(), reason(err)
+	c.health.down, c.health.since, c.health.failure = true, time.Now(), f
 	start := !c.health.probing
 	c.health.probing = true
 	c.health.mu.Unlock()
-	c.log.Warn("upstream down: serving from cache until it answers again", zap.String("upstream", c.name), zap.String("reason", reason(err)))
+	fields := []zap.Field{zap.String("upstream", c.name), zap.String("reason", f.Reason())}
+	if f.Status != 0 {
+		fields = append(fields, zap.Int("http_status", f.Status))
+	}
+	c.log.Warn("upstream down: serving from cache until it answers again", fields...)
 	if start {
 		c.probes.Add(1)
 		go c.probe()
 	}
-}
-
-func unreachable(err error) bool {
-	if te, ok := errors.AsType[*transport.Error](err); ok {
-		return te.StatusCode >= 500
-	}
-	if errors.Is(err, context.Canceled) {
-		return false // our caller left; says nothing of the upstream
-	}
-	return IsNetworkError(err) || errors.Is(err, context.DeadlineExceeded)
-}
-
-// Unavailable reports whether err means the upstream could not be asked:
-// unreachable, timed out, failing (5xx), rate limiting us (429), or known to
-// be down. Only then is an answer from the cache better than the error.
-func Unavailable(err error) bool {
-	if te, ok := errors.AsType[*transport.Error](err); ok {
-		return te.StatusCode >= 500 || te.StatusCode == http.StatusTooManyRequests
-	}
-	return IsNetworkError(err) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, ErrDown)
-}
-
-// IsNetworkError reports whether err is a failure to talk over the network:
-// a *url.Error of the HTTP client, a *net.OpError (refused, reset, DNS), a
-// timeout; a net.Error, but not a bare syscall.Errno. An errno has
-// net.Error's methods too, so without the exception a local file's failure
-// (an *fs.PathError wrapping EIO or ENOTDIR) would pass for the network's.
-// A socket's errno always comes inside a *net.OpError, which errors.As meets
-// first on its way down the chain.
-func IsNetworkError(err error) bool {
-	ne, ok := errors.AsType[net.Error](err)
-	if !ok {
-		return false
-	}
-	_, bare := ne.(syscall.Errno)
-	return !bare
-}
-
-func reason(err error) string {
-	if te, ok := errors.AsType[*transport.Error](err); ok {
-		return http.StatusText(te.StatusCode)
-	}
-	// Is, not As: go-containerregistry joins its https and http ping errors,
-	// and the first may be our own refusal to try the other scheme.
-	if errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, context.DeadlineExceeded) {
-		return "timeout"
-	}
-	if _, ok := errors.AsType[*net.OpError](err); ok {
-		return "connection failed"
-	}
-	if _, ok := errors.AsType[*net.DNSError](err); ok {
-		return "name not resolved"
-	}
-	return "unreachable"
 }
 
 // probe asks the upstream's /v2/ until it answers with anything but a 5xx,
@@ -143,7 +80,7 @@ func (c *Client) probe() {
 		if c.ping() {
 			c.health.mu.Lock()
 			down := time.Since(c.health.since)
-			c.health.down, c.health.since, c.health.reason, c.health.probing = false, time.Time{}, "", false
+			c.health.down, c.health.since, c.health.failure, c.health.probing = false, time.Time{}, Failure{}, false
 			c.health.mu.Unlock()
 			c.log.Info("upstream up again", zap.String("upstream", c.name), zap.Duration("was_down", down))
 			return

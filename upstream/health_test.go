@@ -57,7 +57,7 @@ func TestDownUpstreamIsNotAskedUntilTheProbeSeesItBack(t *testing.T) {
 	if _, err := c.Tags(t.Context(), "app", "", ""); err == nil {
 		t.Fatal("a failing upstream answered")
 	}
-	if h := c.Health(); h.Up || h.Reason != "Service Unavailable" {
+	if h := c.Health(); h.Up || h.Reason != "server_error" {
 		t.Fatalf("Health after a 503 = %+v, want down", h)
 	}
 	// While down, requests fail at once with ErrDown. The probe alone asks.
@@ -157,15 +157,16 @@ func TestLocalFileErrorsAreNotOutages(t *testing.T) {
 		if got := upstream.IsNetworkError(tt.err); got != tt.network {
 			t.Errorf("%s: IsNetworkError(%v) = %v, want %v", tt.name, tt.err, got, tt.network)
 		}
-		if got := upstream.Unavailable(tt.err); got != tt.network {
-			t.Errorf("%s: Unavailable(%v) = %v, want %v", tt.name, tt.err, got, tt.network)
+		f := upstream.FailureOf(tt.err)
+		if f.Unavailable() != tt.network || f.Outage() != tt.network {
+			t.Errorf("%s: FailureOf(%v) = %+v: unavailable %v, outage %v, want both %v", tt.name, tt.err, f, f.Unavailable(), f.Outage(), tt.network)
 		}
-		want := upstream.FailureOther
+		want := upstream.KindOther
 		if tt.network {
-			want = upstream.FailureNetwork
+			want = upstream.KindNetwork
 		}
-		if got := upstream.Failure(tt.err); got != want {
-			t.Errorf("%s: Failure(%v) = %q, want %q", tt.name, tt.err, got, want)
+		if f.Kind != want {
+			t.Errorf("%s: FailureOf(%v).Kind = %v, want %v", tt.name, tt.err, f.Kind, want)
 		}
 	}
 }

@@ -1,12 +1,8 @@
 package upstream_test
 
 import (
-	"context"
-	"errors"
-	"fmt"
 	"io"
 	"log"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -15,7 +11,6 @@ import (
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/registry"
-	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/regmirror/regmirror/upstream"
 	"go.uber.org/zap"
 )
@@ -27,9 +22,10 @@ type recorder struct {
 	received map[string]int
 }
 
-func (r *recorder) Answered(registry, op string, took time.Duration, failure string) {
+func (r *recorder) Answered(registry, op string, took time.Duration, f upstream.Failure) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	failure := f.Reason()
 	if took < 0 {
 		failure += " (negative duration)"
 	}
@@ -101,35 +97,5 @@ func TestObserverHearsOfADownUpstream(t *testing.T) {
 	defer rec.mu.Unlock()
 	if !slices.Equal(rec.answers, want) {
 		t.Errorf("answers = %q, want %q", rec.answers, want)
-	}
-}
-
-func TestFailureClasses(t *testing.T) {
-	status := func(code int) error {
-		return &upstream.Error{Registry: "docker.io", Err: &transport.Error{StatusCode: code}}
-	}
-	tests := []struct {
-		name string
-		err  error
-		want string
-	}{
-		{"success", nil, ""},
-		{"404", status(http.StatusNotFound), upstream.FailureNotFound},
-		{"401", status(http.StatusUnauthorized), upstream.FailureDenied},
-		{"403", status(http.StatusForbidden), upstream.FailureDenied},
-		{"429", status(http.StatusTooManyRequests), upstream.FailureRateLimited},
-		{"503", status(http.StatusServiceUnavailable), upstream.FailureServer},
-		{"418", status(http.StatusTeapot), upstream.FailureStatus},
-		{"down", &upstream.Error{Err: upstream.ErrDown}, upstream.FailureDown},
-		{"deadline", fmt.Errorf("get: %w", context.DeadlineExceeded), upstream.FailureTimeout},
-		{"canceled", fmt.Errorf("get: %w", context.Canceled), upstream.FailureCanceled},
-		{"refused", &net.OpError{Op: "dial", Err: errors.New("connection refused")}, upstream.FailureNetwork},
-		{"certificate", fmt.Errorf("%w: x", upstream.ErrUntrustedCertificate), upstream.FailureTLS},
-		{"anything else", errors.New("odd"), upstream.FailureOther},
-	}
-	for _, tt := range tests {
-		if got := upstream.Failure(tt.err); got != tt.want {
-			t.Errorf("%s: Failure = %q, want %q", tt.name, got, tt.want)
-		}
 	}
 }
