@@ -66,8 +66,8 @@ type VerifyProgress struct {
 // default). With a token, every request must carry it as a bearer token.
 func (p *Proxy) Admin(token string) http.Handler {
 	a := &admin{p: p, op: p.op, token: token}
-	serve := func(w http.ResponseWriter, r *http.Request) error {
-		logInfoFrom(r.Context()).kind = "admin"
+	serve := func(w *response, r *http.Request) error {
+		w.setKind("admin")
 		return a.serve(w, r)
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { p.logged(w, r, serve) })

@@ -5,7 +5,6 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/regmirror/regmirror/cache"
@@ -25,8 +24,7 @@ type Blobs interface {
 	Hold(h v1.Hash) (release func())
 }
 
-func (p *Proxy) serveBlob(w http.ResponseWriter, r *http.Request, rt route) error {
-	ctx := r.Context()
+func (p *Proxy) serveBlob(w *response, r *http.Request, rt route) error {
 	up := p.ups[rt.registry]
 	defer p.blobs.Hold(rt.digest)() // eviction leaves a blob alone while it is served
 	// A flight can finish between our miss and our join; then the blob is in
@@ -35,8 +33,8 @@ func (p *Proxy) serveBlob(w http.ResponseWriter, r *http.Request, rt route) erro
 		f, err := p.blobs.OpenFile(rt.digest)
 		if err == nil {
 			defer f.Close()
-			setCache(ctx, cacheHit)
-			serveContent(w, r, rt.digest, f)
+			w.setCache(cacheHit)
+			serveContent(w, rt.digest, f)
 			return nil
 		}
 		if !errors.Is(err, cache.ErrNotFound) {
@@ -49,14 +47,14 @@ func (p *Proxy) serveBlob(w http.ResponseWriter, r *http.Request, rt route) erro
 		if fl == nil {
 			continue
 		}
-		setCache(ctx, coalesced(cacheMiss, !leader))
+		w.setCache(coalesced(cacheMiss, !leader))
 		return p.follow(w, r, fl, rt)
 	}
 	return errors.New("blob vanished from the store while being served")
 }
 
 // follow streams a blob to the client as its flight downloads it.
-func (p *Proxy) follow(w http.ResponseWriter, r *http.Request, fl *flight, rt route) error {
+func (p *Proxy) follow(w *response, r *http.Request, fl *flight, rt route) error {
 	select {
 	case <-fl.ready:
 	case <-r.Context().Done():
@@ -85,7 +83,7 @@ func (p *Proxy) follow(w http.ResponseWriter, r *http.Request, fl *flight, rt ro
 			return err
 		}
 		defer f.Close()
-		serveContent(w, r, fl.digest, f)
+		serveContent(w, fl.digest, f)
 		return nil
 	}
 	rc := http.NewResponseController(w)
@@ -95,7 +93,7 @@ func (p *Proxy) follow(w http.ResponseWriter, r *http.Request, fl *flight, rt ro
 	}
 	defer rd.Close()
 	if size >= 0 {
-		serveContent(w, r, fl.digest, rd)
+		serveContent(w, fl.digest, rd)
 	} else {
 		// No announced size: stream without Content-Length (chunked).
 		setBlobHeaders(w.Header(), fl.digest)
@@ -111,15 +109,15 @@ func (p *Proxy) follow(w http.ResponseWriter, r *http.Request, fl *flight, rt ro
 
 // headBlob answers a HEAD for a blob we do not have: from a running flight,
 // or by asking upstream with a HEAD, which downloads nothing.
-func (p *Proxy) headBlob(w http.ResponseWriter, r *http.Request, up Upstream, rt route) error {
+func (p *Proxy) headBlob(w *response, r *http.Request, up Upstream, rt route) error {
 	if fl := p.flight(rt.digest); fl != nil {
 		if size, ok := fl.started(); ok && size >= 0 {
-			setCache(r.Context(), cacheCoalesced)
+			w.setCache(cacheCoalesced)
 			writeBlobHead(w, r, rt.digest, size)
 			return nil
 		}
 	}
-	setCache(r.Context(), cachePass)
+	w.setCache(cachePass)
 	resp, err := up.Blob(r.Context(), http.MethodHead, rt.repo, rt.digest)
 	if err != nil {
 		return err
@@ -133,9 +131,9 @@ func (p *Proxy) headBlob(w http.ResponseWriter, r *http.Request, up Upstream, rt
 // content, through the same http.ServeContent as a cached blob: conditional
 // and Range headers get the same answer (304, 206 with Content-Range, 416)
 // whatever the cache holds.
-func writeBlobHead(w http.ResponseWriter, r *http.Request, h v1.Hash, size int64) {
+func writeBlobHead(w *response, r *http.Request, h v1.Hash, size int64) {
 	if size >= 0 {
-		serveContent(w, r, h, sizeOnly{size: size})
+		serveContent(w, h, sizeOnly{size: size})
 		return
 	}
 	setBlobHeaders(w.Header(), h)
@@ -176,7 +174,7 @@ func setDigestHeaders(h http.Header, d v1.Hash) {
 
 // serveContent serves blob content with Range, conditional requests and, for
 // a file, sendfile. A blob is immutable, so no Last-Modified: the ETag is the digest.
-func serveContent(w http.ResponseWriter, r *http.Request, d v1.Hash, content io.ReadSeeker) {
+func serveContent(w *response, d v1.Hash, content io.ReadSeeker) {
 	setBlobHeaders(w.Header(), d)
-	http.ServeContent(&ociStatusWriter{ResponseWriter: w, r: r}, r, "", time.Time{}, content)
+	w.serveContent(content)
 }

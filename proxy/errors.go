@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"net/http"
 	"os"
@@ -225,61 +224,3 @@ func writeError(w http.ResponseWriter, r *http.Request, e *ociError) {
 		w.Write(body)
 	}
 }
-
-// ociStatusWriter turns the plain-text errors of http.ServeContent (416 for a
-// bad Range, 412 for a failed precondition) into OCI error bodies. It passes
-// ReadFrom through so that files still go out with sendfile.
-type ociStatusWriter struct {
-	http.ResponseWriter
-	r      *http.Request
-	failed bool // an OCI error went out; ServeContent's own text is dropped
-}
-
-func (w *ociStatusWriter) WriteHeader(code int) {
-	if size, empty := emptyRange(w.Header().Get("Content-Range")); code == http.StatusPartialContent && empty {
-		// ServeContent's answer to a suffix range of empty content: nothing
-		// can satisfy it (RFC 9110), so say so.
-		w.Header().Set("Content-Range", "bytes */"+size)
-		code = http.StatusRequestedRangeNotSatisfiable
-	}
-	if code < 400 {
-		w.ResponseWriter.WriteHeader(code)
-		return
-	}
-	oe := &ociError{status: code, code: "UNKNOWN", message: strings.ToLower(http.StatusText(code))}
-	switch code {
-	case http.StatusRequestedRangeNotSatisfiable:
-		oe.code = "RANGE_INVALID"
-	case http.StatusPreconditionFailed:
-		oe.code = "PRECONDITION_FAILED"
-	}
-	writeError(w.ResponseWriter, w.r, oe)
-	w.failed = true
-}
-
-// emptyRange reports whether a Content-Range names no bytes, as in
-// "bytes 0--1/0", and returns its complete length.
-func emptyRange(cr string) (size string, empty bool) {
-	spec, ok := strings.CutPrefix(cr, "bytes ")
-	first, rest, ok2 := strings.Cut(spec, "-")
-	last, size, ok3 := strings.Cut(rest, "/")
-	a, err1 := strconv.ParseInt(first, 10, 64)
-	b, err2 := strconv.ParseInt(last, 10, 64)
-	return size, ok && ok2 && ok3 && err1 == nil && err2 == nil && b < a
-}
-
-func (w *ociStatusWriter) Write(p []byte) (int, error) {
-	if w.failed {
-		return len(p), nil
-	}
-	return w.ResponseWriter.Write(p)
-}
-
-func (w *ociStatusWriter) ReadFrom(src io.Reader) (int64, error) {
-	if rf, ok := w.ResponseWriter.(io.ReaderFrom); ok && !w.failed {
-		return rf.ReadFrom(src)
-	}
-	return io.Copy(writerOnly{w}, src)
-}
-
-func (w *ociStatusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }

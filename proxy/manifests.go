@@ -56,7 +56,7 @@ type resolved struct {
 	source string // cacheHit, cacheMiss or cacheStale
 }
 
-func (p *Proxy) serveManifest(w http.ResponseWriter, r *http.Request, rt route) error {
+func (p *Proxy) serveManifest(w *response, r *http.Request, rt route) error {
 	ctx := r.Context()
 	up := p.ups[rt.registry]
 	var res resolved
@@ -70,7 +70,7 @@ func (p *Proxy) serveManifest(w http.ResponseWriter, r *http.Request, rt route) 
 		passQuota(w.Header(), up, err)
 		return err
 	}
-	setCache(ctx, res.source)
+	w.setCache(res.source)
 	m := res.m
 	if !rt.byDigest() {
 		if m, err = p.negotiate(ctx, up, rt, m, r.Header.Values("Accept")); err != nil {
@@ -84,7 +84,7 @@ func (p *Proxy) serveManifest(w http.ResponseWriter, r *http.Request, rt route) 
 	h := w.Header()
 	h.Set("Content-Type", m.mediaType)
 	setDigestHeaders(h, m.digest)
-	http.ServeContent(&ociStatusWriter{ResponseWriter: w, r: r}, r, "", time.Time{}, bytes.NewReader(m.body))
+	w.serveContent(bytes.NewReader(m.body))
 	return nil
 }
 

@@ -228,10 +228,13 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	p.logged(w, r, p.serve)
 }
 
-type handlerFunc func(w http.ResponseWriter, r *http.Request) error
+// handlerFunc is a handler of the proxy: it answers through the one response
+// type, tells the access log what it did there, and returns its error for
+// logged to write as an OCI error.
+type handlerFunc func(w *response, r *http.Request) error
 
 // serve routes a request and writes any error it returns as an OCI error.
-func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) error {
+func (p *Proxy) serve(w *response, r *http.Request) error {
 	isAPI := strings.HasPrefix(r.URL.Path, "/v2")
 	if isAPI {
 		// On every /v2 answer, refusals included: before the method check (its
@@ -254,7 +257,7 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) error {
 	}
 	if p.opt.Auth != nil {
 		user, err := p.opt.Auth.authenticate(w, r)
-		logInfoFrom(r.Context()).user = user
+		w.setUser(user)
 		if err != nil {
 			return err
 		}
@@ -274,8 +277,7 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	info := logInfoFrom(r.Context())
-	info.route, info.routed = rt, true
+	w.setRoute(rt)
 	if rt.registry != "" {
 		w.Header().Set("Oci-Namespace", rt.registry) // canonical form: no rewrite per request
 	}

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/types"
@@ -39,13 +38,13 @@ func tagSchemaTag(subject v1.Hash) string { return subject.Algorithm + "-" + sub
 // emptyReferrers is the answer for a subject nothing refers to.
 var emptyReferrers = []byte(`{"schemaVersion":2,"mediaType":"` + typeOCIIndex + `","manifests":[]}`)
 
-func (p *Proxy) serveReferrers(w http.ResponseWriter, r *http.Request, rt route) error {
+func (p *Proxy) serveReferrers(w *response, r *http.Request, rt route) error {
 	ctx := r.Context()
 	res, err := p.referrers(ctx, p.ups[rt.registry], rt)
 	if err != nil {
 		return err
 	}
-	setCache(ctx, res.source)
+	w.setCache(res.source)
 	body := res.m.body
 	if at := r.URL.Query().Get("artifactType"); at != "" {
 		if body, err = filterReferrers(body, at); err != nil {
@@ -57,7 +56,7 @@ func (p *Proxy) serveReferrers(w http.ResponseWriter, r *http.Request, rt route)
 		w.Header().Set("Warning", fmt.Sprintf(`299 - "upstream %s unreachable: referrers answer may be out of date"`, rt.registry))
 	}
 	w.Header().Set("Content-Type", typeOCIIndex)
-	http.ServeContent(&ociStatusWriter{ResponseWriter: w, r: r}, r, "", time.Time{}, bytes.NewReader(body))
+	w.serveContent(bytes.NewReader(body))
 	return nil
 }
 

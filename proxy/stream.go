@@ -12,8 +12,8 @@ import (
 // its last byte held back until it matched, as for a blob in flight. Range is
 // ignored (a 200 with the whole blob is a valid answer), because a part could
 // not be verified.
-func (p *Proxy) streamThrough(w http.ResponseWriter, r *http.Request, fl *flight, rt route) error {
-	setCache(r.Context(), cacheStream)
+func (p *Proxy) streamThrough(w *response, r *http.Request, fl *flight, rt route) error {
+	w.setCache(cacheStream)
 	rd := &flightReader{p: p, fl: fl, size: fl.size, ctx: r.Context()}
 	defer rd.Close()
 	if rd.size < 0 && !r.ProtoAtLeast(1, 1) {

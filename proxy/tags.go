@@ -35,12 +35,12 @@ const maxTagList = 16 << 20
 // whatever paging the upstream does or does not do. When upstream cannot
 // answer, the tags this mirror has answers for are listed instead, with a
 // Warning saying so.
-func (p *Proxy) serveTags(w http.ResponseWriter, r *http.Request, rt route) error {
+func (p *Proxy) serveTags(w *response, r *http.Request, rt route) error {
 	n, last, err := pageParams(r)
 	if err != nil {
 		return err
 	}
-	setCache(r.Context(), cachePass)
+	w.setCache(cachePass)
 	ctx, src := upstream.WithSource(r.Context())
 	tags, err := p.upstreamTags(ctx, p.ups[rt.registry], rt.repo, last)
 	if src.Fallback() != "" {
@@ -55,7 +55,7 @@ func (p *Proxy) serveTags(w http.ResponseWriter, r *http.Request, rt route) erro
 			return err
 		}
 		tags = known
-		setCache(r.Context(), cacheStale)
+		w.setCache(cacheStale)
 		w.Header().Set("Warning", fmt.Sprintf(`299 - "upstream %s unreachable: tags known to this mirror's cache"`, rt.registry))
 	}
 	tags, more := page(tags, n, last)
