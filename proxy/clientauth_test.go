@@ -58,7 +58,7 @@ func TestClientAuthAsksForBasicCredentialsOnTheAPIOnly(t *testing.T) {
 		hdr  http.Header
 	}
 	var tries []try
-	for _, p := range []string{"/v2/", "/v2/app/manifests/1", "/v2/_catalog", proxy.CheckPath + "?image=app:1", "/elsewhere"} {
+	for _, p := range []string{"/v2/", "/v2/app/manifests/1", "/v2/_catalog", proxy.CheckPath + "?image=app:1", proxy.MetricsPath, "/elsewhere"} {
 		tries = append(tries, try{p, nil}, try{p, http.Header{"Authorization": {"Bearer abc"}}})
 	}
 	// Two failed logins: under the limit of five.
@@ -88,6 +88,11 @@ func TestClientAuthAsksForBasicCredentialsOnTheAPIOnly(t *testing.T) {
 		if resp, body := e.do(http.MethodGet, p, nil); resp.StatusCode != http.StatusOK {
 			t.Errorf("GET %s without credentials: %d %s", p, resp.StatusCode, body)
 		}
+	}
+	// Metrics on the registry listener ask for a user, as the API does.
+	if resp, body := e.do(http.MethodGet, proxy.MetricsPath, basic("alice", "wonderland")); resp.StatusCode != http.StatusOK ||
+		!strings.Contains(string(body), "regmirror_upstream_up") {
+		t.Errorf("GET %s as alice: %d %.200s, want 200 with the metrics", proxy.MetricsPath, resp.StatusCode, body)
 	}
 	// What docker login does: GET /v2/ with Basic credentials.
 	for _, hdr := range []http.Header{basic("alice", "wonderland"), basic("bob", "builder:with:colons")} {

@@ -71,7 +71,8 @@ type Options struct {
 	// restarts (HistoryFile); empty keeps them in memory only.
 	DataDir string
 	// Auth, when set, requires HTTP Basic credentials on every request but
-	// the health endpoints, which probes must reach without them.
+	// the health endpoints, which probes must reach without them; metrics
+	// served here (MetricsHandler) need them too.
 	Auth *ClientAuth
 }
 
@@ -249,11 +250,6 @@ func (p *Proxy) serve(w *response, r *http.Request) error {
 		return writeJSON(w, r, http.StatusOK, map[string]string{"status": "ok"})
 	case ReadyPath:
 		return p.serveReady(w, r)
-	case MetricsPath:
-		if p.opt.MetricsHandler != nil {
-			p.opt.MetricsHandler.ServeHTTP(w, r)
-			return nil
-		}
 	}
 	if p.opt.Auth != nil {
 		user, err := p.opt.Auth.authenticate(w, r)
@@ -263,6 +259,14 @@ func (p *Proxy) serve(w *response, r *http.Request) error {
 		}
 	}
 	switch r.URL.Path {
+	case MetricsPath:
+		// Behind the credentials, like the API: the metrics name upstreams
+		// and repositories' traffic. A listener of their own
+		// (REGMIRROR_METRICS_ADDR) is the way to scrape without a password.
+		if p.opt.MetricsHandler != nil {
+			p.opt.MetricsHandler.ServeHTTP(w, r)
+			return nil
+		}
 	case CheckPath: // names what is cached: behind the credentials, like the API
 		return p.serveCheck(w, r)
 	case StatusPath: // names repositories and clients

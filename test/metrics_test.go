@@ -2,8 +2,10 @@ package test
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -111,6 +113,33 @@ func TestMetricsOnTheirOwnListener(t *testing.T) {
 		if !warm.Has(name) {
 			t.Errorf("no %s in the scrape", name)
 		}
+	}
+}
+
+// TestMetricsFollowTheirListenerForClientAuth: with REGMIRROR_HTPASSWD,
+// metrics on a listener of their own need no password (a management address
+// is their protection), while on the registry listener they ask for one, as
+// the API does.
+func TestMetricsFollowTheirListenerForClientAuth(t *testing.T) {
+	t.Parallel()
+	up := startUpstream(t, nil)
+	htpasswd := filepath.Join(t.TempDir(), "htpasswd")
+	writeFile(t, htpasswd, htpasswdEntry(t, "ci", "s3cret-pass"))
+	own := startMirror(t, up.URL, "", "REGMIRROR_HTPASSWD="+htpasswd, "REGMIRROR_METRICS_ADDR=127.0.0.1:0")
+	if resp, body := regtest.Do(t, http.MethodGet, "http://"+own.metricsAddr(t)+"/metrics", nil); resp.StatusCode != http.StatusOK ||
+		!strings.Contains(string(body), "regmirror_upstream_up") {
+		t.Errorf("GET /metrics on REGMIRROR_METRICS_ADDR without credentials: %d %.200s, want 200 with the metrics", resp.StatusCode, body)
+	}
+
+	shared := startMirror(t, up.URL, "", "REGMIRROR_HTPASSWD="+htpasswd)
+	resp, _ := shared.do(http.MethodGet, "/metrics", nil)
+	if resp.StatusCode != http.StatusUnauthorized || resp.Header.Get("WWW-Authenticate") != `Basic realm="regmirror"` {
+		t.Errorf("GET /metrics on the registry listener without credentials: %d, WWW-Authenticate %q; want 401 with a Basic challenge",
+			resp.StatusCode, resp.Header.Get("WWW-Authenticate"))
+	}
+	ci := http.Header{"Authorization": {"Basic " + base64.StdEncoding.EncodeToString([]byte("ci:s3cret-pass"))}}
+	if resp, body := shared.do(http.MethodGet, "/metrics", ci); resp.StatusCode != http.StatusOK || !strings.Contains(string(body), "regmirror_upstream_up") {
+		t.Errorf("GET /metrics on the registry listener as ci: %d %.200s, want 200 with the metrics", resp.StatusCode, body)
 	}
 }
 
