@@ -124,7 +124,7 @@ func (a *admin) serve(w http.ResponseWriter, r *http.Request) error {
 	case AdminVerify:
 		return a.verify(w, r)
 	}
-	return errNotFound()
+	return errNoSuchEndpoint()
 }
 
 // images reads the image= parameters: at least one, at most 100.

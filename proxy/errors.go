@@ -34,7 +34,10 @@ func errDigestInvalid(s string) error {
 func errTagInvalid(s string) error {
 	return &ociError{status: http.StatusBadRequest, code: "TAG_INVALID", message: fmt.Sprintf("invalid tag %q", s)}
 }
-func errNotFound() error {
+
+// errNoSuchEndpoint answers a path that is no endpoint of the API: 404 with
+// code UNSUPPORTED, unlike a missing manifest or blob (MANIFEST_UNKNOWN, ...).
+func errNoSuchEndpoint() error {
 	return &ociError{status: http.StatusNotFound, code: "UNSUPPORTED", message: "no such endpoint in the registry API"}
 }
 func errUnsupported() error {

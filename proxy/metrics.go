@@ -191,14 +191,14 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c *collector) Collect(ch chan<- prometheus.Metric) {
-	st := &c.p.stats
+	stats := &c.p.stats
 	for _, k := range []routeKind{routeManifest, routeBlob, routeTags, routeReferrers} {
 		for i, o := range outcomes {
-			ch <- prometheus.MustNewConstMetric(c.outcome, prometheus.CounterValue, float64(st.outcomes[k][i].Load()), k.String(), o)
+			ch <- prometheus.MustNewConstMetric(c.outcome, prometheus.CounterValue, float64(stats.outcomes[k][i].Load()), k.String(), o)
 		}
 	}
 	for i, s := range sources {
-		ch <- prometheus.MustNewConstMetric(c.served, prometheus.CounterValue, float64(st.served[i].Load()), s)
+		ch <- prometheus.MustNewConstMetric(c.served, prometheus.CounterValue, float64(stats.served[i].Load()), s)
 	}
 	u := c.p.op.Usage()
 	for _, m := range []struct {
@@ -219,9 +219,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	flights := len(c.p.flights)
 	c.p.mu.Unlock()
 	ch <- prometheus.MustNewConstMetric(c.flights, prometheus.GaugeValue, float64(flights))
-	ch <- prometheus.MustNewConstMetric(c.queued, prometheus.GaugeValue, float64(st.queued.Load()))
+	ch <- prometheus.MustNewConstMetric(c.queued, prometheus.GaugeValue, float64(stats.queued.Load()))
 	for _, name := range c.p.names {
-		ch <- prometheus.MustNewConstMetric(c.stale, prometheus.CounterValue, float64(st.stale[name].Load()), name)
+		ch <- prometheus.MustNewConstMetric(c.stale, prometheus.CounterValue, float64(stats.stale[name].Load()), name)
 		u := c.p.ups[name]
 		up := 0.0
 		if u.Health().Up {

@@ -275,7 +275,7 @@ func (p *Proxy) serve(w *response, r *http.Request) error {
 		return p.serveHistory(w, r)
 	}
 	if !isAPI {
-		return errNotFound()
+		return errNoSuchEndpoint()
 	}
 	rt, err := parseRoute(r, p)
 	if err != nil {

@@ -101,7 +101,7 @@ func parseRoute(r *http.Request, regs registries) (route, error) {
 	}
 	rest, ok := strings.CutPrefix(p, "/v2/")
 	if !ok {
-		return route{}, errNotFound()
+		return route{}, errNoSuchEndpoint()
 	}
 	parts := strings.Split(rest, "/")
 	for _, c := range parts {
@@ -122,7 +122,7 @@ func parseRoute(r *http.Request, regs registries) (route, error) {
 	case n >= 3 && parts[n-2] == "referrers":
 		rt.kind, ref, parts = routeReferrers, parts[n-1], parts[:n-2]
 	default:
-		return route{}, errNotFound()
+		return route{}, errNoSuchEndpoint()
 	}
 
 	var ns string

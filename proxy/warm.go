@@ -38,18 +38,18 @@ const warmEvery = 200 * time.Millisecond
 // is fetched (pinning uses it, so nothing fetched is evicted meanwhile).
 // progress is called from one goroutine at a time.
 func (p *Proxy) warm(ctx context.Context, image string, onResolved func(rt route, h v1.Hash) error, progress func(WarmProgress)) error {
-	st := WarmProgress{Image: image}
+	current := WarmProgress{Image: image} // what the next report says
 	var mu sync.Mutex
 	last := time.Time{}
 	report := func(force bool, change func(*WarmProgress)) {
 		mu.Lock()
 		defer mu.Unlock()
 		if change != nil {
-			change(&st)
+			change(&current)
 		}
 		if force || time.Since(last) >= warmEvery {
 			last = time.Now()
-			progress(st)
+			progress(current)
 		}
 	}
 	fail := func(err error) error {
@@ -71,7 +71,7 @@ func (p *Proxy) warm(ctx context.Context, image string, onResolved func(rt route
 	if err != nil {
 		return fail(err)
 	}
-	st.Digest = root.m.digest.String()
+	current.Digest = root.m.digest.String()
 	if onResolved != nil {
 		if err := onResolved(rt, root.m.digest); err != nil {
 			return fail(err)
