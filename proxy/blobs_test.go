@@ -278,6 +278,10 @@ func TestBrokenStoreIsNotBlamedOnTheUpstream(t *testing.T) {
 	if !logged {
 		t.Error("the access log line does not carry the store's error")
 	}
+	// The download logs its failure after its requesters were told of it.
+	for deadline := time.Now().Add(10 * time.Second); e.logs.FilterMessage("download failed").Len() == 0 && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+	}
 	if failed := e.logs.FilterMessage("download failed").AllUntimed(); len(failed) != 1 || failed[0].Level != zap.ErrorLevel {
 		t.Errorf("want one 'download failed' line at error level (the mirror's own disk failed): %v", failed)
 	}
