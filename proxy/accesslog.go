@@ -40,8 +40,8 @@ const (
 // line. The path is logged without its query; no header is logged.
 func (p *Proxy) logged(w http.ResponseWriter, r *http.Request, h handlerFunc) {
 	start := time.Now()
-	rec := &response{ResponseWriter: w, req: r}
-	info := &rec.attrs
+	resp := &response{ResponseWriter: w, req: r}
+	attrs := &resp.attrs
 	var failed error // what the handler returned, for the log
 	var told string  // what a client was told of a server-side failure
 	defer func() {
@@ -50,18 +50,18 @@ func (p *Proxy) logged(w http.ResponseWriter, r *http.Request, h handlerFunc) {
 		fields = append(fields,
 			zap.String(keyMethod, r.Method),
 			zap.String(keyPath, r.URL.Path),
-			zap.Int(keyStatus, rec.statusCode()),
-			zap.Int64(keyBytes, rec.n),
+			zap.Int(keyStatus, resp.statusCode()),
+			zap.Int64(keyBytes, resp.n),
 			zap.Duration(keyTook, time.Since(start)),
 			zap.String(keyRemote, r.RemoteAddr),
 		)
-		if info.user != "" {
-			fields = append(fields, zap.String(keyUser, info.user))
+		if attrs.user != "" {
+			fields = append(fields, zap.String(keyUser, attrs.user))
 		}
-		if info.cache != "" {
-			fields = append(fields, zap.String(keyCache, info.cache))
+		if attrs.cache != "" {
+			fields = append(fields, zap.String(keyCache, attrs.cache))
 		}
-		if rt := info.route; rt.registry != "" {
+		if rt := attrs.route; rt.registry != "" {
 			fields = append(fields, zap.String(keyUpstream, rt.registry), zap.String(keyRepo, rt.repo))
 			if rt.byDigest() {
 				fields = append(fields, zap.Stringer(keyDigest, rt.digest))
@@ -74,24 +74,24 @@ func (p *Proxy) logged(w http.ResponseWriter, r *http.Request, h handlerFunc) {
 			fields = append(fields, zap.String(keyTold, told))
 		}
 		// Counted before the line is written: a test that saw the line sees the counts.
-		p.account(r, info, rec.statusCode(), rec.n)
+		p.account(r, attrs, resp.statusCode(), resp.n)
 		if v != nil {
 			p.log.Warn("request", append(fields, zap.Bool(keyAborted, true))...)
 			panic(v)
 		}
-		if rec.short() {
+		if resp.short() {
 			// The client left mid-body (http.ServeContent does not report
 			// it): not the mirror's failure, but not a whole answer either.
 			fields = append(fields, zap.Bool(keyAborted, true))
 		}
 		p.log.Info("request", fields...)
 	}()
-	if err := h(rec, r); err != nil {
-		oe := toOCI(err, info.route.kind)
+	if err := h(resp, r); err != nil {
+		oe := toOCI(err, attrs.route.kind)
 		if _, isOCI := errors.AsType[*ociError](err); oe.status >= 500 || !isOCI {
 			failed = err
 		}
-		if rec.wroteHeader {
+		if resp.wroteHeader {
 			// Headers are out: the only honest failure left is an abort, and
 			// the client is told nothing (a client that left is no upstream
 			// failure, whatever toOCI would make of its broken pipe).
@@ -101,36 +101,36 @@ func (p *Proxy) logged(w http.ResponseWriter, r *http.Request, h handlerFunc) {
 		if oe.status >= 500 {
 			told = oe.message // e.g. which setting lets an untrusted certificate through
 		}
-		writeError(rec, r, oe)
+		writeError(resp, r, oe)
 	}
 }
 
 // account counts a finished request for the metrics and the status page.
-func (p *Proxy) account(r *http.Request, info *logAttrs, status int, n int64) {
+func (p *Proxy) account(r *http.Request, attrs *logAttrs, status int, n int64) {
 	kind := "other"
 	switch {
-	case info.routed:
-		kind = info.route.kind.String()
-	case info.kind != "":
-		kind = info.kind
+	case attrs.routed:
+		kind = attrs.route.kind.String()
+	case attrs.kind != "":
+		kind = attrs.kind
 	}
 	if m := p.opt.Metrics; m != nil {
 		m.request(kind, r.Method, status)
 	}
-	o := outcomeIndex(info.cache)
-	if !info.routed || o < 0 {
+	o := outcomeIndex(attrs.cache)
+	if !attrs.routed || o < 0 {
 		return
 	}
-	rt := info.route
+	rt := attrs.route
 	p.stats.outcomes[rt.kind][o].Add(1)
-	if c := p.stats.stale[rt.registry]; c != nil && info.cache == cacheStale {
+	if c := p.stats.stale[rt.registry]; c != nil && attrs.cache == cacheStale {
 		c.Add(1)
 	}
 	if status < 300 {
-		p.stats.served[sourceOf(info.cache)].Add(n)
+		p.stats.served[sourceOf(attrs.cache)].Add(n)
 	}
-	p.hist.served(rt.kind == routeManifest || rt.kind == routeBlob, info.cache, status < 300, n)
+	p.hist.served(rt.kind == routeManifest || rt.kind == routeBlob, attrs.cache, status < 300, n)
 	if rt.kind == routeManifest && rt.tag != "" && status < 400 {
-		p.pulls.add(rt.registry, rt.repo, rt.tag, clientHost(r.RemoteAddr), info.cache, p.opt.Now())
+		p.pulls.add(rt.registry, rt.repo, rt.tag, clientHost(r.RemoteAddr), attrs.cache, p.opt.Now())
 	}
 }
