@@ -138,3 +138,12 @@ func TestToOCIByKind(t *testing.T) {
 		})
 	}
 }
+
+// TestEveryKindHasAnAnswer keeps the table whole when a kind is added.
+func TestEveryKindHasAnAnswer(t *testing.T) {
+	for k := upstream.KindOther; k.String() != fmt.Sprintf("Kind(%d)", k); k++ {
+		if a, ok := kindAnswers[k]; k != upstream.KindStatus && (!ok || a.status < 400 || a.code == "") {
+			t.Errorf("kind %v: answer %+v, want a status and a code in kindAnswers", k, a)
+		}
+	}
+}
