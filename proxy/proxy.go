@@ -162,8 +162,8 @@ func (p *Proxy) Stats() Stats {
 // staleWarnEvery bounds the Warn lines about one stale tag.
 const staleWarnEvery = 10 * time.Minute
 
-// New returns a Proxy serving from st and filling it from ups.
-func New(st Store, ups []Upstream, opt Options, log *zap.Logger) (*Proxy, error) {
+// New returns a Proxy serving from store and filling it from ups.
+func New(store Store, ups []Upstream, opt Options, log *zap.Logger) (*Proxy, error) {
 	if len(ups) == 0 {
 		return nil, errors.New("no upstream registry configured")
 	}
@@ -192,7 +192,7 @@ func New(st Store, ups []Upstream, opt Options, log *zap.Logger) (*Proxy, error)
 	warned, _ := lru.New[string, time.Time](4096)
 	noRoom, _ := lru.New[v1.Hash, struct{}](1024)
 	fellBack, _ := lru.New[string, string](4096)
-	p := &Proxy{blobs: st, manifests: st, tags: st, op: st, ups: byName, names: names, opt: opt, log: log, ctx: ctx, cancel: cancel,
+	p := &Proxy{blobs: store, manifests: store, tags: store, op: store, ups: byName, names: names, opt: opt, log: log, ctx: ctx, cancel: cancel,
 		flights: make(map[v1.Hash]*flight), staleWarned: warned, noRoom: noRoom, fellBack: fellBack,
 		pulls: newPullLog(), started: opt.Now()}
 	if opt.MaxDownloads > 0 {
