@@ -42,10 +42,14 @@ func (p *Proxy) serveTags(w *response, r *http.Request, rt route) error {
 	}
 	w.setCache(cachePass)
 	ctx, src := upstream.WithSource(r.Context())
-	tags, err := p.upstreamTags(ctx, p.ups[rt.registry], rt.repo, last)
+	tags, tier, err := p.upstreamTags(ctx, p.ups[rt.registry], rt.repo, last)
 	if src.Fallback() != "" {
 		w.Header().Set("Warning", answeredBy(src.Fallback()))
 	}
+	if tier.stale() {
+		w.setCache(cacheStale) // a lower tier listed what its cache knows
+	}
+	tier.passOn(w.Header())
 	if err != nil {
 		if !upstream.FailureOf(err).Unavailable() {
 			return err
@@ -71,14 +75,20 @@ const maxTagPages = 1000
 // upstreamTags returns the repository's tags after last, sorted, with no
 // repeats: every page the upstream links to, read in turn, up to maxTagList
 // bytes in all. Asking with last spares a paging upstream the tags before
-// it; one that ignores last sends them, and page drops them.
-func (p *Proxy) upstreamTags(ctx context.Context, up Upstream, repo, last string) ([]string, error) {
+// it; one that ignores last sends them, and page drops them. The first
+// page's tier headers come back too: a lower tier's Warning that it listed
+// from its cache, and the quota, for our client.
+func (p *Proxy) upstreamTags(ctx context.Context, up Upstream, repo, last string) ([]string, tierHeaders, error) {
 	var tags []string
+	var tier tierHeaders
 	budget := int64(maxTagList)
-	for range maxTagPages {
+	for i := range maxTagPages {
 		resp, err := up.Tags(ctx, repo, "", last)
 		if err != nil {
-			return nil, err
+			return nil, tier, err
+		}
+		if i == 0 {
+			tier = tierOf(resp.Header)
 		}
 		var list struct {
 			Tags []string `json:"tags"`
@@ -87,10 +97,10 @@ func (p *Proxy) upstreamTags(ctx context.Context, up Upstream, repo, last string
 		err = json.NewDecoder(lr).Decode(&list)
 		resp.Body.Close()
 		if budget = lr.N - 1; budget < 0 {
-			return nil, fmt.Errorf("tag list of %s: %w: larger than %d bytes", repo, errUpstreamInvalid, maxTagList)
+			return nil, tier, fmt.Errorf("tag list of %s: %w: larger than %d bytes", repo, errUpstreamInvalid, maxTagList)
 		}
 		if err != nil {
-			return nil, fmt.Errorf("tag list of %s: %w: %v", repo, errUpstreamInvalid, err)
+			return nil, tier, fmt.Errorf("tag list of %s: %w: %v", repo, errUpstreamInvalid, err)
 		}
 		tags = append(tags, list.Tags...)
 		next, ok := nextLast(resp.Header.Get("Link"))
@@ -100,7 +110,7 @@ func (p *Proxy) upstreamTags(ctx context.Context, up Upstream, repo, last string
 		last = next
 	}
 	slices.Sort(tags)
-	return slices.Compact(tags), nil
+	return slices.Compact(tags), tier, nil
 }
 
 // nextLast is the last parameter of a next-page Link header, as

@@ -235,6 +235,12 @@ func TestRegionalStaleAnswerIsStaleAtTheSite(t *testing.T) {
 			t.Errorf("%s %s at the site: Warning %q, want the regional's 299", tc.method, path, w)
 		}
 	}
+	// The regional lists the tags its cache knows, and says so: the site's
+	// client is told too.
+	resp, body := site.do(http.MethodGet, "/v2/team/app/tags/list", nil)
+	if w := resp.Header.Get("Warning"); resp.StatusCode != http.StatusOK || !strings.HasPrefix(w, "299 ") || !strings.Contains(w, "docker.io unreachable") {
+		t.Errorf("GET tags/list at the site: %d, Warning %q, body %s; want 200 with the regional's 299", resp.StatusCode, w, body)
+	}
 	if n := regtest.Scrape(t, site.URL+"/metrics").Value("regmirror_stale_answers_total", "registry", "docker.io"); n < 4 {
 		t.Errorf("site regmirror_stale_answers_total = %v, want at least 4", n)
 	}
