@@ -77,7 +77,7 @@ func lookClient(t *testing.T, names ...string) []string {
 		paths = append(paths, p)
 	}
 	if len(missing) > 0 {
-		msg := fmt.Sprintf("client binaries not installed: %s (bash .ci/clients.sh installs them)", strings.Join(missing, ", "))
+		msg := fmt.Sprintf("client binaries not installed: %s (bash .ci/clients.sh and bash .ci/conformance.sh install them)", strings.Join(missing, ", "))
 		if requireClients() {
 			t.Fatal(msg + "; REGMIRROR_REQUIRE_CLIENTS=1 makes this a failure")
 		}
