@@ -91,6 +91,15 @@ type handedOver struct {
 	release func() // gives back the download slot
 }
 
+// streamInstead turns the flight into a stream-through for its readers,
+// because the store cannot keep the blob (err): there was no room for it
+// (h.at 0), or the disk filled after h.at bytes, which are in the temp file.
+func (p *Proxy) streamInstead(fl *flight, size int64, h *handedOver, v *cache.Verifier, err error) {
+	p.log.Warn("cannot store blob; streaming it through", zap.String(keyUpstream, fl.up.Name()),
+		zap.Stringer(keyDigest, fl.digest), zap.Int64("size", size), zap.Int64(keyBytes, h.at), zap.Error(err))
+	fl.passThrough(size, h, v)
+}
+
 // end closes the response and gives back its slot.
 func (h *handedOver) end() {
 	h.attempt.end()
@@ -132,9 +141,7 @@ func (p *Proxy) fill(fl *flight) error {
 		w, err = p.blobs.Create(fl.digest, size, "application/octet-stream")
 	}
 	if errors.Is(err, cache.ErrNoSpace) {
-		p.log.Warn("cannot store blob; streaming it through", zap.String(keyUpstream, fl.up.Name()),
-			zap.Stringer(keyDigest, fl.digest), zap.Int64("size", size), zap.Error(err))
-		fl.passThrough(size, &handedOver{attempt: a, release: release}, cache.NewVerifier(fl.digest, size))
+		p.streamInstead(fl, size, &handedOver{attempt: a, release: release}, cache.NewVerifier(fl.digest, size), err)
 		handed = true
 		return errPassThrough
 	}
@@ -159,11 +166,8 @@ func (p *Proxy) fill(fl *flight) error {
 			if werr != nil && unstorable(werr) {
 				// The disk filled: what the readers have read is in the
 				// temp file, and the rest comes on from upstream.
-				written := fl.progress().written
-				p.log.Warn("cannot store blob; streaming it through", zap.String(keyUpstream, fl.up.Name()),
-					zap.Stringer(keyDigest, fl.digest), zap.Int64("size", size), zap.Int64(keyBytes, written), zap.Error(werr))
 				a.unread(buf[k:n])
-				fl.passThrough(size, &handedOver{attempt: a, at: written, release: release}, w.Verifier())
+				p.streamInstead(fl, size, &handedOver{attempt: a, at: fl.progress().written, release: release}, w.Verifier(), werr)
 				handed = true
 				return fmt.Errorf("%w: %w", errPassThrough, werr)
 			}
