@@ -61,12 +61,31 @@ type testImage struct {
 // (plus shared, already stored layers), then the new layers, all at one time.
 func pullImage(t *testing.T, s *cache.Store, c *clock, sizes []int, shared ...v1.Hash) testImage {
 	t.Helper()
-	return storeImage(t, s, c, false, sizes, shared...)
+	return storeImageBy(t, s, c, "sha256", false, sizes, shared...)
+}
+
+// pullImageBy is pullImage with the manifest and new layers named by digests
+// of algorithm alg.
+func pullImageBy(t *testing.T, s *cache.Store, c *clock, alg string, sizes []int, shared ...v1.Hash) testImage {
+	t.Helper()
+	return storeImageBy(t, s, c, alg, false, sizes, shared...)
+}
+
+// forEachAlgorithm runs test for content named by sha256 and by sha512.
+func forEachAlgorithm(t *testing.T, test func(t *testing.T, alg string)) {
+	for _, alg := range []string{"sha256", "sha512"} {
+		t.Run(alg, func(t *testing.T) { test(t, alg) })
+	}
 }
 
 // storeImage is pullImage; with ticking, the clock moves before each blob,
 // as it does in a real pull, which reads the manifest first.
 func storeImage(t *testing.T, s *cache.Store, c *clock, ticking bool, sizes []int, shared ...v1.Hash) testImage {
+	t.Helper()
+	return storeImageBy(t, s, c, "sha256", ticking, sizes, shared...)
+}
+
+func storeImageBy(t *testing.T, s *cache.Store, c *clock, alg string, ticking bool, sizes []int, shared ...v1.Hash) testImage {
 	t.Helper()
 	var img testImage
 	type desc struct {
@@ -80,7 +99,7 @@ func storeImage(t *testing.T, s *cache.Store, c *clock, ticking bool, sizes []in
 	}{SchemaVersion: 2, MediaType: "application/vnd.oci.image.manifest.v1+json"}
 	var bodies [][]byte
 	for i, n := range sizes {
-		b, h := content(t, n)
+		b, h := contentBy(t, alg, n)
 		bodies = append(bodies, b)
 		img.blobs = append(img.blobs, h)
 		if i == 0 {
@@ -94,7 +113,7 @@ func storeImage(t *testing.T, s *cache.Store, c *clock, ticking bool, sizes []in
 		img.blobs = append(img.blobs, h)
 	}
 	body, _ := json.Marshal(m)
-	_, img.manifest = contentOf(body)
+	img.manifest = cache.Sum(alg, body)
 	c.tick()
 	if err := s.PutManifest(img.manifest, body, m.MediaType); err != nil {
 		t.Fatal(err)
@@ -147,87 +166,95 @@ func whole(s *cache.Store, img testImage) bool { return stored(s, img) == len(im
 func evicted(s *cache.Store, img testImage) bool { return !s.Has(img.blobs[1]) }
 
 func TestBudgetEvictsTheLeastRecentlyUsedImage(t *testing.T) {
-	s, c := openBudget(t, t.TempDir(), cache.Options{MaxSize: 100_000})
-	a := pullImage(t, s, c, []int{1000, 20_000})
-	b := pullImage(t, s, c, []int{1000, 20_000})
-	use(t, s, c, a) // a is now more recent than b
-	cc := pullImage(t, s, c, []int{1000, 20_000})
-	d := pullImage(t, s, c, []int{1000, 20_000})
-	e := pullImage(t, s, c, []int{1000, 20_000}) // over the budget: b goes
+	forEachAlgorithm(t, func(t *testing.T, alg string) {
+		s, c := openBudget(t, t.TempDir(), cache.Options{MaxSize: 100_000})
+		a := pullImageBy(t, s, c, alg, []int{1000, 20_000})
+		b := pullImageBy(t, s, c, alg, []int{1000, 20_000})
+		use(t, s, c, a) // a is now more recent than b
+		cc := pullImageBy(t, s, c, alg, []int{1000, 20_000})
+		d := pullImageBy(t, s, c, alg, []int{1000, 20_000})
+		e := pullImageBy(t, s, c, alg, []int{1000, 20_000}) // over the budget: b goes
 
-	if u := s.Usage(); u.Bytes > 100_000 || u.Evictions == 0 {
-		t.Fatalf("usage %+v: want under the budget after evictions", u)
-	}
-	if !evicted(s, b) {
-		t.Errorf("the least recently used image keeps %d objects", stored(s, b))
-	}
-	for name, img := range map[string]testImage{"a": a, "c": cc, "d": d, "e": e} {
-		if !whole(s, img) {
-			t.Errorf("image %s keeps %d of %d objects", name, stored(s, img), len(img.blobs)+1)
+		if u := s.Usage(); u.Bytes > 100_000 || u.Evictions == 0 {
+			t.Fatalf("usage %+v: want under the budget after evictions", u)
 		}
-	}
+		if !evicted(s, b) {
+			t.Errorf("the least recently used image keeps %d objects", stored(s, b))
+		}
+		for name, img := range map[string]testImage{"a": a, "c": cc, "d": d, "e": e} {
+			if !whole(s, img) {
+				t.Errorf("image %s keeps %d of %d objects", name, stored(s, img), len(img.blobs)+1)
+			}
+		}
+	})
 }
 
 // A pull reads the manifest before the layers, so the manifest is the
 // oldest object of its image; it must still be the last of it to go, and
 // never leave its layers behind without it.
 func TestManifestIsTheLastOfItsImageToGo(t *testing.T) {
-	s, c := openBudget(t, t.TempDir(), cache.Options{MaxSize: 100_000, HighWater: 1, LowWater: 1})
-	x := storeImage(t, s, c, true, []int{1000, 40_000})
-	storeImage(t, s, c, true, []int{1000, 40_000})
-	storeImage(t, s, c, true, []int{1000, 20_000}) // pressure: x's layer must go
+	forEachAlgorithm(t, func(t *testing.T, alg string) {
+		s, c := openBudget(t, t.TempDir(), cache.Options{MaxSize: 100_000, HighWater: 1, LowWater: 1})
+		x := storeImageBy(t, s, c, alg, true, []int{1000, 40_000})
+		storeImageBy(t, s, c, alg, true, []int{1000, 40_000})
+		storeImageBy(t, s, c, alg, true, []int{1000, 20_000}) // pressure: x's layer must go
 
-	if s.Has(x.blobs[1]) {
-		t.Fatal("no pressure: x's layer survived")
-	}
-	if !s.Has(x.manifest) {
-		t.Fatal("x's manifest went before its layers")
-	}
+		if s.Has(x.blobs[1]) {
+			t.Fatal("no pressure: x's layer survived")
+		}
+		if !s.Has(x.manifest) {
+			t.Fatal("x's manifest went before its layers")
+		}
+	})
 }
 
 func TestBlobSharedWithARecentImageSurvives(t *testing.T) {
-	s, c := openBudget(t, t.TempDir(), cache.Options{MaxSize: 100_000})
-	old := pullImage(t, s, c, []int{1000, 20_000, 20_000})
-	shared := old.blobs[2]
-	recent := pullImage(t, s, c, []int{1000, 20_000}, shared)
-	pullImage(t, s, c, []int{1000, 40_000}) // pressure
+	forEachAlgorithm(t, func(t *testing.T, alg string) {
+		s, c := openBudget(t, t.TempDir(), cache.Options{MaxSize: 100_000})
+		old := pullImageBy(t, s, c, alg, []int{1000, 20_000, 20_000})
+		shared := old.blobs[2]
+		recent := pullImageBy(t, s, c, alg, []int{1000, 20_000}, shared)
+		pullImageBy(t, s, c, alg, []int{1000, 40_000}) // pressure
 
-	if !s.Has(shared) {
-		t.Fatal("a layer shared with the recent image was evicted")
-	}
-	if s.Has(old.blobs[1]) {
-		t.Error("the old image's own layer survived")
-	}
-	if !whole(s, recent) {
-		t.Errorf("recent image keeps %d of %d objects", stored(s, recent), len(recent.blobs)+1)
-	}
+		if !s.Has(shared) {
+			t.Fatal("a layer shared with the recent image was evicted")
+		}
+		if s.Has(old.blobs[1]) {
+			t.Error("the old image's own layer survived")
+		}
+		if !whole(s, recent) {
+			t.Errorf("recent image keeps %d of %d objects", stored(s, recent), len(recent.blobs)+1)
+		}
+	})
 }
 
 func TestPinnedImageSurvivesPressure(t *testing.T) {
-	s, c := openBudget(t, t.TempDir(), cache.Options{MaxSize: 100_000})
-	pinned := pullImage(t, s, c, []int{1000, 20_000})
-	if err := s.Pin(cache.Pin{Registry: "docker.io", Repo: "library/pinned", Ref: "1", Digest: pinned.manifest}); err != nil {
-		t.Fatal(err)
-	}
-	for range 5 {
-		pullImage(t, s, c, []int{1000, 20_000})
-	}
-	if !whole(s, pinned) {
-		t.Fatalf("pinned image keeps %d of %d objects", stored(s, pinned), len(pinned.blobs)+1)
-	}
-	if u := s.Usage(); u.Bytes > 100_000 || u.Evictions == 0 {
-		t.Fatalf("usage %+v: want evictions, under the budget", u)
-	}
-	if err := s.Unpin("docker.io", "library/pinned", "1"); err != nil {
-		t.Fatal(err)
-	}
-	pullImage(t, s, c, []int{1000, 60_000})
-	if !evicted(s, pinned) {
-		t.Fatal("unpinned image was not evicted under pressure")
-	}
-	if err := s.Unpin("docker.io", "library/pinned", "1"); !errors.Is(err, cache.ErrNotFound) {
-		t.Fatalf("second unpin: %v, want ErrNotFound", err)
-	}
+	forEachAlgorithm(t, func(t *testing.T, alg string) {
+		s, c := openBudget(t, t.TempDir(), cache.Options{MaxSize: 100_000})
+		pinned := pullImageBy(t, s, c, alg, []int{1000, 20_000})
+		if err := s.Pin(cache.Pin{Registry: "docker.io", Repo: "library/pinned", Ref: "1", Digest: pinned.manifest}); err != nil {
+			t.Fatal(err)
+		}
+		for range 5 {
+			pullImageBy(t, s, c, alg, []int{1000, 20_000})
+		}
+		if !whole(s, pinned) {
+			t.Fatalf("pinned image keeps %d of %d objects", stored(s, pinned), len(pinned.blobs)+1)
+		}
+		if u := s.Usage(); u.Bytes > 100_000 || u.Evictions == 0 {
+			t.Fatalf("usage %+v: want evictions, under the budget", u)
+		}
+		if err := s.Unpin("docker.io", "library/pinned", "1"); err != nil {
+			t.Fatal(err)
+		}
+		pullImageBy(t, s, c, alg, []int{1000, 60_000})
+		if !evicted(s, pinned) {
+			t.Fatal("unpinned image was not evicted under pressure")
+		}
+		if err := s.Unpin("docker.io", "library/pinned", "1"); !errors.Is(err, cache.ErrNotFound) {
+			t.Fatalf("second unpin: %v, want ErrNotFound", err)
+		}
+	})
 }
 
 func TestHeldBlobIsNotEvicted(t *testing.T) {

@@ -1,6 +1,7 @@
 package cache
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"encoding/binary"
@@ -29,33 +30,73 @@ import (
 
 // object is one stored object as an eviction pass sees it.
 type object struct {
-	hex      [32]byte
+	hex      [32]byte // the digest's first 32 bytes: all of a sha256 one (see table)
 	size     int64
 	last     int64 // effective last use, unix nanoseconds
 	manifest bool  // it refers to other objects
 	pinned   bool
+	alg      uint8 // id of its digest's algorithm
 	absent   int32 // objects it refers to that are not stored
 }
 
-// table is the eviction pass's view of the index.
+// table is the eviction pass's view of the index. The objects are in key
+// order: by algorithm, then digest. An object holds 32 bytes of its digest,
+// all of a sha256 one, so the common table costs what a sha256-only one did
+// (56 bytes an object); the second halves of sha512 digests, the only longer
+// ones and the last algorithm, are in tails, for the sha512 objects alone.
 type table struct {
-	objs  []object   // sorted by hex
-	heads []uint64   // the first 8 bytes of each object's digest: a dense index for find
-	edges [][2]int32 // parent, child indexes into objs
+	objs  []object                   // sorted by algorithm, then digest
+	heads []uint64                   // the first 8 bytes of each object's digest: a dense index for find
+	tails [][32]byte                 // the second halves of the sha512 digests: objs[len(objs)-len(tails):]'s
+	first [len(algorithms) + 1]int32 // where each algorithm's objects start in objs
+	edges [][2]int32                 // parent, child indexes into objs
 }
 
-func (t *table) add(raw [32]byte, size int64) {
-	t.objs = append(t.objs, object{hex: raw, size: size})
-	t.heads = append(t.heads, binary.BigEndian.Uint64(raw[:8]))
+func (t *table) add(r *raw, size int64) {
+	t.objs = append(t.objs, object{hex: r.head(), size: size, alg: r.alg})
+	t.heads = append(t.heads, binary.BigEndian.Uint64(r.b[:8]))
+	if algorithms[r.alg].size > 32 {
+		t.tails = append(t.tails, r.tail())
+	}
+	for a := int(r.alg) + 1; a < len(t.first); a++ {
+		t.first[a] = int32(len(t.objs))
+	}
 }
 
-// find returns the index of raw in objs, or -1. It searches the heads, which
-// fit in a CPU cache far better than the objects.
-func (t *table) find(raw [32]byte) int {
-	head := binary.BigEndian.Uint64(raw[:8])
-	i, _ := slices.BinarySearch(t.heads, head)
-	for ; i < len(t.heads) && t.heads[i] == head; i++ {
-		if t.objs[i].hex == raw {
+// tail is the second half of object i's digest; only sha512 objects have one.
+func (t *table) tail(i int) *[32]byte { return &t.tails[i-(len(t.objs)-len(t.tails))] }
+
+// hash is object i's digest.
+func (t *table) hash(i int) v1.Hash {
+	o := &t.objs[i]
+	r := raw{alg: o.alg}
+	copy(r.b[:32], o.hex[:])
+	if algorithms[o.alg].size > 32 {
+		copy(r.b[32:], t.tail(i)[:])
+	}
+	return r.hash()
+}
+
+// compare orders object i against digest r as their keys are ordered.
+func (t *table) compare(i int, r *raw) int {
+	o := &t.objs[i]
+	if o.alg != r.alg {
+		return int(o.alg) - int(r.alg)
+	}
+	if c := bytes.Compare(o.hex[:], r.b[:32]); c != 0 || algorithms[o.alg].size <= 32 {
+		return c
+	}
+	return bytes.Compare(t.tail(i)[:], r.b[32:])
+}
+
+// find returns the index of r in objs, or -1. It searches the heads of r's
+// algorithm, which fit in a CPU cache far better than the objects.
+func (t *table) find(r *raw) int {
+	lo, hi := int(t.first[r.alg]), int(t.first[r.alg+1])
+	head := binary.BigEndian.Uint64(r.b[:8])
+	i, _ := slices.BinarySearch(t.heads[lo:hi], head)
+	for i += lo; i < hi && t.heads[i] == head; i++ {
+		if t.compare(i, r) == 0 {
 			return i
 		}
 	}
@@ -63,7 +104,7 @@ func (t *table) find(raw [32]byte) int {
 }
 
 // loadTable reads every blob record, access time, reference list and pin.
-// Key order is digest order, so the table is built sorted and the access
+// Key order is table order, so the table is built sorted and the access
 // times are merged in one walk.
 func (s *Store) loadTable() (*table, error) {
 	s.flushAccess()
@@ -73,7 +114,7 @@ func (s *Store) loadTable() (*table, error) {
 	t := &table{objs: make([]object, 0, n), heads: make([]uint64, 0, n)}
 	err := s.db.View(func(txn *badger.Txn) error {
 		if err := scan(txn, prefixBlob, func(k, v []byte) error {
-			raw, ok := keyRaw(k)
+			r, ok := keyRaw(k)
 			if !ok {
 				return nil
 			}
@@ -81,55 +122,39 @@ func (s *Store) loadTable() (*table, error) {
 			if err != nil {
 				return fmt.Errorf("blob record %s: %w", k, err)
 			}
-			t.add(raw, size)
+			t.add(&r, size)
 			return nil
 		}); err != nil {
 			return err
 		}
 		i := 0
 		if err := scan(txn, prefixAccess, func(k, v []byte) error {
-			raw, ok := keyRaw(k)
+			r, ok := keyRaw(k)
 			if !ok || len(v) != 8 {
 				return nil
 			}
-			for i < len(t.objs) && slices.Compare(t.objs[i].hex[:], raw[:]) < 0 {
+			for i < len(t.objs) && t.compare(i, &r) < 0 {
 				i++
 			}
-			if i < len(t.objs) && t.objs[i].hex == raw {
+			if i < len(t.objs) && t.compare(i, &r) == 0 {
 				t.objs[i].last = int64(binary.BigEndian.Uint64(v))
 			}
 			return nil
 		}); err != nil {
 			return err
 		}
-		if err := scan(txn, prefixRefs, func(k, v []byte) error {
-			raw, ok := keyRaw(k)
-			if !ok {
-				return nil
+		for a := range algorithms {
+			if err := t.loadRefs(txn, uint8(a)); err != nil {
+				return err
 			}
-			p := t.find(raw)
-			if p < 0 {
-				return nil
-			}
-			t.objs[p].manifest = true
-			for ; len(v) >= 32; v = v[32:] {
-				if c := t.find([32]byte(v[:32])); c >= 0 {
-					t.edges = append(t.edges, [2]int32{int32(p), int32(c)})
-				} else {
-					t.objs[p].absent++
-				}
-			}
-			return nil
-		}); err != nil {
-			return err
 		}
 		return scan(txn, prefixPin, func(_, v []byte) error {
 			var pin Pin
 			if json.Unmarshal(v, &pin) != nil {
 				return nil
 			}
-			if raw, ok := rawOf(pin.Digest); ok {
-				if i := t.find(raw); i >= 0 {
+			if r, ok := rawOf(pin.Digest); ok {
+				if i := t.find(&r); i >= 0 {
 					t.objs[i].pinned = true
 				}
 			}
@@ -141,6 +166,33 @@ func (s *Store) loadTable() (*table, error) {
 	}
 	t.propagate()
 	return t, nil
+}
+
+// loadRefs adds the edges from every manifest to its children by digests of
+// algorithm child.
+func (t *table) loadRefs(txn *badger.Txn, child uint8) error {
+	size := algorithms[child].size
+	c := raw{alg: child}
+	return scan(txn, algorithms[child].refs, func(k, v []byte) error {
+		parent, ok := keyRaw(k)
+		if !ok {
+			return nil
+		}
+		p := t.find(&parent)
+		if p < 0 {
+			return nil
+		}
+		t.objs[p].manifest = true
+		for ; len(v) >= size; v = v[size:] {
+			copy(c.b[:], v[:size])
+			if i := t.find(&c); i >= 0 {
+				t.edges = append(t.edges, [2]int32{int32(p), int32(i)})
+			} else {
+				t.objs[p].absent++
+			}
+		}
+		return nil
+	})
 }
 
 // propagate gives every object its effective last use and pin. Up first,
@@ -222,8 +274,8 @@ func (t *table) evictable(victims []int32, held map[v1.Hash]int) int64 {
 		n += t.objs[v].size
 	}
 	for h := range held { // few: the blobs being served or downloaded
-		if raw, ok := rawOf(h); ok {
-			if i := t.find(raw); i >= 0 && !t.objs[i].pinned {
+		if r, ok := rawOf(h); ok {
+			if i := t.find(&r); i >= 0 && !t.objs[i].pinned {
 				n -= t.objs[i].size
 			}
 		}
@@ -317,7 +369,7 @@ func (s *Store) evict(goal evictGoal, feasible func(evictable int64) error) (Evi
 	defer wb.Cancel()
 	for _, v := range victims {
 		o := &t.objs[v]
-		h := rawHash(o.hex)
+		h := t.hash(int(v))
 		s.mu.Lock()
 		if goal() {
 			s.mu.Unlock()

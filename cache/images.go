@@ -44,7 +44,7 @@ func (s *Store) Images() ([]Image, error) {
 			var p Pin
 			if json.Unmarshal(v, &p) == nil {
 				pinned[p.Registry+"/"+p.Repo+":"+p.Ref] = true
-				if strings.HasPrefix(p.Ref, "sha256:") {
+				if h, err := v1.NewHash(p.Ref); err == nil && CheckDigest(h) == nil { // a pin by digest
 					out = append(out, Image{Registry: p.Registry, Repo: p.Repo, Ref: p.Ref, Digest: p.Digest})
 				}
 			}
@@ -81,11 +81,11 @@ func (s *Store) Images() ([]Image, error) {
 
 // measure adds up what of img is stored, walking down from its manifest.
 func (t *table) measure(img *Image, children map[int32][]int32) {
-	raw, ok := rawOf(img.Digest)
+	r, ok := rawOf(img.Digest)
 	if !ok {
 		return
 	}
-	root := t.find(raw)
+	root := t.find(&r)
 	if root < 0 {
 		img.Missing = 1
 		return

@@ -19,30 +19,42 @@ import (
 
 // Index keys. Every key is built here, with a typed prefix:
 //
-//	b/sha256:<hex>                     blob record (size, media type)
-//	a/sha256:<hex>                     last access, unix nanoseconds
-//	r/sha256:<hex>                     what a manifest refers to: raw 32-byte digests
+//	b/<alg>:<hex>                      blob record (size, media type)
+//	a/<alg>:<hex>                      last access, unix nanoseconds
+//	r/<alg>:<hex>                      what a manifest refers to by sha256: raw 32-byte digests
+//	r512/<alg>:<hex>                   what a manifest refers to by sha512: raw 64-byte digests
 //	t/<registry>/<repository>:<tag>    tag answer
 //	p/<registry>/<repository>:<ref>    pin (the ref is a tag or a digest)
 //	m/clean                            usage totals, present only after a clean close
 //
+// <alg> is sha256 or sha512 (algorithms). A manifest's children by either
+// algorithm have a key of their own, so the sha256 list keeps its format.
 // A tag cannot contain ':' or '/', so the last ':' ends the repository.
 const (
-	prefixBlob   = "b/"
-	prefixAccess = "a/"
-	prefixRefs   = "r/"
-	prefixTag    = "t/"
-	prefixPin    = "p/"
+	prefixBlob    = "b/"
+	prefixAccess  = "a/"
+	prefixRefs    = "r/"
+	prefixRefs512 = "r512/"
+	prefixTag     = "t/"
+	prefixPin     = "p/"
 )
 
 var keyClean = []byte("m/clean")
 
 func blobKey(h v1.Hash) []byte   { return []byte(prefixBlob + h.String()) }
 func accessKey(h v1.Hash) []byte { return []byte(prefixAccess + h.String()) }
-func refsKey(h v1.Hash) []byte   { return []byte(prefixRefs + h.String()) }
+
+// refsKey is where the children of manifest h by digests of algorithm child are.
+func refsKey(child uint8, h v1.Hash) []byte { return []byte(algorithms[child].refs + h.String()) }
 
 // objectKeys are every key an object has, so forgetting it forgets them all.
-func objectKeys(h v1.Hash) [][]byte { return [][]byte{blobKey(h), accessKey(h), refsKey(h)} }
+func objectKeys(h v1.Hash) [][]byte {
+	keys := [][]byte{blobKey(h), accessKey(h)}
+	for a := range algorithms {
+		keys = append(keys, refsKey(uint8(a), h))
+	}
+	return keys
+}
 
 func tagKey(registry, repo, tag string) []byte {
 	return []byte(prefixTag + registry + "/" + repo + ":" + tag)
@@ -69,12 +81,12 @@ func scan(txn *badger.Txn, prefix string, fn func(key, val []byte) error) error 
 	return nil
 }
 
-// encodeRefs stores a manifest's children compactly: raw 32-byte digests.
-func encodeRefs(refs []v1.Hash) []byte {
-	out := make([]byte, 0, 32*len(refs))
+// encodeRefs stores a manifest's children compactly, by algorithm: their raw
+// digests, concatenated.
+func encodeRefs(refs []v1.Hash) (out [len(algorithms)][]byte) {
 	for _, h := range refs {
-		if raw, ok := rawOf(h); ok {
-			out = append(out, raw[:]...)
+		if r, ok := rawOf(h); ok {
+			out[r.alg] = append(out[r.alg], r.bytes()...)
 		}
 	}
 	return out
@@ -200,9 +212,11 @@ func (s *Store) getJSON(key []byte, v any) error {
 // putRecord writes a blob record and, for a manifest, what it refers to.
 func (s *Store) putRecord(h v1.Hash, info Info, refs []v1.Hash) error {
 	return s.db.Update(func(txn *badger.Txn) error {
-		if len(refs) > 0 {
-			if err := txn.Set(refsKey(h), encodeRefs(refs)); err != nil {
-				return err
+		for a, children := range encodeRefs(refs) {
+			if len(children) > 0 {
+				if err := txn.Set(refsKey(uint8(a), h), children); err != nil {
+					return err
+				}
 			}
 		}
 		return txn.Set(blobKey(h), encodeRecord(info))

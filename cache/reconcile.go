@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"slices"
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
@@ -128,9 +127,9 @@ func (s *Store) reconcile(ctx context.Context) error {
 	defer txn.Discard()
 	recs := newRecordCursor(txn)
 	defer recs.close()
-	drop := func(raw [32]byte) error {
+	drop := func(r *raw) error {
 		rep.DroppedRecords++
-		for _, k := range objectKeys(rawHash(raw)) {
+		for _, k := range objectKeys(r.hash()) {
 			if err := wb.Delete(k); err != nil {
 				return err
 			}
@@ -143,8 +142,8 @@ func (s *Store) reconcile(ctx context.Context) error {
 			s.log.Warn("remove stray file from the content tree", zap.String("file", f.path()))
 			return os.Remove(f.path())
 		}
-		for recs.valid && slices.Compare(recs.raw[:], f.raw[:]) < 0 {
-			if err := drop(recs.raw); err != nil {
+		for recs.valid && compareRaw(&recs.raw, &f.raw) < 0 {
+			if err := drop(&recs.raw); err != nil {
 				return err
 			}
 			recs.next()
@@ -161,7 +160,7 @@ func (s *Store) reconcile(ctx context.Context) error {
 			}
 			size = st.Size()
 			rep.AddedRecords++
-			if err := wb.Set(blobKey(rawHash(f.raw)), encodeRecord(Info{Size: size})); err != nil {
+			if err := wb.Set(blobKey(f.raw.hash()), encodeRecord(Info{Size: size})); err != nil {
 				return err
 			}
 		}
@@ -170,7 +169,7 @@ func (s *Store) reconcile(ctx context.Context) error {
 		return nil
 	})
 	for ; err == nil && recs.valid; recs.next() {
-		err = drop(recs.raw)
+		err = drop(&recs.raw)
 	}
 	if err != nil {
 		return fmt.Errorf("reconcile: %w", err)
@@ -191,7 +190,7 @@ func (s *Store) reconcile(ctx context.Context) error {
 type recordCursor struct {
 	it    *badger.Iterator
 	valid bool
-	raw   [32]byte
+	raw   raw
 	size  int64 // -1 when the record does not decode
 }
 
@@ -207,11 +206,11 @@ func newRecordCursor(txn *badger.Txn) *recordCursor {
 func (c *recordCursor) load() {
 	for ; c.it.Valid(); c.it.Next() {
 		item := c.it.Item()
-		raw, ok := keyRaw(item.Key()[len(prefixBlob):])
+		r, ok := keyRaw(item.Key()[len(prefixBlob):])
 		if !ok {
 			continue
 		}
-		c.valid, c.raw, c.size = true, raw, -1
+		c.valid, c.raw, c.size = true, r, -1
 		_ = item.Value(func(v []byte) error {
 			if size, err := recordSize(v); err == nil {
 				c.size = size
@@ -233,17 +232,31 @@ func (c *recordCursor) close() { c.it.Close() }
 // contentFile is a file of the content tree.
 type contentFile struct {
 	dir, name string
-	raw       [32]byte
+	raw       raw
 	ok        bool // its place names a digest
 }
 
 func (f contentFile) path() string { return filepath.Join(f.dir, f.name) }
 
-// walk calls fn for every file of the content tree in digest order, with
-// ok false for a file whose place does not name a digest.
+// walk calls fn for every file of the content trees in key order (by
+// algorithm, then digest), with ok false for a file whose place does not
+// name a digest.
 func (s *Store) walk(ctx context.Context, fn func(contentFile) error) error {
-	root := blobRoot(s.dir)
+	for a := range algorithms {
+		if err := s.walkTree(ctx, uint8(a), fn); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// walkTree is walk over the content tree of algorithm alg.
+func (s *Store) walkTree(ctx context.Context, alg uint8, fn func(contentFile) error) error {
+	root := blobRoot(s.dir, algorithms[alg].name)
 	dirs, err := os.ReadDir(root)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil // no content of alg yet (Open creates the trees; this one was removed)
+	}
 	if err != nil {
 		return fmt.Errorf("read %s: %w", root, err)
 	}
@@ -263,9 +276,9 @@ func (s *Store) walk(ctx context.Context, fn func(contentFile) error) error {
 			return fmt.Errorf("read %s: %w", dir, err)
 		}
 		for _, e := range files {
-			raw, ok := hexRaw(e.Name())
+			r, ok := hexRaw(alg, e.Name())
 			ok = ok && e.Type().IsRegular() && e.Name()[:2] == d.Name()
-			if err := fn(contentFile{dir: dir, name: e.Name(), raw: raw, ok: ok}); err != nil {
+			if err := fn(contentFile{dir: dir, name: e.Name(), raw: r, ok: ok}); err != nil {
 				return err
 			}
 		}

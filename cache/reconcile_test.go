@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
-	"encoding/hex"
 	"os"
 	"path/filepath"
 	"testing"
@@ -17,11 +15,19 @@ import (
 
 func randomContent(t *testing.T, n int) ([]byte, v1.Hash) {
 	t.Helper()
+	return randomContentBy(t, "sha256", n)
+}
+
+// randomContentBy is n random bytes and their digest by algorithm alg.
+func randomContentBy(t *testing.T, alg string, n int) ([]byte, v1.Hash) {
+	t.Helper()
 	b := make([]byte, n)
 	rand.Read(b)
-	sum := sha256.Sum256(b)
-	return b, v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(sum[:])}
+	return b, Sum(alg, b)
 }
+
+// algorithmOfIndex alternates the algorithms, so a test's content is of both.
+func algorithmOfIndex(i int) string { return algorithms[i%len(algorithms)].name }
 
 // crash closes the index as a killed process leaves it: no usage totals.
 func crash(t *testing.T, s *Store) {
@@ -41,11 +47,11 @@ func TestReconcileAfterACrash(t *testing.T) {
 	var kept, lost []v1.Hash
 	var keptBytes int64
 	for i := range 4 {
-		b, h := randomContent(t, 1000*(i+1))
+		b, h := randomContentBy(t, algorithmOfIndex(i), 1000*(i+1))
 		if err := s.PutManifest(h, b, "application/octet-stream"); err != nil {
 			t.Fatal(err)
 		}
-		if i == 0 {
+		if i < 2 { // one of each algorithm
 			lost = append(lost, h)
 		} else {
 			kept = append(kept, h)
@@ -57,15 +63,18 @@ func TestReconcileAfterACrash(t *testing.T) {
 	// A file the index never heard of (a crash between rename and record),
 	// a record whose file is gone (a crash during eviction), a stray file
 	// and a leftover temp file.
-	orphan, oh := randomContent(t, 5000)
-	os.MkdirAll(filepath.Join(blobRoot(dir), oh.Hex[:2]), 0o750)
-	if err := os.WriteFile(filepath.Join(blobRoot(dir), oh.Hex[:2], oh.Hex), orphan, 0o640); err != nil {
+	// Content of both algorithms: the orphan and a lost one by sha512.
+	orphan, oh := randomContentBy(t, "sha512", 5000)
+	os.MkdirAll(filepath.Join(blobRoot(dir, "sha512"), oh.Hex[:2]), 0o750)
+	if err := os.WriteFile(filepath.Join(blobRoot(dir, "sha512"), oh.Hex[:2], oh.Hex), orphan, 0o640); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.Remove(filepath.Join(blobRoot(dir), lost[0].Hex[:2], lost[0].Hex)); err != nil {
-		t.Fatal(err)
+	for _, h := range lost {
+		if err := os.Remove(filepath.Join(blobRoot(dir, h.Algorithm), h.Hex[:2], h.Hex)); err != nil {
+			t.Fatal(err)
+		}
 	}
-	stray := filepath.Join(blobRoot(dir), kept[0].Hex[:2], "not-a-digest")
+	stray := filepath.Join(blobRoot(dir, kept[0].Algorithm), kept[0].Hex[:2], "not-a-digest")
 	os.WriteFile(stray, []byte("x"), 0o640)
 	os.WriteFile(filepath.Join(tmpDir(dir), "half-written"), []byte("partial"), 0o640)
 
@@ -77,8 +86,10 @@ func TestReconcileAfterACrash(t *testing.T) {
 	if info, err := s.info(oh); err != nil || info.Size != 5000 {
 		t.Fatalf("orphan file's record: %+v %v", info, err)
 	}
-	if _, err := s.info(lost[0]); err == nil {
-		t.Fatal("the record of a missing file survived")
+	for _, h := range lost {
+		if _, err := s.info(h); err == nil {
+			t.Fatalf("the record of a missing file %s survived", h)
+		}
 	}
 	if _, err := os.Stat(stray); !os.IsNotExist(err) {
 		t.Fatal("stray file survived")
@@ -109,8 +120,9 @@ func TestVerifyRemovesCorruptContent(t *testing.T) {
 	}
 	defer s.Close()
 	good, gh := randomContent(t, 3000)
-	bad, bh := randomContent(t, 4000)
-	for h, b := range map[v1.Hash][]byte{gh: good, bh: bad} {
+	good512, gh512 := randomContentBy(t, "sha512", 2000)
+	bad, bh := randomContentBy(t, "sha512", 4000)
+	for h, b := range map[v1.Hash][]byte{gh: good, gh512: good512, bh: bad} {
 		if err := s.PutManifest(h, b, "application/octet-stream"); err != nil {
 			t.Fatal(err)
 		}
@@ -124,13 +136,13 @@ func TestVerifyRemovesCorruptContent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rep.Checked != 2 || len(rep.Corrupt) != 1 || rep.Corrupt[0] != bh.String() {
-		t.Fatalf("report %+v, want 2 checked, %s corrupt", rep, bh)
+	if rep.Checked != 3 || len(rep.Corrupt) != 1 || rep.Corrupt[0] != bh.String() {
+		t.Fatalf("report %+v, want 3 checked, %s corrupt", rep, bh)
 	}
-	if s.Has(bh) || !s.Has(gh) {
-		t.Fatal("verify kept the corrupt blob or removed the good one")
+	if s.Has(bh) || !s.Has(gh) || !s.Has(gh512) {
+		t.Fatal("verify kept the corrupt blob or removed a good one")
 	}
-	if u := s.Usage(); u.Objects != 1 || u.Bytes != 3000 {
+	if u := s.Usage(); u.Objects != 2 || u.Bytes != 5000 {
 		t.Fatalf("usage after verify %+v", u)
 	}
 	if _, err := s.info(bh); err == nil {

@@ -1,6 +1,7 @@
 package cache
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"testing"
@@ -73,23 +74,30 @@ func TestJSONRecordsOfAnOlderStoreStillCount(t *testing.T) {
 }
 
 func TestHexRaw(t *testing.T) {
-	sum := sha256.Sum256([]byte("x"))
-	lower := hex.EncodeToString(sum[:])
-	if raw, ok := hexRaw(lower); !ok || raw != sum {
-		t.Fatalf("hexRaw(%s) = %x, %v", lower, raw, ok)
-	}
-	if raw, ok := keyRaw([]byte("sha256:" + lower)); !ok || raw != sum {
-		t.Fatalf("keyRaw = %x, %v", raw, ok)
-	}
-	upper := []byte(lower)
-	upper[5] = 'A'
-	for _, bad := range []string{lower[:63], lower + "0", string(upper), lower[:10] + "g" + lower[11:], lower[:10] + "/" + lower[11:], ""} {
-		if _, ok := hexRaw(bad); ok {
-			t.Errorf("hexRaw(%q) accepted", bad)
+	for id, a := range algorithms {
+		sum := Sum(a.name, []byte("x"))
+		want, _ := hex.DecodeString(sum.Hex)
+		lower := sum.Hex
+		r, ok := hexRaw(uint8(id), lower)
+		if !ok || !bytes.Equal(r.bytes(), want) || r.hash() != sum {
+			t.Fatalf("hexRaw(%s) = %x, %v", lower, r.bytes(), ok)
+		}
+		if k, ok := keyRaw([]byte(sum.String())); !ok || k != r {
+			t.Fatalf("keyRaw(%s) = %x, %v", sum, k.bytes(), ok)
+		}
+		upper := []byte(lower)
+		upper[5] = 'A'
+		for _, bad := range []string{lower[:len(lower)-1], lower + "0", string(upper), lower[:10] + "g" + lower[11:], lower[:10] + "/" + lower[11:], ""} {
+			if _, ok := hexRaw(uint8(id), bad); ok {
+				t.Errorf("hexRaw(%q) accepted", bad)
+			}
 		}
 	}
-	if _, ok := keyRaw([]byte("sha512:" + lower)); ok {
-		t.Error("keyRaw accepted sha512")
+	h256 := Sum("sha256", []byte("x"))
+	for _, bad := range []string{"sha512:" + h256.Hex, "md5:" + h256.Hex[:32], "sha256" + h256.Hex, ":" + h256.Hex} {
+		if _, ok := keyRaw([]byte(bad)); ok {
+			t.Errorf("keyRaw(%q) accepted", bad)
+		}
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"net"
 	"net/http"
@@ -49,7 +50,7 @@ const (
 )
 
 // S3Objects keeps content in a bucket, one object per digest under
-// <prefix>/blobs/sha256/<hex>, written with If-None-Match: * so content once
+// <prefix>/blobs/<algorithm>/<hex>, written with If-None-Match: * so content once
 // in the bucket is never overwritten.
 type S3Objects struct {
 	core     *minio.Core
@@ -122,7 +123,10 @@ func s3Endpoint(endpoint string) (host string, secure bool, err error) {
 	return u.Host, u.Scheme == "https", nil
 }
 
-func (o *S3Objects) key(h v1.Hash) string { return o.prefix + "blobs/sha256/" + h.Hex }
+func (o *S3Objects) key(h v1.Hash) string { return o.dir(h.Algorithm) + h.Hex }
+
+// dir is the key prefix of the content of digests of algorithm alg.
+func (o *S3Objects) dir(alg string) string { return o.prefix + "blobs/" + alg + "/" }
 
 // Check reports whether the bucket is there and the credentials may use it:
 // ErrBucketMissing, ErrAccessDenied or ErrStoreUnavailable when not.
@@ -218,19 +222,35 @@ func hashSection(h v1.Hash, content io.ReaderAt, off, size int64, sum io.Writer)
 }
 
 func digestMismatch(h v1.Hash, got string) error {
-	return fmt.Errorf("blob %s: %w: content hashes to sha256:%s", h, ErrDigestMismatch, got)
+	return fmt.Errorf("blob %s: %w: content hashes to %s:%s", h, ErrDigestMismatch, h.Algorithm, got)
+}
+
+// hasherOf hashes content as its digest h does (checked by the caller).
+func hasherOf(h v1.Hash) hash.Hash {
+	alg, _ := algorithmOf(h.Algorithm)
+	return algorithms[alg].new()
 }
 
 func (o *S3Objects) putSingle(ctx context.Context, h v1.Hash, content io.ReaderAt, size int64) error {
-	got, err := hashSection(h, content, 0, size, nil)
+	// The body's SHA-256 signs the request; it is the digest too, unless the
+	// digest is by another algorithm.
+	var whole hash.Hash
+	if h.Algorithm != "sha256" {
+		whole = hasherOf(h)
+	}
+	body, err := hashSection(h, content, 0, size, whole)
 	if err != nil {
 		return err
+	}
+	got := body
+	if whole != nil {
+		got = hex.EncodeToString(whole.Sum(nil))
 	}
 	if got != h.Hex {
 		return digestMismatch(h, got)
 	}
 	key := o.key(h)
-	_, err = o.core.PutObject(ctx, o.bucket, key, io.NewSectionReader(content, 0, size), size, "", h.Hex, onlyIfAbsent())
+	_, err = o.core.PutObject(ctx, o.bucket, key, io.NewSectionReader(content, 0, size), size, "", body, onlyIfAbsent())
 	if err != nil && !isPreconditionFailed(err) { // 412: already stored, the same bytes
 		return o.classify("put", key, err)
 	}
@@ -262,7 +282,7 @@ func (o *S3Objects) uploadParts(ctx context.Context, h v1.Hash, content io.Reade
 			o.abort(ctx, key, id)
 		}
 	}()
-	whole := sha256.New()
+	whole := hasherOf(h)
 	var parts []minio.CompletePart
 	for off, n := int64(0), 1; off < size; off, n = off+part, n+1 {
 		length := min(part, size-off)
@@ -349,12 +369,23 @@ func (o *S3Objects) Delete(ctx context.Context, h v1.Hash) error {
 	return err
 }
 
-// List walks the keys under <prefix>/blobs/sha256/, which S3 lists in key
-// order, so in digest order. Keys that are not a digest are skipped.
+// List walks the keys under <prefix>/blobs/<algorithm>/, algorithm after
+// algorithm; S3 lists in key order, so it is digest order. Keys that are not
+// a digest are skipped.
 func (o *S3Objects) List(ctx context.Context, fn func(h v1.Hash, size int64) error) error {
+	for a := range algorithms {
+		if err := o.list(ctx, uint8(a), fn); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// list is List for the digests of algorithm alg.
+func (o *S3Objects) list(ctx context.Context, alg uint8, fn func(h v1.Hash, size int64) error) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	dir := o.prefix + "blobs/sha256/"
+	dir := o.dir(algorithms[alg].name)
 	objects := o.core.Client.ListObjects(ctx, o.bucket, minio.ListObjectsOptions{Prefix: dir, Recursive: true})
 	var err error
 	for obj := range objects {
@@ -366,11 +397,11 @@ func (o *S3Objects) List(ctx context.Context, fn func(h v1.Hash, size int64) err
 			cancel()
 			continue
 		}
-		raw, ok := hexRaw(strings.TrimPrefix(obj.Key, dir))
+		r, ok := hexRaw(alg, strings.TrimPrefix(obj.Key, dir))
 		if !ok {
 			continue
 		}
-		if err = fn(rawHash(raw), obj.Size); err != nil {
+		if err = fn(r.hash(), obj.Size); err != nil {
 			cancel()
 		}
 	}

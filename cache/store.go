@@ -28,8 +28,8 @@ var (
 	ErrSizeMismatch = errors.New("content does not match its announced size")
 	// ErrTooLarge means content is larger than the caller's limit.
 	ErrTooLarge = errors.New("content larger than allowed")
-	// ErrUnsupportedDigest means the digest algorithm is not sha256.
-	ErrUnsupportedDigest = errors.New("only sha256 digests are supported")
+	// ErrUnsupportedDigest means the digest is not sha256 or sha512 in lower-case hex.
+	ErrUnsupportedDigest = errors.New("only sha256 and sha512 digests are supported")
 )
 
 // Options tune a Store. The zero value picks sensible defaults.
@@ -141,7 +141,7 @@ type Store struct {
 // an earlier process are removed: they were never visible, so nothing is lost.
 func Open(dir string, opt Options, log *zap.Logger) (*Store, error) {
 	opt.defaults()
-	for _, d := range []string{blobRoot(dir), tmpDir(dir), indexDir(dir)} {
+	for _, d := range append(blobRoots(dir), tmpDir(dir), indexDir(dir)) {
 		if err := os.MkdirAll(d, 0o750); err != nil {
 			return nil, fmt.Errorf("create %s: %w", d, err)
 		}
@@ -173,9 +173,19 @@ func Open(dir string, opt Options, log *zap.Logger) (*Store, error) {
 	return s, nil
 }
 
-func blobRoot(dir string) string { return filepath.Join(dir, "blobs", "sha256") }
-func tmpDir(dir string) string   { return filepath.Join(dir, "tmp") }
-func indexDir(dir string) string { return filepath.Join(dir, "index") }
+// blobRoot is where the content of digests of algorithm alg lives.
+func blobRoot(dir, alg string) string { return filepath.Join(dir, "blobs", alg) }
+func tmpDir(dir string) string        { return filepath.Join(dir, "tmp") }
+func indexDir(dir string) string      { return filepath.Join(dir, "index") }
+
+// blobRoots are the content trees of every algorithm, in key order.
+func blobRoots(dir string) []string {
+	roots := make([]string, len(algorithms))
+	for i, a := range algorithms {
+		roots[i] = blobRoot(dir, a.name)
+	}
+	return roots
+}
 
 // Dir is the store's root directory.
 func (s *Store) Dir() string { return s.dir }
@@ -183,7 +193,7 @@ func (s *Store) Dir() string { return s.dir }
 // path is where the verified content of h lives. Hex was validated by the
 // caller's parse or by checkHash, so it cannot name anything outside the store.
 func (s *Store) path(h v1.Hash) string {
-	return filepath.Join(blobRoot(s.dir), h.Hex[:2], h.Hex)
+	return filepath.Join(blobRoot(s.dir, h.Algorithm), h.Hex[:2], h.Hex)
 }
 
 func (s *Store) removeTemps() error {
@@ -333,7 +343,7 @@ func (s *Store) Healthy() error {
 	}
 	// Both must be directories: every download writes in tmp/ and renames
 	// into the content tree.
-	for _, d := range []string{blobRoot(s.dir), tmpDir(s.dir)} {
+	for _, d := range append(blobRoots(s.dir), tmpDir(s.dir)) {
 		st, err := os.Stat(d)
 		if err == nil && !st.IsDir() {
 			err = errors.New("not a directory")

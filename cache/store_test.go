@@ -3,13 +3,12 @@ package cache_test
 import (
 	"bytes"
 	"crypto/rand"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -29,10 +28,15 @@ func open(t *testing.T, dir string) *cache.Store {
 
 func content(t *testing.T, n int) ([]byte, v1.Hash) {
 	t.Helper()
+	return contentBy(t, "sha256", n)
+}
+
+// contentBy is n random bytes and their digest by algorithm alg.
+func contentBy(t *testing.T, alg string, n int) ([]byte, v1.Hash) {
+	t.Helper()
 	b := make([]byte, n)
 	rand.Read(b)
-	sum := sha256.Sum256(b)
-	return b, v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(sum[:])}
+	return b, cache.Sum(alg, b)
 }
 
 func readAll(t *testing.T, s *cache.Store, h v1.Hash) []byte {
@@ -50,10 +54,14 @@ func readAll(t *testing.T, s *cache.Store, h v1.Hash) []byte {
 }
 
 func TestContentIsVisibleOnlyAfterCommit(t *testing.T) {
+	forEachAlgorithm(t, testContentIsVisibleOnlyAfterCommit)
+}
+
+func testContentIsVisibleOnlyAfterCommit(t *testing.T, alg string) {
 	dir := t.TempDir()
 	s := open(t, dir)
 	defer s.Close()
-	b, h := content(t, 100_000)
+	b, h := contentBy(t, alg, 100_000)
 
 	w, err := s.Create(h, int64(len(b)), "application/octet-stream")
 	if err != nil {
@@ -83,7 +91,7 @@ func TestContentIsVisibleOnlyAfterCommit(t *testing.T) {
 	if !bytes.Equal(readAll(t, s, h), b) {
 		t.Fatal("committed content differs")
 	}
-	if _, err := os.Stat(filepath.Join(dir, "blobs", "sha256", h.Hex[:2], h.Hex)); err != nil {
+	if _, err := os.Stat(filepath.Join(dir, "blobs", alg, h.Hex[:2], h.Hex)); err != nil {
 		t.Errorf("content not at its digest's path: %v", err)
 	}
 	if left, _ := os.ReadDir(filepath.Join(dir, "tmp")); len(left) != 0 {
@@ -92,7 +100,11 @@ func TestContentIsVisibleOnlyAfterCommit(t *testing.T) {
 }
 
 func TestBadContentNeverCommits(t *testing.T) {
-	b, h := content(t, 1000)
+	forEachAlgorithm(t, testBadContentNeverCommits)
+}
+
+func testBadContentNeverCommits(t *testing.T, alg string) {
+	b, h := contentBy(t, alg, 1000)
 	tests := []struct {
 		name  string
 		size  int64
@@ -163,6 +175,8 @@ func TestBadDigestsNeverNameAFile(t *testing.T) {
 		{Algorithm: "sha256", Hex: "../../../../etc/passwd"},
 		{Algorithm: "sha256", Hex: "AB"},
 		{Algorithm: "md5", Hex: "d41d8cd98f00b204e9800998ecf8427e"},
+		{Algorithm: "sha512", Hex: strings.Repeat("ab", 32)}, // a sha256's length
+		{Algorithm: "sha384", Hex: strings.Repeat("ab", 48)},
 	} {
 		if _, _, err := s.Open(t.Context(), h); !errors.Is(err, cache.ErrUnsupportedDigest) {
 			t.Errorf("Open(%q): %v, want ErrUnsupportedDigest", h, err)

@@ -1,7 +1,6 @@
 package cache
 
 import (
-	"crypto/sha256"
 	"encoding"
 	"encoding/hex"
 	"fmt"
@@ -20,10 +19,12 @@ type Verifier struct {
 	n      int64
 }
 
-// NewVerifier checks content of digest h (sha256) and, unless it is -1, of
-// length size.
+// NewVerifier checks content of digest h (sha256 or sha512, by its
+// algorithm) and, unless it is -1, of length size. Content of a digest the
+// store does not know never checks.
 func NewVerifier(h v1.Hash, size int64) *Verifier {
-	return &Verifier{h: h, size: size, hasher: sha256.New()}
+	alg, _ := algorithmOf(h.Algorithm)
+	return &Verifier{h: h, size: size, hasher: algorithms[alg].new()}
 }
 
 // Write hashes p. Once more bytes arrive than were announced it fails,
@@ -53,8 +54,11 @@ func (v *Verifier) Check() error {
 	if v.size >= 0 && v.n != v.size {
 		return fmt.Errorf("blob %s: %w: got %d bytes, want %d", v.h, ErrSizeMismatch, v.n, v.size)
 	}
+	if err := CheckDigest(v.h); err != nil {
+		return fmt.Errorf("blob %s: %w", v.h, err)
+	}
 	if got := hex.EncodeToString(v.hasher.Sum(nil)); got != v.h.Hex {
-		return fmt.Errorf("blob %s: %w: content hashes to sha256:%s", v.h, ErrDigestMismatch, got)
+		return fmt.Errorf("blob %s: %w: content hashes to %s:%s", v.h, ErrDigestMismatch, v.h.Algorithm, got)
 	}
 	return nil
 }
@@ -64,11 +68,11 @@ func (v *Verifier) Check() error {
 func (v *Verifier) Clone() *Verifier {
 	state, err := v.hasher.(encoding.BinaryMarshaler).MarshalBinary()
 	if err != nil {
-		panic(fmt.Sprintf("sha256 state: %v", err)) // crypto/sha256 always marshals
+		panic(fmt.Sprintf("hash state: %v", err)) // crypto/sha256 and sha512 always marshal
 	}
 	c := NewVerifier(v.h, v.size)
 	if err := c.hasher.(encoding.BinaryUnmarshaler).UnmarshalBinary(state); err != nil {
-		panic(fmt.Sprintf("sha256 state: %v", err))
+		panic(fmt.Sprintf("hash state: %v", err))
 	}
 	c.n = v.n
 	return c

@@ -2,8 +2,6 @@ package cache
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -37,8 +35,8 @@ func (s *Store) Verify(ctx context.Context, progress func(VerifyReport)) (Verify
 			s.log.Warn("verify: remove stray file", zap.String("file", f.path()))
 			return os.RemoveAll(f.path())
 		}
-		h := rawHash(f.raw)
-		n, sum, err := hashFile(f.path(), buf)
+		h := f.raw.hash()
+		n, sum, err := hashFile(f.path(), f.raw.alg, buf)
 		if errors.Is(err, os.ErrNotExist) {
 			return nil // evicted while we walked
 		}
@@ -50,7 +48,7 @@ func (s *Store) Verify(ctx context.Context, progress func(VerifyReport)) (Verify
 		if sum != f.raw {
 			rep.Corrupt = append(rep.Corrupt, h.String())
 			s.log.Error("verify: content does not match its digest; removed", zap.Stringer("digest", h),
-				zap.String("hashes_to", "sha256:"+hex.EncodeToString(sum[:])))
+				zap.Stringer("hashes_to", sum.hash()))
 			if err := s.remove(h); err != nil {
 				return err
 			}
@@ -66,19 +64,20 @@ func (s *Store) Verify(ctx context.Context, progress func(VerifyReport)) (Verify
 	return rep, nil
 }
 
-func hashFile(path string, buf []byte) (int64, [32]byte, error) {
-	var sum [32]byte
+// hashFile hashes the file at path by algorithm alg.
+func hashFile(path string, alg uint8, buf []byte) (int64, raw, error) {
+	sum := raw{alg: alg}
 	f, err := os.Open(path)
 	if err != nil {
 		return 0, sum, err
 	}
 	defer f.Close()
-	hs := sha256.New()
+	hs := algorithms[alg].new()
 	n, err := io.CopyBuffer(hs, f, buf)
 	if err != nil {
 		return n, sum, fmt.Errorf("read %s: %w", path, err)
 	}
-	copy(sum[:], hs.Sum(nil))
+	hs.Sum(sum.b[:0])
 	return n, sum, nil
 }
 
