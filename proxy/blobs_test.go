@@ -185,7 +185,11 @@ func onBlobGet(h v1.Hash, serve func(w http.ResponseWriter, r *http.Request)) fu
 }
 
 func TestBadUpstreamContentNeverEntersTheCache(t *testing.T) {
-	body, h := regtest.RandomBlob(t, 256<<10)
+	forEachAlgorithm(t, testBadUpstreamContentNeverEntersTheCache)
+}
+
+func testBadUpstreamContentNeverEntersTheCache(t *testing.T, alg string) {
+	body, h := randomBlobBy(t, alg, 256<<10)
 	tests := []struct {
 		name  string
 		serve func(w http.ResponseWriter)
@@ -515,9 +519,13 @@ func TestClientLeavingAFollowedDownloadIsLoggedAborted(t *testing.T) {
 // headers gets the answer a cached blob gets (RFC 9110 asks 304 of a HEAD
 // too), before the blob is cached and after.
 func TestHeadOfBlobAnswersTheSameColdAndWarm(t *testing.T) {
+	forEachAlgorithm(t, testHeadOfBlobAnswersTheSameColdAndWarm)
+}
+
+func testHeadOfBlobAnswersTheSameColdAndWarm(t *testing.T, alg string) {
 	e := newEnv(t)
-	body, h := regtest.RandomBlob(t, 1000)
-	e.pushBlob("library/app", body)
+	body, h := randomBlobBy(t, alg, 1000)
+	regtest.PushBlob(t, e.upstream.URL, "library/app", h, body)
 	path, etag := "/v2/app/blobs/"+h.String(), `"`+h.String()+`"`
 	tests := []struct {
 		name         string

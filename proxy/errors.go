@@ -29,7 +29,7 @@ func errNameInvalid(msg string) error {
 	return &ociError{status: http.StatusBadRequest, code: "NAME_INVALID", message: msg}
 }
 func errDigestInvalid(s string) error {
-	return &ociError{status: http.StatusBadRequest, code: "DIGEST_INVALID", message: fmt.Sprintf("invalid digest %q: want sha256:<64 lower-case hex digits>", s)}
+	return &ociError{status: http.StatusBadRequest, code: "DIGEST_INVALID", message: fmt.Sprintf("invalid digest %q: want sha256:<64 lower-case hex digits> or sha512:<128>", s)}
 }
 func errTagInvalid(s string) error {
 	return &ociError{status: http.StatusBadRequest, code: "TAG_INVALID", message: fmt.Sprintf("invalid tag %q", s)}

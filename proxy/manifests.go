@@ -3,8 +3,6 @@ package proxy
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -256,11 +254,15 @@ func (p *Proxy) fetchManifest(ctx context.Context, up Upstream, repo, ref string
 	if err != nil {
 		return manifest{}, err
 	}
-	got := sha256Of(body)
+	alg := "sha256" // what a manifest by tag is known by
+	if want.Hex != "" {
+		alg = want.Algorithm
+	}
+	got := cache.Sum(alg, body)
 	if want.Hex != "" && got != want {
 		return manifest{}, fmt.Errorf("manifest %s: %w: content hashes to %s", ref, cache.ErrDigestMismatch, got)
 	}
-	if claimed := resp.Header.Get("Docker-Content-Digest"); claimed != "" && claimed != got.String() {
+	if claimed := resp.Header.Get("Docker-Content-Digest"); claimed != "" && !claims(claimed, body, got) {
 		return manifest{}, fmt.Errorf("manifest %s: %w: upstream claims %s, content hashes to %s", ref, errUpstreamInvalid, claimed, got)
 	}
 	m := manifest{body: body, digest: got, mediaType: manifestType(resp.Header.Get("Content-Type"), body), tier: tierOf(resp.Header), fallback: src.Fallback()}
@@ -288,9 +290,15 @@ func readManifest(resp *http.Response, what string) ([]byte, error) {
 	return body, nil
 }
 
-func sha256Of(b []byte) v1.Hash {
-	sum := sha256.Sum256(b)
-	return v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(sum[:])}
+// claims reports whether an upstream's Docker-Content-Digest is body's, got
+// being body's digest already known. Registries give sha256 even for a
+// manifest asked for by sha512, which is its digest too.
+func claims(claimed string, body []byte, got v1.Hash) bool {
+	if claimed == got.String() {
+		return true
+	}
+	h, err := v1.NewHash(claimed)
+	return err == nil && h.Algorithm != got.Algorithm && cache.CheckDigest(h) == nil && cache.Sum(h.Algorithm, body) == h
 }
 
 // manifestType is the media type to serve a manifest with: the one upstream

@@ -32,8 +32,12 @@ func referrersTag(subject v1.Hash) string {
 }
 
 // tagSchemaTag is the referrers tag schema's tag for subject: where clients
-// of a registry without the referrers API keep its referrers index.
-func tagSchemaTag(subject v1.Hash) string { return subject.Algorithm + "-" + subject.Hex }
+// of a registry without the referrers API keep its referrers index. The
+// schema cuts the algorithm at 32 characters and the hex at 64 (a sha512's
+// first half), so the tag fits the tag grammar.
+func tagSchemaTag(subject v1.Hash) string {
+	return subject.Algorithm[:min(len(subject.Algorithm), 32)] + "-" + subject.Hex[:min(len(subject.Hex), 64)]
+}
 
 // emptyReferrers is the answer for a subject nothing refers to.
 var emptyReferrers = []byte(`{"schemaVersion":2,"mediaType":"` + typeOCIIndex + `","manifests":[]}`)
@@ -86,7 +90,7 @@ func (p *Proxy) referrers(ctx context.Context, up Upstream, rt route) (resolved,
 			}
 			return resolved{}, err
 		}
-		m := manifest{body: body, digest: sha256Of(body), mediaType: typeOCIIndex}
+		m := manifest{body: body, digest: cache.Sum("sha256", body), mediaType: typeOCIIndex}
 		if err := p.manifests.PutManifest(m.digest, m.body, m.mediaType); err != nil {
 			p.log.Warn("store referrers index", zap.Stringer(keyDigest, rt.digest), zap.Error(err))
 		}

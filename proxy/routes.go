@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/regmirror/regmirror/cache"
 )
 
 // routeKind is what a /v2/ request asks for.
@@ -68,8 +69,6 @@ var (
 	// One path component of a repository name, per the distribution grammar.
 	componentRE = regexp.MustCompile(`^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$`)
 	tagRE       = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$`)
-	sha256RE    = regexp.MustCompile(`^[a-f0-9]{64}$`)
-	sha512RE    = regexp.MustCompile(`^sha512:[a-f0-9]{128}$`)
 	// A registry host as a path prefix: DNS labels and an optional port.
 	hostRE = regexp.MustCompile(`^(?:[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*(?::[0-9]{1,5})?$`)
 )
@@ -141,11 +140,6 @@ func parseRoute(r *http.Request, regs registries) (route, error) {
 	switch {
 	case rt.kind == routeBlob || rt.kind == routeReferrers || (rt.kind == routeManifest && strings.Contains(ref, ":")):
 		if rt.digest, err = parseDigest(ref); err != nil {
-			if sha512RE.MatchString(ref) {
-				// A valid OCI digest that this mirror's store cannot name content
-				// by: answered as a registry without such content answers.
-				return route{}, notFound(rt.kind, "this mirror keeps sha256 content only: no content is known by "+ref)
-			}
 			return route{}, err
 		}
 	case rt.kind == routeManifest:
@@ -219,12 +213,15 @@ func repoName(registry string, parts []string) (string, error) {
 // dockerHub is the registry whose single-component names get library/.
 const dockerHub = "docker.io"
 
+// parseDigest accepts the digests the store keeps content by (sha256 and
+// sha512, in lower-case hex) and refuses anything else as invalid.
 func parseDigest(s string) (v1.Hash, error) {
-	alg, hex, ok := strings.Cut(s, ":")
-	if !ok || alg != "sha256" || !sha256RE.MatchString(hex) {
+	alg, hex, _ := strings.Cut(s, ":")
+	h := v1.Hash{Algorithm: alg, Hex: hex}
+	if cache.CheckDigest(h) != nil {
 		return v1.Hash{}, errDigestInvalid(s)
 	}
-	return v1.Hash{Algorithm: alg, Hex: hex}, nil
+	return h, nil
 }
 
 // unsatisfiableRange is a first byte past the end of any content.

@@ -16,7 +16,7 @@ import (
 var (
 	ociRepoRE   = regexp.MustCompile(`^[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*$`)
 	ociTagRE    = regexp.MustCompile(`^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$`)
-	ociSha256RE = regexp.MustCompile(`^[a-f0-9]{64}$`)
+	ociDigestRE = regexp.MustCompile(`^(?:sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})$`) // the digests a registry must know
 )
 
 // fuzzRegs is a mirror configured for docker.io (the default), ghcr.io and
@@ -110,8 +110,8 @@ func FuzzParseRoute(f *testing.F) {
 		case rt.kind == routeTags && (rt.byDigest() || rt.tag != ""):
 			t.Fatalf("%q: tags route with a reference: %+v", target, rt)
 		}
-		if rt.byDigest() && (rt.digest.Algorithm != "sha256" || !ociSha256RE.MatchString(rt.digest.Hex)) {
-			t.Fatalf("%q: digest %q is not a sha256 digest", target, rt.digest)
+		if rt.byDigest() && !ociDigestRE.MatchString(rt.digest.String()) {
+			t.Fatalf("%q: digest %q is not a sha256 or sha512 digest", target, rt.digest)
 		}
 		if rt.tag != "" && !ociTagRE.MatchString(rt.tag) {
 			t.Fatalf("%q: tag %q is not a valid tag", target, rt.tag)
@@ -133,7 +133,7 @@ func FuzzNameAndDigest(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, s string) {
 		if h, err := parseDigest(s); err == nil {
-			if h.String() != s || h.Algorithm != "sha256" || !ociSha256RE.MatchString(h.Hex) {
+			if h.String() != s || !ociDigestRE.MatchString(s) {
 				t.Fatalf("parseDigest(%q) = %+v", s, h)
 			}
 			if _, err := name.NewDigest("ghcr.io/a@"+s, name.StrictValidation); err != nil {

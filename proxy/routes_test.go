@@ -258,10 +258,10 @@ func TestTokenServerOnAnotherPrivateAddressIsABadGatewayNotA500(t *testing.T) {
 	}
 }
 
-// TestSHA512DigestsAreUnknownNotInvalid: sha512 is a valid OCI digest; a
-// mirror that stores sha256 content only answers 404 for it, as a registry
-// without such content does, never 400, and asks no upstream.
-func TestSHA512DigestsAreUnknownNotInvalid(t *testing.T) {
+// TestSHA512DigestsAreValid: sha512 is a valid OCI digest, asked of the
+// upstream like a sha256 one (404 when it has no such content); only a
+// malformed one is a 400, and it reaches no upstream.
+func TestSHA512DigestsAreValid(t *testing.T) {
 	e := newEnv(t)
 	d := "sha512:" + strings.Repeat("ab", 64)
 	for _, tt := range []struct{ path, code string }{
@@ -282,13 +282,17 @@ func TestSHA512DigestsAreUnknownNotInvalid(t *testing.T) {
 			}
 		}
 	}
-	for _, bad := range []string{"sha512:" + strings.Repeat("a", 64), "sha512:" + strings.Repeat("A", 128)} {
+	if n := e.counts.CountPrefix(http.MethodGet, "/v2/library/app/blobs/"+d); n == 0 {
+		t.Error("the upstream was not asked for the sha512 blob")
+	}
+	before := e.counts.Total()
+	for _, bad := range []string{"sha512:" + strings.Repeat("a", 64), "sha512:" + strings.Repeat("A", 128), "sha384:" + strings.Repeat("a", 96)} {
 		resp, body := e.do(http.MethodGet, "/v2/app/blobs/"+bad, nil)
 		if resp.StatusCode != http.StatusBadRequest || regtest.OCICode(t, resp, body) != "DIGEST_INVALID" {
 			t.Errorf("GET blob %s: status %d, body %s; want 400 DIGEST_INVALID", bad, resp.StatusCode, body)
 		}
 	}
-	if n := e.counts.Total(); n != 0 {
-		t.Errorf("upstream requests = %d, want 0", n)
+	if n := e.counts.Total() - before; n != 0 {
+		t.Errorf("upstream requests for malformed digests = %d, want 0", n)
 	}
 }

@@ -158,7 +158,7 @@ func (c *adminClient) ls(stdout io.Writer) error {
 	fmt.Fprintln(tw, "IMAGE\tDIGEST\tSIZE\tLAST USE\tPINNED")
 	for _, img := range a.Images {
 		name := img.Registry + "/" + img.Repo
-		if strings.HasPrefix(img.Ref, "sha256:") {
+		if strings.Contains(img.Ref, ":") { // a pin by digest: no tag holds a colon
 			name += "@" + img.Ref
 		} else {
 			name += ":" + img.Ref
