@@ -38,9 +38,10 @@ const conformanceRepo = "conformance/repo1"
 // conformanceData is what was seeded upstream, as the suite's OCI_RO_DATA_* lists.
 type conformanceData struct{ tags, manifests, blobs, referrers []string }
 
-// seedConformance pushes an OCI image, an OCI index of two images and an
-// artifact whose subject is the image to host's conformance repository.
-func seedConformance(t *testing.T, host string) conformanceData {
+// seedConformance pushes an OCI image, an OCI index of two images, an
+// artifact whose subject is the image and an image of sha512 content to host's
+// conformance repository.
+func seedConformance(t *testing.T, host string, manifestsBySHA512 bool) conformanceData {
 	t.Helper()
 	var d conformanceData
 	repo := func(s string) name.Reference {
@@ -98,7 +99,22 @@ func seedConformance(t *testing.T, host string) conformanceData {
 	if err := remote.Write(repo("@"+artDigest.String()), art); err != nil {
 		t.Fatal(err)
 	}
+	// An image whose config and layers are named by sha512, its manifest by
+	// its sha512 digest where the upstream keeps manifests by sha512
+	// (distribution 2.8 names them by sha256 only: there, by tag).
+	img512 := regtest.NewSHA512Image(t, 2, 1024)
 	d.tags = []string{"v1", "index"}
+	if manifestsBySHA512 {
+		img512.Push(t, "http://"+host, conformanceRepo, "")
+		d.manifests = append(d.manifests, img512.Digest.String())
+	} else {
+		img512.Push(t, "http://"+host, conformanceRepo, "sha512-layers")
+		d.manifests = append(d.manifests, regtest.DigestOf(img512.Manifest).String())
+		d.tags = append(d.tags, "sha512-layers")
+	}
+	for h := range img512.Blobs {
+		d.blobs = append(d.blobs, h.String())
+	}
 	d.referrers = []string{desc.Digest.String()}
 	return d
 }
@@ -143,19 +159,20 @@ var conformanceStatus = regexp.MustCompile(`(?m)^\s*(.+): (Pass|FAIL|Error|Skip|
 func TestOCIConformanceReadOnly(t *testing.T) {
 	bins := lookClient(t, "oci-conformance", "docker-registry")
 	for _, up := range []struct {
-		name  string
-		start func(t *testing.T) string // host:port
+		name              string
+		start             func(t *testing.T) string // host:port
+		manifestsBySHA512 bool
 	}{
-		{"distribution 2.8", func(t *testing.T) string { return startDistribution(t, bins[1]) }},
+		{"distribution 2.8", func(t *testing.T) string { return startDistribution(t, bins[1]) }, false},
 		{"go-containerregistry with referrers", func(t *testing.T) string {
 			s := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0)), registry.WithReferrersSupport(true)))
 			t.Cleanup(s.Close)
 			return strings.TrimPrefix(s.URL, "http://")
-		}},
+		}, true},
 	} {
 		t.Run(up.name, func(t *testing.T) {
 			host := up.start(t)
-			data := seedConformance(t, host)
+			data := seedConformance(t, host, up.manifestsBySHA512)
 			m := startMirror(t, "http://"+host, "")
 			results := t.TempDir()
 			cmd := exec.Command(bins[0])
@@ -164,8 +181,8 @@ func TestOCIConformanceReadOnly(t *testing.T) {
 				"OCI_REGISTRY="+m.Addr, "OCI_TLS=disabled", "OCI_REPO1="+conformanceRepo, "OCI_REPO2="+conformanceRepo,
 				"OCI_RESULTS_DIR="+results, "OCI_VERSION=1.1", "OCI_LOG=error",
 				"OCI_API_PUSH=false", "OCI_API_BLOBS_DELETE=false", "OCI_API_MANIFESTS_DELETE=false", "OCI_API_TAGS_DELETE=false",
-				// The mirror keeps sha256 content only (README, "sha512").
-				"OCI_DATA_SHA512=false",
+				// Its sha512 blob-push cases need push; the sha512 content is in the read-only data.
+				"OCI_DATA_SHA512=true",
 				"OCI_RO_DATA_TAGS="+strings.Join(data.tags, " "),
 				"OCI_RO_DATA_MANIFESTS="+strings.Join(data.manifests, " "),
 				"OCI_RO_DATA_BLOBS="+strings.Join(data.blobs, " "),
