@@ -495,3 +495,27 @@ func TestUsageTellsAFloorAboveTheFilesystem(t *testing.T) {
 		}
 	}
 }
+
+// A pin keeps the manifests of its Also (an image's referrers answers) and
+// all they refer to, as it keeps its own.
+func TestPinKeepsItsAlsoManifests(t *testing.T) {
+	s, c := openBudget(t, t.TempDir(), cache.Options{MaxSize: 100_000})
+	img := pullImage(t, s, c, []int{1000, 10_000})
+	referrer := pullImageBy(t, s, c, "sha512", []int{1000, 10_000})
+	if err := s.Pin(cache.Pin{Registry: "docker.io", Repo: "library/app", Ref: "1", Digest: img.manifest, Also: []v1.Hash{referrer.manifest}}); err != nil {
+		t.Fatal(err)
+	}
+	for range 5 {
+		pullImage(t, s, c, []int{1000, 20_000})
+	}
+	if u := s.Usage(); u.Evictions == 0 {
+		t.Fatalf("no pressure: %+v", u)
+	}
+	if !whole(s, img) || !whole(s, referrer) {
+		t.Fatalf("pinned image keeps %d of %d objects, its Also %d of %d", stored(s, img), len(img.blobs)+1, stored(s, referrer), len(referrer.blobs)+1)
+	}
+	bad := v1.Hash{Algorithm: "sha256", Hex: "0"}
+	if err := s.Pin(cache.Pin{Registry: "docker.io", Repo: "library/app", Ref: "2", Digest: img.manifest, Also: []v1.Hash{bad}}); !errors.Is(err, cache.ErrUnsupportedDigest) {
+		t.Errorf("Pin with a bad Also: %v, want ErrUnsupportedDigest", err)
+	}
+}

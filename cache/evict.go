@@ -153,9 +153,11 @@ func (s *Store) loadTable() (*table, error) {
 			if json.Unmarshal(v, &pin) != nil {
 				return nil
 			}
-			if r, ok := rawOf(pin.Digest); ok {
-				if i := t.find(&r); i >= 0 {
-					t.objs[i].pinned = true
+			for _, h := range append(pin.Also, pin.Digest) {
+				if r, ok := rawOf(h); ok {
+					if i := t.find(&r); i >= 0 {
+						t.objs[i].pinned = true
+					}
 				}
 			}
 			return nil

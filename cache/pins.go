@@ -11,18 +11,23 @@ import (
 
 // Pin is an image kept out of eviction.
 type Pin struct {
-	Registry string    `json:"registry"` // e.g. docker.io
-	Repo     string    `json:"repo"`     // e.g. library/alpine
-	Ref      string    `json:"ref"`      // the tag or digest as pinned
-	Digest   v1.Hash   `json:"digest"`   // what the ref resolved to when pinned
+	Registry string  `json:"registry"` // e.g. docker.io
+	Repo     string  `json:"repo"`     // e.g. library/alpine
+	Ref      string  `json:"ref"`      // the tag or digest as pinned
+	Digest   v1.Hash `json:"digest"`   // what the ref resolved to when pinned
+	// Also are more manifests kept with it, and all they refer to: the
+	// referrers answers (indexes of its signatures, SBOMs …) of its manifests.
+	Also     []v1.Hash `json:"also,omitempty"`
 	PinnedAt time.Time `json:"pinned_at"`
 }
 
-// Pin keeps the manifest p.Digest, and everything it refers to, out of
-// eviction. Pinning the same ref again moves the pin to the new digest.
+// Pin keeps the manifest p.Digest and those of p.Also, and everything they
+// refer to, out of eviction. Pinning the same ref again moves the pin.
 func (s *Store) Pin(p Pin) error {
-	if err := checkHash(p.Digest); err != nil {
-		return err
+	for _, h := range append([]v1.Hash{p.Digest}, p.Also...) {
+		if err := checkHash(h); err != nil {
+			return err
+		}
 	}
 	if p.PinnedAt.IsZero() {
 		p.PinnedAt = s.opt.Now()

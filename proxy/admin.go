@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
@@ -36,8 +37,8 @@ type Operator interface {
 // Admin API paths. Every one but images changes the cache, so they take POST.
 const (
 	AdminImages = "/admin/images" // GET: usage and every cached image
-	AdminWarm   = "/admin/warm"   // POST ?image=…&image=…: NDJSON of WarmProgress
-	AdminPin    = "/admin/pin"    // POST ?image=…: pin, then warm every platform (NDJSON)
+	AdminWarm   = "/admin/warm"   // POST ?image=…&image=…[&referrers=1]: NDJSON of WarmProgress
+	AdminPin    = "/admin/pin"    // POST ?image=…[&referrers=1]: pin, then warm every platform (NDJSON)
 	AdminUnpin  = "/admin/unpin"  // POST ?image=…
 	AdminGC     = "/admin/gc"     // POST: evict down to the budget now
 	AdminVerify = "/admin/verify" // POST: re-hash everything (NDJSON of cache.VerifyReport)
@@ -110,8 +111,8 @@ func (a *admin) serve(w http.ResponseWriter, r *http.Request) error {
 	case AdminWarm:
 		return a.warm(w, r, nil)
 	case AdminPin:
-		return a.warm(w, r, func(rt route, h v1.Hash) error {
-			return a.op.Pin(cache.Pin{Registry: rt.registry, Repo: rt.repo, Ref: rt.ref(), Digest: h})
+		return a.warm(w, r, func(rt route, h v1.Hash, also []v1.Hash) error {
+			return a.op.Pin(cache.Pin{Registry: rt.registry, Repo: rt.repo, Ref: rt.ref(), Digest: h, Also: also})
 		})
 	case AdminUnpin:
 		return a.unpin(w, r)
@@ -136,9 +137,27 @@ func images(r *http.Request) ([]string, error) {
 	return imgs, nil
 }
 
+// withReferrers reads the referrers= parameter: whether an image's
+// referrers come with it.
+func withReferrers(r *http.Request) (bool, error) {
+	v := r.URL.Query().Get("referrers")
+	if v == "" {
+		return false, nil
+	}
+	b, err := strconv.ParseBool(v)
+	if err != nil {
+		return false, &ociError{status: http.StatusBadRequest, code: "UNSUPPORTED", message: fmt.Sprintf("referrers=%q: want 1 or 0", v)}
+	}
+	return b, nil
+}
+
 // warm warms each image in turn, streaming progress as JSON lines.
-func (a *admin) warm(w http.ResponseWriter, r *http.Request, onResolved func(route, v1.Hash) error) error {
+func (a *admin) warm(w http.ResponseWriter, r *http.Request, onResolved func(route, v1.Hash, []v1.Hash) error) error {
 	imgs, err := images(r)
+	if err != nil {
+		return err
+	}
+	referrers, err := withReferrers(r)
 	if err != nil {
 		return err
 	}
@@ -150,7 +169,7 @@ func (a *admin) warm(w http.ResponseWriter, r *http.Request, onResolved func(rou
 	lines := newLines(w)
 	for _, img := range imgs {
 		// A failed image is reported in its last line; the others go on.
-		a.p.warm(r.Context(), img, onResolved, func(p WarmProgress) { lines.send(p) })
+		a.p.warm(r.Context(), img, warmOptions{referrers: referrers, onResolved: onResolved}, func(p WarmProgress) { lines.send(p) })
 	}
 	return nil
 }

@@ -17,7 +17,8 @@ type WarmProgress struct {
 	Image     string `json:"image"`
 	Digest    string `json:"digest,omitempty"` // what the image resolved to
 	Platforms int    `json:"platforms"`
-	Blobs     int    `json:"blobs"` // configs and layers of every platform
+	Referrers int    `json:"referrers,omitempty"` // referrer manifests (signatures, SBOMs …), when asked for
+	Blobs     int    `json:"blobs"`               // configs and layers of every platform
 	BlobsDone int    `json:"blobs_done"`
 	Bytes     int64  `json:"bytes"`
 	BytesDone int64  `json:"bytes_done"`
@@ -31,13 +32,25 @@ const warmParallel = 4
 // warmEvery spaces the progress reports of a warm-up.
 const warmEvery = 200 * time.Millisecond
 
+// warmOptions are what a warm-up does beyond fetching the image.
+type warmOptions struct {
+	// referrers fetches the referrers of every manifest of the image too
+	// (their answers, the referrer manifests and their blobs), so signatures
+	// and SBOMs are there offline.
+	referrers bool
+	// onResolved, when not nil, is called with the image's digest before any
+	// manifest under it is fetched, and again with the referrers answers
+	// (also) once they are known, before any blob is fetched: pinning uses
+	// it, so nothing fetched is evicted meanwhile.
+	onResolved func(rt route, h v1.Hash, also []v1.Hash) error
+}
+
 // warm fetches an image into the cache ahead of its first pull: its manifest,
 // for an index every platform's manifest, and every config and layer, each
-// through the same one-download-per-digest flights that clients use.
-// onResolved, when not nil, is called with the image's digest before any blob
-// is fetched (pinning uses it, so nothing fetched is evicted meanwhile).
-// progress is called from one goroutine at a time.
-func (p *Proxy) warm(ctx context.Context, image string, onResolved func(rt route, h v1.Hash) error, progress func(WarmProgress)) error {
+// through the same one-download-per-digest flights that clients use; with
+// opt.referrers, its referrers too. progress is called from one goroutine at
+// a time.
+func (p *Proxy) warm(ctx context.Context, image string, opt warmOptions, progress func(WarmProgress)) error {
 	current := WarmProgress{Image: image} // what the next report says
 	var mu sync.Mutex
 	last := time.Time{}
@@ -72,14 +85,27 @@ func (p *Proxy) warm(ctx context.Context, image string, onResolved func(rt route
 		return fail(err)
 	}
 	current.Digest = root.m.digest.String()
-	if onResolved != nil {
-		if err := onResolved(rt, root.m.digest); err != nil {
+	if opt.onResolved != nil {
+		if err := opt.onResolved(rt, root.m.digest, nil); err != nil {
 			return fail(err)
 		}
 	}
-	images, err := p.platforms(ctx, up, rt.repo, root.m)
+	images, subjects, err := p.platforms(ctx, up, rt.repo, root.m)
 	if err != nil {
 		return fail(err)
+	}
+	platforms := len(images)
+	if opt.referrers {
+		answers, referrers, more, err := p.referrersToWarm(ctx, up, rt, subjects)
+		if err != nil {
+			return fail(err)
+		}
+		current.Referrers, images = referrers, append(images, more...)
+		if opt.onResolved != nil {
+			if err := opt.onResolved(rt, root.m.digest, answers); err != nil {
+				return fail(err)
+			}
+		}
 	}
 	seen := map[v1.Hash]bool{}
 	var blobs []v1.Descriptor
@@ -92,7 +118,7 @@ func (p *Proxy) warm(ctx context.Context, image string, onResolved func(rt route
 		}
 	}
 	report(true, func(s *WarmProgress) {
-		s.Platforms, s.Blobs = len(images), len(blobs)
+		s.Platforms, s.Blobs = platforms, len(blobs)
 		for _, d := range blobs {
 			s.Bytes += d.Size
 		}
@@ -124,35 +150,84 @@ func (p *Proxy) warm(ctx context.Context, image string, onResolved func(rt route
 }
 
 // platforms returns the image manifests of m: m itself, or every platform's
-// manifest of an index (build attestations left out: no client runs them).
-func (p *Proxy) platforms(ctx context.Context, up Upstream, repo string, m manifest) ([]*v1.Manifest, error) {
+// manifest of an index (build attestations left out: no client runs them);
+// and the digests of every manifest it went through, m's included.
+func (p *Proxy) platforms(ctx context.Context, up Upstream, repo string, m manifest) ([]*v1.Manifest, []v1.Hash, error) {
 	if !isIndex(m.mediaType) {
 		im, err := v1.ParseManifest(bytes.NewReader(m.body))
 		if err != nil {
-			return nil, fmt.Errorf("%w: manifest %s: %w", errUpstreamInvalid, m.digest, err)
+			return nil, nil, fmt.Errorf("%w: manifest %s: %w", errUpstreamInvalid, m.digest, err)
 		}
-		return []*v1.Manifest{im}, nil
+		return []*v1.Manifest{im}, []v1.Hash{m.digest}, nil
 	}
 	idx, err := v1.ParseIndexManifest(bytes.NewReader(m.body))
 	if err != nil {
-		return nil, fmt.Errorf("%w: index %s: %w", errUpstreamInvalid, m.digest, err)
+		return nil, nil, fmt.Errorf("%w: index %s: %w", errUpstreamInvalid, m.digest, err)
 	}
 	var out []*v1.Manifest
+	digests := []v1.Hash{m.digest}
 	for _, d := range idx.Manifests {
 		if d.Platform != nil && d.Platform.OS == "unknown" {
 			continue
 		}
 		res, err := p.manifestByDigest(ctx, up, repo, d.Digest)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
-		ims, err := p.platforms(ctx, up, repo, res.m)
+		ims, ds, err := p.platforms(ctx, up, repo, res.m)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
-		out = append(out, ims...)
+		out, digests = append(out, ims...), append(digests, ds...)
 	}
-	return out, nil
+	return out, digests, nil
+}
+
+// referrersDepth bounds how far warm-ups and checks follow referrers: the
+// image's own (a signature, an SBOM), then theirs (the SBOM's signature).
+const referrersDepth = 2
+
+// referrersToWarm resolves the referrers answers of subjects, kept as a
+// client's referrers request keeps them, and fetches the referrer manifests
+// they list, and the referrers of those in turn, to referrersDepth. It
+// returns the answers' digests (what a pin keeps them by), how many referrer
+// manifests there are, and their image manifests (whose blobs the warm-up
+// fetches).
+func (p *Proxy) referrersToWarm(ctx context.Context, up Upstream, rt route, subjects []v1.Hash) ([]v1.Hash, int, []*v1.Manifest, error) {
+	var answers []v1.Hash
+	var images []*v1.Manifest
+	seen := map[v1.Hash]bool{}
+	for range referrersDepth {
+		var next []v1.Hash
+		for _, s := range subjects {
+			res, err := p.referrers(ctx, up, route{kind: routeReferrers, registry: rt.registry, repo: rt.repo, digest: s})
+			if err != nil {
+				return nil, 0, nil, fmt.Errorf("referrers of %s: %w", s, err)
+			}
+			answers = append(answers, res.m.digest)
+			idx, err := v1.ParseIndexManifest(bytes.NewReader(res.m.body))
+			if err != nil {
+				return nil, 0, nil, fmt.Errorf("%w: referrers of %s: %w", errUpstreamInvalid, s, err)
+			}
+			for _, d := range idx.Manifests {
+				if seen[d.Digest] {
+					continue
+				}
+				seen[d.Digest] = true
+				m, err := p.manifestByDigest(ctx, up, rt.repo, d.Digest)
+				if err != nil {
+					return nil, 0, nil, fmt.Errorf("referrer %s of %s: %w", d.Digest, s, err)
+				}
+				ims, ds, err := p.platforms(ctx, up, rt.repo, m.m)
+				if err != nil {
+					return nil, 0, nil, err
+				}
+				images, next = append(images, ims...), append(next, ds...)
+			}
+		}
+		subjects = next
+	}
+	return answers, len(seen), images, nil
 }
 
 // warmBlob brings one blob into the store through its flight.

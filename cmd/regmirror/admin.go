@@ -31,9 +31,9 @@ type adminClient struct {
 // adminCommands are the sub-commands served by the admin API.
 var adminCommands = map[string]string{
 	"ls":     "regmirror ls                   cached images: size, last use, pinned; and the disk budget",
-	"pin":    "regmirror pin IMAGE...         keep an image (every platform) out of eviction; fetches what is missing",
+	"pin":    "regmirror pin IMAGE...         keep an image (every platform) out of eviction; fetches what is missing (-referrers: its signatures, SBOMs too)",
 	"unpin":  "regmirror unpin IMAGE...       let a pinned image be evicted again",
-	"warm":   "regmirror warm IMAGE...        fetch images with all their platforms into the cache now",
+	"warm":   "regmirror warm IMAGE...        fetch images with all their platforms into the cache now (-referrers: their signatures, SBOMs too)",
 	"gc":     "regmirror gc                   evict down to the budget now",
 	"verify": "regmirror verify               re-hash every cached object; remove and report any that does not match",
 }
@@ -47,6 +47,11 @@ func runAdmin(cmd string, args []string, stdout, stderr io.Writer) error {
 		fs.PrintDefaults()
 	}
 	addr := fs.String("admin", adminURL(os.Getenv(envPrefix+"ADMIN_ADDR")), "base URL of the running mirror's admin API")
+	referrers := false
+	if cmd == "pin" || cmd == "warm" {
+		fs.BoolVar(&referrers, "referrers", false, "also the referrers of every manifest of the image (signatures, SBOMs, attestations: the referrers API), their manifests and blobs"+
+			map[bool]string{true: "; pinned with it", false: ""}[cmd == "pin"])
+	}
 	dataDir := ""
 	if cmd == "verify" {
 		def, _ := loadConfig(nil, environ())
@@ -63,6 +68,9 @@ func runAdmin(cmd string, args []string, stdout, stderr io.Writer) error {
 	}
 	c := &adminClient{base: strings.TrimSuffix(*addr, "/"), token: os.Getenv(envPrefix + "ADMIN_TOKEN"), http: &http.Client{}}
 	q := url.Values{"image": names}
+	if referrers {
+		q.Set("referrers", "1")
+	}
 	switch cmd {
 	case "ls":
 		return c.ls(stdout)
@@ -205,7 +213,11 @@ func (c *adminClient) warm(path string, q url.Values, stdout, stderr io.Writer, 
 			fmt.Fprintf(stdout, "%s: FAILED: %s\n", p.Image, p.Error)
 			continue
 		}
-		fmt.Fprintf(stdout, "%s: %s (%s, %d platforms, %d blobs, %s)\n", p.Image, verb, short(p.Digest), p.Platforms, p.Blobs, proxy.FormatBytes(p.Bytes))
+		refs := ""
+		if q.Get("referrers") != "" {
+			refs = fmt.Sprintf(", %d referrers", p.Referrers)
+		}
+		fmt.Fprintf(stdout, "%s: %s (%s, %d platforms%s, %d blobs, %s)\n", p.Image, verb, short(p.Digest), p.Platforms, refs, p.Blobs, proxy.FormatBytes(p.Bytes))
 	}
 	if err := sc.Err(); err != nil {
 		return fmt.Errorf("read the admin API's answer: %w", err)

@@ -17,15 +17,16 @@ import (
 	"github.com/regmirror/regmirror/proxy"
 )
 
-// runCheck is `regmirror check [-mirror URL] IMAGE…`: it asks a running
+// runCheck is `regmirror check [-mirror URL] [-referrers] IMAGE…`: it asks a running
 // mirror whether each image would pull completely with the upstream down,
 // prints what is missing, and exits non-zero if anything is.
 func runCheck(args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("check", flag.ContinueOnError)
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "usage: regmirror check [-mirror URL] IMAGE...\n\nSays for each image whether the mirror could serve it completely with its upstream down.\n\n")
+		fmt.Fprintf(fs.Output(), "usage: regmirror check [-mirror URL] [-referrers] IMAGE...\n\nSays for each image whether the mirror could serve it completely with its upstream down.\n\n")
 		fs.PrintDefaults()
 	}
+	referrers := fs.Bool("referrers", false, "also the referrers of every manifest of the image (signatures, SBOMs), as warm -referrers fetches them")
 	mirror, err := parseMirror(fs, args)
 	if err != nil {
 		return err
@@ -35,6 +36,9 @@ func runCheck(args []string, stdout io.Writer) error {
 		return errors.New("no image named")
 	}
 	q := url.Values{"image": fs.Args()}
+	if *referrers {
+		q.Set("referrers", "1")
+	}
 	resp, err := mirrorClient(mirror, time.Minute).Get(mirror + proxy.CheckPath + "?" + q.Encode())
 	if err != nil {
 		return fmt.Errorf("ask the mirror: %w", err)
@@ -54,6 +58,8 @@ func runCheck(args []string, stdout io.Writer) error {
 		case r.Problem != "":
 			incomplete++
 			fmt.Fprintf(stdout, "%s: NOT READY: %s\n", r.Image, r.Problem)
+		case r.Complete && *referrers:
+			fmt.Fprintf(stdout, "%s: ready offline (%s, %d parts cached, %d referrers)\n", r.Image, r.Digest, r.Present, r.Referrers)
 		case r.Complete:
 			fmt.Fprintf(stdout, "%s: ready offline (%s, %d parts cached)\n", r.Image, r.Digest, r.Present)
 		default:

@@ -89,7 +89,7 @@ func run(args []string) error {
 func usage() string {
 	lines := []string{
 		"usage: regmirror [serve] [flags]       serve (regmirror serve -h lists the flags)",
-		"       regmirror check IMAGE...      would these images pull with the upstream down?",
+		"       regmirror check IMAGE...      would these images pull with the upstream down? (-referrers: with their signatures, SBOMs)",
 		"       regmirror healthcheck          is the local mirror ready? (for container health checks)",
 		"       regmirror config [flags]       print every setting as serve would use it (secrets as ***)",
 	}
