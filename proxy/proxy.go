@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -39,9 +40,10 @@ type Upstream interface {
 	// the whole blob from a registry that ignores Range.
 	BlobFrom(ctx context.Context, repo string, h v1.Hash, offset, size int64) (*http.Response, error)
 	Tags(ctx context.Context, repo, n, last string) (*http.Response, error)
-	// Referrers GETs the referrers index of subject; a 404 from a registry
-	// without the referrers API.
-	Referrers(ctx context.Context, repo string, subject v1.Hash) (*http.Response, error)
+	// Referrers GETs the referrers index of subject, or with page (the query
+	// of the Link to a next page) that page; a 404 from a registry without
+	// the referrers API.
+	Referrers(ctx context.Context, repo string, subject v1.Hash, page url.Values) (*http.Response, error)
 	Health() upstream.Health
 	// RateLimit is the pull quota the registry last reported; false before
 	// any report.

@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
+	"strings"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/types"
@@ -106,16 +108,9 @@ func (p *Proxy) referrers(ctx context.Context, up Upstream, rt route) (resolved,
 // reads the referrers tag schema, as the spec's clients do; no index there
 // either means nothing refers to the subject.
 func (p *Proxy) askReferrers(ctx context.Context, up Upstream, rt route) ([]byte, error) {
-	resp, err := up.Referrers(ctx, rt.repo, rt.digest)
-	if err == nil {
-		body, err := readManifest(resp, "referrers of "+rt.digest.String())
-		if err != nil {
-			return nil, err
-		}
-		return body, checkReferrers(body)
-	}
-	if !isNotFound(err) {
-		return nil, err
+	body, err := p.upstreamReferrers(ctx, up, rt)
+	if err == nil || !isNotFound(err) {
+		return body, err
 	}
 	m, err := p.fetchManifest(ctx, up, rt.repo, tagSchemaTag(rt.digest), v1.Hash{})
 	if isNotFound(err) {
@@ -127,16 +122,103 @@ func (p *Proxy) askReferrers(ctx context.Context, up Upstream, rt route) ([]byte
 	return m.body, checkReferrers(m.body)
 }
 
-// checkReferrers accepts an image index, the only form a referrers answer has.
-func checkReferrers(body []byte) error {
+// maxReferrersPages bounds the pages of an upstream's referrers answer that
+// are read; all of them together must also fit maxManifest, since the
+// merged answer is kept as one index.
+const maxReferrersPages = 100
+
+// upstreamReferrers reads the upstream's referrers answer. A paged one (a
+// Link to a next page) is read page after page, up to maxReferrersPages,
+// and merged into one index without repeats, which the mirror then answers
+// unpaged; an unpaged one is kept as sent. Only the query of a next-page
+// link is followed, so paging asks nothing but this subject's referrers of
+// this registry. A 404 of the first page (no referrers API) is returned as
+// it is, for the tag schema.
+func (p *Proxy) upstreamReferrers(ctx context.Context, up Upstream, rt route) ([]byte, error) {
+	what := "referrers of " + rt.digest.String()
+	var merged *v1.IndexManifest
+	seen := map[v1.Hash]bool{}
+	asked := map[string]bool{"": true}
+	var page url.Values
+	budget := maxManifest
+	for i := range maxReferrersPages {
+		resp, err := up.Referrers(ctx, rt.repo, rt.digest, page)
+		if err != nil {
+			if i > 0 && isNotFound(err) {
+				return nil, fmt.Errorf("%s: %w: page %d linked to is not there", what, errUpstreamInvalid, i+1)
+			}
+			return nil, err
+		}
+		link := resp.Header.Get("Link")
+		body, err := readManifest(resp, what)
+		if err != nil {
+			return nil, err
+		}
+		if budget -= len(body); budget < 0 {
+			return nil, fmt.Errorf("%s: %w: its pages are larger than %d bytes", what, errUpstreamInvalid, maxManifest)
+		}
+		idx, err := parseReferrers(body)
+		if err != nil {
+			return nil, err
+		}
+		next, more := referrersPage(link, rt.digest)
+		if i == 0 && !more {
+			return body, nil
+		}
+		listed := idx.Manifests
+		if merged == nil {
+			merged = idx // the first page's other fields stay
+			merged.Manifests = nil
+		}
+		for _, d := range listed {
+			if !seen[d.Digest] {
+				seen[d.Digest] = true
+				merged.Manifests = append(merged.Manifests, d)
+			}
+		}
+		if !more || asked[next.Encode()] {
+			break // the last page, or one that does not move on
+		}
+		if i == maxReferrersPages-1 {
+			p.log.Warn("referrers answer cut short", zap.String(keyUpstream, rt.registry), zap.String(keyRepo, rt.repo),
+				zap.Stringer(keyDigest, rt.digest), zap.Int("pages", maxReferrersPages))
+		}
+		asked[next.Encode()], page = true, next
+	}
+	if merged.Manifests == nil {
+		merged.Manifests = []v1.Descriptor{}
+	}
+	merged.SchemaVersion, merged.MediaType = 2, types.OCIImageIndex
+	return json.Marshal(merged)
+}
+
+// referrersPage is the query of the next page a referrers answer's Link
+// header names, when the link is to subject's referrers.
+func referrersPage(link string, subject v1.Hash) (url.Values, bool) {
+	u, ok := nextLink(link)
+	if !ok || (u.Path != "" && !strings.HasSuffix(u.Path, "/referrers/"+subject.String())) {
+		return nil, false
+	}
+	q := u.Query()
+	return q, len(q) > 0
+}
+
+// parseReferrers reads an image index, the only form a referrers answer has.
+func parseReferrers(body []byte) (*v1.IndexManifest, error) {
 	idx, err := v1.ParseIndexManifest(bytes.NewReader(body))
 	if err != nil {
-		return fmt.Errorf("referrers: %w: %v", errUpstreamInvalid, err)
+		return nil, fmt.Errorf("referrers: %w: %v", errUpstreamInvalid, err)
 	}
 	if idx.MediaType != "" && !isIndex(string(idx.MediaType)) {
-		return fmt.Errorf("referrers: %w: a %s, not an index", errUpstreamInvalid, idx.MediaType)
+		return nil, fmt.Errorf("referrers: %w: a %s, not an index", errUpstreamInvalid, idx.MediaType)
 	}
-	return nil
+	return idx, nil
+}
+
+// checkReferrers accepts an image index, the only form a referrers answer has.
+func checkReferrers(body []byte) error {
+	_, err := parseReferrers(body)
+	return err
 }
 
 // filterReferrers keeps the descriptors of artifactType at.

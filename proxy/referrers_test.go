@@ -2,8 +2,11 @@ package proxy_test
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -172,5 +175,92 @@ func TestReferrersAnswersAreNoTags(t *testing.T) {
 	_, body := e.do(http.MethodGet, "/v2/app/tags/list", nil)
 	if string(body) != `{"name":"library/app","tags":["1"]}` {
 		t.Errorf("offline tags/list = %s, want tag 1 only", body)
+	}
+}
+
+// pagingReferrers is an upstream fault: it answers the referrers API in
+// pages of per descriptors, by a ?page= cursor of its own, each with a Link
+// to the next (the last one repeated at the start of the next page, as a
+// registry whose list moved may), from the registry's whole answer. A
+// selfLoop upstream links every page to page 1, forever.
+func pagingReferrers(per int, selfLoop bool) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Method != http.MethodGet || !strings.Contains(r.URL.Path, "/referrers/") {
+				next.ServeHTTP(w, r)
+				return
+			}
+			whole := httptest.NewRecorder()
+			r2 := r.Clone(r.Context())
+			r2.URL.RawQuery = ""
+			next.ServeHTTP(whole, r2)
+			var idx v1.IndexManifest
+			if whole.Code != http.StatusOK || json.Unmarshal(whole.Body.Bytes(), &idx) != nil {
+				w.WriteHeader(whole.Code)
+				w.Write(whole.Body.Bytes())
+				return
+			}
+			// The registry lists from a map: in digest order, pages hold still.
+			slices.SortFunc(idx.Manifests, func(a, b v1.Descriptor) int { return strings.Compare(a.Digest.String(), b.Digest.String()) })
+			page, _ := strconv.Atoi(r.URL.Query().Get("page"))
+			from := max(page*per-1, 0) // one repeat from the page before
+			to := min((page+1)*per, len(idx.Manifests))
+			all := idx.Manifests
+			idx.Manifests = all[min(from, len(all)):to]
+			if to < len(all) || selfLoop {
+				np := page + 1
+				if selfLoop {
+					np = 1
+				}
+				w.Header().Set("Link", fmt.Sprintf(`<%s?page=%d>; rel="next"`, r.URL.Path, np))
+			}
+			w.Header().Set("Content-Type", string(types.OCIImageIndex))
+			json.NewEncoder(w).Encode(idx)
+		})
+	}
+}
+
+// TestPagedReferrersAreMerged: an upstream that pages its referrers answer
+// is read page after page, and the mirror answers every referrer in one
+// index, without repeats and unpaged; the artifactType filter applies to
+// all of it. An upstream whose pages never end is read a bounded number of
+// times.
+func TestPagedReferrersAreMerged(t *testing.T) {
+	e := newEnv(t, withReferrersAPI(), withUpstreamFault(pagingReferrers(2, false)))
+	subject := randomImage(t)
+	e.push("library/app:1", subject)
+	var want []string
+	for i := range 5 {
+		at := sigType
+		if i == 0 {
+			at = sbomType
+		}
+		want = append(want, e.pushReferrer("library/app", subject, at).String())
+	}
+	slices.Sort(want)
+	sd := regtest.Digest(t, subject)
+	path := "/v2/app/referrers/" + sd.String()
+	before := e.counts.CountPrefix(http.MethodGet, "/v2/library/app/referrers/") // the pushes asked too
+	resp, idx := e.getReferrers(path)
+	if got := digests(idx); !slices.Equal(got, want) {
+		t.Errorf("paged referrers = %v, want all %d: %v", got, len(want), want)
+	}
+	if l := resp.Header.Get("Link"); l != "" {
+		t.Errorf("merged answer has Link %q, want none", l)
+	}
+	if n := e.counts.CountPrefix(http.MethodGet, "/v2/library/app/referrers/") - before; n != 3 {
+		t.Errorf("upstream referrers GETs = %d, want 3 pages", n)
+	}
+	if _, idx = e.getReferrers(path + "?artifactType=" + sbomType); len(idx.Manifests) != 1 {
+		t.Errorf("filtered merged answer = %v, want the one SBOM", digests(idx))
+	}
+
+	loop := newEnv(t, withReferrersAPI(), withUpstreamFault(pagingReferrers(2, true)))
+	loop.push("library/app:1", subject)
+	loop.pushReferrer("library/app", subject, sigType)
+	before = loop.counts.CountPrefix(http.MethodGet, "/v2/library/app/referrers/")
+	loop.getReferrers(path)
+	if n := loop.counts.CountPrefix(http.MethodGet, "/v2/library/app/referrers/") - before; n > 3 {
+		t.Errorf("an upstream whose pages loop was asked %d times", n)
 	}
 }

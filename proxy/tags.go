@@ -116,16 +116,22 @@ func (p *Proxy) upstreamTags(ctx context.Context, up Upstream, repo, last string
 // nextLast is the last parameter of a next-page Link header, as
 // distribution and Docker Hub write it.
 func nextLast(link string) (string, bool) {
-	start, end := strings.Index(link, "<"), strings.Index(link, ">")
-	if start < 0 || end < start || !strings.Contains(link[end:], "next") {
-		return "", false
-	}
-	u, err := url.Parse(link[start+1 : end])
-	if err != nil {
+	u, ok := nextLink(link)
+	if !ok {
 		return "", false
 	}
 	last := u.Query().Get("last")
 	return last, last != ""
+}
+
+// nextLink is the URL of a next-page Link header (`<url>; rel="next"`).
+func nextLink(link string) (*url.URL, bool) {
+	start, end := strings.Index(link, "<"), strings.Index(link, ">")
+	if start < 0 || end < start || !strings.Contains(link[end:], "next") {
+		return nil, false
+	}
+	u, err := url.Parse(link[start+1 : end])
+	return u, err == nil
 }
 
 // serveCatalog lists the repositories this mirror has answers for: what an

@@ -3,6 +3,7 @@ package upstream
 import (
 	"context"
 	"net/http"
+	"net/url"
 	"sync"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -72,8 +73,8 @@ func (s *Sources) BlobFrom(ctx context.Context, repo string, h v1.Hash, offset, 
 }
 
 // Referrers is Client.Referrers from the first source that can answer.
-func (s *Sources) Referrers(ctx context.Context, repo string, subject v1.Hash) (*http.Response, error) {
-	return s.try(ctx, "referrers", repo, func(c *Client) (*http.Response, error) { return c.Referrers(ctx, repo, subject) })
+func (s *Sources) Referrers(ctx context.Context, repo string, subject v1.Hash, page url.Values) (*http.Response, error) {
+	return s.try(ctx, "referrers", repo, func(c *Client) (*http.Response, error) { return c.Referrers(ctx, repo, subject, page) })
 }
 
 // Tags is Client.Tags from the first source that can answer.
