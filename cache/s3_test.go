@@ -184,12 +184,14 @@ func TestS3ObjectsAgainstVersity(t *testing.T) {
 
 	for _, tc := range []struct {
 		name string
+		alg  string
 		size int // with 5 MiB parts: one PUT, or three parts
-	}{{"single PUT", 3000}, {"multipart", 11<<20 + 17}} {
+	}{{"single PUT", "sha256", 3000}, {"multipart", "sha256", 11<<20 + 17},
+		{"single PUT sha512", "sha512", 3000}, {"multipart sha512", "sha512", 11<<20 + 17}} {
 		t.Run(tc.name, func(t *testing.T) {
 			bucket := srv.bucket(t, "put-"+strings.ReplaceAll(strings.ToLower(tc.name), " ", "-"))
 			o := srv.objects(t, S3Config{Bucket: bucket, Prefix: "/mirror-a/", PartSize: minPartSize})
-			body, h := randomContent(t, tc.size)
+			body, h := randomContentBy(t, tc.alg, tc.size)
 
 			// The last byte differs from what h names: only the whole hash can tell.
 			bad := bytes.Clone(body)
@@ -213,12 +215,16 @@ func TestS3ObjectsAgainstVersity(t *testing.T) {
 			if err := o.Put(ctx, h, bytes.NewReader(body), int64(len(body))); err != nil {
 				t.Fatalf("second put of the same content: %v", err)
 			}
-			want := []string{"mirror-a/blobs/sha256/" + h.Hex}
+			want := []string{"mirror-a/blobs/" + tc.alg + "/" + h.Hex}
 			if keys, ups := srv.keys(t, bucket), srv.uploads(t, bucket); fmt.Sprint(keys) != fmt.Sprint(want) || len(ups) != 0 {
 				t.Fatalf("objects %q (want %q), incomplete uploads %q", keys, want, ups)
 			}
 			if size, err := o.Stat(ctx, h); err != nil || size != int64(len(body)) {
 				t.Fatalf("stat: %d, %v; want %d", size, err, len(body))
+			}
+			var listed []v1.Hash
+			if err := o.List(ctx, func(l v1.Hash, _ int64) error { listed = append(listed, l); return nil }); err != nil || len(listed) != 1 || listed[0] != h {
+				t.Fatalf("list: %v, %v; want %s", listed, err, h)
 			}
 			r, size, err := o.Open(ctx, h)
 			if err != nil {
