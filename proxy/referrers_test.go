@@ -31,15 +31,20 @@ const (
 // referrers tag schema's index, which an upstream without the API needs.
 func (e *env) pushReferrer(repo string, subject v1.Image, artifactType string) v1.Hash {
 	e.t.Helper()
+	return regtest.Digest(e.t, e.artifactOf(repo, subject, artifactType))
+}
+
+// artifactOf is pushReferrer's artifact itself.
+func (e *env) artifactOf(repo string, subject v1.Image, artifactType string) v1.Image {
+	e.t.Helper()
 	desc, err := partial.Descriptor(subject)
 	if err != nil {
 		e.t.Fatal(err)
 	}
 	art := mutate.ConfigMediaType(mutate.MediaType(randomImage(e.t), types.OCIManifestSchema1), types.MediaType(artifactType))
 	art = mutate.Subject(art, *desc).(v1.Image)
-	d := regtest.Digest(e.t, art)
-	e.push(repo+"@"+d.String(), art)
-	return d
+	e.push(repo+"@"+regtest.Digest(e.t, art).String(), art)
+	return art
 }
 
 type referrersIndex struct {

@@ -8,28 +8,11 @@ import (
 	"testing"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
-	"github.com/google/go-containerregistry/pkg/v1/partial"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
-	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/regmirror/regmirror/proxy"
 	"github.com/regmirror/regmirror/test/regtest"
 )
-
-// artifactOf is an OCI artifact of artifactType whose subject is subject,
-// pushed to repo by its digest, as cosign or oras would.
-func (e *env) artifactOf(repo string, subject v1.Image, artifactType string) v1.Image {
-	e.t.Helper()
-	desc, err := partial.Descriptor(subject)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	art := mutate.ConfigMediaType(mutate.MediaType(randomImage(e.t), types.OCIManifestSchema1), types.MediaType(artifactType))
-	art = mutate.Subject(art, *desc).(v1.Image)
-	e.push(repo+"@"+regtest.Digest(e.t, art).String(), art)
-	return art
-}
 
 // contentOf is the digests of img's manifest, config and layers.
 func contentOf(t *testing.T, img v1.Image) []v1.Hash {
