@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -204,7 +205,9 @@ func (p *Proxy) referrersToWarm(ctx context.Context, up Upstream, rt route, subj
 			if err != nil {
 				return nil, 0, nil, fmt.Errorf("referrers of %s: %w", s, err)
 			}
-			answers = append(answers, res.m.digest)
+			if !slices.Contains(answers, res.m.digest) { // the empty answer is one for many subjects
+				answers = append(answers, res.m.digest)
+			}
 			idx, err := v1.ParseIndexManifest(bytes.NewReader(res.m.body))
 			if err != nil {
 				return nil, 0, nil, fmt.Errorf("%w: referrers of %s: %w", errUpstreamInvalid, s, err)
