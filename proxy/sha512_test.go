@@ -8,7 +8,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/regmirror/regmirror/cache"
 	"github.com/regmirror/regmirror/test/regtest"
 )
@@ -28,9 +30,9 @@ func randomBlobBy(t *testing.T, alg string, n int) ([]byte, v1.Hash) {
 }
 
 // TestSHA512ImageThroughTheMirror pulls an image whose manifest, config and
-// layers are all named by sha512 from go-containerregistry's registry: each
-// is verified, stored under blobs/sha512, served again without the upstream,
-// and re-verified by Verify.
+// layers are all named by sha512 from go-containerregistry's registry, with
+// go-containerregistry's client: each is verified, stored under
+// blobs/sha512, served again without the upstream, and re-verified by Verify.
 func TestSHA512ImageThroughTheMirror(t *testing.T) {
 	e := newEnv(t)
 	img := regtest.NewSHA512Image(t, 2, 64<<10)
@@ -45,6 +47,19 @@ func TestSHA512ImageThroughTheMirror(t *testing.T) {
 		if got := resp.Header.Get("Docker-Content-Digest"); got != digest.String() {
 			t.Errorf("GET %s: Docker-Content-Digest %s, want %s", path, got, digest)
 		}
+	}
+	// A client first: go-containerregistry's, by the sha512 digest; then the
+	// same again over plain HTTP, from the cache.
+	d, err := name.NewDigest(host(e.mirror) + "/library/app@" + img.Digest.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	pulled, err := remote.Image(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, layers := regtest.ReadImage(t, pulled); layers != len(img.Layers) {
+		t.Fatalf("pulled %d layers, want %d", layers, len(img.Layers))
 	}
 	mpath := "/v2/app/manifests/" + img.Digest.String()
 	for range 2 {
