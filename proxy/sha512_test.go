@@ -81,6 +81,16 @@ func TestSHA512ImageThroughTheMirror(t *testing.T) {
 		}
 	}
 
+	// Range and conditional requests, as for any blob.
+	layer := img.Layers[0]
+	lpath := "/v2/app/blobs/" + layer.String()
+	if resp, body := e.do(http.MethodGet, lpath, http.Header{"Range": {"bytes=10-19"}}); resp.StatusCode != http.StatusPartialContent || !bytes.Equal(body, img.Blobs[layer][10:20]) {
+		t.Errorf("GET %s, Range bytes=10-19: status %d, %d bytes; want 206 and those 10", lpath, resp.StatusCode, len(body))
+	}
+	if resp, _ := e.do(http.MethodGet, lpath, http.Header{"If-None-Match": {`"` + layer.String() + `"`}}); resp.StatusCode != http.StatusNotModified {
+		t.Errorf("GET %s, If-None-Match its digest: status %d, want 304", lpath, resp.StatusCode)
+	}
+
 	// The manifest's children are its own: pinned, the image counts them all.
 	if err := e.store.Pin(cache.Pin{Registry: "docker.io", Repo: "library/app", Ref: img.Digest.String(), Digest: img.Digest}); err != nil {
 		t.Fatal(err)
