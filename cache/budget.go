@@ -14,10 +14,12 @@ import (
 // pinned, or the filesystem is full). The caller serves it without storing.
 var ErrNoSpace = errors.New("no room in the cache")
 
-// Usage is the store's disk use against its budget.
+// Usage is the store's use against its budget. In bucket mode Bytes, Objects
+// and Budget are the bucket's (content committed, uploaded or waiting to be),
+// and the Local fields are the local copy's.
 type Usage struct {
 	Bytes        int64 // bytes of content stored (blobs and manifests)
-	Objects      int64 // content files stored
+	Objects      int64 // content objects stored
 	Budget       int64 // the byte budget; 0 means no limit
 	Evictions    int64 // objects evicted since start
 	EvictedBytes int64 // their bytes
@@ -25,6 +27,12 @@ type Usage struct {
 	Counting     bool  // reconciliation after a crash is still counting Bytes and Objects
 	MinFree      int64 // the free-space floor; 0 means none
 	Filesystem   int64 // the size of the filesystem under the store at Open; 0 if unknown
+
+	InBucket     bool  // the store keeps its content in a bucket (Options.Bucket)
+	LocalBytes   int64 // bucket mode: bytes of the local copy
+	LocalObjects int64 // bucket mode: files of the local copy
+	LocalBudget  int64 // bucket mode: the local copy's budget; 0 means no limit
+	Pending      int64 // bucket mode: content files and records waiting to be uploaded
 }
 
 // FloorAboveFilesystem reports whether the free-space floor is at least the
@@ -99,6 +107,11 @@ func (s *Store) Usage() Usage {
 		Counting:     !isClosed(s.counted),
 		MinFree:      s.opt.MinFree,
 		Filesystem:   s.filesystem,
+		InBucket:     s.opt.Bucket != nil,
+		LocalBytes:   s.local.used,
+		LocalObjects: s.local.objects,
+		LocalBudget:  s.opt.LocalMaxSize,
+		Pending:      s.local.pending,
 	}
 }
 

@@ -4,25 +4,28 @@ import (
 	"context"
 	"errors"
 	"io"
+	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 )
 
 // Objects is the first of the store's three layers (docs/ARCHITECTURE.md,
-// Boundaries): bytes at rest by digest. Content is put once, after its digest
-// verified, and never overwritten; the index, the budget and the policy that
-// decide what is put and removed sit above it. S3Objects is the bucket's
-// implementation; the disk's layout under blobs/sha256 is not behind it yet.
+// Boundaries) on an object store: bytes at rest by digest, put once after
+// their digest verified and never overwritten, and small records by key (tag
+// answers, pins), which cannot be rebuilt from content and so live beside it.
+// The index, the budget and the policy that decide what is put and removed
+// sit above it. S3Objects is the bucket's implementation.
 type Objects interface {
-	// Put stores the first size bytes of content under h. It reads and hashes
-	// them first, so content that does not hash to h (ErrDigestMismatch) or is
-	// not size bytes long (ErrSizeMismatch) leaves nothing behind. Content
-	// already stored under h is success: it can only be the same bytes.
-	Put(ctx context.Context, h v1.Hash, content io.ReaderAt, size int64) error
+	// Put stores the first size bytes of content under h, with mediaType as
+	// what the store says it is on reads. It reads and hashes them first, so
+	// content that does not hash to h (ErrDigestMismatch) or is not size bytes
+	// long (ErrSizeMismatch) leaves nothing behind. Content already stored
+	// under h is success: it can only be the same bytes.
+	Put(ctx context.Context, h v1.Hash, content io.ReaderAt, size int64, mediaType string) error
 	// Open returns the content of h for reading, seekable (so Range requests
-	// can be served with http.ServeContent), and its size. ErrNotFound when
-	// h is not stored.
-	Open(ctx context.Context, h v1.Hash) (ObjectReader, int64, error)
+	// can be served with http.ServeContent), with its size and the media type
+	// it was put with. ErrNotFound when h is not stored.
+	Open(ctx context.Context, h v1.Hash) (ObjectReader, Info, error)
 	// Stat returns the size of h's content, ErrNotFound when h is not stored.
 	Stat(ctx context.Context, h v1.Hash) (int64, error)
 	// Delete removes h's content; content not stored is no error.
@@ -30,6 +33,22 @@ type Objects interface {
 	// List calls fn for every stored digest with its size, in digest order,
 	// for rebuilding the index. It stops at fn's first error and returns it.
 	List(ctx context.Context, fn func(h v1.Hash, size int64) error) error
+
+	// PutRecord writes a small record under key (a path of the store's
+	// choosing, e.g. tags/docker.io/library/alpine:3.20), replacing it.
+	PutRecord(ctx context.Context, key string, body []byte) error
+	// GetRecord reads a record whole; ErrNotFound when there is none.
+	GetRecord(ctx context.Context, key string) ([]byte, error)
+	// DeleteRecord removes a record; a record not there is no error.
+	DeleteRecord(ctx context.Context, key string) error
+	// ListRecords calls fn with the key of every record under dir (ending in
+	// "/"), in key order. It stops at fn's first error and returns it.
+	ListRecords(ctx context.Context, dir string, fn func(key string) error) error
+
+	// AbortStaleUploads aborts the multipart uploads under the store's keys
+	// that were started longer than age ago: those of a process that died
+	// mid-upload. It returns how many it aborted.
+	AbortStaleUploads(ctx context.Context, age time.Duration) (int, error)
 }
 
 // ObjectReader is stored content opened for reading.

@@ -1,6 +1,7 @@
 package cache
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -154,7 +155,7 @@ func (o *S3Objects) CheckConditionalWrites(ctx context.Context) error {
 	}()
 	write := func() error {
 		body := strings.NewReader(key)
-		_, err := o.core.PutObject(ctx, o.bucket, key, body, body.Size(), "", "", onlyIfAbsent())
+		_, err := o.core.PutObject(ctx, o.bucket, key, body, body.Size(), "", "", onlyIfAbsent(""))
 		return err
 	}
 	if err := write(); err != nil {
@@ -171,13 +172,22 @@ func (o *S3Objects) CheckConditionalWrites(ctx context.Context) error {
 }
 
 // onlyIfAbsent is how content is written: with If-None-Match: *, so an
-// object already in the bucket is never overwritten.
-func onlyIfAbsent() minio.PutObjectOptions {
-	// DisableContentSha256 stops minio-go's own streaming signature, so the
-	// SHA-256 hashed here is the payload hash signed into the request.
-	opts := minio.PutObjectOptions{ContentType: "application/octet-stream", DisableContentSha256: true}
+// object already in the bucket is never overwritten, and with its media type
+// (a manifest's), which a read returns as Content-Type.
+func onlyIfAbsent(mediaType string) minio.PutObjectOptions {
+	opts := signedPayload(mediaType)
 	opts.SetMatchETagExcept("*")
 	return opts
+}
+
+// signedPayload are the options of a write whose body's SHA-256, hashed
+// here, is signed into the request: DisableContentSha256 stops minio-go's
+// own streaming signature.
+func signedPayload(mediaType string) minio.PutObjectOptions {
+	if mediaType == "" {
+		mediaType = "application/octet-stream"
+	}
+	return minio.PutObjectOptions{ContentType: mediaType, DisableContentSha256: true}
 }
 
 func isPreconditionFailed(err error) bool {
@@ -190,7 +200,7 @@ func isPreconditionFailed(err error) bool {
 // after the whole content hashed right (and aborted otherwise). Each request
 // is signed with the SHA-256 of its body as hashed here (x-amz-content-sha256),
 // which S3 checks against the bytes it receives: it keeps the bytes hashed.
-func (o *S3Objects) Put(ctx context.Context, h v1.Hash, content io.ReaderAt, size int64) error {
+func (o *S3Objects) Put(ctx context.Context, h v1.Hash, content io.ReaderAt, size int64, mediaType string) error {
 	if err := checkHash(h); err != nil {
 		return err
 	}
@@ -198,9 +208,9 @@ func (o *S3Objects) Put(ctx context.Context, h v1.Hash, content io.ReaderAt, siz
 		return fmt.Errorf("put %s: %w: size %d", h, ErrSizeMismatch, size)
 	}
 	if size <= o.partSize {
-		return o.putSingle(ctx, h, content, size)
+		return o.putSingle(ctx, h, content, size, mediaType)
 	}
-	return o.putMultipart(ctx, h, content, size)
+	return o.putMultipart(ctx, h, content, size, mediaType)
 }
 
 // hashSection hashes size bytes of content from off into sum (when not nil)
@@ -231,7 +241,7 @@ func hasherOf(h v1.Hash) hash.Hash {
 	return algorithms[alg].new()
 }
 
-func (o *S3Objects) putSingle(ctx context.Context, h v1.Hash, content io.ReaderAt, size int64) error {
+func (o *S3Objects) putSingle(ctx context.Context, h v1.Hash, content io.ReaderAt, size int64, mediaType string) error {
 	// The body's SHA-256 signs the request; it is the digest too, unless the
 	// digest is by another algorithm.
 	var whole hash.Hash
@@ -250,29 +260,29 @@ func (o *S3Objects) putSingle(ctx context.Context, h v1.Hash, content io.ReaderA
 		return digestMismatch(h, got)
 	}
 	key := o.key(h)
-	_, err = o.core.PutObject(ctx, o.bucket, key, io.NewSectionReader(content, 0, size), size, "", body, onlyIfAbsent())
+	_, err = o.core.PutObject(ctx, o.bucket, key, io.NewSectionReader(content, 0, size), size, "", body, onlyIfAbsent(mediaType))
 	if err != nil && !isPreconditionFailed(err) { // 412: already stored, the same bytes
 		return o.classify("put", key, err)
 	}
 	return nil
 }
 
-func (o *S3Objects) putMultipart(ctx context.Context, h v1.Hash, content io.ReaderAt, size int64) error {
+func (o *S3Objects) putMultipart(ctx context.Context, h v1.Hash, content io.ReaderAt, size int64, mediaType string) error {
 	// Content already there costs one HEAD instead of the whole upload.
 	if _, err := o.Stat(ctx, h); err == nil {
 		return nil
 	} else if !errors.Is(err, ErrNotFound) {
 		return err
 	}
-	return o.uploadParts(ctx, h, content, size)
+	return o.uploadParts(ctx, h, content, size, mediaType)
 }
 
 // uploadParts is a multipart upload of the content, completed with
 // If-None-Match: * only once the whole content hashed to h.
-func (o *S3Objects) uploadParts(ctx context.Context, h v1.Hash, content io.ReaderAt, size int64) error {
+func (o *S3Objects) uploadParts(ctx context.Context, h v1.Hash, content io.ReaderAt, size int64, mediaType string) error {
 	key := o.key(h)
 	part := max(o.partSize, (size+maxParts-1)/maxParts)
-	id, err := o.core.NewMultipartUpload(ctx, o.bucket, key, minio.PutObjectOptions{ContentType: "application/octet-stream"})
+	id, err := o.core.NewMultipartUpload(ctx, o.bucket, key, signedPayload(mediaType))
 	if err != nil {
 		return o.classify("start multipart upload", key, err)
 	}
@@ -300,7 +310,7 @@ func (o *S3Objects) uploadParts(ctx context.Context, h v1.Hash, content io.Reade
 	if got := hex.EncodeToString(whole.Sum(nil)); got != h.Hex {
 		return digestMismatch(h, got)
 	}
-	_, err = o.core.CompleteMultipartUpload(ctx, o.bucket, key, id, parts, onlyIfAbsent())
+	_, err = o.core.CompleteMultipartUpload(ctx, o.bucket, key, id, parts, onlyIfAbsent(mediaType))
 	if err == nil {
 		completed = true
 		return nil
@@ -326,21 +336,25 @@ func (o *S3Objects) abort(ctx context.Context, key, id string) {
 // Open returns the object as a ReadSeeker: each read after a seek is a
 // ranged GET, so http.ServeContent serves Range requests from the bucket.
 // The reader lives on ctx and holds a goroutine of minio-go's until Close.
-func (o *S3Objects) Open(ctx context.Context, h v1.Hash) (ObjectReader, int64, error) {
+func (o *S3Objects) Open(ctx context.Context, h v1.Hash) (ObjectReader, Info, error) {
 	if err := checkHash(h); err != nil {
-		return nil, 0, err
+		return nil, Info{}, err
 	}
 	key := o.key(h)
 	obj, err := o.core.Client.GetObject(ctx, o.bucket, key, minio.GetObjectOptions{})
 	if err != nil {
-		return nil, 0, o.classify("open", key, err)
+		return nil, Info{}, o.classify("open", key, err)
 	}
 	st, err := obj.Stat()
 	if err != nil {
 		obj.Close()
-		return nil, 0, o.classify("open", key, err)
+		return nil, Info{}, o.classify("open", key, err)
 	}
-	return obj, st.Size, nil
+	info := Info{Size: st.Size}
+	if st.ContentType != "application/octet-stream" {
+		info.MediaType = st.ContentType
+	}
+	return obj, info, nil
 }
 
 // Stat returns the object's size from a HEAD.
@@ -383,9 +397,116 @@ func (o *S3Objects) List(ctx context.Context, fn func(h v1.Hash, size int64) err
 
 // list is List for the digests of algorithm alg.
 func (o *S3Objects) list(ctx context.Context, alg uint8, fn func(h v1.Hash, size int64) error) error {
+	dir := o.dir(algorithms[alg].name)
+	return o.walkKeys(ctx, dir, func(obj minio.ObjectInfo) error {
+		r, ok := hexRaw(alg, strings.TrimPrefix(obj.Key, dir))
+		if !ok {
+			return nil
+		}
+		return fn(r.hash(), obj.Size)
+	})
+}
+
+// maxRecord bounds a record read back: tag answers and pins are a few
+// hundred bytes.
+const maxRecord = 1 << 20
+
+// recordKey is where a record lives. Keys are the store's own (tags/…,
+// pins/…), never content's.
+func (o *S3Objects) recordKey(key string) (string, error) {
+	if key == "" || strings.HasPrefix(key, "/") || strings.HasPrefix(key, "blobs/") || len(key) > 900 {
+		return "", fmt.Errorf("record key %q: not a record's", key)
+	}
+	return o.prefix + key, nil
+}
+
+// PutRecord writes a record, replacing what was there.
+func (o *S3Objects) PutRecord(ctx context.Context, key string, body []byte) error {
+	k, err := o.recordKey(key)
+	if err != nil {
+		return err
+	}
+	sum := sha256.Sum256(body)
+	_, err = o.core.PutObject(ctx, o.bucket, k, bytes.NewReader(body), int64(len(body)), "", hex.EncodeToString(sum[:]), signedPayload("application/json"))
+	return o.classify("put record", k, err)
+}
+
+// GetRecord reads a record whole, up to maxRecord bytes.
+func (o *S3Objects) GetRecord(ctx context.Context, key string) ([]byte, error) {
+	k, err := o.recordKey(key)
+	if err != nil {
+		return nil, err
+	}
+	obj, err := o.core.Client.GetObject(ctx, o.bucket, k, minio.GetObjectOptions{})
+	if err != nil {
+		return nil, o.classify("get record", k, err)
+	}
+	defer obj.Close()
+	body, err := io.ReadAll(io.LimitReader(obj, maxRecord+1))
+	if err != nil {
+		return nil, o.classify("get record", k, err)
+	}
+	if len(body) > maxRecord {
+		return nil, fmt.Errorf("record s3://%s/%s: %w", o.bucket, k, ErrTooLarge)
+	}
+	return body, nil
+}
+
+// DeleteRecord removes a record.
+func (o *S3Objects) DeleteRecord(ctx context.Context, key string) error {
+	k, err := o.recordKey(key)
+	if err != nil {
+		return err
+	}
+	err = o.classify("delete record", k, o.core.RemoveObject(ctx, o.bucket, k, minio.RemoveObjectOptions{}))
+	if errors.Is(err, ErrNotFound) {
+		return nil
+	}
+	return err
+}
+
+// ListRecords walks the record keys under dir, in key order.
+func (o *S3Objects) ListRecords(ctx context.Context, dir string, fn func(key string) error) error {
+	if _, err := o.recordKey(dir); err != nil || !strings.HasSuffix(dir, "/") {
+		return fmt.Errorf("record directory %q: not a record's", dir)
+	}
+	return o.walkKeys(ctx, o.prefix+dir, func(obj minio.ObjectInfo) error {
+		return fn(strings.TrimPrefix(obj.Key, o.prefix))
+	})
+}
+
+// AbortStaleUploads lists the incomplete multipart uploads under the prefix
+// and aborts those started more than age ago. A store's clock and ours may
+// differ; age is meant to be hours, far above any skew that matters.
+func (o *S3Objects) AbortStaleUploads(ctx context.Context, age time.Duration) (int, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	dir := o.dir(algorithms[alg].name)
+	var stale []minio.ObjectMultipartInfo
+	for u := range o.core.Client.ListIncompleteUploads(ctx, o.bucket, o.prefix+"blobs/", true) {
+		if u.Err != nil {
+			return 0, o.classify("list incomplete uploads", o.prefix+"blobs/", u.Err)
+		}
+		if time.Since(u.Initiated) > age {
+			stale = append(stale, u)
+		}
+	}
+	n := 0
+	for _, u := range stale {
+		if err := o.core.AbortMultipartUpload(ctx, o.bucket, u.Key, u.UploadID); err != nil {
+			if err = o.classify("abort multipart upload", u.Key, err); !errors.Is(err, ErrNotFound) {
+				return n, err
+			}
+			continue // completed or aborted meanwhile
+		}
+		n++
+	}
+	return n, nil
+}
+
+// walkKeys walks the objects under dir in key order, calling fn for each.
+func (o *S3Objects) walkKeys(ctx context.Context, dir string, fn func(minio.ObjectInfo) error) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	objects := o.core.Client.ListObjects(ctx, o.bucket, minio.ListObjectsOptions{Prefix: dir, Recursive: true})
 	var err error
 	for obj := range objects {
@@ -397,11 +518,7 @@ func (o *S3Objects) list(ctx context.Context, alg uint8, fn func(h v1.Hash, size
 			cancel()
 			continue
 		}
-		r, ok := hexRaw(alg, strings.TrimPrefix(obj.Key, dir))
-		if !ok {
-			continue
-		}
-		if err = fn(r.hash(), obj.Size); err != nil {
+		if err = fn(obj); err != nil {
 			cancel()
 		}
 	}

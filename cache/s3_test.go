@@ -9,8 +9,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"os/exec"
 	"slices"
 	"strings"
 	"sync"
@@ -19,75 +17,15 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/minio/minio-go/v7"
-	"github.com/minio/minio-go/v7/pkg/credentials"
+	"github.com/regmirror/regmirror/test/regtest"
 	"go.uber.org/zap/zaptest"
 )
 
 const (
-	s3Access = "regmirror-test"
-	s3Secret = "regmirror-test-secret"
-	s3Region = "us-east-1"
+	s3Access = regtest.S3Access
+	s3Secret = regtest.S3Secret
+	s3Region = regtest.S3Region
 )
-
-// s3Server is a versitygw process serving a temp dir on 127.0.0.1, stopped
-// when the test ends.
-type s3Server struct {
-	endpoint string
-	admin    *minio.Client // root credentials, for creating buckets and looking behind Objects
-}
-
-// startVersity starts versitygw, or skips the test when it is not installed
-// (.ci/clients.sh installs it) unless REGMIRROR_REQUIRE_CLIENTS=1.
-func startVersity(t *testing.T) *s3Server {
-	t.Helper()
-	bin, err := exec.LookPath("versitygw")
-	if err != nil {
-		msg := "versitygw not on PATH (go install github.com/versity/versitygw/cmd/versitygw@v1.8.0, or bash .ci/clients.sh)"
-		if os.Getenv("REGMIRROR_REQUIRE_CLIENTS") == "1" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	root := t.TempDir()
-	var out bytes.Buffer
-	cmd := exec.Command(bin, "--port", addr, "posix", root)
-	cmd.Env = append(os.Environ(), "ROOT_ACCESS_KEY="+s3Access, "ROOT_SECRET_KEY="+s3Secret)
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		<-exited
-	})
-	tr := testTransport(t)
-	admin, err := minio.New(addr, &minio.Options{
-		Creds: credentials.NewStaticV4(s3Access, s3Secret, ""), Region: s3Region, Transport: tr, MaxRetries: 1,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Ready when it answers a signed request; a process that exits first fails the test.
-	for {
-		if _, err := admin.ListBuckets(context.Background()); err == nil {
-			break
-		}
-		select {
-		case err := <-exited:
-			t.Fatalf("versitygw exited: %v\n%s", err, out.String())
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-	return &s3Server{endpoint: "http://" + addr, admin: admin}
-}
 
 // testTransport is a transport whose idle connections close with the test,
 // so no goroutine outlives it.
@@ -97,20 +35,11 @@ func testTransport(t *testing.T) *http.Transport {
 	return tr
 }
 
-// bucket creates a fresh bucket.
-func (s *s3Server) bucket(t *testing.T, name string) string {
-	t.Helper()
-	if err := s.admin.MakeBucket(context.Background(), name, minio.MakeBucketOptions{Region: s3Region}); err != nil {
-		t.Fatalf("make bucket %s: %v", name, err)
-	}
-	return name
-}
-
-// objects opens the bucket through S3Objects with credentials from the
+// s3Objects opens a bucket of srv through S3Objects with credentials from the
 // environment, as in production.
-func (s *s3Server) objects(t *testing.T, cfg S3Config) *S3Objects {
+func s3Objects(t *testing.T, srv *regtest.S3Server, cfg S3Config) *S3Objects {
 	t.Helper()
-	cfg.Endpoint, cfg.Region, cfg.Transport = s.endpoint, s3Region, testTransport(t)
+	cfg.Endpoint, cfg.Region, cfg.Transport = srv.Endpoint, s3Region, testTransport(t)
 	o, err := NewS3Objects(cfg, zaptest.NewLogger(t))
 	if err != nil {
 		t.Fatal(err)
@@ -124,30 +53,15 @@ func setS3Credentials(t *testing.T, access, secret string) {
 	t.Setenv("AWS_SESSION_TOKEN", "")
 }
 
-// keys lists every object key in the bucket.
-func (s *s3Server) keys(t *testing.T, bucket string) []string {
+// bucketKeys lists every object key in the bucket, sorted.
+func bucketKeys(t *testing.T, srv *regtest.S3Server, bucket string) []string {
 	t.Helper()
 	var keys []string
-	for obj := range s.admin.ListObjects(context.Background(), bucket, minio.ListObjectsOptions{Recursive: true}) {
-		if obj.Err != nil {
-			t.Fatal(obj.Err)
-		}
-		keys = append(keys, obj.Key)
+	for k := range srv.Objects(t, bucket) {
+		keys = append(keys, k)
 	}
+	slices.Sort(keys)
 	return keys
-}
-
-// uploads lists the multipart uploads not completed nor aborted.
-func (s *s3Server) uploads(t *testing.T, bucket string) []string {
-	t.Helper()
-	var ids []string
-	for u := range s.admin.ListIncompleteUploads(context.Background(), bucket, "", true) {
-		if u.Err != nil {
-			t.Fatal(u.Err)
-		}
-		ids = append(ids, u.Key+" "+u.UploadID)
-	}
-	return ids
 }
 
 // cancelAt cancels a context when a read reaches off.
@@ -172,13 +86,13 @@ func checkAndPutFail(t *testing.T, o *S3Objects, want error) {
 		t.Fatalf("check: %v, want %v", err, want)
 	}
 	body, h := randomContent(t, 10)
-	if err := o.Put(ctx, h, bytes.NewReader(body), 10); !errors.Is(err, want) {
+	if err := o.Put(ctx, h, bytes.NewReader(body), 10, ""); !errors.Is(err, want) {
 		t.Fatalf("put: %v, want %v", err, want)
 	}
 }
 
 func TestS3ObjectsAgainstVersity(t *testing.T) {
-	srv := startVersity(t)
+	srv := regtest.Versity(t)
 	setS3Credentials(t, s3Access, s3Secret)
 	ctx := context.Background()
 
@@ -189,34 +103,34 @@ func TestS3ObjectsAgainstVersity(t *testing.T) {
 	}{{"single PUT", "sha256", 3000}, {"multipart", "sha256", 11<<20 + 17},
 		{"single PUT sha512", "sha512", 3000}, {"multipart sha512", "sha512", 11<<20 + 17}} {
 		t.Run(tc.name, func(t *testing.T) {
-			bucket := srv.bucket(t, "put-"+strings.ReplaceAll(strings.ToLower(tc.name), " ", "-"))
-			o := srv.objects(t, S3Config{Bucket: bucket, Prefix: "/mirror-a/", PartSize: minPartSize})
+			bucket := srv.Bucket(t, "put-"+strings.ReplaceAll(strings.ToLower(tc.name), " ", "-"))
+			o := s3Objects(t, srv, S3Config{Bucket: bucket, Prefix: "/mirror-a/", PartSize: minPartSize})
 			body, h := randomContentBy(t, tc.alg, tc.size)
 
 			// The last byte differs from what h names: only the whole hash can tell.
 			bad := bytes.Clone(body)
 			bad[len(bad)-1] ^= 1
-			if err := o.Put(ctx, h, bytes.NewReader(bad), int64(len(bad))); !errors.Is(err, ErrDigestMismatch) {
+			if err := o.Put(ctx, h, bytes.NewReader(bad), int64(len(bad)), ""); !errors.Is(err, ErrDigestMismatch) {
 				t.Fatalf("put of wrong content: %v, want ErrDigestMismatch", err)
 			}
-			if err := o.Put(ctx, h, bytes.NewReader(body[:len(body)-1]), int64(len(body))); !errors.Is(err, ErrSizeMismatch) {
+			if err := o.Put(ctx, h, bytes.NewReader(body[:len(body)-1]), int64(len(body)), ""); !errors.Is(err, ErrSizeMismatch) {
 				t.Fatalf("put of short content: %v, want ErrSizeMismatch", err)
 			}
-			if keys, ups := srv.keys(t, bucket), srv.uploads(t, bucket); len(keys) != 0 || len(ups) != 0 {
+			if keys, ups := bucketKeys(t, srv, bucket), srv.Uploads(t, bucket); len(keys) != 0 || len(ups) != 0 {
 				t.Fatalf("after refused puts: objects %q, incomplete uploads %q", keys, ups)
 			}
 			if _, err := o.Stat(ctx, h); !errors.Is(err, ErrNotFound) {
 				t.Fatalf("stat before put: %v, want ErrNotFound", err)
 			}
 
-			if err := o.Put(ctx, h, bytes.NewReader(body), int64(len(body))); err != nil {
+			if err := o.Put(ctx, h, bytes.NewReader(body), int64(len(body)), ""); err != nil {
 				t.Fatal(err)
 			}
-			if err := o.Put(ctx, h, bytes.NewReader(body), int64(len(body))); err != nil {
+			if err := o.Put(ctx, h, bytes.NewReader(body), int64(len(body)), ""); err != nil {
 				t.Fatalf("second put of the same content: %v", err)
 			}
 			want := []string{"mirror-a/blobs/" + tc.alg + "/" + h.Hex}
-			if keys, ups := srv.keys(t, bucket), srv.uploads(t, bucket); fmt.Sprint(keys) != fmt.Sprint(want) || len(ups) != 0 {
+			if keys, ups := bucketKeys(t, srv, bucket), srv.Uploads(t, bucket); fmt.Sprint(keys) != fmt.Sprint(want) || len(ups) != 0 {
 				t.Fatalf("objects %q (want %q), incomplete uploads %q", keys, want, ups)
 			}
 			if size, err := o.Stat(ctx, h); err != nil || size != int64(len(body)) {
@@ -226,7 +140,8 @@ func TestS3ObjectsAgainstVersity(t *testing.T) {
 			if err := o.List(ctx, func(l v1.Hash, _ int64) error { listed = append(listed, l); return nil }); err != nil || len(listed) != 1 || listed[0] != h {
 				t.Fatalf("list: %v, %v; want %s", listed, err, h)
 			}
-			r, size, err := o.Open(ctx, h)
+			r, info, err := o.Open(ctx, h)
+			size := info.Size
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -239,48 +154,48 @@ func TestS3ObjectsAgainstVersity(t *testing.T) {
 	}
 
 	t.Run("complete refused by If-None-Match is success and aborts", func(t *testing.T) {
-		bucket := srv.bucket(t, "complete-twice")
-		o := srv.objects(t, S3Config{Bucket: bucket, PartSize: minPartSize})
+		bucket := srv.Bucket(t, "complete-twice")
+		o := s3Objects(t, srv, S3Config{Bucket: bucket, PartSize: minPartSize})
 		body, h := randomContent(t, 6<<20)
-		if err := o.Put(ctx, h, bytes.NewReader(body), int64(len(body))); err != nil {
+		if err := o.Put(ctx, h, bytes.NewReader(body), int64(len(body)), ""); err != nil {
 			t.Fatal(err)
 		}
 		// Past Put's HEAD, as when another writer completed first.
-		if err := o.uploadParts(ctx, h, bytes.NewReader(body), int64(len(body))); err != nil {
+		if err := o.uploadParts(ctx, h, bytes.NewReader(body), int64(len(body)), ""); err != nil {
 			t.Fatalf("a second complete of the same digest: %v", err)
 		}
-		if ups := srv.uploads(t, bucket); len(ups) != 0 {
+		if ups := srv.Uploads(t, bucket); len(ups) != 0 {
 			t.Fatalf("incomplete uploads left: %q", ups)
 		}
-		if keys := srv.keys(t, bucket); len(keys) != 1 {
+		if keys := bucketKeys(t, srv, bucket); len(keys) != 1 {
 			t.Fatalf("objects %q, want one", keys)
 		}
 	})
 
 	t.Run("a put cancelled midway aborts its upload", func(t *testing.T) {
-		bucket := srv.bucket(t, "cancelled")
-		o := srv.objects(t, S3Config{Bucket: bucket, PartSize: minPartSize})
+		bucket := srv.Bucket(t, "cancelled")
+		o := s3Objects(t, srv, S3Config{Bucket: bucket, PartSize: minPartSize})
 		body, h := randomContent(t, 11<<20)
 		ctx, cancel := context.WithCancel(ctx)
 		defer cancel()
 		// The client leaves once the first part is up: the second part's read cancels.
 		content := cancelAt{ReaderAt: bytes.NewReader(body), off: minPartSize, cancel: cancel}
-		if err := o.Put(ctx, h, content, int64(len(body))); !errors.Is(err, context.Canceled) {
+		if err := o.Put(ctx, h, content, int64(len(body)), ""); !errors.Is(err, context.Canceled) {
 			t.Fatalf("put: %v, want context.Canceled", err)
 		}
-		if keys, ups := srv.keys(t, bucket), srv.uploads(t, bucket); len(keys) != 0 || len(ups) != 0 {
+		if keys, ups := bucketKeys(t, srv, bucket), srv.Uploads(t, bucket); len(keys) != 0 || len(ups) != 0 {
 			t.Fatalf("objects %q, incomplete uploads %q", keys, ups)
 		}
 	})
 
 	t.Run("concurrent puts store one object", func(t *testing.T) {
-		bucket := srv.bucket(t, "concurrent")
-		o := srv.objects(t, S3Config{Bucket: bucket, PartSize: minPartSize})
+		bucket := srv.Bucket(t, "concurrent")
+		o := s3Objects(t, srv, S3Config{Bucket: bucket, PartSize: minPartSize})
 		body, h := randomContent(t, 6<<20)
 		var wg sync.WaitGroup
 		errs := make([]error, 4)
 		for i := range errs {
-			wg.Go(func() { errs[i] = o.Put(ctx, h, bytes.NewReader(body), int64(len(body))) })
+			wg.Go(func() { errs[i] = o.Put(ctx, h, bytes.NewReader(body), int64(len(body)), "") })
 		}
 		wg.Wait()
 		for i, err := range errs {
@@ -288,16 +203,16 @@ func TestS3ObjectsAgainstVersity(t *testing.T) {
 				t.Errorf("put %d: %v", i, err)
 			}
 		}
-		if keys, ups := srv.keys(t, bucket), srv.uploads(t, bucket); len(keys) != 1 || len(ups) != 0 {
+		if keys, ups := bucketKeys(t, srv, bucket), srv.Uploads(t, bucket); len(keys) != 1 || len(ups) != 0 {
 			t.Fatalf("objects %q (want one), incomplete uploads %q", keys, ups)
 		}
 	})
 
 	t.Run("Range", func(t *testing.T) {
-		bucket := srv.bucket(t, "range")
-		o := srv.objects(t, S3Config{Bucket: bucket})
+		bucket := srv.Bucket(t, "range")
+		o := s3Objects(t, srv, S3Config{Bucket: bucket})
 		body, h := randomContent(t, 100000)
-		if err := o.Put(ctx, h, bytes.NewReader(body), int64(len(body))); err != nil {
+		if err := o.Put(ctx, h, bytes.NewReader(body), int64(len(body)), ""); err != nil {
 			t.Fatal(err)
 		}
 		serve := func(rangeHeader string) *httptest.ResponseRecorder {
@@ -334,9 +249,9 @@ func TestS3ObjectsAgainstVersity(t *testing.T) {
 	})
 
 	t.Run("not found, delete, list", func(t *testing.T) {
-		bucket := srv.bucket(t, "list")
-		o := srv.objects(t, S3Config{Bucket: bucket, Prefix: "a"})
-		other := srv.objects(t, S3Config{Bucket: bucket, Prefix: "b"})
+		bucket := srv.Bucket(t, "list")
+		o := s3Objects(t, srv, S3Config{Bucket: bucket, Prefix: "a"})
+		other := s3Objects(t, srv, S3Config{Bucket: bucket, Prefix: "b"})
 		_, missing := randomContent(t, 1)
 		if _, _, err := o.Open(ctx, missing); !errors.Is(err, ErrNotFound) {
 			t.Fatalf("open of a missing digest: %v, want ErrNotFound", err)
@@ -347,13 +262,13 @@ func TestS3ObjectsAgainstVersity(t *testing.T) {
 		var want []string
 		for i := range 3 {
 			body, h := randomContent(t, 10+i)
-			if err := o.Put(ctx, h, bytes.NewReader(body), int64(len(body))); err != nil {
+			if err := o.Put(ctx, h, bytes.NewReader(body), int64(len(body)), ""); err != nil {
 				t.Fatal(err)
 			}
 			want = append(want, fmt.Sprintf("%s %d", h, len(body)))
 		}
 		// Not a digest: skipped by the walk.
-		if _, err := srv.admin.PutObject(ctx, bucket, "a/blobs/sha256/notes.txt", strings.NewReader("x"), 1, minio.PutObjectOptions{}); err != nil {
+		if _, err := srv.Admin.PutObject(ctx, bucket, "a/blobs/sha256/notes.txt", strings.NewReader("x"), 1, minio.PutObjectOptions{}); err != nil {
 			t.Fatal(err)
 		}
 		slices.Sort(want)
@@ -391,29 +306,29 @@ func TestS3ObjectsAgainstVersity(t *testing.T) {
 	})
 
 	t.Run("If-None-Match self-test", func(t *testing.T) {
-		bucket := srv.bucket(t, "probe")
-		o := srv.objects(t, S3Config{Bucket: bucket, Prefix: "p"})
+		bucket := srv.Bucket(t, "probe")
+		o := s3Objects(t, srv, S3Config{Bucket: bucket, Prefix: "p"})
 		if err := o.Check(ctx); err != nil {
 			t.Fatal(err)
 		}
 		if err := o.CheckConditionalWrites(ctx); err != nil {
 			t.Fatal(err)
 		}
-		if keys := srv.keys(t, bucket); len(keys) != 0 {
+		if keys := bucketKeys(t, srv, bucket); len(keys) != 0 {
 			t.Fatalf("probe left behind: %q", keys)
 		}
 	})
 
 	t.Run("missing bucket", func(t *testing.T) {
 		// A HEAD of an object cannot tell (a 404 without a body): Check at start-up can.
-		checkAndPutFail(t, srv.objects(t, S3Config{Bucket: "no-such-bucket"}), ErrBucketMissing)
+		checkAndPutFail(t, s3Objects(t, srv, S3Config{Bucket: "no-such-bucket"}), ErrBucketMissing)
 	})
 }
 
 // Wrong credentials are refused by name, not taken for a missing object.
 func TestS3ObjectsWrongCredentials(t *testing.T) {
-	srv := startVersity(t)
-	bucket := srv.bucket(t, "creds")
+	srv := regtest.Versity(t)
+	bucket := srv.Bucket(t, "creds")
 	ctx := context.Background()
 	for _, tc := range []struct {
 		name, access, secret string
@@ -426,7 +341,7 @@ func TestS3ObjectsWrongCredentials(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			setS3Credentials(t, tc.access, tc.secret)
-			o := srv.objects(t, S3Config{Bucket: bucket})
+			o := s3Objects(t, srv, S3Config{Bucket: bucket})
 			checkAndPutFail(t, o, ErrAccessDenied)
 			_, h := randomContent(t, 1)
 			if _, err := o.Stat(ctx, h); tc.headTells && !errors.Is(err, ErrAccessDenied) {

@@ -54,6 +54,22 @@ type Options struct {
 	// CheckInterval is how often the background evictor checks the free-space
 	// floor, which other programs on the disk can cross at any time.
 	CheckInterval time.Duration
+	// Bucket, when set, is where content, tag answers and pins live (the
+	// truth); dir then holds downloads in progress, the index and a local
+	// copy of hot content, all caches of the bucket. nil is disk mode: the
+	// content files under dir are the truth, and nothing below applies.
+	Bucket Objects
+	// LocalMaxSize is the byte budget of the local copy in bucket mode;
+	// 0 means no limit but the free-space floor (MinFree). With a bucket,
+	// MaxSize is the bucket's budget.
+	LocalMaxSize int64
+	// UploadRetry is the first wait before a failed upload to the bucket is
+	// tried again, and before the bucket is probed once it is down; it
+	// doubles up to a minute. 0 means one second.
+	UploadRetry time.Duration
+	// StaleUploads is how old an incomplete multipart upload in the bucket
+	// must be for the sweep (at start, then hourly) to abort it. 0 means an hour.
+	StaleUploads time.Duration
 	// Now is the clock; tests set it, production leaves it nil.
 	Now func() time.Time
 	// FreeSpace reports the filesystem's free bytes; tests set it,
@@ -93,6 +109,12 @@ func (o *Options) defaults() {
 	if o.CheckInterval <= 0 {
 		o.CheckInterval = time.Minute
 	}
+	if o.UploadRetry <= 0 {
+		o.UploadRetry = time.Second
+	}
+	if o.StaleUploads <= 0 {
+		o.StaleUploads = time.Hour
+	}
 }
 
 // Info is what the index knows of a stored blob or manifest.
@@ -125,6 +147,9 @@ type Store struct {
 	ledger     ledger
 	held       map[v1.Hash]int
 	filesystem int64 // size of the filesystem under dir, at Open
+	local      localLedger
+
+	health bucketHealth
 
 	evictMu  sync.Mutex    // one eviction pass at a time
 	evictNow chan struct{} // asks the background evictor for a pass

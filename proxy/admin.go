@@ -32,6 +32,9 @@ type Operator interface {
 	Verify(ctx context.Context, progress func(cache.VerifyReport)) (cache.VerifyReport, error)
 	// Healthy says why the store cannot serve, or nil.
 	Healthy() error
+	// Bucket is the state of the store's bucket, if it has one: down is
+	// degraded, not unready.
+	Bucket() cache.BucketState
 }
 
 // Admin API paths. Every one but images changes the cache, so they take POST.

@@ -1,10 +1,10 @@
 package proxy
 
 import (
+	"context"
 	"errors"
 	"io"
 	"net/http"
-	"os"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/regmirror/regmirror/cache"
@@ -14,8 +14,11 @@ import (
 // it: what a storage backend of the cache provides (docs/ARCHITECTURE.md,
 // Boundaries).
 type Blobs interface {
-	// OpenFile opens a stored blob; cache.ErrNotFound when it is not there.
-	OpenFile(h v1.Hash) (*os.File, error)
+	// OpenBlob opens a stored blob for serving: a local file (an *os.File,
+	// which response.ReadFrom hands to sendfile) or, with a bucket, the
+	// bucket's object, whose reads after a seek are ranged GETs bounded by
+	// ctx. cache.ErrNotFound when it is not there.
+	OpenBlob(ctx context.Context, h v1.Hash) (io.ReadSeekCloser, error)
 	Has(h v1.Hash) bool
 	// Create starts writing h; its Commit verifies size and digest before the
 	// content is visible. cache.ErrNoSpace when the budget has no room.
@@ -30,7 +33,7 @@ func (p *Proxy) serveBlob(w *response, r *http.Request, rt route) error {
 	// A flight can finish between our miss and our join; then the blob is in
 	// the store and we look again. Twice is plenty; more means it vanished.
 	for range 3 {
-		f, err := p.blobs.OpenFile(rt.digest)
+		f, err := p.blobs.OpenBlob(r.Context(), rt.digest)
 		if err == nil {
 			defer f.Close()
 			w.setCache(cacheHit)
@@ -78,7 +81,7 @@ func (p *Proxy) follow(w *response, r *http.Request, fl *flight, rt route) error
 			}
 			return err
 		}
-		f, err := p.blobs.OpenFile(fl.digest)
+		f, err := p.blobs.OpenBlob(r.Context(), fl.digest)
 		if err != nil {
 			return err
 		}

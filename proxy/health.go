@@ -5,6 +5,8 @@ import (
 	"net/http"
 	"strconv"
 	"time"
+
+	"github.com/regmirror/regmirror/cache"
 )
 
 // HealthPath answers 200 while the process serves; ReadyPath answers 200
@@ -24,6 +26,20 @@ type upstreamHealth struct {
 	Reason    string     `json:"reason,omitempty"`
 }
 
+type bucketHealth struct {
+	Up         bool       `json:"up"`
+	DownSince  *time.Time `json:"down_since,omitempty"`
+	Reason     string     `json:"reason,omitempty"`
+	Pending    int64      `json:"pending_uploads"`
+	Rebuilding bool       `json:"rebuilding,omitempty"`
+}
+
+// bucketWarning is what the operator is told of a bucket that is down.
+func bucketWarning(b cache.BucketState) string {
+	return "bucket down since " + b.Since.UTC().Format(time.RFC3339) + " (" + b.Reason +
+		"): serving the local copy, streaming misses without storing them"
+}
+
 func (p *Proxy) serveReady(w http.ResponseWriter, r *http.Request) error {
 	var ups []upstreamHealth
 	for _, name := range p.names {
@@ -36,8 +52,23 @@ func (p *Proxy) serveReady(w http.ResponseWriter, r *http.Request) error {
 	}
 	body := map[string]any{"ready": true, "upstreams": ups}
 	// Ready, since it serves, but the operator should know.
+	var warnings []string
 	if w := diskWarning(p.op.Usage()); w != "" {
-		body["warnings"] = []string{w}
+		warnings = append(warnings, w)
+	}
+	if b := p.op.Bucket(); b.Configured {
+		// A bucket that is down is like an upstream that is: the mirror
+		// still serves its local copy and streams misses, so it stays ready
+		// and says so.
+		bh := bucketHealth{Up: !b.Down, Reason: b.Reason, Pending: b.Pending, Rebuilding: b.Rebuilding}
+		if b.Down {
+			bh.DownSince = &b.Since
+			warnings = append(warnings, bucketWarning(b))
+		}
+		body["bucket"] = bh
+	}
+	if len(warnings) > 0 {
+		body["warnings"] = warnings
 	}
 	status := http.StatusOK
 	if err := p.op.Healthy(); err != nil {

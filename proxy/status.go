@@ -67,6 +67,7 @@ type diskView struct {
 	cache.Usage
 	Fill    float64 // Bytes / Budget; 0 without a budget
 	Warning string  // a setting that keeps anything from being stored
+	Bucket  cache.BucketState
 }
 
 // diskWarning is what the operator is told of a store that can keep
@@ -94,6 +95,7 @@ func (p *Proxy) serveStatus(w http.ResponseWriter, r *http.Request) error {
 	v.HitRatio, v.HasHitRatio = v.Stats.HitRatio()
 	v.Disk.Usage = p.op.Usage()
 	v.Disk.Warning = diskWarning(v.Disk.Usage)
+	v.Disk.Bucket = p.op.Bucket()
 	if v.Disk.Budget > 0 {
 		v.Disk.Fill = float64(v.Disk.Bytes) / float64(v.Disk.Budget)
 	}
