@@ -1,14 +1,21 @@
 package cache
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
+	"github.com/dgraph-io/badger/v4"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"go.uber.org/zap"
 )
 
 // BucketState is the object store as the store last found it. A bucket that
@@ -32,13 +39,13 @@ type bucketHealth struct {
 	reason string
 	since  time.Time
 	wake   chan struct{} // closed and replaced when the bucket comes back
+	fell   chan struct{} // closed (and cleared) when it goes down
 }
 
 // localLedger is the local copy's accounting in bucket mode; Store.mu guards it.
 type localLedger struct {
 	used    int64 // bytes of content files under blobs/
 	objects int64
-	pending int64 // content files and records not yet in the bucket
 }
 
 // Bucket says whether the store has a bucket and how it stands.
@@ -50,9 +57,7 @@ func (s *Store) Bucket() BucketState {
 	b.mu.Lock()
 	st := BucketState{Configured: true, Down: b.down, Reason: b.reason, Since: b.since}
 	b.mu.Unlock()
-	s.mu.Lock()
-	st.Pending = s.local.pending
-	s.mu.Unlock()
+	st.Pending = s.up.len()
 	st.Rebuilding = !isClosed(s.counted)
 	return st
 }
@@ -66,36 +71,566 @@ func (s *Store) bucketDown() bool {
 
 // OpenBlob returns stored content for serving: the local file when there is
 // one (an *os.File, so sendfile carries it), else, in bucket mode, the
-// bucket's object, each read after a seek a ranged GET. ctx bounds the
-// bucket's reads. ErrNotFound when the content is in neither, or the bucket
-// is down.
+// bucket's object, each read after a seek a ranged GET bounded by ctx, while
+// the local copy is filled in the background. ErrNotFound when the content
+// is in neither, or the bucket is down.
 func (s *Store) OpenBlob(ctx context.Context, h v1.Hash) (io.ReadSeekCloser, error) {
 	f, err := s.OpenFile(h)
-	if err == nil || !errors.Is(err, ErrNotFound) || s.opt.Bucket == nil {
-		if err != nil {
-			return nil, err
-		}
+	if err == nil {
 		return f, nil
+	}
+	if !errors.Is(err, ErrNotFound) || s.opt.Bucket == nil {
+		return nil, err
 	}
 	r, _, err := s.openBucket(ctx, h)
 	if err != nil {
 		return nil, err
 	}
+	s.fillLater(h)
 	return r, nil
 }
 
-// openBucket opens h in the bucket after a local miss.
+// openBucket opens h in the bucket after a local miss. Once the index is
+// complete, content it does not know is not asked for: a cold blob costs
+// no request to learn it is cold. A record of content the bucket no longer
+// has (removed behind the store's back) is forgotten.
 func (s *Store) openBucket(ctx context.Context, h v1.Hash) (ObjectReader, Info, error) {
 	if s.bucketDown() {
 		return nil, Info{}, ErrNotFound
 	}
+	_, recErr := s.info(h)
+	if recErr != nil && isClosed(s.counted) {
+		return nil, Info{}, ErrNotFound
+	}
 	r, info, err := s.opt.Bucket.Open(ctx, h)
-	if err != nil {
+	if s.noted(err) != nil {
 		if errors.Is(err, ErrNotFound) {
+			if recErr == nil && !s.up.has(h.String()) {
+				s.log.Warn("content in the index is not in the bucket; forgotten", zap.Stringer("digest", h))
+				if err := s.remove(h); err != nil {
+					s.log.Warn("forget content missing from the bucket", zap.Stringer("digest", h), zap.Error(err))
+				}
+			}
 			return nil, Info{}, ErrNotFound
+		}
+		if errors.Is(err, ErrStoreUnavailable) {
+			return nil, Info{}, ErrNotFound // served as a miss: streamed through
 		}
 		return nil, Info{}, fmt.Errorf("open %s in the bucket: %w", h, err)
 	}
 	s.Touch(h)
 	return r, info, nil
+}
+
+// manifestFromBucket reads a manifest the local copy does not have, checks
+// it against its digest, and keeps it in memory, in the local copy and, with
+// what it refers to, in the index.
+func (s *Store) manifestFromBucket(ctx context.Context, h v1.Hash, max int64) ([]byte, Info, error) {
+	r, info, err := s.openBucket(ctx, h)
+	if err != nil {
+		return nil, Info{}, err
+	}
+	defer r.Close()
+	if info.Size > max {
+		return nil, Info{}, fmt.Errorf("manifest %s: %w (%d > %d bytes)", h, ErrTooLarge, info.Size, max)
+	}
+	body, err := io.ReadAll(io.LimitReader(r, max+1))
+	if err != nil {
+		return nil, Info{}, s.noted(fmt.Errorf("read manifest %s from the bucket: %w", h, err))
+	}
+	if err := checkBody(h, body); err != nil {
+		return nil, Info{}, err
+	}
+	if rec, err := s.info(h); err == nil && rec.MediaType != "" {
+		info.MediaType = rec.MediaType
+	}
+	info.Size = int64(len(body))
+	if err := s.putRecord(h, info, manifestRefs(body)); err != nil {
+		s.log.Warn("index manifest read from the bucket", zap.Stringer("digest", h), zap.Error(err))
+	}
+	s.remember(h, body, info)
+	if err := s.keepLocal(h, bytes.NewReader(body), info.Size); err != nil && !errors.Is(err, ErrNoSpace) {
+		s.log.Warn("keep manifest in the local copy", zap.Stringer("digest", h), zap.Error(err))
+	}
+	return body, info, nil
+}
+
+// checkBody checks content held in memory against its digest.
+func checkBody(h v1.Hash, body []byte) error {
+	v := NewVerifier(h, int64(len(body)))
+	v.Write(body)
+	return v.Check()
+}
+
+// fillLater copies h from the bucket into the local copy in the background,
+// once however many ask, a few digests at a time.
+func (s *Store) fillLater(h v1.Hash) {
+	s.mu.Lock()
+	if s.filling[h] || s.bg.Err() != nil {
+		s.mu.Unlock()
+		return
+	}
+	s.filling[h] = true
+	s.bgWork.Add(1)
+	s.mu.Unlock()
+	go func() {
+		defer s.bgWork.Done()
+		defer func() {
+			s.mu.Lock()
+			delete(s.filling, h)
+			s.mu.Unlock()
+		}()
+		select {
+		case s.fillers <- struct{}{}:
+		case <-s.bg.Done():
+			return
+		}
+		defer func() { <-s.fillers }()
+		if err := s.fill(s.bg, h); err != nil && !errors.Is(err, ErrNoSpace) && s.bg.Err() == nil {
+			s.log.Warn("fill the local copy from the bucket", zap.Stringer("digest", h), zap.Error(err))
+		}
+	}()
+}
+
+func (s *Store) fill(ctx context.Context, h v1.Hash) error {
+	if s.hasLocal(h) {
+		return nil
+	}
+	r, info, err := s.openBucket(ctx, h)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	return s.keepLocal(h, r, info.Size)
+}
+
+func (s *Store) hasLocal(h v1.Hash) bool {
+	_, err := os.Stat(s.path(h))
+	return err == nil
+}
+
+// keepLocal writes content of the bucket into the local copy: a temp file,
+// checked against its digest, fsynced and renamed into place, as a download.
+// It counts against the local copy's budget only (the bucket has it).
+func (s *Store) keepLocal(h v1.Hash, content io.Reader, size int64) error {
+	if s.hasLocal(h) {
+		return nil
+	}
+	s.mu.Lock()
+	short := s.localShortfall(size)
+	s.mu.Unlock()
+	if short > 0 {
+		if err := s.evictLocal(size); err != nil {
+			return err
+		}
+		s.mu.Lock()
+		short = s.localShortfall(size)
+		s.mu.Unlock()
+		if short > 0 {
+			return fmt.Errorf("%w: the local copy has no room for %s", ErrNoSpace, h)
+		}
+	}
+	f, err := os.CreateTemp(tmpDir(s.dir), h.Hex[:16]+"-*")
+	if err != nil {
+		return fmt.Errorf("create temp file for %s: %w", h, err)
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp) // gone after the rename; removes it on failure
+	v := NewVerifier(h, size)
+	_, err = io.Copy(io.MultiWriter(f, v), content)
+	if err == nil {
+		err = v.Check()
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return s.noted(fmt.Errorf("copy %s from the bucket: %w", h, err))
+	}
+	final := s.path(h)
+	if err := os.MkdirAll(filepath.Dir(final), 0o750); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	if _, err := os.Stat(final); err == nil {
+		s.mu.Unlock()
+		return nil
+	}
+	if err := os.Rename(tmp, final); err != nil {
+		s.mu.Unlock()
+		return fmt.Errorf("rename %s into the local copy: %w", h, err)
+	}
+	s.local.used += size
+	s.local.objects++
+	s.mu.Unlock()
+	return syncDir(filepath.Dir(final))
+}
+
+// tagFromBucket reads a tag answer the index does not have yet while it is
+// rebuilt from the bucket, and keeps it.
+func (s *Store) tagFromBucket(key []byte) (TagAnswer, error) {
+	if s.opt.Bucket == nil || isClosed(s.counted) || s.bucketDown() {
+		return TagAnswer{}, ErrNotFound
+	}
+	bkey, _ := bucketRecordKey(string(key))
+	ctx, cancel := context.WithTimeout(s.bg, 30*time.Second)
+	defer cancel()
+	body, err := s.opt.Bucket.GetRecord(ctx, bkey)
+	if s.noted(err) != nil {
+		return TagAnswer{}, ErrNotFound
+	}
+	var a TagAnswer
+	if err := json.Unmarshal(body, &a); err != nil || checkHash(a.Digest) != nil {
+		return TagAnswer{}, ErrNotFound
+	}
+	if err := s.db.Update(func(txn *badger.Txn) error { return txn.Set(key, body) }); err != nil {
+		return TagAnswer{}, err
+	}
+	return a, nil
+}
+
+// uploads is the set of items waiting for the bucket: digests' strings for
+// content committed locally, tag and pin keys for records. Each has a marker
+// in the index (uploadKey), so a crash loses none. A generation per item
+// tells an upload that finished from one overtaken by a newer write.
+type uploads struct {
+	mu    sync.Mutex
+	items map[string]uint64
+	gen   uint64
+	kick  chan struct{}
+}
+
+func (u *uploads) add(item string) {
+	u.mu.Lock()
+	u.gen++
+	u.items[item] = u.gen
+	u.mu.Unlock()
+	select {
+	case u.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (u *uploads) has(item string) bool {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	_, ok := u.items[item]
+	return ok
+}
+
+func (u *uploads) len() int64 {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return int64(len(u.items))
+}
+
+// snapshot lists the items with their generations.
+func (u *uploads) snapshot() map[string]uint64 {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	out := make(map[string]uint64, len(u.items))
+	for k, g := range u.items {
+		out[k] = g
+	}
+	return out
+}
+
+// done removes item if it was not written again since gen; it reports
+// whether it did.
+func (u *uploads) done(item string, gen uint64) bool {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.items[item] != gen {
+		return false
+	}
+	delete(u.items, item)
+	return true
+}
+
+// forget removes item whatever its generation (its content was evicted).
+func (u *uploads) forget(item string) {
+	u.mu.Lock()
+	delete(u.items, item)
+	u.mu.Unlock()
+}
+
+// loadUploads reads the markers an earlier process left: what it had
+// committed but not yet uploaded.
+func (s *Store) loadUploads() error {
+	return s.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(prefixUpload)})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			s.up.add(string(it.Item().Key()[len(prefixUpload):]))
+		}
+		return nil
+	})
+}
+
+// markDown notes that the bucket did not answer; err wraps ErrStoreUnavailable.
+func (s *Store) markDown(err error) {
+	b := &s.health
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.reason = err.Error()
+	if b.down {
+		return
+	}
+	b.down, b.since = true, s.opt.Now()
+	if b.fell != nil {
+		close(b.fell)
+		b.fell = nil
+	}
+	s.log.Warn("bucket down: serving the local copy, streaming misses without storing them, uploads wait", zap.Error(err))
+}
+
+// markUp notes that the bucket answered.
+func (s *Store) markUp() {
+	b := &s.health
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !b.down {
+		return
+	}
+	s.log.Info("bucket back", zap.Duration("down_for", s.opt.Now().Sub(b.since)))
+	b.down, b.reason, b.since = false, "", s.opt.Now()
+	close(b.wake)
+	b.wake = make(chan struct{})
+}
+
+// noted passes err through after noting what it says of the bucket: down
+// for ErrStoreUnavailable, up for anything the bucket itself answered.
+func (s *Store) noted(err error) error {
+	switch {
+	case err == nil, errors.Is(err, ErrNotFound):
+		s.markUp()
+	case errors.Is(err, ErrStoreUnavailable):
+		s.markDown(err)
+	}
+	return err
+}
+
+// awaitUp waits until the bucket is up or ctx ends.
+func (s *Store) awaitUp(ctx context.Context) error {
+	s.health.mu.Lock()
+	down, wake := s.health.down, s.health.wake
+	s.health.mu.Unlock()
+	if !down {
+		return nil
+	}
+	select {
+	case <-wake:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// probeZero is a digest no content has: a Stat of it answers 404 when the
+// bucket is up.
+var probeZero = v1.Hash{Algorithm: "sha256", Hex: strings.Repeat("0", 64)}
+
+// probe asks the bucket, with a backoff from UploadRetry to a minute, until
+// it answers again, whenever it is down.
+func (s *Store) probe(ctx context.Context) {
+	wait := s.opt.UploadRetry
+	for {
+		s.health.mu.Lock()
+		down, wake := s.health.down, s.health.wake
+		s.health.mu.Unlock()
+		if !down {
+			wait = s.opt.UploadRetry
+			select {
+			case <-ctx.Done():
+				return
+			case <-s.health.downed():
+				continue
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-wake:
+			continue
+		case <-time.After(wait):
+		}
+		pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		_, err := s.opt.Bucket.Stat(pctx, probeZero)
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		if errors.Is(s.noted(err), ErrStoreUnavailable) {
+			wait = min(2*wait, time.Minute)
+		}
+	}
+}
+
+// downed returns a channel closed the next time the bucket goes down.
+func (b *bucketHealth) downed() <-chan struct{} {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.down {
+		c := make(chan struct{})
+		close(c)
+		return c
+	}
+	if b.fell == nil {
+		b.fell = make(chan struct{})
+	}
+	return b.fell
+}
+
+// upload runs the uploads until ctx ends: content after its commit, records
+// after their write. While the bucket is down it waits for the probe.
+func (s *Store) upload(ctx context.Context) {
+	for {
+		batch := s.up.snapshot()
+		for item, gen := range batch {
+			if ctx.Err() != nil {
+				return
+			}
+			if err := s.awaitUp(ctx); err != nil {
+				return
+			}
+			s.uploadOne(ctx, item, gen)
+		}
+		if s.up.len() > 0 && len(batch) > 0 {
+			// Some came in meanwhile, or failed for a reason of their own: a
+			// pause, so a failing item does not spin.
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(s.opt.UploadRetry):
+			}
+			continue
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.up.kick:
+		}
+	}
+}
+
+// uploadOne uploads one item, and forgets its marker once it is in the bucket.
+func (s *Store) uploadOne(ctx context.Context, item string, gen uint64) {
+	var err error
+	if h, herr := v1.NewHash(item); herr == nil && checkHash(h) == nil {
+		err = s.uploadContent(ctx, h)
+	} else {
+		err = s.uploadRecord(ctx, item)
+	}
+	if s.noted(err) != nil {
+		if !errors.Is(err, ErrStoreUnavailable) && ctx.Err() == nil {
+			s.log.Warn("upload to the bucket", zap.String("item", item), zap.Error(err))
+		}
+		return
+	}
+	if s.up.done(item, gen) {
+		if err := s.db.Update(func(txn *badger.Txn) error { return txn.Delete(uploadKey(item)) }); err != nil {
+			s.log.Warn("forget upload marker", zap.String("item", item), zap.Error(err))
+		}
+	}
+}
+
+// errGone means an item to upload no longer exists: nothing to do.
+var errGone = errors.New("gone before its upload")
+
+// uploadContent puts a locally committed file in the bucket. It is held
+// meanwhile, so eviction cannot take it from under the upload. A local file
+// that does not hash to its digest (damaged on disk since its commit) is
+// removed with its records: the next request fetches it again.
+func (s *Store) uploadContent(ctx context.Context, h v1.Hash) error {
+	defer s.Hold(h)()
+	info, err := s.info(h)
+	f, ferr := os.Open(s.path(h))
+	if ferr != nil || err != nil {
+		if ferr == nil {
+			f.Close()
+		}
+		if errors.Is(ferr, os.ErrNotExist) || errors.Is(err, ErrNotFound) {
+			return nil // evicted, or a crash before its rename: nothing to upload
+		}
+		return errors.Join(ferr, err)
+	}
+	defer f.Close()
+	err = s.opt.Bucket.Put(ctx, h, f, info.Size, info.MediaType)
+	if errors.Is(err, ErrDigestMismatch) || errors.Is(err, ErrSizeMismatch) {
+		s.log.Error("local content does not match its digest; removed, not uploaded", zap.Stringer("digest", h), zap.Error(err))
+		return s.remove(h)
+	}
+	return err
+}
+
+// bucketRecordKey is where the index's tag or pin key lives in the bucket.
+func bucketRecordKey(key string) (string, bool) {
+	if rest, ok := strings.CutPrefix(key, prefixTag); ok {
+		return "tags/" + rest, true
+	}
+	if rest, ok := strings.CutPrefix(key, prefixPin); ok {
+		return "pins/" + rest, true
+	}
+	return "", false
+}
+
+// indexRecordKey is bucketRecordKey's inverse.
+func indexRecordKey(key string) (string, bool) {
+	if rest, ok := strings.CutPrefix(key, "tags/"); ok {
+		return prefixTag + rest, true
+	}
+	if rest, ok := strings.CutPrefix(key, "pins/"); ok {
+		return prefixPin + rest, true
+	}
+	return "", false
+}
+
+// uploadRecord writes a tag answer or pin as the index has it now, or
+// removes it from the bucket when the index no longer has it.
+func (s *Store) uploadRecord(ctx context.Context, key string) error {
+	bkey, ok := bucketRecordKey(key)
+	if !ok {
+		return nil // no item of ours
+	}
+	var body []byte
+	err := s.db.View(func(txn *badger.Txn) error {
+		item, err := txn.Get([]byte(key))
+		if err != nil {
+			return err
+		}
+		body, err = item.ValueCopy(nil)
+		return err
+	})
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return s.opt.Bucket.DeleteRecord(ctx, bkey)
+	}
+	if err != nil {
+		return err
+	}
+	return s.opt.Bucket.PutRecord(ctx, bkey, body)
+}
+
+// sweep aborts stale multipart uploads (of a process killed mid-upload) at
+// start and then every StaleUploads.
+func (s *Store) sweep(ctx context.Context) {
+	for {
+		if err := s.awaitUp(ctx); err != nil {
+			return
+		}
+		n, err := s.opt.Bucket.AbortStaleUploads(ctx, s.opt.StaleUploads)
+		if s.noted(err) != nil && ctx.Err() == nil {
+			s.log.Warn("abort stale multipart uploads", zap.Error(err))
+		}
+		if n > 0 {
+			s.log.Info("aborted stale multipart uploads", zap.Int("count", n), zap.Duration("older_than", s.opt.StaleUploads))
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(s.opt.StaleUploads):
+		}
+	}
 }

@@ -111,7 +111,7 @@ func (s *Store) Usage() Usage {
 		LocalBytes:   s.local.used,
 		LocalObjects: s.local.objects,
 		LocalBudget:  s.opt.LocalMaxSize,
-		Pending:      s.local.pending,
+		Pending:      s.up.len(), // s.mu before s.up.mu, never the other way
 	}
 }
 
@@ -152,6 +152,14 @@ func (s *Store) lowWater() int64  { return int64(float64(s.opt.MaxSize) * s.opt.
 // large for the disk cannot empty the cache. A writer of unknown size (-1)
 // reserves nothing and is counted when it commits.
 func (s *Store) reserve(h v1.Hash, size int64) error {
+	if s.opt.Bucket != nil {
+		if b := s.Bucket(); b.Down {
+			return s.refuse(fmt.Errorf("%w: the bucket is down (%s)", ErrNoSpace, b.Reason))
+		}
+		if err := s.localRoom(h, max(size, 0)); err != nil {
+			return err
+		}
+	}
 	if size < 0 {
 		return nil
 	}
@@ -189,7 +197,7 @@ func (s *Store) shortfall(size int64) (overBudget, belowFloor int64) {
 		overBudget = s.ledger.pending() + size - s.opt.MaxSize
 	}
 	belowFloor = -1
-	if s.opt.MinFree > 0 {
+	if s.opt.MinFree > 0 && s.opt.Bucket == nil { // with a bucket, the floor is the local copy's
 		if free, err := s.free(); err == nil {
 			// Reserved bytes are not all written yet: count them as gone.
 			belowFloor = s.opt.MinFree - (free - s.ledger.reserved - size)
@@ -242,7 +250,7 @@ func (s *Store) overHigh() bool {
 	if s.opt.MaxSize > 0 && s.ledger.pending() > s.highWater() {
 		return true
 	}
-	if s.opt.MinFree > 0 {
+	if s.opt.MinFree > 0 && s.opt.Bucket == nil {
 		if free, err := s.free(); err == nil && free < s.opt.MinFree {
 			return true
 		}
@@ -256,4 +264,63 @@ func (s *Store) kick() {
 	case s.evictNow <- struct{}{}:
 	default:
 	}
+}
+
+// The local copy's budget, in bucket mode: LocalMaxSize and the free-space
+// floor, with the same marks as the bucket's. Only content already in the
+// bucket may leave it: a file waiting for its upload stays.
+
+func (s *Store) localHigh() int64 { return int64(float64(s.opt.LocalMaxSize) * s.opt.HighWater) }
+func (s *Store) localLow() int64  { return int64(float64(s.opt.LocalMaxSize) * s.opt.LowWater) }
+
+// localShortfall says by how many bytes size more in the local copy would
+// cross its budget or the floor (<= 0: it fits). s.mu is held.
+func (s *Store) localShortfall(size int64) int64 {
+	short := int64(-1)
+	if s.opt.LocalMaxSize > 0 {
+		short = s.local.used + s.ledger.reserved + size - s.opt.LocalMaxSize
+	}
+	if s.opt.MinFree > 0 {
+		if free, err := s.free(); err == nil {
+			short = max(short, s.opt.MinFree-(free-s.ledger.reserved-size))
+		}
+	}
+	return short
+}
+
+// localRoom makes room in the local copy for size more bytes, or refuses.
+func (s *Store) localRoom(h v1.Hash, size int64) error {
+	for attempt := 0; ; attempt++ {
+		s.mu.Lock()
+		short := s.localShortfall(size)
+		s.mu.Unlock()
+		if short <= 0 {
+			return nil
+		}
+		if attempt == 1 {
+			return s.refuse(fmt.Errorf("%w: %s needs %d bytes in the local copy: %d short after evicting what is already in the bucket",
+				ErrNoSpace, h, size, short))
+		}
+		if err := s.evictLocal(size); err != nil {
+			s.log.Warn("evict from the local copy to make room", zap.Error(err))
+		}
+	}
+}
+
+// localOverHigh reports whether the local copy should shrink in the background.
+func (s *Store) localOverHigh() bool {
+	if s.opt.Bucket == nil {
+		return false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.opt.LocalMaxSize > 0 && s.local.used+s.ledger.reserved > s.localHigh() {
+		return true
+	}
+	if s.opt.MinFree > 0 {
+		if free, err := s.free(); err == nil && free < s.opt.MinFree {
+			return true
+		}
+	}
+	return false
 }

@@ -325,7 +325,8 @@ func (s *Store) roomGoal(size int64) evictGoal {
 		if s.opt.MaxSize > 0 && s.ledger.pending()+size > s.lowWater() {
 			return false
 		}
-		return s.opt.MinFree <= 0 || s.freeAbove(size)
+		// With a bucket the floor is the local copy's (evictLocal).
+		return s.opt.MinFree <= 0 || s.opt.Bucket != nil || s.freeAbove(size)
 	}
 }
 
@@ -341,6 +342,11 @@ func (s *Store) freeAbove(size int64) bool {
 // feasible, when not nil, is told (with s.mu held) how many bytes the pass
 // could evict at most, before it evicts any; an error from it ends the pass.
 func (s *Store) evict(goal evictGoal, feasible func(evictable int64) error) (Evicted, error) {
+	if s.opt.Bucket != nil && !isClosed(s.counted) {
+		// Rebuilding from the bucket: a writer is not kept waiting for the
+		// listing, and nothing is evicted by a count still being made.
+		return Evicted{}, errCounting
+	}
 	if err := s.AwaitCounts(context.Background()); err != nil {
 		return Evicted{}, fmt.Errorf("evict: %w", err)
 	}
@@ -381,6 +387,30 @@ func (s *Store) evict(goal evictGoal, feasible func(evictable int64) error) (Evi
 			s.mu.Unlock()
 			continue
 		}
+		if s.opt.Bucket != nil {
+			// The bucket first, without the lock: a network call. The
+			// object is marked held meanwhile, so nothing else removes it.
+			s.held[h]++
+			s.mu.Unlock()
+			err := s.noted(s.opt.Bucket.Delete(context.Background(), h))
+			s.mu.Lock()
+			if s.held[h]--; s.held[h] <= 0 {
+				delete(s.held, h)
+			}
+			if err != nil {
+				s.mu.Unlock()
+				if errors.Is(err, ErrStoreUnavailable) {
+					break // the pass ends; the next one tries again
+				}
+				s.log.Warn("evict from the bucket", zap.Stringer("digest", h), zap.Error(err))
+				continue
+			}
+			s.up.forget(h.String()) // evicted before its upload: nothing to upload
+			if err := wb.Delete(uploadKey(h.String())); err != nil {
+				s.mu.Unlock()
+				return done, fmt.Errorf("forget evicted %s: %w", h, err)
+			}
+		}
 		err := s.unlink(h, o.size)
 		if err == nil {
 			s.ledger.evicted(o.size)
@@ -410,8 +440,73 @@ func (s *Store) evict(goal evictGoal, feasible func(evictable int64) error) (Evi
 	return done, nil
 }
 
+// errCounting means an eviction pass was asked for while the index is
+// being rebuilt from the bucket.
+var errCounting = errors.New("the index is being rebuilt from the bucket; nothing evicted yet")
+
 // GC evicts down to the low mark of the budget and back above the
-// free-space floor now, as the background evictor would.
+// free-space floor now, as the background evictor would; with a bucket, the
+// local copy down to the low mark of its own budget too.
 func (s *Store) GC() (Evicted, error) {
-	return s.evictFor(0)
+	ev, err := s.evictFor(0)
+	if err == nil && s.opt.Bucket != nil {
+		err = s.evictLocal(0)
+	}
+	return ev, err
+}
+
+// evictLocal removes files of the local copy, least recently used first in
+// the same image-aware order, until it is back under the low mark of its
+// budget and above the free-space floor with size bytes more. Only content
+// already in the bucket goes (never a file waiting for its upload), and
+// pinned and held content stays; nothing leaves the bucket or the index.
+func (s *Store) evictLocal(size int64) error {
+	goal := func() bool {
+		if s.opt.LocalMaxSize > 0 && s.local.used+s.ledger.reserved+size > s.localLow() {
+			return false
+		}
+		return s.opt.MinFree <= 0 || s.freeAbove(size)
+	}
+	s.evictMu.Lock()
+	defer s.evictMu.Unlock()
+	s.mu.Lock()
+	met := goal()
+	s.mu.Unlock()
+	if met {
+		return nil
+	}
+	t, err := s.loadTable()
+	if err != nil {
+		return err
+	}
+	var n, bytes int64
+	for _, v := range t.victims() {
+		o := &t.objs[v]
+		h := t.hash(int(v))
+		if s.up.has(h.String()) {
+			continue
+		}
+		s.mu.Lock()
+		if goal() {
+			s.mu.Unlock()
+			break
+		}
+		removed := false
+		if s.held[h] == 0 {
+			removed = s.dropLocal(h)
+		}
+		s.mu.Unlock()
+		if removed {
+			n++
+			bytes += o.size
+		}
+	}
+	if n > 0 {
+		s.mu.Lock()
+		used := s.local.used
+		s.mu.Unlock()
+		s.log.Info("evicted from the local copy", zap.Int64("files", n), zap.Int64("bytes", bytes),
+			zap.Int64("local_used", used), zap.Int64("local_budget", s.opt.LocalMaxSize))
+	}
+	return nil
 }

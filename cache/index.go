@@ -25,6 +25,8 @@ import (
 //	r512/<alg>:<hex>                   what a manifest refers to by sha512: raw 64-byte digests
 //	t/<registry>/<repository>:<tag>    tag answer
 //	p/<registry>/<repository>:<ref>    pin (the ref is a tag or a digest)
+//	u/<alg>:<hex>                      bucket mode: content committed locally, not yet in the bucket
+//	u/t/…, u/p/…                       bucket mode: a tag answer or pin not yet written to (or removed from) the bucket
 //	m/clean                            usage totals, present only after a clean close
 //
 // <alg> is sha256 or sha512 (algorithms). A manifest's children by either
@@ -37,6 +39,7 @@ const (
 	prefixRefs512 = "r512/"
 	prefixTag     = "t/"
 	prefixPin     = "p/"
+	prefixUpload  = "u/"
 )
 
 var keyClean = []byte("m/clean")
@@ -55,6 +58,10 @@ func objectKeys(h v1.Hash) [][]byte {
 	}
 	return keys
 }
+
+// uploadKey marks item (a digest's string, or a tag or pin key) as waiting
+// for the bucket.
+func uploadKey(item string) []byte { return []byte(prefixUpload + item) }
 
 func tagKey(registry, repo, tag string) []byte {
 	return []byte(prefixTag + registry + "/" + repo + ":" + tag)
@@ -299,6 +306,9 @@ func (s *Store) Tag(registry, repo, tag string) (TagAnswer, error) {
 		s.log.Warn("damaged tag record ignored", zap.String("tag", registry+"/"+repo+":"+tag), zap.NamedError("decode", err))
 		err = ErrNotFound
 	}
+	if errors.Is(err, ErrNotFound) {
+		a, err = s.tagFromBucket(key)
+	}
 	if err != nil {
 		return TagAnswer{}, fmt.Errorf("read tag %s/%s:%s: %w", registry, repo, tag, err)
 	}
@@ -313,10 +323,11 @@ func (s *Store) SetTag(registry, repo, tag string, a TagAnswer) error {
 	if err != nil {
 		return err
 	}
-	if err := s.db.Update(func(txn *badger.Txn) error { return txn.Set(key, v) }); err != nil {
+	if err := s.db.Update(func(txn *badger.Txn) error { return s.setRecord(txn, key, v) }); err != nil {
 		return fmt.Errorf("write tag %s/%s:%s: %w", registry, repo, tag, err)
 	}
 	s.tags.Add(string(key), a)
+	s.recordChanged(key)
 	return nil
 }
 
@@ -324,10 +335,32 @@ func (s *Store) SetTag(registry, repo, tag string, a TagAnswer) error {
 func (s *Store) DeleteTag(registry, repo, tag string) error {
 	key := tagKey(registry, repo, tag)
 	s.tags.Remove(string(key))
-	if err := s.db.Update(func(txn *badger.Txn) error { return txn.Delete(key) }); err != nil {
+	if err := s.db.Update(func(txn *badger.Txn) error { return s.setRecord(txn, key, nil) }); err != nil {
 		return fmt.Errorf("delete tag %s/%s:%s: %w", registry, repo, tag, err)
 	}
+	s.recordChanged(key)
 	return nil
+}
+
+// setRecord writes (v not nil) or deletes a tag answer or pin and, with a
+// bucket, marks it for upload in the same transaction.
+func (s *Store) setRecord(txn *badger.Txn, key, v []byte) error {
+	if s.opt.Bucket != nil {
+		if err := txn.Set(uploadKey(string(key)), nil); err != nil {
+			return err
+		}
+	}
+	if v == nil {
+		return txn.Delete(key)
+	}
+	return txn.Set(key, v)
+}
+
+// recordChanged queues a tag answer or pin written by setRecord for the bucket.
+func (s *Store) recordChanged(key []byte) {
+	if s.opt.Bucket != nil {
+		s.up.add(string(key))
+	}
 }
 
 // Tags lists the tags of repo that the index has answers for, in order.

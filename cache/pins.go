@@ -36,9 +36,11 @@ func (s *Store) Pin(p Pin) error {
 	if err != nil {
 		return err
 	}
-	if err := s.db.Update(func(txn *badger.Txn) error { return txn.Set(pinKey(p.Registry, p.Repo, p.Ref), v) }); err != nil {
+	key := pinKey(p.Registry, p.Repo, p.Ref)
+	if err := s.db.Update(func(txn *badger.Txn) error { return s.setRecord(txn, key, v) }); err != nil {
 		return fmt.Errorf("pin %s/%s:%s: %w", p.Registry, p.Repo, p.Ref, err)
 	}
+	s.recordChanged(key)
 	return nil
 }
 
@@ -49,7 +51,7 @@ func (s *Store) Unpin(registry, repo, ref string) error {
 		if _, err := txn.Get(key); err != nil {
 			return err
 		}
-		return txn.Delete(key)
+		return s.setRecord(txn, key, nil)
 	})
 	if err == badger.ErrKeyNotFound {
 		return fmt.Errorf("pin %s/%s:%s: %w", registry, repo, ref, ErrNotFound)
@@ -57,6 +59,7 @@ func (s *Store) Unpin(registry, repo, ref string) error {
 	if err != nil {
 		return fmt.Errorf("unpin %s/%s:%s: %w", registry, repo, ref, err)
 	}
+	s.recordChanged(key)
 	return nil
 }
 

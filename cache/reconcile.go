@@ -17,6 +17,9 @@ import (
 type totals struct {
 	Bytes   int64 `json:"bytes"`
 	Objects int64 `json:"objects"`
+	// The local copy's, in bucket mode.
+	LocalBytes   int64 `json:"local_bytes,omitempty"`
+	LocalObjects int64 `json:"local_objects,omitempty"`
 }
 
 // loadTotals takes the usage counts a clean close left, and removes them, so
@@ -43,6 +46,7 @@ func (s *Store) loadTotals() error {
 	}
 	s.mu.Lock()
 	s.ledger.counted(t.Bytes, t.Objects)
+	s.local = localLedger{used: t.LocalBytes, objects: t.LocalObjects}
 	s.mu.Unlock()
 	close(s.counted)
 	return nil
@@ -60,7 +64,12 @@ func (s *Store) reconcileInBackground() {
 		if s.opt.beforeReconcile != nil {
 			s.opt.beforeReconcile(ctx)
 		}
-		err := s.reconcile(ctx)
+		var err error
+		if s.opt.Bucket != nil {
+			err = s.rebuild(ctx)
+		} else {
+			err = s.reconcile(ctx)
+		}
 		switch {
 		case err == nil:
 			s.kick() // the store may be over a budget that shrank
@@ -87,7 +96,8 @@ func (s *Store) AwaitCounts(ctx context.Context) error {
 
 func (s *Store) saveTotals() error {
 	s.mu.Lock()
-	v, err := json.Marshal(totals{Bytes: s.ledger.used, Objects: s.ledger.objects})
+	v, err := json.Marshal(totals{Bytes: s.ledger.used, Objects: s.ledger.objects,
+		LocalBytes: s.local.used, LocalObjects: s.local.objects})
 	s.mu.Unlock()
 	if err != nil {
 		return err
@@ -112,6 +122,9 @@ type ReconcileReport struct {
 // may write to the store while it runs.
 func (s *Store) Reconcile(ctx context.Context) error {
 	<-s.counted
+	if s.opt.Bucket != nil {
+		return s.rebuild(ctx)
+	}
 	return s.reconcile(ctx)
 }
 

@@ -150,6 +150,7 @@ type Store struct {
 	local      localLedger
 
 	health bucketHealth
+	up     uploads
 
 	evictMu  sync.Mutex    // one eviction pass at a time
 	evictNow chan struct{} // asks the background evictor for a pass
@@ -160,6 +161,14 @@ type Store struct {
 	counted      chan struct{}
 	countErr     error              // why reconciliation failed; set before counted is closed
 	stopCounting context.CancelFunc // cancels a reconciliation still running
+
+	// Bucket mode: fills of the local copy from the bucket run in the
+	// background under bg, one per digest (filling), a few at a time.
+	bg      context.Context
+	stopBg  context.CancelFunc
+	bgWork  sync.WaitGroup
+	filling map[v1.Hash]bool // guarded by mu
+	fillers chan struct{}
 }
 
 // Open opens (creating if needed) the store under dir. Leftover temp files of
@@ -187,9 +196,17 @@ func Open(dir string, opt Options, log *zap.Logger) (*Store, error) {
 	}
 	s.tags, _ = lru.New[string, TagAnswer](opt.MemoryTags)
 	s.manifests, _ = lru.New[v1.Hash, memManifest](opt.MemoryManifests)
+	s.health.wake = make(chan struct{})
+	s.up.items, s.up.kick = make(map[string]uint64), make(chan struct{}, 1)
+	s.bg, s.stopBg = context.WithCancel(context.Background())
+	s.filling, s.fillers = make(map[v1.Hash]bool), make(chan struct{}, 4)
 	if err := s.removeTemps(); err != nil {
 		db.Close()
 		return nil, err
+	}
+	if err := s.loadUploads(); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("read upload markers: %w", err)
 	}
 	if err := s.loadTotals(); err != nil {
 		db.Close()
@@ -281,7 +298,9 @@ func (s *Store) OpenFile(h v1.Hash) (*os.File, error) {
 // A record means a counted object, so a file already gone (removed by hand)
 // is uncounted too. The records are the caller's to forget. s.mu is held.
 func (s *Store) unlink(h v1.Hash, size int64) error {
-	if err := os.Remove(s.path(h)); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if s.opt.Bucket != nil {
+		s.dropLocal(h)
+	} else if err := os.Remove(s.path(h)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("remove %s: %w", h, err)
 	}
 	s.ledger.removed(size)
@@ -289,12 +308,37 @@ func (s *Store) unlink(h v1.Hash, size int64) error {
 	return nil
 }
 
-// Has reports whether h is cached, without touching its access time.
+// dropLocal removes the local copy of h, in bucket mode, and uncounts it
+// from the local copy's use; it reports whether there was one. s.mu is held.
+func (s *Store) dropLocal(h v1.Hash) bool {
+	p := s.path(h)
+	st, err := os.Stat(p)
+	if err != nil {
+		return false
+	}
+	if err := os.Remove(p); err != nil {
+		s.log.Warn("remove from the local copy", zap.Stringer("digest", h), zap.Error(err))
+		return false
+	}
+	s.local.used -= st.Size()
+	s.local.objects--
+	return true
+}
+
+// Has reports whether h is cached, without touching its access time. It
+// asks no network: with a bucket, content the index knows is there, unless
+// the bucket is down (then only the local copy counts).
 func (s *Store) Has(h v1.Hash) bool {
 	if checkHash(h) != nil {
 		return false
 	}
-	_, err := os.Stat(s.path(h))
+	if _, err := os.Stat(s.path(h)); err == nil {
+		return true
+	}
+	if s.opt.Bucket == nil || s.bucketDown() {
+		return false
+	}
+	_, err := s.info(h)
 	return err == nil
 }
 
@@ -309,6 +353,9 @@ func (s *Store) Manifest(ctx context.Context, h v1.Hash, max int64) ([]byte, Inf
 		return m.body, m.info, nil
 	}
 	f, info, err := s.Open(ctx, h)
+	if errors.Is(err, ErrNotFound) && s.opt.Bucket != nil {
+		return s.manifestFromBucket(ctx, h, max)
+	}
 	if err != nil {
 		return nil, Info{}, err
 	}
@@ -391,6 +438,13 @@ func (s *Store) Run(ctx context.Context) {
 	check := time.NewTicker(s.opt.CheckInterval)
 	defer check.Stop()
 	s.kick() // the budget may have shrunk since the last run
+	if s.opt.Bucket != nil {
+		var work sync.WaitGroup
+		defer work.Wait()
+		work.Go(func() { s.upload(ctx) })
+		work.Go(func() { s.probe(ctx) })
+		work.Go(func() { s.sweep(ctx) })
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -401,21 +455,24 @@ func (s *Store) Run(ctx context.Context) {
 		case <-gc.C:
 			s.valueLogGC()
 		case <-check.C:
-			if s.overHigh() {
-				s.background()
-			}
+			s.background()
 		case <-s.evictNow:
-			if s.overHigh() {
-				s.background()
-			}
+			s.background()
 		}
 	}
 }
 
-// background is an eviction pass of the background evictor.
+// background is an eviction pass of the background evictor, when one is due.
 func (s *Store) background() {
-	if _, err := s.GC(); err != nil {
-		s.log.Warn("evict", zap.Error(err))
+	if s.overHigh() {
+		if _, err := s.evictFor(0); err != nil {
+			s.log.Warn("evict", zap.Error(err))
+		}
+	}
+	if s.localOverHigh() {
+		if err := s.evictLocal(0); err != nil {
+			s.log.Warn("evict from the local copy", zap.Error(err))
+		}
 	}
 }
 
@@ -439,6 +496,10 @@ func (s *Store) Close() error {
 		s.stopCounting()
 	}
 	<-s.counted
+	s.mu.Lock()
+	s.stopBg() // under mu: fillLater adds no work once it is stopped
+	s.mu.Unlock()
+	s.bgWork.Wait()
 	s.flushAccess()
 	if s.countErr == nil {
 		if err := s.saveTotals(); err != nil {

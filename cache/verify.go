@@ -49,7 +49,12 @@ func (s *Store) Verify(ctx context.Context, progress func(VerifyReport)) (Verify
 			rep.Corrupt = append(rep.Corrupt, h.String())
 			s.log.Error("verify: content does not match its digest; removed", zap.Stringer("digest", h),
 				zap.Stringer("hashes_to", sum.hash()))
-			if err := s.remove(h); err != nil {
+			if s.opt.Bucket != nil && !s.up.has(h.String()) {
+				// The bucket has it: only the local copy was damaged.
+				s.mu.Lock()
+				s.dropLocal(h)
+				s.mu.Unlock()
+			} else if err := s.remove(h); err != nil {
 				return err
 			}
 		}

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"syscall"
 
+	"github.com/dgraph-io/badger/v4"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"go.uber.org/zap"
 )
@@ -41,8 +42,12 @@ func (s *Store) Create(h v1.Hash, size int64, mediaType string) (*Writer, error)
 	if err := checkHash(h); err != nil {
 		return nil, err
 	}
-	if err := s.AwaitCounts(context.Background()); err != nil {
-		return nil, fmt.Errorf("store %s: %w", h, err)
+	// With a bucket, a rebuild of the index does not hold writers up: the
+	// budget counts what it has seen, and eviction waits for the rest.
+	if s.opt.Bucket == nil {
+		if err := s.AwaitCounts(context.Background()); err != nil {
+			return nil, fmt.Errorf("store %s: %w", h, err)
+		}
 	}
 	if err := s.reserve(h, size); err != nil {
 		return nil, err
@@ -96,7 +101,10 @@ func (w *Writer) Commit() error {
 		w.s.log.Warn("index blob record", zap.Stringer("digest", w.h), zap.Error(err))
 	}
 	w.s.Touch(w.h)
-	if w.s.overHigh() {
+	if w.s.opt.Bucket != nil {
+		w.s.up.add(w.h.String()) // after the commit: never in front of a client
+	}
+	if w.s.overHigh() || w.s.localOverHigh() {
 		w.s.kick()
 	}
 	return nil
@@ -121,18 +129,32 @@ func (w *Writer) publish() error {
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return fmt.Errorf("create %s: %w", dir, err)
 	}
+	s := w.s
+	inBucket := false
+	if s.opt.Bucket != nil {
+		// The marker before the rename: a file in place is always either in
+		// the bucket or marked for upload, even after a crash.
+		_, err := s.info(w.h)
+		inBucket = err == nil
+		if err := s.db.Update(func(txn *badger.Txn) error { return txn.Set(uploadKey(w.h.String()), nil) }); err != nil {
+			return fmt.Errorf("mark %s for upload: %w", w.h, err)
+		}
+	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	// Under the store's lock, so eviction and accounting see the rename and
 	// the new total together. The same digest stored twice counts once.
-	s := w.s
 	s.mu.Lock()
 	_, statErr := os.Stat(final)
 	if err := os.Rename(w.tmp, final); err != nil {
 		s.mu.Unlock()
 		return fmt.Errorf("rename blob %s into place: %w", w.h, err)
 	}
-	s.ledger.committed(w.reserved, w.v.Written(), statErr != nil)
+	s.ledger.committed(w.reserved, w.v.Written(), statErr != nil && !inBucket)
+	if s.opt.Bucket != nil && statErr != nil {
+		s.local.used += w.v.Written()
+		s.local.objects++
+	}
 	w.reserved = 0
 	s.mu.Unlock()
 	w.tmp = final
