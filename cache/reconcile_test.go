@@ -32,6 +32,8 @@ func algorithmOfIndex(i int) string { return algorithms[i%len(algorithms)].name 
 // crash closes the index as a killed process leaves it: no usage totals.
 func crash(t *testing.T, s *Store) {
 	t.Helper()
+	s.stopBg()
+	s.bgWork.Wait()
 	s.flushAccess()
 	if err := s.db.Close(); err != nil {
 		t.Fatal(err)
