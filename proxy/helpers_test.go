@@ -132,6 +132,14 @@ func withMaxDownloads(n int) envOption { return func(c *envConfig) { c.proxy.Max
 // withBudget gives the store a byte budget.
 func withBudget(n int64) envOption { return func(c *envConfig) { c.store.MaxSize = n } }
 
+// withBucket keeps the store's content in a bucket, and runs the store's
+// background work (uploads, the bucket's probe) while the env lives.
+func withBucket(objs cache.Objects, localMax int64) envOption {
+	return func(c *envConfig) {
+		c.store.Bucket, c.store.LocalMaxSize, c.store.UploadRetry = objs, localMax, 10*time.Millisecond
+	}
+}
+
 // withMinFree gives the store a free-space floor.
 func withMinFree(n int64) envOption { return func(c *envConfig) { c.store.MinFree = n } }
 
@@ -211,11 +219,19 @@ func newEnv(t *testing.T, opts ...envOption) *env {
 		px.ServeHTTP(w, r)
 	})
 	mirror := httptest.NewServer(cfg.wrapMirror(tracked))
+	stopRun := func() {}
+	if cfg.store.Bucket != nil {
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { st.Run(ctx); close(done) }()
+		stopRun = func() { cancel(); <-done }
+	}
 	var once sync.Once
 	stop := func() {
 		once.Do(func() {
 			mirror.Close()
 			px.Close()
+			stopRun()
 			if err := st.Close(); err != nil {
 				t.Error(err)
 			}

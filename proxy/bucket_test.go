@@ -1,0 +1,212 @@
+package proxy_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/regmirror/regmirror/cache"
+	"github.com/regmirror/regmirror/test/regtest"
+	"go.uber.org/zap"
+)
+
+// bucketOf opens a fresh bucket of srv as the cache's object store, with
+// credentials from the environment as in production.
+func bucketOf(t *testing.T, srv *regtest.S3Server, bucket string) cache.Objects {
+	t.Helper()
+	for _, kv := range srv.Env() {
+		k, v, _ := strings.Cut(kv, "=")
+		t.Setenv(k, v)
+	}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	t.Cleanup(tr.CloseIdleConnections)
+	o, err := cache.NewS3Objects(cache.S3Config{Endpoint: srv.Endpoint, Bucket: bucket, Region: regtest.S3Region, Transport: tr}, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return o
+}
+
+// waitUploaded waits until the env's store has uploaded everything it committed.
+func (e *env) waitUploaded() {
+	e.t.Helper()
+	e.settle()
+	deadline := time.Now().Add(20 * time.Second)
+	for e.store.Bucket().Pending > 0 {
+		if time.Now().After(deadline) {
+			e.t.Fatalf("uploads pending: %+v", e.store.Bucket())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// pullAll pulls ref through the mirror, every layer read whole.
+func (e *env) pullAll(ref string) v1.Image {
+	e.t.Helper()
+	img, err := remote.Image(e.mirrorRef(ref))
+	if err != nil {
+		e.t.Fatalf("pull %s: %v", ref, err)
+	}
+	layers, err := img.Layers()
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	for _, l := range layers {
+		rc, err := l.Compressed()
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		var buf bytes.Buffer
+		if _, err := buf.ReadFrom(rc); err != nil {
+			e.t.Fatalf("pull %s: layer: %v", ref, err)
+		}
+		rc.Close()
+	}
+	return img
+}
+
+// A new mirror host with an empty data dir, on the bucket of one that pulled
+// an image, serves it by tag and by digest with its upstream down.
+func TestBucketFreshHostServesWithTheUpstreamDown(t *testing.T) {
+	srv := regtest.Versity(t)
+	bucket := bucketOf(t, srv, srv.Bucket(t, "fresh-host"))
+	a := newEnv(t, withBucket(bucket, 0))
+	img, err := random.Image(64<<10, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.push("library/app:1.0", img)
+	a.pullAll("library/app:1.0")
+	a.waitUploaded()
+	a.stop()
+	digest, _ := img.Digest()
+
+	b := newEnv(t, withBucket(bucket, 0))
+	b.upstream.Close() // no upstream at all
+	got := b.pullAll("library/app:1.0")
+	if d, _ := got.Digest(); d != digest {
+		t.Fatalf("by tag: %s, want %s", d, digest)
+	}
+	b.pullAll("library/app@" + digest.String())
+	if n := b.counts.Total(); n != 0 {
+		t.Fatalf("the new host asked its upstream %d times", n)
+	}
+}
+
+// A blob only in the bucket is served with Range, multi-range and
+// conditional requests exactly as a file.
+func TestBucketRangeAndConditionalFromTheBucket(t *testing.T) {
+	srv := regtest.Versity(t)
+	bucket := bucketOf(t, srv, srv.Bucket(t, "ranges"))
+	a := newEnv(t, withBucket(bucket, 0))
+	body, h := regtest.RandomBlob(t, 100_000)
+	a.pushBlob("app", body)
+	if _, got := a.do(http.MethodGet, "/v2/app/blobs/"+h.String(), nil); !bytes.Equal(got, body) {
+		t.Fatal("first pull: wrong bytes")
+	}
+	a.waitUploaded()
+	a.stop()
+
+	// A local copy with no room: every request is served from the bucket.
+	b := newEnv(t, withBucket(bucket, 1))
+	b.upstream.Close()
+	path := "/v2/app/blobs/" + h.String()
+	resp, got := b.do(http.MethodGet, path, http.Header{"Range": {"bytes=1000-1999"}})
+	if resp.StatusCode != http.StatusPartialContent || !bytes.Equal(got, body[1000:2000]) || resp.Header.Get("Content-Range") != "bytes 1000-1999/100000" {
+		t.Fatalf("Range: %d %q, %d bytes", resp.StatusCode, resp.Header.Get("Content-Range"), len(got))
+	}
+	resp, got = b.do(http.MethodGet, path, http.Header{"Range": {"bytes=0-9,50000-50009"}})
+	if resp.StatusCode != http.StatusPartialContent || !strings.HasPrefix(resp.Header.Get("Content-Type"), "multipart/byteranges") ||
+		!bytes.Contains(got, body[:10]) || !bytes.Contains(got, body[50000:50010]) {
+		t.Fatalf("multi-range: %d %q", resp.StatusCode, resp.Header.Get("Content-Type"))
+	}
+	etag := `"` + h.String() + `"`
+	if resp, _ := b.do(http.MethodGet, path, http.Header{"If-None-Match": {etag}}); resp.StatusCode != http.StatusNotModified {
+		t.Fatalf("If-None-Match: %d, want 304", resp.StatusCode)
+	}
+	resp, got = b.do(http.MethodGet, path, http.Header{"Range": {"bytes=200000-"}})
+	if resp.StatusCode != http.StatusRequestedRangeNotSatisfiable || !strings.Contains(string(got), "RANGE_INVALID") {
+		t.Fatalf("range past the end: %d %s", resp.StatusCode, got)
+	}
+	resp, got = b.do(http.MethodGet, path, nil)
+	if resp.StatusCode != http.StatusOK || !bytes.Equal(got, body) {
+		t.Fatalf("whole: %d, %d bytes", resp.StatusCode, len(got))
+	}
+	if u := b.store.Usage(); u.LocalObjects != 0 {
+		t.Fatalf("the local copy was filled: %+v", u)
+	}
+}
+
+// A bucket that stops answering: the local copy is served, a miss streams
+// through from upstream without being stored, /readyz stays ready and says
+// the bucket is down, and once it answers again new content is stored.
+func TestBucketDownServesLocalAndStreamsMisses(t *testing.T) {
+	srv := regtest.Versity(t)
+	bucket := bucketOf(t, srv, srv.Bucket(t, "down"))
+	e := newEnv(t, withBucket(bucket, 0), withTTL(time.Hour))
+	warm, wh := regtest.RandomBlob(t, 50_000)
+	e.pushBlob("app", warm)
+	e.do(http.MethodGet, "/v2/app/blobs/"+wh.String(), nil)
+	e.waitUploaded()
+
+	srv.Stop()
+	cold, ch := regtest.RandomBlob(t, 50_000)
+	e.pushBlob("app", cold)
+	// The first request that needs the bucket finds it down.
+	if resp, got := e.do(http.MethodGet, "/v2/app/blobs/"+ch.String(), nil); resp.StatusCode != http.StatusOK || !bytes.Equal(got, cold) {
+		t.Fatalf("a miss with the bucket down: %d, %d bytes", resp.StatusCode, len(got))
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for !e.store.Bucket().Down && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	cold2, ch2 := regtest.RandomBlob(t, 50_000)
+	e.pushBlob("app", cold2)
+	if resp, got := e.do(http.MethodGet, "/v2/app/blobs/"+ch2.String(), nil); resp.StatusCode != http.StatusOK || !bytes.Equal(got, cold2) {
+		t.Fatalf("a miss with the bucket down: %d, %d bytes", resp.StatusCode, len(got))
+	}
+	e.settle()
+	if e.store.Has(ch2) {
+		t.Fatal("a miss was stored while the bucket was down")
+	}
+	if resp, got := e.do(http.MethodGet, "/v2/app/blobs/"+wh.String(), nil); resp.StatusCode != http.StatusOK || !bytes.Equal(got, warm) {
+		t.Fatalf("the local copy with the bucket down: %d, %d bytes", resp.StatusCode, len(got))
+	}
+	resp, body := e.do(http.MethodGet, "/readyz", nil)
+	var ready struct {
+		Ready  bool
+		Bucket struct {
+			Up     bool
+			Reason string
+		}
+		Warnings []string
+	}
+	if err := json.Unmarshal(body, &ready); err != nil || resp.StatusCode != http.StatusOK || !ready.Ready || ready.Bucket.Up ||
+		ready.Bucket.Reason == "" || len(ready.Warnings) == 0 {
+		t.Fatalf("/readyz with the bucket down: %d %s", resp.StatusCode, body)
+	}
+	if _, page := e.do(http.MethodGet, "/", nil); !bytes.Contains(page, []byte(`id="bucket-down"`)) {
+		t.Fatal("the status page does not say the bucket is down")
+	}
+
+	srv.Start()
+	for e.store.Bucket().Down && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if resp, got := e.do(http.MethodGet, "/v2/app/blobs/"+ch2.String(), nil); resp.StatusCode != http.StatusOK || !bytes.Equal(got, cold2) {
+		t.Fatalf("after the bucket came back: %d, %d bytes", resp.StatusCode, len(got))
+	}
+	e.waitUploaded()
+	if !e.store.Has(ch2) || e.store.Bucket().Down {
+		t.Fatalf("not stored once the bucket was back: %+v", e.store.Bucket())
+	}
+	if _, body := e.do(http.MethodGet, "/readyz", nil); bytes.Contains(body, []byte("warnings")) {
+		t.Fatalf("/readyz still warns: %s", body)
+	}
+}
