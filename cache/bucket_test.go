@@ -502,3 +502,27 @@ func TestBucketCrashBeforeUpload(t *testing.T) {
 		t.Fatalf("usage after the restart: %+v", u)
 	}
 }
+
+// A data dir that served from disk and is then put on a bucket uploads what
+// it holds, even after a clean close (whose totals were the disk's).
+func TestBucketDiskStoreMovedOntoABucketUploadsItsContent(t *testing.T) {
+	e := newBucketEnv(t)
+	dir := t.TempDir()
+	disk, err := Open(dir, Options{}, zaptest.NewLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, h := randomContent(t, 3000)
+	commit(t, disk, body, h)
+	if err := disk.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s := e.open(dir, Options{}, true)
+	if err := s.AwaitCounts(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	waitUploaded(t, s)
+	if !e.inBucket(h) {
+		t.Fatal("the disk store's content was not uploaded")
+	}
+}

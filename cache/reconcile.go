@@ -20,6 +20,9 @@ type totals struct {
 	// The local copy's, in bucket mode.
 	LocalBytes   int64 `json:"local_bytes,omitempty"`
 	LocalObjects int64 `json:"local_objects,omitempty"`
+	// InBucket says the totals are a bucket's: a data dir that changes
+	// between disk and bucket mode is reconciled afresh.
+	InBucket bool `json:"in_bucket,omitempty"`
 }
 
 // loadTotals takes the usage counts a clean close left, and removes them, so
@@ -35,6 +38,14 @@ func (s *Store) loadTotals() error {
 	}
 	if err != nil {
 		s.log.Warn("read usage totals; reconciling", zap.Error(err))
+		s.reconcileInBackground()
+		return nil
+	}
+	if t.InBucket != (s.opt.Bucket != nil) {
+		s.log.Info("the store changed between disk and bucket since its last run; reconciling")
+		if err := s.db.Update(func(txn *badger.Txn) error { return txn.Delete(keyClean) }); err != nil {
+			return fmt.Errorf("clear clean-close mark: %w", err)
+		}
 		s.reconcileInBackground()
 		return nil
 	}
@@ -97,7 +108,7 @@ func (s *Store) AwaitCounts(ctx context.Context) error {
 func (s *Store) saveTotals() error {
 	s.mu.Lock()
 	v, err := json.Marshal(totals{Bytes: s.ledger.used, Objects: s.ledger.objects,
-		LocalBytes: s.local.used, LocalObjects: s.local.objects})
+		LocalBytes: s.local.used, LocalObjects: s.local.objects, InBucket: s.opt.Bucket != nil})
 	s.mu.Unlock()
 	if err != nil {
 		return err
