@@ -484,29 +484,50 @@ func (b *bucketHealth) downed() <-chan struct{} {
 	return b.fell
 }
 
+// uploaders is how many uploads run at once.
+const uploaders = 4
+
 // upload runs the uploads until ctx ends: content after its commit, records
-// after their write. While the bucket is down it waits for the probe.
+// after their write, a few at a time. While the bucket is down it waits for
+// the probe; items that fail for a reason of their own are tried again after
+// a pause that doubles, from UploadRetry up to a minute.
 func (s *Store) upload(ctx context.Context) {
+	pause := s.opt.UploadRetry
 	for {
 		batch := s.up.snapshot()
+		var failed sync.Map
+		var work sync.WaitGroup
+		slots := make(chan struct{}, uploaders)
 		for item, gen := range batch {
-			if ctx.Err() != nil {
-				return
+			if s.awaitUp(ctx) != nil {
+				break
 			}
-			if err := s.awaitUp(ctx); err != nil {
-				return
-			}
-			s.uploadOne(ctx, item, gen)
+			slots <- struct{}{}
+			work.Go(func() {
+				defer func() { <-slots }()
+				if !s.uploadOne(ctx, item, gen) {
+					failed.Store(item, true)
+				}
+			})
 		}
-		if s.up.len() > 0 && len(batch) > 0 {
-			// Some came in meanwhile, or failed for a reason of their own: a
-			// pause, so a failing item does not spin.
+		work.Wait()
+		if ctx.Err() != nil {
+			return
+		}
+		retry := false
+		failed.Range(func(any, any) bool { retry = true; return false })
+		if retry {
 			select {
 			case <-ctx.Done():
 				return
-			case <-time.After(s.opt.UploadRetry):
+			case <-time.After(pause):
 			}
+			pause = min(2*pause, time.Minute)
 			continue
+		}
+		pause = s.opt.UploadRetry
+		if s.up.len() > 0 && len(batch) > 0 {
+			continue // more came in meanwhile
 		}
 		select {
 		case <-ctx.Done():
@@ -516,8 +537,9 @@ func (s *Store) upload(ctx context.Context) {
 	}
 }
 
-// uploadOne uploads one item, and forgets its marker once it is in the bucket.
-func (s *Store) uploadOne(ctx context.Context, item string, gen uint64) {
+// uploadOne uploads one item, and forgets its marker once it is in the
+// bucket; it reports whether the item is done.
+func (s *Store) uploadOne(ctx context.Context, item string, gen uint64) bool {
 	var err error
 	if h, herr := v1.NewHash(item); herr == nil && checkHash(h) == nil {
 		err = s.uploadContent(ctx, h)
@@ -528,13 +550,14 @@ func (s *Store) uploadOne(ctx context.Context, item string, gen uint64) {
 		if !errors.Is(err, ErrStoreUnavailable) && ctx.Err() == nil {
 			s.log.Warn("upload to the bucket", zap.String("item", item), zap.Error(err))
 		}
-		return
+		return false
 	}
 	if s.up.done(item, gen) {
 		if err := s.db.Update(func(txn *badger.Txn) error { return txn.Delete(uploadKey(item)) }); err != nil {
 			s.log.Warn("forget upload marker", zap.String("item", item), zap.Error(err))
 		}
 	}
+	return true
 }
 
 // errGone means an item to upload no longer exists: nothing to do.

@@ -392,7 +392,9 @@ func (s *Store) evict(goal evictGoal, feasible func(evictable int64) error) (Evi
 			// object is marked held meanwhile, so nothing else removes it.
 			s.held[h]++
 			s.mu.Unlock()
-			err := s.noted(s.opt.Bucket.Delete(context.Background(), h))
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			err := s.noted(s.opt.Bucket.Delete(ctx, h))
+			cancel()
 			s.mu.Lock()
 			if s.held[h]--; s.held[h] <= 0 {
 				delete(s.held, h)
