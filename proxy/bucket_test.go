@@ -8,9 +8,7 @@ import (
 	"testing"
 	"time"
 
-	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/random"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/regmirror/regmirror/cache"
 	"github.com/regmirror/regmirror/test/regtest"
 	"go.uber.org/zap"
@@ -46,31 +44,6 @@ func (e *env) waitUploaded() {
 	}
 }
 
-// pullAll pulls ref through the mirror, every layer read whole.
-func (e *env) pullAll(ref string) v1.Image {
-	e.t.Helper()
-	img, err := remote.Image(e.mirrorRef(ref))
-	if err != nil {
-		e.t.Fatalf("pull %s: %v", ref, err)
-	}
-	layers, err := img.Layers()
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	for _, l := range layers {
-		rc, err := l.Compressed()
-		if err != nil {
-			e.t.Fatal(err)
-		}
-		var buf bytes.Buffer
-		if _, err := buf.ReadFrom(rc); err != nil {
-			e.t.Fatalf("pull %s: layer: %v", ref, err)
-		}
-		rc.Close()
-	}
-	return img
-}
-
 // A new mirror host with an empty data dir, on the bucket of one that pulled
 // an image, serves it by tag and by digest with its upstream down.
 func TestBucketFreshHostServesWithTheUpstreamDown(t *testing.T) {
@@ -82,18 +55,19 @@ func TestBucketFreshHostServesWithTheUpstreamDown(t *testing.T) {
 		t.Fatal(err)
 	}
 	a.push("library/app:1.0", img)
-	a.pullAll("library/app:1.0")
+	pullAll(t, a, "library/app:1.0")
 	a.waitUploaded()
 	a.stop()
 	digest, _ := img.Digest()
 
 	b := newEnv(t, withBucket(bucket, 0))
 	b.upstream.Close() // no upstream at all
-	got := b.pullAll("library/app:1.0")
-	if d, _ := got.Digest(); d != digest {
-		t.Fatalf("by tag: %s, want %s", d, digest)
+	if n := pullAll(t, b, "library/app:1.0"); n == 0 {
+		t.Fatal("by tag: nothing pulled")
 	}
-	b.pullAll("library/app@" + digest.String())
+	if n := pullAll(t, b, "library/app@"+digest.String()); n == 0 {
+		t.Fatal("by digest: nothing pulled")
+	}
 	if n := b.counts.Total(); n != 0 {
 		t.Fatalf("the new host asked its upstream %d times", n)
 	}
@@ -194,6 +168,9 @@ func TestBucketDownServesLocalAndStreamsMisses(t *testing.T) {
 	if _, page := e.do(http.MethodGet, "/", nil); !bytes.Contains(page, []byte(`id="bucket-down"`)) {
 		t.Fatal("the status page does not say the bucket is down")
 	}
+	if m := regtest.Scrape(t, e.mirror.URL+"/metrics"); m.Value("regmirror_bucket_up") != 0 || m["regmirror_bucket_up"] == nil {
+		t.Fatal("regmirror_bucket_up is not 0 while the bucket is down")
+	}
 
 	srv.Start()
 	for e.store.Bucket().Down && time.Now().Before(deadline) {
@@ -208,5 +185,8 @@ func TestBucketDownServesLocalAndStreamsMisses(t *testing.T) {
 	}
 	if _, body := e.do(http.MethodGet, "/readyz", nil); bytes.Contains(body, []byte("warnings")) {
 		t.Fatalf("/readyz still warns: %s", body)
+	}
+	if m := regtest.Scrape(t, e.mirror.URL+"/metrics"); m.Value("regmirror_bucket_up") != 1 {
+		t.Fatal("regmirror_bucket_up is not 1 once the bucket is back")
 	}
 }

@@ -142,6 +142,8 @@ type collector struct {
 
 	// From the store's Usage, read once per scrape so the numbers agree.
 	diskBytes, diskObjects, diskBudget, evictions, evictedBytes, streamed *prometheus.Desc
+	// With a bucket: its state and the local copy's use.
+	bucketUp, pendingUploads, localBytes, localBudget *prometheus.Desc
 }
 
 func newCollector(p *Proxy) *collector {
@@ -180,12 +182,21 @@ func newCollector(p *Proxy) *collector {
 			"Bytes evicted from the cache to stay under its budget.", nil, nil),
 		streamed: prometheus.NewDesc("regmirror_cache_streamed_total",
 			"Blobs served without being kept: larger than the budget allows, or no room could be made.", nil, nil),
+		bucketUp: prometheus.NewDesc("regmirror_bucket_up",
+			"With a bucket: 1 while it answers, 0 while it is marked down (the local copy is served, misses are streamed without being kept).", nil, nil),
+		pendingUploads: prometheus.NewDesc("regmirror_bucket_pending_uploads",
+			"With a bucket: content files and records committed locally and not yet in the bucket.", nil, nil),
+		localBytes: prometheus.NewDesc("regmirror_cache_local_bytes",
+			"With a bucket: bytes of the local copy of hot content under the data dir.", nil, nil),
+		localBudget: prometheus.NewDesc("regmirror_cache_local_budget_bytes",
+			"With a bucket: the local copy's byte budget; 0 means no limit but the free-space floor.", nil, nil),
 	}
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.outcome, c.served, c.stale, c.flights, c.queued, c.up, c.rateRemaining, c.rateLimit,
-		c.diskBytes, c.diskObjects, c.diskBudget, c.evictions, c.evictedBytes, c.streamed} {
+		c.diskBytes, c.diskObjects, c.diskBudget, c.evictions, c.evictedBytes, c.streamed,
+		c.bucketUp, c.pendingUploads, c.localBytes, c.localBudget} {
 		ch <- d
 	}
 }
@@ -214,6 +225,16 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		{c.streamed, prometheus.CounterValue, u.Streamed},
 	} {
 		ch <- prometheus.MustNewConstMetric(m.d, m.t, float64(m.v))
+	}
+	if b := c.p.op.Bucket(); b.Configured {
+		up := 1.0
+		if b.Down {
+			up = 0
+		}
+		ch <- prometheus.MustNewConstMetric(c.bucketUp, prometheus.GaugeValue, up)
+		ch <- prometheus.MustNewConstMetric(c.pendingUploads, prometheus.GaugeValue, float64(b.Pending))
+		ch <- prometheus.MustNewConstMetric(c.localBytes, prometheus.GaugeValue, float64(u.LocalBytes))
+		ch <- prometheus.MustNewConstMetric(c.localBudget, prometheus.GaugeValue, float64(u.LocalBudget))
 	}
 	c.p.mu.Lock()
 	flights := len(c.p.flights)
