@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
 	"strings"
@@ -331,11 +332,7 @@ func (u *uploads) len() int64 {
 func (u *uploads) snapshot() map[string]uint64 {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	out := make(map[string]uint64, len(u.items))
-	for k, g := range u.items {
-		out[k] = g
-	}
-	return out
+	return maps.Clone(u.items)
 }
 
 // done removes item if it was not written again since gen; it reports

@@ -82,12 +82,8 @@ func (s *Store) rebuildContent(ctx context.Context, report *RebuildReport) error
 		return fmt.Errorf("walk the local copy: %w", err)
 	}
 
-	wb := s.db.NewWriteBatch()
-	defer wb.Cancel()
-	txn := s.db.NewTransaction(false)
-	defer txn.Discard()
-	recs := newRecordCursor(txn)
-	defer recs.close()
+	wb, recs, done := s.openMerge()
+	defer done()
 	var pendingBytes, pendingObjects int64
 	var marked []v1.Hash // queued for upload once their records are written
 	markUpload := func(h v1.Hash) error {

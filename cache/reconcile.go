@@ -145,12 +145,8 @@ func (s *Store) Reconcile(ctx context.Context) error {
 func (s *Store) reconcile(ctx context.Context) error {
 	start := time.Now()
 	var rep ReconcileReport
-	wb := s.db.NewWriteBatch()
-	defer wb.Cancel()
-	txn := s.db.NewTransaction(false)
-	defer txn.Discard()
-	recs := newRecordCursor(txn)
-	defer recs.close()
+	wb, recs, done := s.openMerge()
+	defer done()
 	drop := func(r *raw) error {
 		rep.DroppedRecords++
 		for _, k := range objectKeys(r.hash()) {
@@ -208,6 +204,20 @@ func (s *Store) reconcile(ctx context.Context) error {
 		zap.Int64("added_records", rep.AddedRecords), zap.Int64("dropped_records", rep.DroppedRecords),
 		zap.Int64("stray_files", rep.StrayFiles), zap.Duration("took", time.Since(start)))
 	return nil
+}
+
+// openMerge opens what a pass that merges the content records with a walk
+// in digest order needs: a write batch for its repairs and a cursor over the
+// records as they stood when it began. done releases both.
+func (s *Store) openMerge() (wb *badger.WriteBatch, recs *recordCursor, done func()) {
+	wb = s.db.NewWriteBatch()
+	txn := s.db.NewTransaction(false)
+	recs = newRecordCursor(txn)
+	return wb, recs, func() {
+		recs.close()
+		txn.Discard()
+		wb.Cancel()
+	}
 }
 
 // recordCursor walks the blob records in digest order, one at a time.
