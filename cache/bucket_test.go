@@ -526,3 +526,108 @@ func TestBucketDiskStoreMovedOntoABucketUploadsItsContent(t *testing.T) {
 		t.Fatal("the disk store's content was not uploaded")
 	}
 }
+
+// Deleting a tag answer or a pin removes its record from the bucket, so a
+// new host does not learn it back.
+func TestBucketDeletedTagAndPinLeaveTheBucket(t *testing.T) {
+	e := newBucketEnv(t)
+	s := e.open(t.TempDir(), Options{}, true)
+	_, h := randomContent(t, 10)
+	if err := s.SetTag("r", "app", "old", TagAnswer{Digest: h}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Pin(Pin{Registry: "r", Repo: "app", Ref: "old", Digest: h}); err != nil {
+		t.Fatal(err)
+	}
+	waitUploaded(t, s)
+	records := func() []string {
+		var out []string
+		for k := range e.srv.Objects(t, e.bucket) {
+			if !strings.Contains(k, "/blobs/") {
+				out = append(out, k)
+			}
+		}
+		slices.Sort(out)
+		return out
+	}
+	if got, want := records(), []string{"mirror/pins/r/app:old", "mirror/tags/r/app:old"}; !slices.Equal(got, want) {
+		t.Fatalf("records %q, want %q", got, want)
+	}
+	if err := s.DeleteTag("r", "app", "old"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Unpin("r", "app", "old"); err != nil {
+		t.Fatal(err)
+	}
+	waitUploaded(t, s)
+	if got := records(); len(got) != 0 {
+		t.Fatalf("records left in the bucket: %q", got)
+	}
+	fresh := e.open(t.TempDir(), Options{}, true)
+	if err := fresh.AwaitCounts(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fresh.Tag("r", "app", "old"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("a new host knows the deleted tag: %v", err)
+	}
+}
+
+// The bucket is the truth: content removed from it behind the store's back
+// is forgotten by the next rebuild, or at the first read that misses it.
+func TestBucketContentGoneFromTheBucketIsForgotten(t *testing.T) {
+	e := newBucketEnv(t)
+	dir := t.TempDir()
+	s := e.open(dir, Options{}, true)
+	var hs []v1.Hash
+	for range 2 {
+		b, h := randomContent(t, 2000)
+		commit(t, s, b, h)
+		hs = append(hs, h)
+	}
+	waitUploaded(t, s)
+	for _, h := range hs {
+		s.mu.Lock()
+		s.dropLocal(h)
+		s.mu.Unlock()
+		if err := e.srv.Admin.RemoveObject(t.Context(), e.bucket, "mirror/blobs/sha256/"+h.Hex, minio.RemoveObjectOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.OpenBlob(t.Context(), hs[0]); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("open of content gone from the bucket: %v", err)
+	}
+	if s.Has(hs[0]) || s.Usage().Objects != 1 {
+		t.Fatalf("a read that missed did not forget it: has %v, usage %+v", s.Has(hs[0]), s.Usage())
+	}
+	crash(t, s)
+	s2 := e.open(dir, Options{}, true)
+	if err := s2.AwaitCounts(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if s2.Has(hs[1]) || s2.Usage().Objects != 0 {
+		t.Fatalf("the rebuild kept content the bucket lost: has %v, usage %+v", s2.Has(hs[1]), s2.Usage())
+	}
+}
+
+// Verify with a bucket drops a damaged local file and keeps the content,
+// which the bucket still has.
+func TestBucketVerifyDropsOnlyTheLocalCopy(t *testing.T) {
+	e := newBucketEnv(t)
+	s := e.open(t.TempDir(), Options{}, true)
+	body, h := randomContent(t, 3000)
+	commit(t, s, body, h)
+	waitUploaded(t, s)
+	if err := os.WriteFile(s.path(h), make([]byte, 3000), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := s.Verify(t.Context(), nil)
+	if err != nil || len(rep.Corrupt) != 1 {
+		t.Fatalf("verify: %+v, %v", rep, err)
+	}
+	if !s.Has(h) || !e.inBucket(h) || s.hasLocal(h) {
+		t.Fatalf("after verify: has %v, in the bucket %v, local %v", s.Has(h), e.inBucket(h), s.hasLocal(h))
+	}
+	if got, local := readBlob(t, s, h); local || !bytes.Equal(got, body) {
+		t.Fatal("not served from the bucket after its local copy was dropped")
+	}
+}
