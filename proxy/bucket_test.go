@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -188,5 +189,30 @@ func TestBucketDownServesLocalAndStreamsMisses(t *testing.T) {
 	}
 	if m := regtest.Scrape(t, e.mirror.URL+"/metrics"); m.Value("regmirror_bucket_up") != 1 {
 		t.Fatal("regmirror_bucket_up is not 1 once the bucket is back")
+	}
+}
+
+// Bytes that do not match their digest never reach the bucket: the client's
+// response is cut, and neither the bucket nor an upload holds anything.
+func TestBucketWrongBytesNeverEnterTheBucket(t *testing.T) {
+	srv := regtest.Versity(t)
+	name := srv.Bucket(t, "wrong-bytes")
+	body, h := regtest.RandomBlob(t, 200_000)
+	e := newEnv(t, withBucket(bucketOf(t, srv, name), 0), withUpstreamFault(corrupt(h, func(w http.ResponseWriter) {
+		bad := bytes.Clone(body)
+		bad[len(bad)/2] ^= 0xff
+		w.Header().Set("Content-Length", strconv.Itoa(len(bad)))
+		w.Write(bad)
+	})))
+	e.getCut("/v2/app/blobs/"+h.String(), "for wrong bytes")
+	e.waitUploaded()
+	if objs := srv.Objects(t, name); len(objs) != 0 {
+		t.Fatalf("the bucket holds %v", objs)
+	}
+	if ups := srv.Uploads(t, name); len(ups) != 0 {
+		t.Fatalf("incomplete uploads %q", ups)
+	}
+	if e.store.Has(h) {
+		t.Fatal("wrong bytes were stored")
 	}
 }
