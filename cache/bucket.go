@@ -634,7 +634,7 @@ func (s *Store) uploadRecord(ctx context.Context, key string) error {
 }
 
 // sweep aborts stale multipart uploads (of a process killed mid-upload) at
-// start and then every StaleUploads.
+// start and then every StaleUploads (at least a minute).
 func (s *Store) sweep(ctx context.Context) {
 	for {
 		if err := s.awaitUp(ctx); err != nil {
@@ -650,7 +650,7 @@ func (s *Store) sweep(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(s.opt.StaleUploads):
+		case <-time.After(max(s.opt.StaleUploads, time.Minute)):
 		}
 	}
 }

@@ -68,7 +68,8 @@ type Options struct {
 	// doubles up to a minute. 0 means one second.
 	UploadRetry time.Duration
 	// StaleUploads is how old an incomplete multipart upload in the bucket
-	// must be for the sweep (at start, then hourly) to abort it. 0 means an hour.
+	// must be for the sweep to abort it; the sweep runs at start, then every
+	// StaleUploads (at least a minute). 0 means an hour.
 	StaleUploads time.Duration
 	// Now is the clock; tests set it, production leaves it nil.
 	Now func() time.Time
