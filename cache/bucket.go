@@ -114,10 +114,11 @@ func (s *Store) openBucket(ctx context.Context, h v1.Hash) (ObjectReader, Info, 
 			}
 			return nil, Info{}, ErrNotFound
 		}
-		if errors.Is(err, ErrStoreUnavailable) {
-			return nil, Info{}, ErrNotFound // served as a miss: streamed through
+		if !unusable(err) && ctx.Err() == nil {
+			s.log.Warn("open in the bucket; served as a miss", zap.Stringer("digest", h), zap.Error(err))
 		}
-		return nil, Info{}, fmt.Errorf("open %s in the bucket: %w", h, err)
+		// A miss, streamed through from upstream: better than an error.
+		return nil, Info{}, ErrNotFound
 	}
 	s.Touch(h)
 	return r, info, nil
@@ -399,15 +400,21 @@ func (s *Store) markUp() {
 }
 
 // noted passes err through after noting what it says of the bucket: down
-// for ErrStoreUnavailable, up for anything the bucket itself answered.
+// when it cannot be used (unreachable, 5xx or SlowDown, and credentials
+// refused or the bucket gone since start-up, which an operator fixes
+// without a restart), up when it answered.
 func (s *Store) noted(err error) error {
 	switch {
 	case err == nil, errors.Is(err, ErrNotFound):
 		s.markUp()
-	case errors.Is(err, ErrStoreUnavailable):
+	case unusable(err):
 		s.markDown(err)
 	}
 	return err
+}
+
+func unusable(err error) bool {
+	return errors.Is(err, ErrStoreUnavailable) || errors.Is(err, ErrAccessDenied) || errors.Is(err, ErrBucketMissing)
 }
 
 // awaitUp waits until the bucket is up or ctx ends.
@@ -426,9 +433,8 @@ func (s *Store) awaitUp(ctx context.Context) error {
 	}
 }
 
-// probeZero is a digest no content has: a Stat of it answers 404 when the
-// bucket is up.
-var probeZero = v1.Hash{Algorithm: "sha256", Hex: strings.Repeat("0", 64)}
+// errProbed ends the probe's listing at its first key.
+var errProbed = errors.New("probed")
 
 // probe asks the bucket, with a backoff from UploadRetry to a minute, until
 // it answers again, whenever it is down.
@@ -454,13 +460,18 @@ func (s *Store) probe(ctx context.Context) {
 			continue
 		case <-time.After(wait):
 		}
+		// A listing of one key, not a HEAD: a HEAD's 404 cannot tell a
+		// missing object from refused credentials.
 		pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		_, err := s.opt.Bucket.Stat(pctx, probeZero)
+		err := s.opt.Bucket.ListRecords(pctx, "tags/", func(string) error { return errProbed })
 		cancel()
+		if errors.Is(err, errProbed) {
+			err = nil
+		}
 		if ctx.Err() != nil {
 			return
 		}
-		if errors.Is(s.noted(err), ErrStoreUnavailable) {
+		if unusable(s.noted(err)) {
 			wait = min(2*wait, time.Minute)
 		}
 	}
@@ -544,7 +555,7 @@ func (s *Store) uploadOne(ctx context.Context, item string, gen uint64) bool {
 		err = s.uploadRecord(ctx, item)
 	}
 	if s.noted(err) != nil {
-		if !errors.Is(err, ErrStoreUnavailable) && ctx.Err() == nil {
+		if !unusable(err) && ctx.Err() == nil {
 			s.log.Warn("upload to the bucket", zap.String("item", item), zap.Error(err))
 		}
 		return false

@@ -631,3 +631,32 @@ func TestBucketVerifyDropsOnlyTheLocalCopy(t *testing.T) {
 		t.Fatal("not served from the bucket after its local copy was dropped")
 	}
 }
+
+// A bucket that goes missing while the store runs (or whose credentials are
+// revoked) is down, not a failure: it is served around, and noticed when an
+// operator puts it back, without a restart.
+func TestBucketMissingAtRunTimeIsDown(t *testing.T) {
+	e := newBucketEnv(t)
+	s := e.open(t.TempDir(), Options{}, true)
+	if err := e.srv.Admin.RemoveBucket(t.Context(), e.bucket); err != nil {
+		t.Fatal(err)
+	}
+	body, h := randomContent(t, 1000)
+	commit(t, s, body, h) // its upload finds the bucket gone
+	waitFor(t, "the bucket marked down", func() bool { return s.Bucket().Down })
+	if st := s.Bucket(); !strings.Contains(st.Reason, "bucket does not exist") {
+		t.Fatalf("reason %q", st.Reason)
+	}
+	if err := s.Healthy(); err != nil {
+		t.Fatal(err)
+	}
+	if got, local := readBlob(t, s, h); !local || !bytes.Equal(got, body) {
+		t.Fatal("the local copy is not served")
+	}
+	e.srv.Bucket(t, e.bucket)
+	waitFor(t, "the bucket back", func() bool { return !s.Bucket().Down })
+	waitUploaded(t, s)
+	if !e.inBucket(h) {
+		t.Fatal("not uploaded once the bucket was back")
+	}
+}

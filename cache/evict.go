@@ -401,7 +401,7 @@ func (s *Store) evict(goal evictGoal, feasible func(evictable int64) error) (Evi
 			}
 			if err != nil {
 				s.mu.Unlock()
-				if errors.Is(err, ErrStoreUnavailable) {
+				if unusable(err) {
 					break // the pass ends; the next one tries again
 				}
 				s.log.Warn("evict from the bucket", zap.Stringer("digest", h), zap.Error(err))

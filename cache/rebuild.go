@@ -43,7 +43,7 @@ func (s *Store) rebuild(ctx context.Context) error {
 			if err == nil {
 				break
 			}
-			if !errors.Is(err, ErrStoreUnavailable) {
+			if !unusable(err) {
 				return fmt.Errorf("rebuild: %w", err)
 			}
 			s.markDown(err)
