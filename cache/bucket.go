@@ -652,7 +652,7 @@ func (s *Store) sweep(ctx context.Context) {
 			return
 		}
 		n, err := s.opt.Bucket.AbortStaleUploads(ctx, s.opt.StaleUploads)
-		if s.noted(err) != nil && ctx.Err() == nil {
+		if s.noted(err) != nil && !unusable(err) && ctx.Err() == nil {
 			s.log.Warn("abort stale multipart uploads", zap.Error(err))
 		}
 		if n > 0 {
