@@ -267,6 +267,7 @@ func (s *Store) keepLocal(h v1.Hash, content io.Reader, size int64) error {
 	}
 	s.local.used += size
 	s.local.objects++
+	s.countedSelf(h, size, false, true)
 	s.mu.Unlock()
 	return syncDir(filepath.Dir(final))
 }

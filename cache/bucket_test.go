@@ -51,6 +51,13 @@ func (e *bucketEnv) open(dir string, opt Options, run bool) *Store {
 	if err != nil {
 		e.t.Fatal(err)
 	}
+	if opt.beforeReconcile == nil {
+		// A new data dir is rebuilt from the bucket first (empty or not):
+		// the tests of what follows start once it is counted.
+		if err := s.AwaitCounts(e.t.Context()); err != nil {
+			e.t.Fatal(err)
+		}
+	}
 	stop := func() {}
 	if run {
 		stop = runStore(s)
@@ -637,12 +644,13 @@ func TestBucketVerifyDropsOnlyTheLocalCopy(t *testing.T) {
 // operator puts it back, without a restart.
 func TestBucketMissingAtRunTimeIsDown(t *testing.T) {
 	e := newBucketEnv(t)
-	s := e.open(t.TempDir(), Options{}, true)
+	s := e.open(t.TempDir(), Options{}, false)
+	body, h := randomContent(t, 1000)
+	commit(t, s, body, h)
 	if err := e.srv.Admin.RemoveBucket(t.Context(), e.bucket); err != nil {
 		t.Fatal(err)
 	}
-	body, h := randomContent(t, 1000)
-	commit(t, s, body, h) // its upload finds the bucket gone
+	defer runStore(s)() // the upload, or the sweep, finds the bucket gone
 	waitFor(t, "the bucket marked down", func() bool { return s.Bucket().Down })
 	if st := s.Bucket(); !strings.Contains(st.Reason, "bucket does not exist") {
 		t.Fatalf("reason %q", st.Reason)
@@ -658,5 +666,37 @@ func TestBucketMissingAtRunTimeIsDown(t *testing.T) {
 	waitUploaded(t, s)
 	if !e.inBucket(h) {
 		t.Fatal("not uploaded once the bucket was back")
+	}
+}
+
+// Commits and fills made while the index is rebuilt from the bucket are
+// counted once, whether the rebuild's walk and listing saw them or not.
+func TestBucketCommitsDuringTheRebuildCountOnce(t *testing.T) {
+	e := newBucketEnv(t)
+	a := e.open(t.TempDir(), Options{}, true)
+	old, oh := randomContent(t, 1000)
+	commit(t, a, old, oh)
+	waitUploaded(t, a)
+
+	hold, held := make(chan struct{}), make(chan struct{})
+	s := e.open(t.TempDir(), Options{beforeReconcile: func(ctx context.Context) {
+		close(held)
+		select {
+		case <-hold:
+		case <-ctx.Done():
+		}
+	}}, true)
+	<-held
+	readBlob(t, s, oh) // from the bucket; the local copy is filled meanwhile
+	waitFor(t, "the fill", func() bool { return s.hasLocal(oh) })
+	body, h := randomContent(t, 2000)
+	commit(t, s, body, h)
+	waitUploaded(t, s) // in the bucket before the rebuild lists it
+	close(hold)
+	if err := s.AwaitCounts(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if u := s.Usage(); u.Objects != 2 || u.Bytes != 3000 || u.LocalObjects != 2 || u.LocalBytes != 3000 {
+		t.Fatalf("usage %+v: want 2 objects of 3000 bytes, in the bucket and locally", u)
 	}
 }

@@ -469,6 +469,9 @@ func (s *Store) evictLocal(size int64) error {
 		}
 		return s.opt.MinFree <= 0 || s.freeAbove(size)
 	}
+	if !isClosed(s.counted) {
+		return errCounting // the rebuild's walk counts the local copy: nothing leaves it meanwhile
+	}
 	s.evictMu.Lock()
 	defer s.evictMu.Unlock()
 	s.mu.Lock()

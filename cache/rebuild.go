@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
+	"slices"
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
@@ -65,6 +67,8 @@ func (s *Store) rebuild(ctx context.Context) error {
 func (s *Store) rebuildContent(ctx context.Context, report *RebuildReport) error {
 	var rep RebuildReport
 	local := map[raw]int64{}
+	var listed []raw          // counted from the listing, in key order
+	counted := map[raw]bool{} // counted as waiting for their upload
 	if err := s.walk(ctx, func(f contentFile) error {
 		if !f.ok {
 			s.log.Warn("remove stray file from the local copy", zap.String("file", f.path()))
@@ -81,6 +85,7 @@ func (s *Store) rebuildContent(ctx context.Context, report *RebuildReport) error
 	}); err != nil {
 		return fmt.Errorf("walk the local copy: %w", err)
 	}
+	walkedLocal := maps.Clone(local)
 
 	wb, recs, done := s.openMerge()
 	defer done()
@@ -102,6 +107,7 @@ func (s *Store) rebuildContent(ctx context.Context, report *RebuildReport) error
 			}
 			pendingBytes += max(size, 0)
 			pendingObjects++
+			counted[r] = true
 			delete(local, r)
 			return nil
 		}
@@ -130,6 +136,7 @@ func (s *Store) rebuildContent(ctx context.Context, report *RebuildReport) error
 			}
 		}
 		delete(local, r)
+		listed = append(listed, r)
 		rep.Objects++
 		rep.Bytes += size
 		return nil
@@ -152,17 +159,31 @@ func (s *Store) rebuildContent(ctx context.Context, report *RebuildReport) error
 		}
 		pendingBytes += size
 		pendingObjects++
+		counted[r] = true
 	}
 	if err := wb.Flush(); err != nil {
 		return fmt.Errorf("write index: %w", err)
 	}
 	rep.Uploads = pendingObjects
 	s.mu.Lock()
-	// Added, not set: commits made while the listing ran counted themselves.
+	// Added, not set: commits and fills made meanwhile counted themselves;
+	// those the walk or the listing saw too are taken out once.
 	s.ledger.used += rep.Bytes + pendingBytes
 	s.ledger.objects += rep.Objects + pendingObjects
 	s.local.used += rep.LocalBytes
 	s.local.objects += rep.LocalFiles
+	for h, c := range s.selfCounted {
+		r, _ := rawOf(h)
+		_, found := slices.BinarySearchFunc(listed, r, func(a, b raw) int { return compareRaw(&a, &b) })
+		if c.bucket && (found || counted[r]) {
+			s.ledger.removed(c.size)
+		}
+		if _, walked := walkedLocal[r]; c.local && walked {
+			s.local.used -= c.size
+			s.local.objects--
+		}
+	}
+	s.selfCounted = nil
 	s.mu.Unlock()
 	for _, h := range marked {
 		s.up.add(h.String())

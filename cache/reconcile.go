@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"go.uber.org/zap"
 )
 
@@ -70,6 +71,11 @@ func (s *Store) loadTotals() error {
 func (s *Store) reconcileInBackground() {
 	ctx, cancel := context.WithCancel(context.Background())
 	s.stopCounting = cancel
+	if s.opt.Bucket != nil {
+		s.mu.Lock()
+		s.selfCounted = make(map[v1.Hash]selfCount)
+		s.mu.Unlock()
+	}
 	go func() {
 		defer close(s.counted)
 		if s.opt.beforeReconcile != nil {

@@ -170,6 +170,27 @@ type Store struct {
 	bgWork  sync.WaitGroup
 	filling map[v1.Hash]bool // guarded by mu
 	fillers chan struct{}
+	// While a rebuild counts (bucket mode), what commits and fills counted
+	// themselves meanwhile, so that its totals do not count them twice;
+	// nil otherwise. Guarded by mu.
+	selfCounted map[v1.Hash]selfCount
+}
+
+// selfCount is what one commit or fill during a rebuild added to the counts.
+type selfCount struct {
+	size          int64
+	bucket, local bool
+}
+
+// countedSelf notes, during a rebuild, that h was just counted by its
+// commit or fill. s.mu is held.
+func (s *Store) countedSelf(h v1.Hash, size int64, bucket, local bool) {
+	if s.selfCounted == nil || (!bucket && !local) {
+		return
+	}
+	c := s.selfCounted[h]
+	c.size, c.bucket, c.local = size, c.bucket || bucket, c.local || local
+	s.selfCounted[h] = c
 }
 
 // Open opens (creating if needed) the store under dir. Leftover temp files of

@@ -150,11 +150,13 @@ func (w *Writer) publish() error {
 		s.mu.Unlock()
 		return fmt.Errorf("rename blob %s into place: %w", w.h, err)
 	}
-	s.ledger.committed(w.reserved, w.v.Written(), statErr != nil && !inBucket)
+	added := statErr != nil && !inBucket
+	s.ledger.committed(w.reserved, w.v.Written(), added)
 	if s.opt.Bucket != nil && statErr != nil {
 		s.local.used += w.v.Written()
 		s.local.objects++
 	}
+	s.countedSelf(w.h, w.v.Written(), added, s.opt.Bucket != nil && statErr != nil)
 	w.reserved = 0
 	s.mu.Unlock()
 	w.tmp = final
