@@ -71,6 +71,20 @@ func (e *bucketEnv) open(dir string, opt Options, run bool) *Store {
 	return s
 }
 
+// holdRebuild gives options whose rebuild of the index waits, once it has
+// started, until release: a store opened with them is rebuilding.
+func holdRebuild() (opt Options, release func()) {
+	hold, held := make(chan struct{}), make(chan struct{})
+	opt.beforeReconcile = func(ctx context.Context) {
+		close(held)
+		select {
+		case <-hold:
+		case <-ctx.Done():
+		}
+	}
+	return opt, func() { <-held; close(hold) }
+}
+
 // runStore runs s's background work until the returned stop is called.
 func runStore(s *Store) (stop func()) {
 	ctx, cancel := context.WithCancel(context.Background())
@@ -89,6 +103,16 @@ func (e *bucketEnv) contentKeys() []string {
 	}
 	slices.Sort(out)
 	return out
+}
+
+// uploaded waits until s has uploaded everything, and fails the test with
+// why unless h is in the bucket then.
+func (e *bucketEnv) uploaded(s *Store, h v1.Hash, why string) {
+	e.t.Helper()
+	waitUploaded(e.t, s)
+	if !e.inBucket(h) {
+		e.t.Fatal(why)
+	}
 }
 
 func (e *bucketEnv) inBucket(h v1.Hash) bool {
@@ -212,16 +236,8 @@ func TestBucketEmptyDirRebuildsFromTheBucket(t *testing.T) {
 	}
 	waitUploaded(t, a)
 
-	hold := make(chan struct{})
-	held := make(chan struct{})
-	b := e.open(t.TempDir(), Options{beforeReconcile: func(ctx context.Context) {
-		close(held)
-		select {
-		case <-hold:
-		case <-ctx.Done():
-		}
-	}}, true)
-	<-held
+	opt, release := holdRebuild()
+	b := e.open(t.TempDir(), opt, true)
 	// While the index is rebuilt: a local miss asks the bucket.
 	if got, err := b.Tag("docker.io", "library/app", "1.0"); err != nil || got.Digest != img.manifest {
 		t.Fatalf("tag while rebuilding: %+v, %v", got, err)
@@ -229,7 +245,7 @@ func TestBucketEmptyDirRebuildsFromTheBucket(t *testing.T) {
 	if got, local := readBlob(t, b, img.layers[0]); !bytes.Equal(got, img.content[0]) || local {
 		t.Fatalf("blob while rebuilding: %d bytes, local %v", len(got), local)
 	}
-	close(hold)
+	release()
 	if err := b.AwaitCounts(t.Context()); err != nil {
 		t.Fatal(err)
 	}
@@ -444,10 +460,7 @@ func TestBucketDownAndBack(t *testing.T) {
 
 	e.srv.Start()
 	waitFor(t, "the bucket back", func() bool { return !s.Bucket().Down })
-	waitUploaded(t, s)
-	if !e.inBucket(ph) {
-		t.Fatal("content committed while the bucket was down was not uploaded once it was back")
-	}
+	e.uploaded(s, ph, "content committed while the bucket was down was not uploaded once it was back")
 	if got, _ := readBlob(t, s, rh); !bytes.Equal(got, remote) {
 		t.Fatal("content in the bucket not served once it is back")
 	}
@@ -495,13 +508,7 @@ func TestBucketCrashBeforeUpload(t *testing.T) {
 		t.Fatalf("bucket %q before the restart", keys)
 	}
 	s2 := e.open(dir, Options{}, true)
-	if err := s2.AwaitCounts(t.Context()); err != nil {
-		t.Fatal(err)
-	}
-	waitUploaded(t, s2)
-	if !e.inBucket(h) {
-		t.Fatal("content committed before the crash was not uploaded after it")
-	}
+	e.uploaded(s2, h, "content committed before the crash was not uploaded after it")
 	if _, err := e.srv.Admin.StatObject(t.Context(), e.bucket, "mirror/tags/docker.io/app:v1", minio.StatObjectOptions{}); err != nil {
 		t.Fatalf("tag answer written before the crash is not in the bucket: %v", err)
 	}
@@ -525,13 +532,7 @@ func TestBucketDiskStoreMovedOntoABucketUploadsItsContent(t *testing.T) {
 		t.Fatal(err)
 	}
 	s := e.open(dir, Options{}, true)
-	if err := s.AwaitCounts(t.Context()); err != nil {
-		t.Fatal(err)
-	}
-	waitUploaded(t, s)
-	if !e.inBucket(h) {
-		t.Fatal("the disk store's content was not uploaded")
-	}
+	e.uploaded(s, h, "the disk store's content was not uploaded")
 }
 
 // Deleting a tag answer or a pin removes its record from the bucket, so a
@@ -571,9 +572,6 @@ func TestBucketDeletedTagAndPinLeaveTheBucket(t *testing.T) {
 		t.Fatalf("records left in the bucket: %q", got)
 	}
 	fresh := e.open(t.TempDir(), Options{}, true)
-	if err := fresh.AwaitCounts(t.Context()); err != nil {
-		t.Fatal(err)
-	}
 	if _, err := fresh.Tag("r", "app", "old"); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("a new host knows the deleted tag: %v", err)
 	}
@@ -608,9 +606,6 @@ func TestBucketContentGoneFromTheBucketIsForgotten(t *testing.T) {
 	}
 	crash(t, s)
 	s2 := e.open(dir, Options{}, true)
-	if err := s2.AwaitCounts(t.Context()); err != nil {
-		t.Fatal(err)
-	}
 	if s2.Has(hs[1]) || s2.Usage().Objects != 0 {
 		t.Fatalf("the rebuild kept content the bucket lost: has %v, usage %+v", s2.Has(hs[1]), s2.Usage())
 	}
@@ -663,10 +658,7 @@ func TestBucketMissingAtRunTimeIsDown(t *testing.T) {
 	}
 	e.srv.Bucket(t, e.bucket)
 	waitFor(t, "the bucket back", func() bool { return !s.Bucket().Down })
-	waitUploaded(t, s)
-	if !e.inBucket(h) {
-		t.Fatal("not uploaded once the bucket was back")
-	}
+	e.uploaded(s, h, "not uploaded once the bucket was back")
 }
 
 // Commits and fills made while the index is rebuilt from the bucket are
@@ -678,21 +670,14 @@ func TestBucketCommitsDuringTheRebuildCountOnce(t *testing.T) {
 	commit(t, a, old, oh)
 	waitUploaded(t, a)
 
-	hold, held := make(chan struct{}), make(chan struct{})
-	s := e.open(t.TempDir(), Options{beforeReconcile: func(ctx context.Context) {
-		close(held)
-		select {
-		case <-hold:
-		case <-ctx.Done():
-		}
-	}}, true)
-	<-held
+	opt, release := holdRebuild()
+	s := e.open(t.TempDir(), opt, true)
 	readBlob(t, s, oh) // from the bucket; the local copy is filled meanwhile
 	waitFor(t, "the fill", func() bool { return s.hasLocal(oh) })
 	body, h := randomContent(t, 2000)
 	commit(t, s, body, h)
 	waitUploaded(t, s) // in the bucket before the rebuild lists it
-	close(hold)
+	release()
 	if err := s.AwaitCounts(t.Context()); err != nil {
 		t.Fatal(err)
 	}
