@@ -685,3 +685,30 @@ func TestBucketCommitsDuringTheRebuildCountOnce(t *testing.T) {
 		t.Fatalf("usage %+v: want 2 objects of 3000 bytes, in the bucket and locally", u)
 	}
 }
+
+// Content named by sha512 goes to the bucket under blobs/sha512/ and is
+// rebuilt from it like sha256 content, in one merge of both listings.
+func TestBucketSha512ContentRoundTrips(t *testing.T) {
+	e := newBucketEnv(t)
+	a := e.open(t.TempDir(), Options{}, true)
+	b256, h256 := randomContentBy(t, "sha256", 3000)
+	b512, h512 := randomContentBy(t, "sha512", 4000)
+	commit(t, a, b256, h256)
+	commit(t, a, b512, h512)
+	waitUploaded(t, a)
+	if _, ok := e.srv.Objects(t, e.bucket)["mirror/blobs/sha512/"+h512.Hex]; !ok {
+		t.Fatalf("no sha512 object in %v", e.srv.Objects(t, e.bucket))
+	}
+	fresh := e.open(t.TempDir(), Options{}, true)
+	if u := fresh.Usage(); u.Objects != 2 || u.Bytes != 7000 {
+		t.Fatalf("usage after the rebuild: %+v", u)
+	}
+	for _, c := range []struct {
+		body []byte
+		h    v1.Hash
+	}{{b256, h256}, {b512, h512}} {
+		if got, _ := readBlob(t, fresh, c.h); !fresh.Has(c.h) || !bytes.Equal(got, c.body) {
+			t.Errorf("%s after the rebuild: has %v, right bytes %v", c.h, fresh.Has(c.h), bytes.Equal(got, c.body))
+		}
+	}
+}
