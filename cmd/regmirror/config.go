@@ -37,8 +37,14 @@ type Config struct {
 	CredentialsFile    string        `env:"CREDENTIALS_FILE"    envDefault:""                              flag:"credentials-file"    usage:"a file of upstream credentials, one 'registry username password' a line"`
 	TagTTL             time.Duration `env:"TAG_TTL"             envDefault:"5m"                            flag:"tag-ttl"             usage:"how long a tag's answer is served before asking upstream again"`
 	UpstreamTimeout    time.Duration `env:"UPSTREAM_TIMEOUT"    envDefault:"30s"                           flag:"upstream-timeout"    usage:"timeout to connect to upstream and for its answer; also how long a download may stall"`
-	MaxSize            byteSize      `env:"MAX_SIZE"            envDefault:"20GiB"                         flag:"max-size"            usage:"disk budget of the cache (500MB, 50GiB, ...; 0 means no limit): least recently used images are evicted past it"`
+	MaxSize            byteSize      `env:"MAX_SIZE"            envDefault:"20GiB"                         flag:"max-size"            usage:"budget of the cache on disk, or in the bucket with -storage s3 (500MB, 50GiB, ...; 0 means no limit): least recently used images are evicted past it"`
 	MinFree            byteSize      `env:"MIN_FREE"            envDefault:"1GiB"                          flag:"min-free"            usage:"free space kept on the cache's filesystem (0 means no floor): eviction keeps at least this much free"`
+	Storage            string        `env:"STORAGE"             envDefault:"disk"                          flag:"storage"             usage:"where the cache lives: disk (REGMIRROR_DATA_DIR) or s3 (a bucket, with a local copy of hot content in REGMIRROR_DATA_DIR)"`
+	S3Endpoint         string        `env:"S3_ENDPOINT"         envDefault:""                              flag:"s3-endpoint"         usage:"the S3 store's URL, http://host:port for plain HTTP or https://host; empty means AWS for -s3-region"`
+	S3Bucket           string        `env:"S3_BUCKET"           envDefault:""                              flag:"s3-bucket"           usage:"the bucket the cache lives in (with -storage s3)"`
+	S3Prefix           string        `env:"S3_PREFIX"           envDefault:""                              flag:"s3-prefix"           usage:"key prefix in the bucket, so that one bucket can hold several caches"`
+	S3Region           string        `env:"S3_REGION"           envDefault:""                              flag:"s3-region"           usage:"the bucket's region; empty asks the store"`
+	LocalMaxSize       byteSize      `env:"LOCAL_MAX_SIZE"      envDefault:"10GiB"                         flag:"local-max-size"      usage:"with -storage s3, the budget of the local copy of hot content in the data dir (0 means no limit)"`
 	MaxDownloads       int           `env:"MAX_DOWNLOADS"       envDefault:"64"                            flag:"max-downloads"       usage:"blob downloads from upstreams at once; more wait their turn (0 means no bound)"`
 	AdminAddr          string        `env:"ADMIN_ADDR"          envDefault:"127.0.0.1:5001"                flag:"admin-addr"          usage:"listen address of the admin API (pin, unpin, ls, warm, gc, verify); off turns it off"`
 	AdminToken         string        `env:"ADMIN_TOKEN"         envDefault:""                              flag:"admin-token"         usage:"bearer token the admin API requires; needed when REGMIRROR_ADMIN_ADDR is not a loopback address" secret:"true"`
@@ -283,6 +289,7 @@ func (c Config) Validate() error {
 	if c.AdminAddr != "" && c.AdminAddr != "off" && c.AdminToken == "" && !loopbackAddr(c.AdminAddr) {
 		bad("ADMIN_ADDR", "%q is not a loopback address: set REGMIRROR_ADMIN_TOKEN too, or anyone who reaches it can pin, warm and evict", c.AdminAddr)
 	}
+	errs = append(errs, c.validateStorage()...)
 	if c.LogFormat != "json" && c.LogFormat != "console" {
 		bad("LOG_FORMAT", "%q: want json or console", c.LogFormat)
 	}

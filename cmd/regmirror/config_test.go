@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/caarlos0/env/v11"
+	"github.com/regmirror/regmirror/cache"
 	"github.com/regmirror/regmirror/upstream"
 	"go.uber.org/zap/zapcore"
 )
@@ -31,6 +32,8 @@ func TestDefaultsMakeADockerHubMirror(t *testing.T) {
 		UpstreamTimeout: 30 * time.Second,
 		MaxSize:         20 << 30,
 		MinFree:         1 << 30,
+		Storage:         "disk",
+		LocalMaxSize:    10 << 30,
 		MaxDownloads:    64,
 		AdminAddr:       "127.0.0.1:5001",
 		ShutdownTimeout: 30 * time.Second,
@@ -81,6 +84,17 @@ func TestBadValuesNameTheirSetting(t *testing.T) {
 		{"admin API open to the network without a token", map[string]string{"REGMIRROR_ADMIN_ADDR": ":5001"}, nil, []string{"REGMIRROR_ADMIN_ADDR", "REGMIRROR_ADMIN_TOKEN"}},
 		{"certificate without key", map[string]string{"REGMIRROR_TLS_CERT": "/etc/regmirror/cert.pem"}, nil, []string{"REGMIRROR_TLS_CERT", "REGMIRROR_TLS_KEY"}},
 		{"key without certificate", nil, []string{"-tls-key", "/etc/regmirror/key.pem"}, []string{"REGMIRROR_TLS_CERT", "REGMIRROR_TLS_KEY"}},
+		{"unknown storage", map[string]string{"REGMIRROR_STORAGE": "gcs"}, nil, []string{"REGMIRROR_STORAGE", `"gcs"`}},
+		{"s3 without a bucket", map[string]string{"REGMIRROR_STORAGE": "s3"}, nil, []string{"REGMIRROR_S3_BUCKET"}},
+		{"bucket name S3 refuses", nil, []string{"-storage", "s3", "-s3-bucket", "my..cache"}, []string{"REGMIRROR_S3_BUCKET", "my..cache"}},
+		{"endpoint with a path", map[string]string{"REGMIRROR_STORAGE": "s3", "REGMIRROR_S3_BUCKET": "cache", "REGMIRROR_S3_ENDPOINT": "http://minio.lan:9000/cache"}, nil, []string{"REGMIRROR_S3_ENDPOINT"}},
+		{"endpoint without a scheme", map[string]string{"REGMIRROR_STORAGE": "s3", "REGMIRROR_S3_BUCKET": "cache", "REGMIRROR_S3_ENDPOINT": "minio.lan:9000"}, nil, []string{"REGMIRROR_S3_ENDPOINT"}},
+		{"prefix with a dot-dot part", map[string]string{"REGMIRROR_STORAGE": "s3", "REGMIRROR_S3_BUCKET": "cache", "REGMIRROR_S3_PREFIX": "a/../b"}, nil, []string{"REGMIRROR_S3_PREFIX"}},
+		{"prefix with an empty part", map[string]string{"REGMIRROR_STORAGE": "s3", "REGMIRROR_S3_BUCKET": "cache", "REGMIRROR_S3_PREFIX": "a//b"}, nil, []string{"REGMIRROR_S3_PREFIX"}},
+		{"prefix of slashes only", map[string]string{"REGMIRROR_STORAGE": "s3", "REGMIRROR_S3_BUCKET": "cache", "REGMIRROR_S3_PREFIX": "/"}, nil, []string{"REGMIRROR_S3_PREFIX"}},
+		{"prefix with a newline", map[string]string{"REGMIRROR_STORAGE": "s3", "REGMIRROR_S3_BUCKET": "cache", "REGMIRROR_S3_PREFIX": "a\nb"}, nil, []string{"REGMIRROR_S3_PREFIX"}},
+		{"bucket named but storage left on disk", map[string]string{"REGMIRROR_S3_BUCKET": "cache"}, nil, []string{"REGMIRROR_S3_BUCKET", "REGMIRROR_STORAGE=s3"}},
+		{"local copy size without a number", map[string]string{"REGMIRROR_LOCAL_MAX_SIZE": "lots"}, nil, []string{"REGMIRROR_LOCAL_MAX_SIZE"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -117,6 +131,52 @@ func TestSizes(t *testing.T) {
 	}
 	if s := byteSize(20 << 30).String(); s != "20GiB" {
 		t.Errorf("String = %q", s)
+	}
+}
+
+func TestS3Settings(t *testing.T) {
+	tests := []struct {
+		name    string
+		environ map[string]string
+		args    []string
+		want    cache.S3Config
+	}{
+		{"AWS by region", map[string]string{"REGMIRROR_STORAGE": "s3", "REGMIRROR_S3_BUCKET": "team-cache", "REGMIRROR_S3_REGION": "eu-west-1"}, nil,
+			cache.S3Config{Bucket: "team-cache", Region: "eu-west-1"}},
+		{"a store over plain HTTP, by flags", nil,
+			[]string{"-storage", "s3", "-s3-endpoint", "http://127.0.0.1:7070", "-s3-bucket", "cache", "-s3-prefix", "mirrors/hub/"},
+			cache.S3Config{Endpoint: "http://127.0.0.1:7070", Bucket: "cache", Prefix: "mirrors/hub/"}},
+		{"https endpoint with a port", map[string]string{"REGMIRROR_STORAGE": "s3", "REGMIRROR_S3_BUCKET": "cache", "REGMIRROR_S3_ENDPOINT": "https://rgw.lan:7480/"}, nil,
+			cache.S3Config{Endpoint: "https://rgw.lan:7480/", Bucket: "cache"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if tt.environ == nil {
+				tt.environ = map[string]string{}
+			}
+			cfg, err := loadConfig(tt.args, tt.environ)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := cfg.s3Config(); got != tt.want {
+				t.Errorf("s3Config = %+v, want %+v", got, tt.want)
+			}
+		})
+	}
+}
+
+// The bucket's credentials come from the AWS chain only: an endpoint that
+// carries them is refused, and the message does not repeat them.
+func TestS3EndpointCredentialsAreRefusedAndNotRepeated(t *testing.T) {
+	environ := map[string]string{"REGMIRROR_STORAGE": "s3", "REGMIRROR_S3_BUCKET": "cache", "REGMIRROR_S3_ENDPOINT": "http://AKIAKEY:s3cret@minio.lan:9000"}
+	_, err := loadConfig(nil, environ)
+	if err == nil || !strings.Contains(err.Error(), "REGMIRROR_S3_ENDPOINT") || strings.Contains(err.Error(), "s3cret") || strings.Contains(err.Error(), "AKIAKEY") {
+		t.Errorf("err = %v: want an error naming REGMIRROR_S3_ENDPOINT that does not repeat the credentials", err)
+	}
+	var out strings.Builder
+	runConfig(nil, environ, &out)
+	if strings.Contains(out.String(), "s3cret") || strings.Contains(out.String(), "AKIAKEY") {
+		t.Errorf("regmirror config printed the credentials:\n%s", out.String())
 	}
 }
 
