@@ -34,6 +34,11 @@ type (
 			Name  string `yaml:"name"`
 			Value string `yaml:"value"`
 		} `yaml:"env"`
+		EnvFrom []struct {
+			SecretRef *struct {
+				Name string `yaml:"name"`
+			} `yaml:"secretRef"`
+		} `yaml:"envFrom"`
 		Ports []struct {
 			Name          string `yaml:"name"`
 			ContainerPort int    `yaml:"containerPort"`
@@ -74,10 +79,16 @@ type (
 						PersistentVolumeClaim struct {
 							ClaimName string `yaml:"claimName"`
 						} `yaml:"persistentVolumeClaim"`
+						EmptyDir *struct {
+							SizeLimit string `yaml:"sizeLimit"`
+						} `yaml:"emptyDir"`
 					} `yaml:"volumes"`
 				} `yaml:"spec"`
 			} `yaml:"template"`
 		} `yaml:"spec"`
+	}
+	k8sSecret struct {
+		StringData map[string]string `yaml:"stringData"`
 	}
 	k8sService struct {
 		Spec struct {
@@ -90,12 +101,26 @@ type (
 	}
 )
 
-// TestKubernetesManifest reads deploy/kubernetes/regmirror.yaml as
+// TestKubernetesManifest reads each example of deploy/kubernetes as
 // Kubernetes would (every document valid YAML), checks that its parts fit
 // together, and has the binary check its settings: every variable must be
-// a real setting, and the values must validate.
+// a real setting, and the values must validate. regmirror.yaml keeps the
+// cache on a claim; regmirror-s3.yaml in a bucket, with the data dir on an
+// emptyDir and the credentials from a Secret.
 func TestKubernetesManifest(t *testing.T) {
-	f, err := os.Open(filepath.Join("..", "deploy", "kubernetes", "regmirror.yaml"))
+	for _, tc := range []struct {
+		file  string
+		kinds []string
+	}{
+		{"regmirror.yaml", []string{"PersistentVolumeClaim", "Deployment", "Service"}},
+		{"regmirror-s3.yaml", []string{"Secret", "ServiceAccount", "Deployment", "Service"}},
+	} {
+		t.Run(tc.file, func(t *testing.T) { checkKubernetesManifest(t, tc.file, tc.kinds) })
+	}
+}
+
+func checkKubernetesManifest(t *testing.T, file string, kinds []string) {
+	f, err := os.Open(filepath.Join("..", "deploy", "kubernetes", file))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -108,7 +133,7 @@ func TestKubernetesManifest(t *testing.T) {
 		if err := dec.Decode(&doc); errors.Is(err, io.EOF) {
 			break
 		} else if err != nil {
-			t.Fatalf("regmirror.yaml: %v", err)
+			t.Fatalf("%s: %v", file, err)
 		}
 		var head struct {
 			APIVersion string  `yaml:"apiVersion"`
@@ -123,9 +148,9 @@ func TestKubernetesManifest(t *testing.T) {
 		}
 		docs[head.Kind], names[head.Kind] = &doc, head.Metadata.Name
 	}
-	for _, kind := range []string{"PersistentVolumeClaim", "Deployment", "Service"} {
+	for _, kind := range kinds {
 		if docs[kind] == nil {
-			t.Fatalf("regmirror.yaml has no %s", kind)
+			t.Fatalf("%s has no %s", file, kind)
 		}
 	}
 	var dep k8sDeployment
@@ -206,20 +231,41 @@ func TestKubernetesManifest(t *testing.T) {
 		t.Error("want enableServiceLinks: false: service links are REGMIRROR_* variables")
 	}
 
-	// The data dir is the mounted volume, and the volume is the claim.
+	// The data dir is the mounted volume: the claim on disk, an emptyDir
+	// (a cache of the bucket) with the bucket.
 	mounted := ""
 	for _, m := range c.VolumeMounts {
 		if m.MountPath == env["REGMIRROR_DATA_DIR"] {
 			mounted = m.Name
 		}
 	}
-	claim := ""
+	claim, emptyDir := "", false
 	for _, v := range pod.Volumes {
 		if v.Name == mounted {
-			claim = v.PersistentVolumeClaim.ClaimName
+			claim, emptyDir = v.PersistentVolumeClaim.ClaimName, v.EmptyDir != nil && v.EmptyDir.SizeLimit != ""
 		}
 	}
-	if mounted == "" || claim != names["PersistentVolumeClaim"] {
+	if env["REGMIRROR_STORAGE"] == "s3" {
+		if mounted == "" || !emptyDir {
+			t.Errorf("REGMIRROR_DATA_DIR=%s is not on an emptyDir with a sizeLimit (volume %q)", env["REGMIRROR_DATA_DIR"], mounted)
+		}
+		// The credentials come from the Secret, by the AWS chain's names.
+		var secret k8sSecret
+		if err := docs["Secret"].Decode(&secret); err != nil {
+			t.Fatal(err)
+		}
+		if len(c.EnvFrom) != 1 || c.EnvFrom[0].SecretRef == nil || c.EnvFrom[0].SecretRef.Name != names["Secret"] {
+			t.Errorf("the container's envFrom = %+v, want the Secret %s", c.EnvFrom, names["Secret"])
+		}
+		for _, key := range []string{"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} {
+			if _, ok := secret.StringData[key]; !ok {
+				t.Errorf("the Secret has no %s", key)
+			}
+			if _, ok := env[key]; ok {
+				t.Errorf("%s is in the Deployment's env, not in the Secret", key)
+			}
+		}
+	} else if mounted == "" || claim != names["PersistentVolumeClaim"] {
 		t.Errorf("REGMIRROR_DATA_DIR=%s is not on the claim %s (volume %q, claim %q)", env["REGMIRROR_DATA_DIR"], names["PersistentVolumeClaim"], mounted, claim)
 	}
 	labels := dep.Spec.Template.Metadata.Labels

@@ -141,7 +141,7 @@ func serve(ctx context.Context, cfg Config) error {
 	}
 	log.Info("listening", zap.String("addr", ls.main.Addr().String()), zap.String("admin_addr", ls.adminAddr()),
 		zap.Bool("tls", m.certs != nil), zap.Bool("client_auth", m.auth != nil), zap.String("data_dir", cfg.DataDir),
-		zap.String("default_upstream", m.clients[0].Name()), zap.Duration("tag_ttl", cfg.TagTTL),
+		zap.String("storage", cfg.Storage), zap.String("default_upstream", m.clients[0].Name()), zap.Duration("tag_ttl", cfg.TagTTL),
 		zap.Stringer("max_size", cfg.MaxSize), zap.Stringer("min_free", cfg.MinFree), zap.String("version", version))
 	if err := m.run(ctx, ls, hup); err != nil {
 		return err
@@ -186,6 +186,13 @@ func newMirror(cfg Config, log *zap.Logger) (_ *mirror, err error) {
 	}
 
 	opt := cache.Options{MaxSize: int64(cfg.MaxSize), MinFree: int64(cfg.MinFree)}
+	if cfg.Storage == storageS3 {
+		bucket, err := openBucket(context.Background(), cfg, log.Named("s3"))
+		if err != nil {
+			return nil, err
+		}
+		_ = bucket // TODO(s3store): opt.Bucket, opt.LocalMaxSize
+	}
 	if m.store, err = cache.Open(cfg.DataDir, opt, log.Named("cache")); err != nil {
 		return nil, err
 	}

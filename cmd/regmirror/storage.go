@@ -118,6 +118,10 @@ func openBucket(ctx context.Context, cfg Config, log *zap.Logger) (*cache.S3Obje
 		return nil, fmt.Errorf("%sS3_BUCKET, %sS3_ENDPOINT: check %s: %w", envPrefix, envPrefix, where, err)
 	}
 	err = objs.CheckConditionalWrites(cctx)
+	// What the mirror uses, without secrets: the credentials stay in the chain.
+	log.Info("cache in a bucket", zap.String("endpoint", s3EndpointName(cfg.S3Endpoint)), zap.String("bucket", cfg.S3Bucket),
+		zap.String("prefix", cfg.S3Prefix), zap.String("region", cfg.S3Region), zap.Bool("if_none_match", err == nil),
+		zap.Stringer("max_size", cfg.MaxSize), zap.Stringer("local_max_size", cfg.LocalMaxSize))
 	switch {
 	case errors.Is(err, cache.ErrConditionalWritesIgnored):
 		// One mirror on the bucket does not need it; several replicas will.
