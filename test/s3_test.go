@@ -286,7 +286,7 @@ func TestS3KillDuringUploadLeavesNothingPartial(t *testing.T) {
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			bucket := s3.Bucket(t, "kill-"+strings.ReplaceAll(tc.name, " ", "-"))
+			bucket := s3.Bucket(t, "kill-"+strings.ToLower(strings.ReplaceAll(tc.name, " ", "-")))
 			gate := startS3Gate(t, s3)
 			up := startUpstream(t, nil)
 			data, h := regtest.RandomBlob(t, tc.size)
@@ -328,12 +328,11 @@ func TestS3KillDuringUploadLeavesNothingPartial(t *testing.T) {
 
 // readyz is the mirror's /readyz answer.
 type readyz struct {
-	Ready   bool `json:"ready"`
-	Storage *struct {
-		Kind   string `json:"kind"`
+	Ready  bool `json:"ready"`
+	Bucket *struct {
 		Up     bool   `json:"up"`
 		Reason string `json:"reason"`
-	} `json:"storage"`
+	} `json:"bucket"`
 	Warnings []string `json:"warnings"`
 }
 
@@ -384,19 +383,19 @@ func TestS3BucketDownAndBack(t *testing.T) {
 	// The mirror notices the bucket is down, at the latest when it fails to store.
 	eventually(t, "/readyz says the bucket is down", func() (bool, string) {
 		code, r, body := getReadyz(t, m)
-		if r.Storage == nil || r.Storage.Up {
+		if r.Bucket == nil || r.Bucket.Up {
 			return false, body
 		}
 		if code != http.StatusOK || !r.Ready {
 			t.Errorf("/readyz with the bucket down: status %d, %s; want 200 and ready (the local copy serves, misses stream)", code, body)
 		}
-		if r.Storage.Reason == "" {
+		if r.Bucket.Reason == "" {
 			t.Errorf("/readyz says the bucket is down without a reason: %s", body)
 		}
 		return true, body
 	})
 	resp, page := m.do(http.MethodGet, "/", nil)
-	if resp.StatusCode != http.StatusOK || !strings.Contains(string(page), "bucket") || !strings.Contains(string(page), "down") {
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(page), `id="bucket-down"`) {
 		t.Errorf("the status page with the bucket down (status %d) does not say so:\n%s", resp.StatusCode, page)
 	}
 	get(t, coldH) // streamed again: it was not stored anywhere it could be served from
@@ -407,7 +406,7 @@ func TestS3BucketDownAndBack(t *testing.T) {
 	s3.Start()
 	eventually(t, "/readyz says the bucket is back", func() (bool, string) {
 		_, r, body := getReadyz(t, m)
-		return r.Storage != nil && r.Storage.Up, body
+		return r.Bucket != nil && r.Bucket.Up, body
 	})
 	get(t, laterH)
 	waitBucket(t, s3, bucket, "a blob pulled once the bucket is back is stored in it", holdsAll(hotH, laterH))

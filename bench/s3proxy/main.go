@@ -46,7 +46,9 @@ func main() {
 		json.NewEncoder(w).Encode(c.snapshot())
 	})
 	ctl.HandleFunc("POST /reset", func(w http.ResponseWriter, r *http.Request) { c.reset() })
-	go func() { log.Fatal((&http.Server{Addr: *control, Handler: ctl, ReadHeaderTimeout: 10 * time.Second}).ListenAndServe()) }()
+	go func() {
+		log.Fatal((&http.Server{Addr: *control, Handler: ctl, ReadHeaderTimeout: 10 * time.Second}).ListenAndServe())
+	}()
 	log.Fatal((&http.Server{Addr: *listen, Handler: proxy, ReadHeaderTimeout: 10 * time.Second}).ListenAndServe())
 }
 
