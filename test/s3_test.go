@@ -311,8 +311,9 @@ func TestS3KillDuringUploadLeavesNothingPartial(t *testing.T) {
 			}
 
 			// Restarted (the gate holds nothing now), it sweeps the upload
-			// away, and the blob's next download reaches the bucket whole.
-			m = startMirror(t, up.URL, m.DataDir, s3Env(s3, gate.URL, bucket)...)
+			// away (any upload is stale at once here), and the blob reaches
+			// the bucket whole.
+			m = startMirror(t, up.URL, m.DataDir, s3Env(s3, gate.URL, bucket, "REGMIRROR_S3_STALE_UPLOADS=1ms")...)
 			eventually(t, "the restarted mirror aborts the open multipart upload", func() (bool, string) {
 				ups := s3.Uploads(t, bucket)
 				return len(ups) == 0, fmt.Sprintf("open uploads %v", ups)

@@ -34,6 +34,7 @@ func TestDefaultsMakeADockerHubMirror(t *testing.T) {
 		MinFree:         1 << 30,
 		Storage:         "disk",
 		LocalMaxSize:    10 << 30,
+		S3StaleUploads:  time.Hour,
 		MaxDownloads:    64,
 		AdminAddr:       "127.0.0.1:5001",
 		ShutdownTimeout: 30 * time.Second,
@@ -94,6 +95,7 @@ func TestBadValuesNameTheirSetting(t *testing.T) {
 		{"prefix of slashes only", map[string]string{"REGMIRROR_STORAGE": "s3", "REGMIRROR_S3_BUCKET": "cache", "REGMIRROR_S3_PREFIX": "/"}, nil, []string{"REGMIRROR_S3_PREFIX"}},
 		{"prefix with a newline", map[string]string{"REGMIRROR_STORAGE": "s3", "REGMIRROR_S3_BUCKET": "cache", "REGMIRROR_S3_PREFIX": "a\nb"}, nil, []string{"REGMIRROR_S3_PREFIX"}},
 		{"bucket named but storage left on disk", map[string]string{"REGMIRROR_S3_BUCKET": "cache"}, nil, []string{"REGMIRROR_S3_BUCKET", "REGMIRROR_STORAGE=s3"}},
+		{"stale uploads never", map[string]string{"REGMIRROR_STORAGE": "s3", "REGMIRROR_S3_BUCKET": "cache", "REGMIRROR_S3_STALE_UPLOADS": "0s"}, nil, []string{"REGMIRROR_S3_STALE_UPLOADS"}},
 		{"local copy size without a number", map[string]string{"REGMIRROR_LOCAL_MAX_SIZE": "lots"}, nil, []string{"REGMIRROR_LOCAL_MAX_SIZE"}},
 	}
 	for _, tt := range tests {

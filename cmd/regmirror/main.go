@@ -191,7 +191,7 @@ func newMirror(cfg Config, log *zap.Logger) (_ *mirror, err error) {
 		if err != nil {
 			return nil, err
 		}
-		opt.Bucket, opt.LocalMaxSize = bucket, int64(cfg.LocalMaxSize)
+		opt.Bucket, opt.LocalMaxSize, opt.StaleUploads = bucket, int64(cfg.LocalMaxSize), cfg.S3StaleUploads
 	}
 	if m.store, err = cache.Open(cfg.DataDir, opt, log.Named("cache")); err != nil {
 		return nil, err

@@ -61,6 +61,9 @@ func (c Config) validateStorage() []error {
 	if _, err := cache.NewS3Objects(cache.S3Config{Endpoint: c.S3Endpoint, Bucket: "regmirror"}, zap.NewNop()); err != nil {
 		bad("S3_ENDPOINT", "%v", err)
 	}
+	if c.S3StaleUploads <= 0 {
+		bad("S3_STALE_UPLOADS", "must be positive")
+	}
 	if !validS3Prefix(c.S3Prefix) {
 		bad("S3_PREFIX", "%q: want a key prefix such as mirrors/docker-hub (at most %d bytes; no empty, . or .. parts; no control characters or backslashes)", c.S3Prefix, maxS3Prefix)
 	}
