@@ -52,10 +52,11 @@ func runAdmin(cmd string, args []string, stdout, stderr io.Writer) error {
 		fs.BoolVar(&referrers, "referrers", false, "also the referrers of every manifest of the image (signatures, SBOMs, attestations: the referrers API), their manifests and blobs"+
 			map[bool]string{true: "; pinned with it", false: ""}[cmd == "pin"])
 	}
-	dataDir := ""
+	dataDir, storage := "", storageDisk
 	if cmd == "verify" {
 		def, _ := loadConfig(nil, environ())
 		fs.StringVar(&dataDir, "data-dir", def.DataDir, "with no mirror running, verify this cache directory directly")
+		storage = def.Storage
 	}
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -93,6 +94,11 @@ func runAdmin(cmd string, args []string, stdout, stderr io.Writer) error {
 		return nil
 	case "verify":
 		err := c.verify(stdout, stderr)
+		if errors.Is(err, syscall.ECONNREFUSED) && storage == storageS3 {
+			// Opened alone, the data dir would look like a disk cache whose
+			// content is missing: the index of a bucket is only right with it.
+			return fmt.Errorf("no mirror answers at %s, and with %sSTORAGE=s3 the data dir is a cache of the bucket: verify through a running mirror", c.base, envPrefix)
+		}
 		if errors.Is(err, syscall.ECONNREFUSED) {
 			fmt.Fprintf(stderr, "no mirror answers at %s; verifying %s directly\n", c.base, dataDir)
 			return verifyDir(dataDir, stdout, stderr)
