@@ -447,3 +447,35 @@ func TestS3BudgetEvictsFromTheBucket(t *testing.T) {
 		}
 	}
 }
+
+// A store that does not answer at start-up is no configuration mistake: the
+// mirror starts, streams what it is asked for, says the bucket is down, and
+// finds it when it comes.
+func TestS3StartsWithTheBucketDown(t *testing.T) {
+	t.Parallel()
+	s3 := regtest.Versity(t)
+	bucket := s3.Bucket(t, "down-at-start")
+	up := startUpstream(t, nil)
+	data, _ := regtest.RandomBlob(t, 64<<10)
+	h := pushBlob(t, up, "library/app", data)
+	s3.Stop()
+	m := startS3Mirror(t, up.URL, s3, bucket, "")
+	eventually(t, "/readyz says the bucket is down", func() (bool, string) {
+		code, r, body := getReadyz(t, m)
+		return code == http.StatusOK && r.Ready && r.Bucket != nil && !r.Bucket.Up, body
+	})
+	resp, body := m.do(http.MethodGet, "/v2/library/app/blobs/"+h.String(), nil)
+	if resp.StatusCode != http.StatusOK || regtest.DigestOf(body) != h {
+		t.Fatalf("GET the blob with the bucket down: status %d, %d bytes; want it streamed from upstream", resp.StatusCode, len(body))
+	}
+	s3.Start()
+	eventually(t, "/readyz says the bucket is up", func() (bool, string) {
+		_, r, body := getReadyz(t, m)
+		return r.Bucket != nil && r.Bucket.Up, body
+	})
+	resp, body = m.do(http.MethodGet, "/v2/library/app/blobs/"+h.String(), nil)
+	if resp.StatusCode != http.StatusOK || regtest.DigestOf(body) != h {
+		t.Fatalf("GET the blob once the bucket is back: status %d, %d bytes", resp.StatusCode, len(body))
+	}
+	waitBucket(t, s3, bucket, "the blob reaches the bucket once it is back", holdsAll(h))
+}
