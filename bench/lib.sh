@@ -234,3 +234,45 @@ CONF
 		printf 'proxy:\n  remoteurl: %s\n' "$5" >>"$1"
 	fi
 }
+
+# ratio A B: A/B to two decimals, or - when either is missing or B is 0.
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || a == "-" || b == "-" || b + 0 == 0) print "-"; else printf "%.2f", a / b }'; }
+
+# ms VALUE: wrk's latency (95.00us, 1.23ms, 1.02s) in ms.
+ms() {
+	awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n += 0; else if (v ~ /m$/) n *= 60000; else if (v ~ /s$/) n *= 1000; printf "%.2f", n }'
+}
+
+# The Accept header Docker sends for manifests.
+# shellcheck disable=SC2034 # used by the scripts that source this file
+ACCEPT='application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json'
+
+# run_load TOOL URL OUT LABEL: TOOL (hey: HEAD, wrk: GET) with CONNS connections
+# for LOAD against URL with Docker's Accept, its output in OUT. Prints
+# "req/s p99-ms requests"; errors and answers other than 200 are failures
+# named LABEL. HEY is hey's binary.
+run_load() {
+	local tool=$1 url=$2 out=$3 label=$4 rps p99 n bad
+	if [ "$tool" = hey ]; then
+		"$HEY" -z "$LOAD" -c "$CONNS" -m HEAD -A "$ACCEPT" "$url" >"$out" 2>&1 || fail "$label: hey exited non-zero: $(tail -n 5 "$out")"
+		rps=$(awk '/Requests\/sec:/ { printf "%.0f", $2 }' "$out")
+		p99=$(awk '$1 ~ /^99%/ && $2 == "in" { printf "%.2f", $3 * 1000 }' "$out") # hey prints "99%% in"
+		n=$(awk '/^ *\[[0-9]+\]/ { n += $2 } END { print n + 0 }' "$out")
+		bad=$(awk '/^ *\[[0-9]+\]/ && $1 != "[200]" { b += $2 } END { print b + 0 }' "$out")
+		if grep -q 'Error distribution' "$out"; then
+			fail "$label: errors: $(sed -n '/Error distribution/,$p' "$out" | head -n 5 | tr '\n' ' ')"
+		fi
+	else
+		wrk -t2 -c"$CONNS" -d"$LOAD" --latency -H "Accept: $ACCEPT" "$url" >"$out" 2>&1 || fail "$label: wrk exited non-zero: $(tail -n 5 "$out")"
+		rps=$(awk '/Requests\/sec:/ { printf "%.0f", $2 }' "$out")
+		p99=$(ms "$(awk '$1 == "99%" { print $2 }' "$out")")
+		n=$(awk '/requests in/ { print $1 }' "$out")
+		bad=$(awk '/Non-2xx or 3xx responses:/ { print $NF }' "$out")
+		bad=${bad:-0}
+		if grep -q 'Socket errors' "$out"; then
+			log "note: $label: $(grep 'Socket errors' "$out")"
+		fi
+	fi
+	[ "$bad" = 0 ] || fail "$label: $bad of $n responses were not 200"
+	echo "$rps $p99 $n"
+}

@@ -59,13 +59,9 @@ PERF=${PERF:-0}
 # SETTLE: tenths of a second without a new upstream request before counting them.
 HEY_VERSION=v0.1.5      # what @latest is; pinned so that runs compare
 CRANE_VERSION=v0.22.1   # the go-containerregistry of go.mod
-ACCEPT='application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json'
 
 bench_init run
 
-
-# ratio A B: A/B to two decimals, or - when either is missing or B is 0.
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || a == "-" || b == "-" || b + 0 == 0) print "-"; else printf "%.2f", a / b }'; }
 
 # cpu_ticks PID: user+system CPU time of PID (and its children: nginx's workers) in clock ticks.
 cpu_ticks() {
@@ -297,45 +293,20 @@ warm() {
 
 # --- 3. manifests ---------------------------------------------------------------
 
-# ms VALUE: wrk's latency (95.00us, 1.23ms, 1.02s) in ms.
-ms() {
-	awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n += 0; else if (v ~ /m$/) n *= 60000; else if (v ~ /s$/) n *= 1000; printf "%.2f", n }'
-}
-
 LOAD_ROW='  %-22s %-16s %9s %8s %9s  %s\n'
 
 # load TOOL WHAT NAME URL: TOOL (hey: HEAD, wrk: GET) with CONNS connections for
 # LOAD against URL on server NAME; records RPS and P99 under "WHAT NAME".
 load() {
-	local tool=$1 what=$2 name=$3 url=$4 out mark rps p99 n bad
+	local tool=$1 what=$2 name=$3 url=$4 out mark rps p99 n
 	out=$WORK/$tool-$name.txt
 	settle
 	mark=$(up_mark)
 	if [ "$what" = head-tag ] && [ "$name" = reg ]; then
 		perf_start "${PID[$name]}" head
 	fi
-	if [ "$tool" = hey ]; then
-		"$HEY" -z "$LOAD" -c "$CONNS" -m HEAD -A "$ACCEPT" "$url" >"$out" 2>&1 || fail "hey against $name exited non-zero: $(tail -n 5 "$out")"
-		rps=$(awk '/Requests\/sec:/ { printf "%.0f", $2 }' "$out")
-		p99=$(awk '$1 ~ /^99%/ && $2 == "in" { printf "%.2f", $3 * 1000 }' "$out") # hey prints "99%% in"
-		n=$(awk '/^ *\[[0-9]+\]/ { n += $2 } END { print n + 0 }' "$out")
-		bad=$(awk '/^ *\[[0-9]+\]/ && $1 != "[200]" { b += $2 } END { print b + 0 }' "$out")
-		if grep -q 'Error distribution' "$out"; then
-			fail "hey $what against $name: errors: $(sed -n '/Error distribution/,$p' "$out" | head -n 5 | tr '\n' ' ')"
-		fi
-	else
-		wrk -t2 -c"$CONNS" -d"$LOAD" --latency -H "Accept: $ACCEPT" "$url" >"$out" 2>&1 || fail "wrk against $name exited non-zero: $(tail -n 5 "$out")"
-		rps=$(awk '/Requests\/sec:/ { printf "%.0f", $2 }' "$out")
-		p99=$(ms "$(awk '$1 == "99%" { print $2 }' "$out")")
-		n=$(awk '/requests in/ { print $1 }' "$out")
-		bad=$(awk '/Non-2xx or 3xx responses:/ { print $NF }' "$out")
-		bad=${bad:-0}
-		if grep -q 'Socket errors' "$out"; then
-			log "note: wrk $what against $name: $(grep 'Socket errors' "$out")"
-		fi
-	fi
+	read -r rps p99 n <<<"$(run_load "$tool" "$url" "$out" "$tool $what against $name")"
 	perf_stop
-	[ "$bad" = 0 ] || fail "$tool $what against $name: $bad of $n responses were not 200"
 	settle
 	RPS[$what $name]=$rps
 	P99[$what $name]=$p99

@@ -57,13 +57,10 @@ CONNS=${CONNS:-16}
 DELAY=${DELAY:-5ms}
 # SETTLE: tenths of a second without a new S3 request before counting them.
 HEY_VERSION=v0.1.5 # as bench/run.sh
-ACCEPT='application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json'
 S3_ACCESS=regmirror-bench
 S3_SECRET=regmirror-bench-secret
 
 bench_init s3
-
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || a == "-" || b == "-" || b + 0 == 0) print "-"; else printf "%.2f", a / b }'; }
 
 # --- the S3 server and the proxy in front of it ---------------------------------
 
@@ -230,35 +227,16 @@ warm() {
 
 # --- 3. manifests ---------------------------------------------------------------
 
-ms() {
-	awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n += 0; else if (v ~ /m$/) n *= 60000; else if (v ~ /s$/) n *= 1000; printf "%.2f", n }'
-}
-
 LOAD_ROW='  %-12s %-11s %9s %8s %9s  %s\n'
 
 # load TOOL WHAT NAME URL: TOOL (hey: HEAD, wrk: GET) with CONNS connections
 # for LOAD against URL on server NAME; the S3 requests during the load.
 load() {
-	local tool=$1 what=$2 name=$3 url=$4 out rps p99 n bad
+	local tool=$1 what=$2 name=$3 url=$4 out rps p99 n
 	out=$WORK/$tool-$what-$name.txt
 	s3_settle
 	s3_reset
-	if [ "$tool" = hey ]; then
-		"$HEY" -z "$LOAD" -c "$CONNS" -m HEAD -A "$ACCEPT" "$url" >"$out" 2>&1 || fail "hey against $name exited non-zero: $(tail -n 5 "$out")"
-		rps=$(awk '/Requests\/sec:/ { printf "%.0f", $2 }' "$out")
-		p99=$(awk '$1 ~ /^99%/ && $2 == "in" { printf "%.2f", $3 * 1000 }' "$out")
-		n=$(awk '/^ *\[[0-9]+\]/ { n += $2 } END { print n + 0 }' "$out")
-		bad=$(awk '/^ *\[[0-9]+\]/ && $1 != "[200]" { b += $2 } END { print b + 0 }' "$out")
-		grep -q 'Error distribution' "$out" && fail "hey $what against $name: $(sed -n '/Error distribution/,$p' "$out" | head -n 5 | tr '\n' ' ')"
-	else
-		wrk -t2 -c"$CONNS" -d"$LOAD" --latency -H "Accept: $ACCEPT" "$url" >"$out" 2>&1 || fail "wrk against $name exited non-zero: $(tail -n 5 "$out")"
-		rps=$(awk '/Requests\/sec:/ { printf "%.0f", $2 }' "$out")
-		p99=$(ms "$(awk '$1 == "99%" { print $2 }' "$out")")
-		n=$(awk '/requests in/ { print $1 }' "$out")
-		bad=$(awk '/Non-2xx or 3xx responses:/ { print $NF }' "$out")
-		bad=${bad:-0}
-	fi
-	[ "$bad" = 0 ] || fail "$tool $what against $name: $bad of $n responses were not 200"
+	read -r rps p99 n <<<"$(run_load "$tool" "$url" "$out" "$tool $what against $name")"
 	s3_settle
 	# shellcheck disable=SC2059
 	printf "$LOAD_ROW" "$what" "$name" "$rps" "$p99" "$n" "$(s3_counts)"
