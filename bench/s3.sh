@@ -175,26 +175,29 @@ wait_in_bucket() {
 
 # --- 1. cold ------------------------------------------------------------------
 
-COLD_ROW='  %-15s %-10s %7s %6s  %s\n'
+COLD_ROW='  %-12s %-6s %7s %11s %6s  %s\n'
 
-# cold WHAT NAME PATH DIGEST: one GET of PATH through server NAME, hashed
-# against DIGEST (when a blob), then the S3 requests until the store is quiet.
+# cold WHAT NAME PATH DIGEST SIZE: one GET of PATH through server NAME (a
+# blob's body hashed against DIGEST), then the S3 requests until the store
+# is quiet. For a blob, also how long from the request until its object was
+# in the bucket (polled every 0.1 s).
 cold() {
-	local what=$1 name=$2 path=$3 digest=$4 size=$5 got ns
+	local what=$1 name=$2 path=$3 digest=$4 size=$5 got t0 wall stored=-
 	s3_settle
 	s3_reset
+	t0=$(now_ns)
 	if [ "$what" = manifest ]; then
-		got=$(curl -sS -o /dev/null -w '%{http_code}' -H "Accept: $ACCEPT" "${URL[$name]}$path") || true
-		[ "$got" = 200 ] || fail "cold $what through $name: status $got"
-		ns=0
+		read -r got wall < <(curl -sS -o /dev/null -w '%{http_code} %{time_total}\n' -H "Accept: $ACCEPT" "${URL[$name]}$path" || true)
+		[ "${got:-}" = 200 ] || fail "cold $what through $name: status ${got:-none}"
 	else
-		ns=$(fetch 1 "${URL[$name]}$path" "$WORK/cold-$what-$name" 1)
+		wall=$(secs "$(fetch 1 "${URL[$name]}$path" "$WORK/cold-$what-$name" 1)")
 		check_bodies 1 "$WORK/cold-$what-$name" "cold $what $name" "$size" "$digest" >/dev/null
 		wait_in_bucket "$name" "$digest"
+		stored=$(secs $(($(now_ns) - t0)))
 	fi
 	s3_settle
 	# shellcheck disable=SC2059
-	printf "$COLD_ROW" "$what" "$name" "$(secs "$ns")" "$(s3_total)" "$(s3_counts)"
+	printf "$COLD_ROW" "$what" "$name" "$wall" "$stored" "$(s3_total)" "$(s3_counts)"
 }
 
 # --- 2. warm ------------------------------------------------------------------
@@ -312,7 +315,7 @@ declare -A MBPS=()
 echo
 echo "1. cold: one client, a fresh server; S3 requests until the bucket holds the content and the store is quiet"
 # shellcheck disable=SC2059
-printf "$COLD_ROW" what server "wall s" "S3 req" "S3 requests by operation"
+printf "$COLD_ROW" what server "wall s" "in bucket s" "S3 req" "S3 requests by operation"
 start_reg reg
 start_peer peer
 for name in reg peer; do

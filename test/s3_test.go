@@ -456,6 +456,21 @@ func TestS3BudgetEvictsFromTheBucket(t *testing.T) {
 			t.Errorf("%s, among the most recently used, was evicted from the bucket", imgs[i].name)
 		}
 	}
+
+	// A pin is honoured in the bucket: app0, now the least recently used,
+	// is pinned, so app1's return evicts app2 instead.
+	if _, stderr, code := budCLI(t, m, "pin", imgs[0].name); code != 0 {
+		t.Fatalf("regmirror pin %s: exit %d: %s", imgs[0].name, code, stderr)
+	}
+	pullImage(t, m, imgs[1].name, imgs[1].digest)
+	content = waitBucket(t, s3, bucket, "app2's layer is evicted from the bucket, app1's is back", func(c map[string]int64) bool {
+		_, two := c["blobs/sha256/"+imgs[2].layers[0].Hex]
+		_, one := c["blobs/sha256/"+imgs[1].layers[0].Hex]
+		return !two && one
+	})
+	if _, ok := content["blobs/sha256/"+imgs[0].layers[0].Hex]; !ok {
+		t.Errorf("%s, pinned, was evicted from the bucket", imgs[0].name)
+	}
 }
 
 // A store that does not answer at start-up is no configuration mistake: the
