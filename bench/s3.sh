@@ -175,7 +175,7 @@ wait_in_bucket() {
 
 # --- 1. cold ------------------------------------------------------------------
 
-COLD_ROW='  %-12s %-6s %7s %11s %6s  %s\n'
+COLD_ROW='  %-15s %-9s %7s %11s %6s  %s\n'
 
 # cold WHAT NAME PATH DIGEST SIZE: one GET of PATH through server NAME (a
 # blob's body hashed against DIGEST), then the S3 requests until the store
@@ -186,14 +186,19 @@ cold() {
 	s3_settle
 	s3_reset
 	t0=$(now_ns)
-	if [ "$what" = manifest ]; then
+	if [ "$what" != "${what%manifest}" ]; then
 		read -r got wall < <(curl -sS -o /dev/null -w '%{http_code} %{time_total}\n' -H "Accept: $ACCEPT" "${URL[$name]}$path" || true)
 		[ "${got:-}" = 200 ] || fail "cold $what through $name: status ${got:-none}"
+		wall=$(awk -v s="${wall:-0}" 'BEGIN { printf "%.3f", s }')
 	else
 		wall=$(secs "$(fetch 1 "${URL[$name]}$path" "$WORK/cold-$what-$name" 1)")
 		check_bodies 1 "$WORK/cold-$what-$name" "cold $what $name" "$size" "$digest" >/dev/null
-		wait_in_bucket "$name" "$digest"
-		stored=$(secs $(($(now_ns) - t0)))
+		if [ "$what" != "${what#fresh}" ]; then
+			stored=-   # a fresh host reads what the bucket has
+		else
+			wait_in_bucket "$name" "$digest"
+			stored=$(secs $(($(now_ns) - t0)))
+		fi
 	fi
 	s3_settle
 	# shellcheck disable=SC2059
@@ -323,6 +328,18 @@ for name in reg peer; do
 	cold "small blob" "$name" "/v2/library/small/blobs/$SMALL_LAYER" "$SMALL_LAYER" "$SMALL"
 	cold manifest "$name" /v2/library/small/manifests/latest "" 0
 done
+# A new host on the same bucket, empty data dir: the first reads come from the bucket.
+s3_settle
+s3_reset
+t0=$(now_ns)
+start_reg reg-fresh
+s3_settle
+# shellcheck disable=SC2059
+printf "$COLD_ROW" "fresh start-up" reg-fresh "$(secs $(($(now_ns) - t0)))" - "$(s3_total)" "$(s3_counts)"
+cold "fresh big blob" reg-fresh "$BIG_PATH" "$BIG_LAYER" "$BIG"
+cold "fresh manifest" reg-fresh /v2/library/small/manifests/latest "" 0
+stop reg-fresh
+echo "  (fresh: a second regmirror, started on an empty data dir once the first had filled the bucket: its first reads)"
 
 # --- 2 ----------------------------------------------------------------------------
 echo

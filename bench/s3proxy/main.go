@@ -77,7 +77,8 @@ func (c *counts) snapshot() map[string]int {
 func operation(r *http.Request) string {
 	q := r.URL.Query()
 	has := func(k string) bool { _, ok := q[k]; return ok }
-	object := strings.Contains(strings.TrimPrefix(r.URL.Path, "/"), "/")
+	_, key, _ := strings.Cut(strings.TrimPrefix(r.URL.Path, "/"), "/")
+	object := key != "" // minio-go asks for /bucket/ on bucket calls
 	switch r.Method {
 	case http.MethodGet:
 		switch {
