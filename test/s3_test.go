@@ -38,10 +38,17 @@ func s3Env(s3 *regtest.S3Server, endpoint, bucket string, extra ...string) []str
 	return append(env, extra...)
 }
 
-// startS3Mirror is startMirror with its cache in bucket.
+// startS3Mirror is startMirror with its cache in bucket. When the test
+// ends, the mirror's logs must not hold the secret key.
 func startS3Mirror(t *testing.T, upstreamURL string, s3 *regtest.S3Server, bucket, dataDir string, extra ...string) *mirrorProc {
 	t.Helper()
-	return startMirror(t, upstreamURL, dataDir, s3Env(s3, s3.Endpoint, bucket, extra...)...)
+	m := startMirror(t, upstreamURL, dataDir, s3Env(s3, s3.Endpoint, bucket, extra...)...)
+	t.Cleanup(func() {
+		if strings.Contains(m.Logs(), regtest.S3Secret) {
+			t.Errorf("the mirror logged the bucket's secret key:\n%s", m.Logs())
+		}
+	})
+	return m
 }
 
 // eventually polls cond until it holds, and fails the test after guard
