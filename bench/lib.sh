@@ -276,3 +276,21 @@ run_load() {
 	[ "$bad" = 0 ] || fail "$label: $bad of $n responses were not 200"
 	echo "${rps:--} ${p99:--} ${n:--}" # a figure hey did not print (too few requests for a p99) stays in its column
 }
+
+# settle_on FN: wait (at most 60 s) until what FN prints (a count of
+# requests) has not changed for SETTLE tenths of a second.
+settle_on() {
+	local last cur quiet=0
+	last=$("$1")
+	for _ in $(seq 600); do
+		sleep 0.1
+		cur=$("$1")
+		if [ "$cur" = "$last" ]; then
+			quiet=$((quiet + 1))
+			[ "$quiet" -ge "$SETTLE" ] && return
+		else
+			quiet=0
+			last=$cur
+		fi
+	done
+}

@@ -151,21 +151,7 @@ wait_stored() {
 
 up_mark() { wc -l <"$WORK/upstream.access"; }
 # settle: wait (at most 60 s) until the upstream's log has not grown for SETTLE tenths of a second.
-settle() {
-	local last cur quiet=0
-	last=$(up_mark)
-	for _ in $(seq 600); do
-		sleep 0.1
-		cur=$(up_mark)
-		if [ "$cur" = "$last" ]; then
-			quiet=$((quiet + 1))
-			[ "$quiet" -ge "$SETTLE" ] && return
-		else
-			quiet=0
-			last=$cur
-		fi
-	done
-}
+settle() { settle_on up_mark; }
 # up_gets MARK: "n bytes" of the upstream's blob GETs since line MARK.
 up_gets() {
 	awk -v m="$1" 'NR > m && $6 == "\"GET" && $7 ~ /\/blobs\/sha256:/ { n++; b += $10 } END { printf "%d %d\n", n, b }' "$WORK/upstream.access"

@@ -71,21 +71,7 @@ s3_counts() {
 s3_total() { curl -sS "$S3_CTL/counts" | jq '[.[]] | add // 0'; }
 s3_reset() { curl -sS -X POST "$S3_CTL/reset"; }
 # s3_settle: wait (at most 60 s) until no S3 request came for SETTLE tenths of a second.
-s3_settle() {
-	local last cur quiet=0
-	last=$(s3_total)
-	for _ in $(seq 600); do
-		sleep 0.1
-		cur=$(s3_total)
-		if [ "$cur" = "$last" ]; then
-			quiet=$((quiet + 1))
-			[ "$quiet" -ge "$SETTLE" ] && return
-		else
-			quiet=0
-			last=$cur
-		fi
-	done
-}
+s3_settle() { settle_on s3_total; }
 
 # --- servers ------------------------------------------------------------------
 
