@@ -294,3 +294,29 @@ settle_on() {
 		fi
 	done
 }
+
+# The servers of run.sh and s3.sh by name: their kind (regmirror or peer),
+# pid, base URL, data dir.
+declare -A KIND=() PID=() URL=() DATA=()
+
+# start_regmirror NAME [VAR=VALUE...]: the regmirror built at WORK/regmirror
+# on a fresh data dir, in front of UP_URL, with the settings given last winning.
+start_regmirror() {
+	local name=$1 port
+	shift
+	port=$(free_port)
+	DATA[$name]=$WORK/data-$name
+	env REGMIRROR_ADDR="127.0.0.1:$port" REGMIRROR_ADMIN_ADDR=off REGMIRROR_MIN_FREE=0 REGMIRROR_DATA_DIR="${DATA[$name]}" REGMIRROR_UPSTREAM="$UP_URL" \
+		REGMIRROR_LOG_LEVEL=warn "$@" "$WORK/regmirror" 2>"$WORK/log-$name" &
+	PID[$name]=$!
+	PIDS+=("${PID[$name]}")
+	KIND[$name]=regmirror
+	URL[$name]=http://127.0.0.1:$port
+	wait_http "${URL[$name]}/v2/" "${PID[$name]}" "$WORK/log-$name"
+}
+
+# stop_server NAME: stop a server started by name, and wait for it.
+stop_server() {
+	kill "${PID[$1]}" 2>/dev/null || true
+	wait "${PID[$1]}" 2>/dev/null || true
+}

@@ -76,24 +76,6 @@ cpu_secs() { awk -v t="$1" -v hz="$HZ" 'BEGIN { printf "%.2f", t / hz }'; }
 
 # --- servers -------------------------------------------------------------
 
-# The servers by name: their kind (regmirror or peer), pid, base URL, data dir.
-declare -A KIND=() PID=() URL=() DATA=()
-
-# start_regmirror NAME [VAR=VALUE...]: a regmirror on a fresh data dir.
-start_regmirror() {
-	local name=$1 port
-	shift
-	port=$(free_port)
-	DATA[$name]=$WORK/data-$name
-	env REGMIRROR_ADDR="127.0.0.1:$port" REGMIRROR_ADMIN_ADDR=off REGMIRROR_MIN_FREE=0 REGMIRROR_DATA_DIR="${DATA[$name]}" REGMIRROR_UPSTREAM="$UP_URL" \
-		REGMIRROR_LOG_LEVEL=warn "$@" "$WORK/regmirror" 2>"$WORK/log-$name" &
-	PID[$name]=$!
-	PIDS+=("${PID[$name]}")
-	KIND[$name]=regmirror
-	URL[$name]=http://127.0.0.1:$port
-	wait_http "${URL[$name]}/v2/" "${PID[$name]}" "$WORK/log-$name"
-}
-
 # start_peer NAME: distribution's proxy on a fresh storage dir, in front of the upstream.
 start_peer() {
 	local name=$1 port
@@ -110,12 +92,6 @@ start_peer() {
 
 start_server() {
 	if [ "$1" = regmirror ]; then start_regmirror "$2"; else start_peer "$2"; fi
-}
-
-stop() {
-	local name=$1
-	kill "${PID[$name]}" 2>/dev/null || true
-	wait "${PID[$name]}" 2>/dev/null || true
 }
 
 # stored_path NAME DIGEST: where server NAME keeps blob DIGEST once it has it.
@@ -217,7 +193,7 @@ cold() {
 	if [[ $scen == herd* ]]; then
 		again "$scen" "$kind" "$n" "$hash"
 	fi
-	stop "$name"
+	stop_server "$name"
 	rm -rf "${DATA[$name]}"
 }
 
@@ -463,7 +439,7 @@ for name in reg peer; do
 done
 RSS[manifests regmirror]=$(hwm "${PID[reg]}")
 RSS[manifests peer]=$(hwm "${PID[peer]}")
-stop reg-ttl0
+stop_server reg-ttl0
 echo "  regmirror/peer req/s: HEAD by tag $(ratio "${RPS[head-tag reg]}" "${RPS[head-tag peer]}") (TAG_TTL=0s: $(ratio "${RPS[head-tag reg-ttl0]}" "${RPS[head-tag peer]}")), GET by digest $(ratio "${RPS[get-digest reg]}" "${RPS[get-digest peer]}")"
 echo "  regmirror/peer p99: HEAD by tag $(ratio "${P99[head-tag reg]}" "${P99[head-tag peer]}"), GET by digest $(ratio "${P99[get-digest reg]}" "${P99[get-digest peer]}")"
 

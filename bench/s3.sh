@@ -75,23 +75,10 @@ s3_settle() { settle_on s3_total; }
 
 # --- servers ------------------------------------------------------------------
 
-declare -A KIND=() PID=() URL=() DATA=()
-
 # start_reg NAME [VAR=VALUE...]: a regmirror on the bucket "regmirror", on a fresh data dir.
 start_reg() {
-	local name=$1 port
-	shift
-	port=$(free_port)
-	DATA[$name]=$WORK/data-$name
-	env REGMIRROR_ADDR="127.0.0.1:$port" REGMIRROR_ADMIN_ADDR=off REGMIRROR_MIN_FREE=0 REGMIRROR_DATA_DIR="${DATA[$name]}" \
-		REGMIRROR_UPSTREAM="$UP_URL" REGMIRROR_LOG_LEVEL=warn \
-		REGMIRROR_STORAGE=s3 REGMIRROR_S3_ENDPOINT="$S3_URL" REGMIRROR_S3_BUCKET=regmirror REGMIRROR_S3_REGION=us-east-1 \
-		AWS_ACCESS_KEY_ID=$S3_ACCESS AWS_SECRET_ACCESS_KEY=$S3_SECRET "$@" "$WORK/regmirror" 2>"$WORK/log-$name" &
-	PID[$name]=$!
-	PIDS+=("${PID[$name]}")
-	KIND[$name]=regmirror
-	URL[$name]=http://127.0.0.1:$port
-	wait_http "${URL[$name]}/v2/" "${PID[$name]}" "$WORK/log-$name"
+	start_regmirror "$@" REGMIRROR_STORAGE=s3 REGMIRROR_S3_ENDPOINT="$S3_URL" REGMIRROR_S3_BUCKET=regmirror \
+		REGMIRROR_S3_REGION=us-east-1 AWS_ACCESS_KEY_ID=$S3_ACCESS AWS_SECRET_ACCESS_KEY=$S3_SECRET
 }
 
 # start_peer NAME: distribution's proxy with its storage in the bucket "peer".
@@ -131,11 +118,6 @@ CONF
 	KIND[$name]=peer
 	URL[$name]=http://127.0.0.1:$port
 	wait_http "${URL[$name]}/v2/" "${PID[$name]}" "$WORK/log-$name"
-}
-
-stop() {
-	kill "${PID[$1]}" 2>/dev/null || true
-	wait "${PID[$1]}" 2>/dev/null || true
 }
 
 # in_bucket NAME DIGEST: where server NAME's bucket keeps blob DIGEST, in versitygw's directory.
@@ -324,7 +306,7 @@ s3_settle
 printf "$COLD_ROW" "fresh start-up" reg-fresh "$(secs $(($(now_ns) - t0)))" - "$(s3_total)" "$(s3_counts)"
 cold "fresh big blob" reg-fresh "$BIG_PATH" "$BIG_LAYER" "$BIG"
 cold "fresh manifest" reg-fresh /v2/library/small/manifests/latest "" 0
-stop reg-fresh
+stop_server reg-fresh
 echo "  (fresh: a second regmirror, started on an empty data dir once the first had filled the bucket: its first reads)"
 
 # --- 2 ----------------------------------------------------------------------------
@@ -348,7 +330,7 @@ for name in reg reg-bucket peer; do
 done
 
 # --- checks ---------------------------------------------------------------------
-for name in reg reg-bucket; do stop "$name"; done
+for name in reg reg-bucket; do stop_server "$name"; done
 bad=0
 while IFS= read -r -d '' f; do
 	[ "sha256:$(openssl dgst -sha256 -r <"$f" | cut -d' ' -f1)" = "sha256:$(basename "$f")" ] || {
