@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"crypto/sha512"
 	"encoding/hex"
+	"hash"
 	"io"
 	"net"
 	"net/http"
@@ -179,22 +181,27 @@ func (s *S3Server) Uploads(t testing.TB, bucket string) []string {
 	return out
 }
 
-// ContentKeys returns the keys of content (…/blobs/sha256/<hex>) in the
-// bucket, key → size, after checking that each one's bytes hash to its
-// key: anything else in the bucket is a wrong or partial object.
+// ContentKeys returns the keys of content (…/blobs/sha256/<hex> and
+// …/blobs/sha512/<hex>) in the bucket, key → size, after checking that each
+// one's bytes hash to its key: anything else there is a wrong or partial object.
 func (s *S3Server) ContentKeys(t testing.TB, bucket string) map[string]int64 {
 	t.Helper()
 	out := map[string]int64{}
 	for key, size := range s.Objects(t, bucket) {
 		dir, hexDigest := path.Split(key)
-		if !strings.HasSuffix(dir, "blobs/sha256/") {
+		var h hash.Hash
+		switch {
+		case strings.HasSuffix(dir, "blobs/sha256/"):
+			h = sha256.New()
+		case strings.HasSuffix(dir, "blobs/sha512/"):
+			h = sha512.New()
+		default:
 			continue
 		}
 		obj, err := s.Admin.GetObject(context.Background(), bucket, key, minio.GetObjectOptions{})
 		if err != nil {
 			t.Fatalf("get %s: %v", key, err)
 		}
-		h := sha256.New()
 		n, err := io.Copy(h, obj)
 		obj.Close()
 		if err != nil {
