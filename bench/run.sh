@@ -19,6 +19,9 @@
 #   regmirror  the binary built from this repository (REGMIRROR_LOG_LEVEL=warn)
 #   nginx      library/big's layer as a static file (sendfile, 2 workers),
 #              the reference for disk and loopback speed
+#   bare       bench/bare, a net/http handler answering library/small's
+#              manifest with fixed headers from memory: the reference for
+#              what Go's net/http serves at all on this machine
 # Both mirrors are asked for two-component names (library/big), which both
 # pass upstream unchanged. The scenarios, each for regmirror and the peer:
 #   1. cold herd: CLIENTS curl clients start the uncached big blob at once on a
@@ -27,7 +30,8 @@
 #   2. warm: CLIENTS clients x ROUNDS rounds of the cached big blob, servers
 #      interleaved per round, nginx included
 #   3. manifests: HEAD by tag (hey -m HEAD) and GET by digest (wrk), CONNS
-#      connections for LOAD each, with Docker's Accept header
+#      connections for LOAD each, with Docker's Accept header; bare with the
+#      same load right before regmirror, and the ratio regmirror/bare
 #   4. a whole pull of library/fifty with crane, cold and then warm
 #   5. peak RSS (VmHWM) of each mirror in each phase
 # and then the targets. Settings (environment): BIG, SMALL, LAYERS, FIFTY,
@@ -255,25 +259,42 @@ warm() {
 
 # --- 3. manifests ---------------------------------------------------------------
 
-LOAD_ROW='  %-22s %-16s %9s %8s %9s  %s\n'
+LOAD_ROW='  %-22s %-16s %9s %8s %9s %9s  %s\n'
 
 # load TOOL WHAT NAME URL: TOOL (hey: HEAD, wrk: GET) with CONNS connections for
-# LOAD against URL on server NAME; records RPS and P99 under "WHAT NAME".
+# LOAD against URL on server NAME; records RPS and P99 under "WHAT NAME", and
+# prints the server's CPU time per request.
 load() {
-	local tool=$1 what=$2 name=$3 url=$4 out mark rps p99 n
+	local tool=$1 what=$2 name=$3 url=$4 out mark rps p99 n t0 t1
 	out=$WORK/$tool-$name.txt
 	settle
 	mark=$(up_mark)
+	t0=$(cpu_ticks "${PID[$name]}")
 	if [ "$what" = head-tag ] && [ "$name" = reg ]; then
 		perf_start "${PID[$name]}" head
 	fi
 	read -r rps p99 n <<<"$(run_load "$tool" "$url" "$out" "$tool $what against $name")"
 	perf_stop
+	t1=$(cpu_ticks "${PID[$name]}")
 	settle
 	RPS[$what $name]=$rps
 	P99[$what $name]=$p99
 	# shellcheck disable=SC2059
-	printf "$LOAD_ROW" "$what" "$name" "$rps" "$p99" "$n" "$(up_summary "$mark")"
+	printf "$LOAD_ROW" "$what" "$name" "$rps" "$p99" "$n" \
+		"$(awk -v t=$((t1 - t0)) -v hz="$HZ" -v n="$n" 'BEGIN { if (n > 0) printf "%.1f", t / hz / n * 1e6; else print "-" }')" "$(up_summary "$mark")"
+}
+
+# start_bare: bench/bare serving the manifest and media type regmirror answered
+# prime_manifest with, under the same name and tag.
+start_bare() {
+	local port type
+	port=$(free_port)
+	type=$(awk 'tolower($1) == "content-type:" { print $2 }' "$WORK/manifest-reg.h" | tr -d '\r')
+	"$WORK/bare" -addr "127.0.0.1:$port" -repo library/small -tag latest -manifest "$WORK/manifest-reg" -type "$type" 2>"$WORK/log-bare" &
+	PID[bare]=$!
+	PIDS+=("${PID[bare]}")
+	URL[bare]=http://127.0.0.1:$port
+	wait_http "${URL[bare]}/v2/" "${PID[bare]}" "$WORK/log-bare"
 }
 
 # prime_manifest NAME: GET library/small by tag through server NAME, and check it.
@@ -337,8 +358,8 @@ if [ "$PERF" = 1 ]; then
 fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
-log "building regmirror and bench/seed; hey $HEY_VERSION and crane $CRANE_VERSION (Go module proxy)"
-(cd "$REPO_ROOT" && go build -o "$WORK/regmirror" ./cmd/regmirror && go build -o "$WORK/seed" ./bench/seed)
+log "building regmirror, bench/seed and bench/bare; hey $HEY_VERSION and crane $CRANE_VERSION (Go module proxy)"
+(cd "$REPO_ROOT" && go build -o "$WORK/regmirror" ./cmd/regmirror && go build -o "$WORK/seed" ./bench/seed && go build -o "$WORK/bare" ./bench/bare)
 (cd "$WORK" && GOBIN=$WORK/bin go install "github.com/rakyll/hey@$HEY_VERSION" &&
 	GOBIN=$WORK/bin go install "github.com/google/go-containerregistry/cmd/crane@$CRANE_VERSION")
 HEY=$WORK/bin/hey
@@ -422,24 +443,30 @@ echo "  regmirror/nginx $(ratio "${MBPS[reg]}" "${MBPS[nginx]}"), regmirror/peer
 # --- 3 ----------------------------------------------------------------------------
 echo
 echo "3. manifests of library/small, $CONNS connections for $LOAD each, Docker's Accept header"
-echo "   (reg-ttl0 is a regmirror with REGMIRROR_TAG_TTL=0s, which asks upstream for the tag every time, as the peer does)"
+echo "   (bare is bench/bare, net/http answering the same manifest with fixed headers from memory, run right before reg;"
+echo "    reg-ttl0 is a regmirror with REGMIRROR_TAG_TTL=0s, which asks upstream for the tag every time, as the peer does;"
+echo "    CPU us/req is the server's user+system time per request)"
 start_regmirror reg-ttl0 REGMIRROR_TAG_TTL=0s
 for name in reg peer reg-ttl0; do
 	prime_manifest "$name"
 done
+start_bare
+prime_manifest bare
 reset_hwm "${PID[reg]}"
 reset_hwm "${PID[peer]}"
 # shellcheck disable=SC2059
-printf "$LOAD_ROW" "request (tool)" server "req/s" "p99 ms" requests "upstream requests during the load"
-for name in reg peer reg-ttl0; do
+printf "$LOAD_ROW" "request (tool)" server "req/s" "p99 ms" requests "CPU us/req" "upstream requests during the load"
+for name in bare reg peer reg-ttl0; do
 	load hey head-tag "$name" "${URL[$name]}/v2/library/small/manifests/latest"
 done
-for name in reg peer; do
+for name in bare reg peer; do
 	load wrk get-digest "$name" "${URL[$name]}/v2/library/small/manifests/$SMALL_MANIFEST"
 done
 RSS[manifests regmirror]=$(hwm "${PID[reg]}")
 RSS[manifests peer]=$(hwm "${PID[peer]}")
 stop_server reg-ttl0
+stop_server bare
+echo "  regmirror/bare req/s: HEAD by tag $(ratio "${RPS[head-tag reg]}" "${RPS[head-tag bare]}"), GET by digest $(ratio "${RPS[get-digest reg]}" "${RPS[get-digest bare]}")"
 echo "  regmirror/peer req/s: HEAD by tag $(ratio "${RPS[head-tag reg]}" "${RPS[head-tag peer]}") (TAG_TTL=0s: $(ratio "${RPS[head-tag reg-ttl0]}" "${RPS[head-tag peer]}")), GET by digest $(ratio "${RPS[get-digest reg]}" "${RPS[get-digest peer]}")"
 echo "  regmirror/peer p99: HEAD by tag $(ratio "${P99[head-tag reg]}" "${P99[head-tag peer]}"), GET by digest $(ratio "${P99[get-digest reg]}" "${P99[get-digest peer]}")"
 
@@ -476,6 +503,8 @@ t=$(awk -v a="${MBPS[reg]}" -v b="${MBPS[nginx]}" 'BEGIN { print (a >= 0.9 * b) 
 echo "  warm blob throughput >= 0.9x nginx: $(met "$t") ($(ratio "${MBPS[reg]}" "${MBPS[nginx]}")x: ${MBPS[reg]} vs ${MBPS[nginx]} MB/s)"
 t=$(awk -v a="${RPS[head-tag reg]}" -v b="${RPS[head-tag peer]}" 'BEGIN { print (a >= 10 * b) ? 1 : 0 }')
 echo "  manifest HEAD by tag >= 10x the peer's req/s: $(met "$t") ($(ratio "${RPS[head-tag reg]}" "${RPS[head-tag peer]}")x: ${RPS[head-tag reg]} vs ${RPS[head-tag peer]})"
+t=$(awk -v a="${RPS[head-tag reg]}" -v b="${RPS[head-tag bare]}" 'BEGIN { print (a >= 0.85 * b) ? 1 : 0 }')
+echo "  manifest HEAD by tag >= 0.85x a bare net/http handler in the same run: $(met "$t") ($(ratio "${RPS[head-tag reg]}" "${RPS[head-tag bare]}")x: ${RPS[head-tag reg]} vs ${RPS[head-tag bare]})"
 hs=$(ratio "${WALL[herd regmirror]}" "${WALL[single regmirror]}")
 t=$(awk -v g="${GETS[herd regmirror]}" -v r="$hs" 'BEGIN { print (g == 1 && r != "-" && r <= 1.2) ? 1 : 0 }')
 echo "  cold herd: one upstream download and <= 1.2x one client alone: $(met "$t") (${GETS[herd regmirror]} upstream GET; ${hs}x: ${WALL[herd regmirror]} s vs ${WALL[single regmirror]} s; the same clients from the cache: ${WALL[herd-again regmirror]} s)"
