@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/regmirror/regmirror/cache"
@@ -84,6 +85,17 @@ type upBucket struct {
 type ring struct {
 	step time.Duration
 	b    []bucket
+	live liveStep // the traffic of the current step, not yet in b
+}
+
+// liveStep counts the traffic of one step with atomics, so that a request
+// takes no lock: the history's lock is taken only when the step ends (or
+// the clock moves back to another one) and when the buckets are read, which
+// fold the counts into the step's bucket. A request that counts while
+// another moves the step on may land in the new step: never lost.
+type liveStep struct {
+	start                                     atomic.Int64 // unix seconds of the step counted; 0: none yet
+	requests, cached, fromCache, fromUpstream atomic.Int64
 }
 
 func (r *ring) slotStart(t time.Time) int64 {
@@ -200,27 +212,60 @@ func (h *history) each(t time.Time, fn func(b *bucket)) {
 
 // served counts one manifest, blob or tag-list answer as the metrics do:
 // manifests and blobs toward the hit ratio (pass aside, as in
-// Stats.HitRatio), the bytes of a successful answer by their source.
+// Stats.HitRatio), the bytes of a successful answer by their source. It
+// runs on every request, so it counts into the live step without a lock.
 func (h *history) served(hitRatio bool, outcome string, ok bool, n int64) {
 	now := h.now()
 	cached := sourceOf(outcome) == fromCache
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	h.each(now, func(b *bucket) {
+	for i := range h.rings {
+		rg := &h.rings[i]
+		l := &rg.live
+		if start := rg.slotStart(now); l.start.Load() != start {
+			h.mu.Lock()
+			if l.start.Load() != start { // not moved on by another request meanwhile
+				h.foldLive(rg)
+				l.start.Store(start)
+			}
+			h.mu.Unlock()
+		}
 		if hitRatio && outcome != cachePass {
-			b.Requests++
+			l.requests.Add(1)
 			if cached {
-				b.Cached++
+				l.cached.Add(1)
 			}
 		}
 		switch {
 		case !ok:
 		case cached:
-			b.FromCache += n
+			l.fromCache.Add(n)
 		default:
-			b.FromUpstream += n
+			l.fromUpstream.Add(n)
 		}
-	})
+	}
+}
+
+// foldLive moves the live step's counts into its bucket. Call with mu held.
+// With nothing counted it leaves the buckets alone: a live step that ended
+// long ago must not empty the newer step that took its slot since.
+func (h *history) foldLive(rg *ring) {
+	l := &rg.live
+	req, cached, fromCache, fromUp := l.requests.Swap(0), l.cached.Swap(0), l.fromCache.Swap(0), l.fromUpstream.Swap(0)
+	if req == 0 && cached == 0 && fromCache == 0 && fromUp == 0 {
+		return
+	}
+	b := rg.at(time.Unix(l.start.Load(), 0), len(h.names))
+	b.Requests += req
+	b.Cached += cached
+	b.FromCache += fromCache
+	b.FromUpstream += fromUp
+}
+
+// foldAll brings every range's buckets up to date, before they are read.
+// Call with mu held.
+func (h *history) foldAll() {
+	for i := range h.rings {
+		h.foldLive(&h.rings[i])
+	}
 }
 
 // failed counts one upstream request that did not get a 200.
@@ -270,6 +315,7 @@ type upstreamState struct {
 func (h *history) sample(u *cache.Usage, ups []upstreamState) {
 	now := h.now()
 	h.mu.Lock()
+	h.foldAll() // every sampleEvery: live counts never outlive their slot
 	from := h.sampledAt
 	if now.Before(from) {
 		from = now
@@ -343,6 +389,7 @@ func (h *history) series(r int) []bucket {
 	now := h.now()
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	h.foldAll()
 	rg := &h.rings[r]
 	n := len(rg.b)
 	step := int64(rg.step / time.Second)
@@ -432,6 +479,7 @@ func (h *history) save() {
 		return
 	}
 	h.mu.Lock()
+	h.foldAll()
 	hf := historyFile{Version: historyVersion, Upstreams: h.names}
 	for r := range h.rings {
 		hf.Steps = append(hf.Steps, int64(h.rings[r].step/time.Second))
