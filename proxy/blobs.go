@@ -163,16 +163,7 @@ func (s sizeOnly) Seek(offset int64, whence int) (int64, error) {
 }
 
 func setBlobHeaders(h http.Header, d v1.Hash) {
-	h.Set("Content-Type", "application/octet-stream")
-	setDigestHeaders(h, d)
-}
-
-// setDigestHeaders sets Docker-Content-Digest and the ETag (the digest),
-// formatting the digest once: v1.Hash.String is a Sprintf.
-func setDigestHeaders(h http.Header, d v1.Hash) {
-	s := d.Algorithm + ":" + d.Hex
-	h.Set("Docker-Content-Digest", s)
-	h.Set("Etag", `"`+s+`"`)
+	setContentHeaders(h, "application/octet-stream", d)
 }
 
 // serveContent serves blob content with Range, conditional requests and, for

@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -79,10 +78,8 @@ func (p *Proxy) serveManifest(w *response, r *http.Request, rt route) error {
 		w.Header().Set("Warning", fmt.Sprintf(`299 - "upstream %s unreachable: tag answer may be out of date"`, rt.registry))
 	}
 	res.m.tier.passOn(w.Header())
-	h := w.Header()
-	h.Set("Content-Type", m.mediaType)
-	setDigestHeaders(h, m.digest)
-	w.serveContent(bytes.NewReader(m.body))
+	setContentHeaders(w.Header(), m.mediaType, m.digest)
+	w.serveBytes(m.body)
 	return nil
 }
 

@@ -3,6 +3,7 @@ package proxy_test
 import (
 	"bytes"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -378,5 +379,60 @@ func TestManifestByTagIsRefusedOnlyWhenOCIMeetsAClientNamingNoOCIType(t *testing
 				}
 			}
 		})
+	}
+}
+
+// TestManifestAnswersAsServeContentWould checks that a manifest's answer,
+// with or without Range and preconditions (the mirror answers plain
+// requests itself, the others through http.ServeContent), has the status,
+// headers and body http.ServeContent gives for the same bytes.
+func TestManifestAnswersAsServeContentWould(t *testing.T) {
+	e := newEnv(t)
+	img := randomImage(t)
+	e.push("library/app:1", img)
+	raw, _ := img.RawManifest()
+	d := regtest.Digest(t, img)
+	mt, _ := img.MediaType()
+	etag := `"` + d.String() + `"`
+
+	for _, path := range []string{"/v2/app/manifests/1", "/v2/app/manifests/" + d.String()} {
+		for _, method := range []string{http.MethodGet, http.MethodHead} {
+			for _, extra := range []http.Header{
+				{},
+				{"Range": {"bytes=0-9"}},
+				{"If-None-Match": {etag}},
+				{"If-Match": {`"other"`}},
+				{"If-Modified-Since": {"Mon, 02 Jan 2006 15:04:05 GMT"}},
+			} {
+				hdr := http.Header{"Accept": {string(mt)}}
+				for k, v := range extra {
+					hdr[k] = v
+				}
+				req := httptest.NewRequest(method, path, nil)
+				req.Header = hdr
+				want := httptest.NewRecorder()
+				want.Header().Set("Content-Type", string(mt))
+				want.Header().Set("Docker-Content-Digest", d.String())
+				want.Header().Set("Etag", etag)
+				http.ServeContent(want, req, "", time.Time{}, bytes.NewReader(raw))
+
+				resp, body := e.do(method, path, hdr)
+				if resp.StatusCode != want.Code {
+					t.Errorf("%s %s %v: status = %d, want %d; body %s", method, path, extra, resp.StatusCode, want.Code, body)
+					continue
+				}
+				if want.Code >= 400 {
+					continue // an OCI error body, checked elsewhere
+				}
+				for _, k := range []string{"Accept-Ranges", "Content-Length", "Content-Range", "Content-Type", "Docker-Content-Digest", "Etag"} {
+					if got, w := resp.Header.Values(k), want.Header().Values(k); strings.Join(got, ",") != strings.Join(w, ",") {
+						t.Errorf("%s %s %v: %s = %q, want %q", method, path, extra, k, got, w)
+					}
+				}
+				if !bytes.Equal(body, want.Body.Bytes()) {
+					t.Errorf("%s %s %v: body of %d bytes, want %d", method, path, extra, len(body), want.Body.Len())
+				}
+			}
+		}
 	}
 }

@@ -108,6 +108,7 @@ type Proxy struct {
 	pulls       *pullLog
 	hist        *history
 	started     time.Time
+	namespaces  map[string][]string // registry → its Oci-Namespace header value, shared by every answer
 }
 
 // stats are the proxy's counters since start, for the metrics and the
@@ -201,8 +202,10 @@ func New(store Store, ups []Upstream, opt Options, log *zap.Logger) (*Proxy, err
 		p.slots = make(chan struct{}, opt.MaxDownloads)
 	}
 	p.stats.stale = make(map[string]*atomic.Int64, len(names))
+	p.namespaces = make(map[string][]string, len(names))
 	for _, n := range names {
 		p.stats.stale[n] = new(atomic.Int64)
+		p.namespaces[n] = []string{n}
 	}
 	if opt.Metrics != nil {
 		if err := opt.Metrics.reg.Register(newCollector(p)); err != nil {
@@ -242,7 +245,7 @@ func (p *Proxy) serve(w *response, r *http.Request) error {
 	if isAPI {
 		// On every /v2 answer, refusals included: before the method check (its
 		// 405) and the credentials check (Docker looks for it on its ping's 401).
-		w.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
+		w.Header()["Docker-Distribution-Api-Version"] = apiVersionValue
 	}
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		return errUnsupported()
@@ -284,8 +287,8 @@ func (p *Proxy) serve(w *response, r *http.Request) error {
 		return err
 	}
 	w.setRoute(rt)
-	if rt.registry != "" {
-		w.Header().Set("Oci-Namespace", rt.registry) // canonical form: no rewrite per request
+	if ns := p.namespaces[rt.registry]; ns != nil {
+		w.Header()["Oci-Namespace"] = ns
 	}
 	switch rt.kind {
 	case routeManifest:

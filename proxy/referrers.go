@@ -62,7 +62,7 @@ func (p *Proxy) serveReferrers(w *response, r *http.Request, rt route) error {
 		w.Header().Set("Warning", fmt.Sprintf(`299 - "upstream %s unreachable: referrers answer may be out of date"`, rt.registry))
 	}
 	w.Header().Set("Content-Type", typeOCIIndex)
-	w.serveContent(bytes.NewReader(body))
+	w.serveBytes(body)
 	return nil
 }
 

@@ -1,12 +1,15 @@
 package proxy
 
 import (
+	"bytes"
 	"io"
 	"math"
 	"net/http"
 	"strconv"
 	"strings"
 	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 )
 
 // response is the one wrapper around the ResponseWriter of every request the
@@ -26,6 +29,28 @@ type response struct {
 
 	serving  bool // inside serveContent: ServeContent's errors are rewritten
 	dropping bool // an OCI error replaced ServeContent's answer: its own text is dropped
+
+	body bytes.Reader // serveBytes' reader, part of the response to save an allocation
+}
+
+// Header values that never change, shared by every response that carries
+// them: net/http only reads a header's values, and a handler that adds one
+// appends past the slice's capacity, into a new array. Set by assignment
+// under the canonical key, since Header.Set canonicalizes and allocates.
+var (
+	apiVersionValue   = []string{"registry/2.0"}
+	acceptRangesValue = []string{"bytes"}
+)
+
+// setContentHeaders sets Content-Type, Docker-Content-Digest and the ETag
+// (the digest, quoted) of content d: the digest formatted once (v1.Hash.String
+// is a Sprintf), the three values in one allocation.
+func setContentHeaders(h http.Header, contentType string, d v1.Hash) {
+	etag := `"` + d.Algorithm + ":" + d.Hex + `"`
+	v := make([]string, 3)
+	v[0], v[1], v[2] = contentType, etag[1:len(etag)-1], etag
+	// Capped, so that an Add to one header cannot write into the next.
+	h["Content-Type"], h["Docker-Content-Digest"], h["Etag"] = v[0:1:1], v[1:2:2], v[2:3:3]
 }
 
 // logAttrs is what a handler tells the access log about its request.
@@ -51,6 +76,28 @@ type sectionSender interface {
 	sendTo(dst io.ReaderFrom, lr *io.LimitedReader) (int64, error)
 }
 
+// serveBytes serves content held in memory (a manifest) as serveContent
+// does. A request without Range, If-Match or If-None-Match, nearly every
+// one, gets what http.ServeContent would answer it (200, Accept-Ranges and
+// Content-Length; a zero modification time makes If-Modified-Since and
+// If-Unmodified-Since moot) without its parsing and seeking.
+func (w *response) serveBytes(b []byte) {
+	h := w.Header()
+	if rh := w.req.Header; rh.Get("Range") != "" || rh.Get("If-Match") != "" || rh.Get("If-None-Match") != "" {
+		w.body.Reset(b)
+		w.serveContent(&w.body)
+		return
+	}
+	h["Accept-Ranges"] = acceptRangesValue
+	if h.Get("Content-Encoding") == "" {
+		h["Content-Length"] = []string{strconv.Itoa(len(b))}
+	}
+	w.WriteHeader(http.StatusOK)
+	if w.req.Method != http.MethodHead {
+		w.Write(b)
+	}
+}
+
 // serveContent serves content with http.ServeContent (Range, conditional
 // requests), with its plain-text errors (416 for a bad Range, 412 for a
 // failed precondition) turned into OCI error bodies.
@@ -62,11 +109,13 @@ func (w *response) serveContent(content io.ReadSeeker) {
 
 func (w *response) WriteHeader(code int) {
 	if w.serving {
-		if size, empty := emptyRange(w.Header().Get("Content-Range")); code == http.StatusPartialContent && empty {
-			// ServeContent's answer to a suffix range of empty content:
-			// nothing can satisfy it (RFC 9110), so say so.
-			w.Header().Set("Content-Range", "bytes */"+size)
-			code = http.StatusRequestedRangeNotSatisfiable
+		if code == http.StatusPartialContent { // emptyRange is only worth parsing then
+			if size, empty := emptyRange(w.Header().Get("Content-Range")); empty {
+				// ServeContent's answer to a suffix range of empty content:
+				// nothing can satisfy it (RFC 9110), so say so.
+				w.Header().Set("Content-Range", "bytes */"+size)
+				code = http.StatusRequestedRangeNotSatisfiable
+			}
 		}
 		if code >= 400 {
 			w.serving = false // the OCI error's own header and body go out
