@@ -3,6 +3,7 @@ package proxy
 import (
 	"errors"
 	"net/http"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -36,6 +37,9 @@ const (
 	cacheStream    = "stream" // streamed from upstream without being stored (no room)
 )
 
+// accessFields pools the access line's fields: at most 14 of them.
+var accessFields = sync.Pool{New: func() any { s := make([]zap.Field, 0, 14); return &s }}
+
 // logged runs h, writes its error as an OCI error, and writes one access-log
 // line. The path is logged without its query; no header is logged.
 func (p *Proxy) logged(w http.ResponseWriter, r *http.Request, h handlerFunc) {
@@ -46,45 +50,56 @@ func (p *Proxy) logged(w http.ResponseWriter, r *http.Request, h handlerFunc) {
 	var told string  // what a client was told of a server-side failure
 	defer func() {
 		v := recover()
-		fields := make([]zap.Field, 0, 12)
-		fields = append(fields,
-			zap.String(keyMethod, r.Method),
-			zap.String(keyPath, r.URL.Path),
-			zap.Int(keyStatus, resp.statusCode()),
-			zap.Int64(keyBytes, resp.n),
-			zap.Duration(keyTook, time.Since(start)),
-			zap.String(keyRemote, r.RemoteAddr),
-		)
-		if attrs.user != "" {
-			fields = append(fields, zap.String(keyUser, attrs.user))
-		}
-		if attrs.cache != "" {
-			fields = append(fields, zap.String(keyCache, attrs.cache))
-		}
-		if rt := attrs.route; rt.registry != "" {
-			fields = append(fields, zap.String(keyUpstream, rt.registry), zap.String(keyRepo, rt.repo))
-			if rt.byDigest() {
-				fields = append(fields, zap.Stringer(keyDigest, rt.digest))
-			}
-		}
-		if failed != nil {
-			fields = append(fields, zap.Error(failed))
-		}
-		if told != "" {
-			fields = append(fields, zap.String(keyTold, told))
-		}
+		status := resp.statusCode()
 		// Counted before the line is written: a test that saw the line sees the counts.
-		p.account(r, attrs, resp.statusCode(), resp.n)
+		p.account(r, attrs, status, resp.n)
+		level := zap.InfoLevel
 		if v != nil {
-			p.log.Warn("request", append(fields, zap.Bool(keyAborted, true))...)
+			level = zap.WarnLevel
+		}
+		// The fields are built only for a line that is written (REGMIRROR_LOG_LEVEL=warn
+		// writes none), into a pooled slice: zap's cores encode or copy them in Write.
+		if ce := p.log.Check(level, "request"); ce != nil {
+			fp := accessFields.Get().(*[]zap.Field)
+			fields := append((*fp)[:0],
+				zap.String(keyMethod, r.Method),
+				zap.String(keyPath, r.URL.Path),
+				zap.Int(keyStatus, status),
+				zap.Int64(keyBytes, resp.n),
+				zap.Duration(keyTook, time.Since(start)),
+				zap.String(keyRemote, r.RemoteAddr),
+			)
+			if attrs.user != "" {
+				fields = append(fields, zap.String(keyUser, attrs.user))
+			}
+			if attrs.cache != "" {
+				fields = append(fields, zap.String(keyCache, attrs.cache))
+			}
+			if rt := attrs.route; rt.registry != "" {
+				fields = append(fields, zap.String(keyUpstream, rt.registry), zap.String(keyRepo, rt.repo))
+				if rt.byDigest() {
+					fields = append(fields, zap.Stringer(keyDigest, rt.digest))
+				}
+			}
+			if failed != nil {
+				fields = append(fields, zap.Error(failed))
+			}
+			if told != "" {
+				fields = append(fields, zap.String(keyTold, told))
+			}
+			if v != nil || resp.short() {
+				// A short GET: the client left mid-body (http.ServeContent does
+				// not report it): not the mirror's failure, but not a whole answer either.
+				fields = append(fields, zap.Bool(keyAborted, true))
+			}
+			ce.Write(fields...)
+			clear(fields) // no pooled slice keeps a request's values alive
+			*fp = fields[:0]
+			accessFields.Put(fp)
+		}
+		if v != nil {
 			panic(v)
 		}
-		if resp.short() {
-			// The client left mid-body (http.ServeContent does not report
-			// it): not the mirror's failure, but not a whole answer either.
-			fields = append(fields, zap.Bool(keyAborted, true))
-		}
-		p.log.Info("request", fields...)
 	}()
 	if err := h(resp, r); err != nil {
 		oe := toOCI(err, attrs.route.kind)
