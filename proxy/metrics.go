@@ -1,8 +1,10 @@
 package proxy
 
 import (
+	"maps"
 	"net/http"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -27,6 +29,18 @@ type Metrics struct {
 	upBytes    *prometheus.CounterVec
 	history    atomic.Pointer[history] // the proxy's series, which count upstream failures too
 	fallbacks  *prometheus.CounterVec
+
+	// counters are requests' children by label, read without a lock on every
+	// request (WithLabelValues hashes and checks the labels, under a lock);
+	// a new combination copies the map under countersMu. The labels are
+	// bounded: kinds and methods are fixed sets, codes the few we answer.
+	counters   atomic.Pointer[map[requestLabels]prometheus.Counter]
+	countersMu sync.Mutex
+}
+
+type requestLabels struct {
+	kind, method string
+	code         int
 }
 
 // NewMetrics registers the mirror's request and upstream metrics on reg.
@@ -89,7 +103,28 @@ func (m *Metrics) Received(registry string, n int) {
 
 // request counts one answered request.
 func (m *Metrics) request(kind, method string, code int) {
-	m.requests.WithLabelValues(kind, methodLabel(method), strconv.Itoa(code)).Inc()
+	l := requestLabels{kind, methodLabel(method), code}
+	if cs := m.counters.Load(); cs != nil {
+		if c, ok := (*cs)[l]; ok {
+			c.Inc()
+			return
+		}
+	}
+	m.countersMu.Lock()
+	defer m.countersMu.Unlock()
+	var cs map[requestLabels]prometheus.Counter
+	if old := m.counters.Load(); old != nil {
+		cs = maps.Clone(*old)
+	} else {
+		cs = make(map[requestLabels]prometheus.Counter)
+	}
+	c, ok := cs[l]
+	if !ok {
+		c = m.requests.WithLabelValues(l.kind, l.method, strconv.Itoa(code))
+		cs[l] = c
+		m.counters.Store(&cs)
+	}
+	c.Inc()
 }
 
 // methodLabel keeps the method label to a known set: a client can send any
