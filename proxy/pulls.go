@@ -37,29 +37,41 @@ type repoPulls struct {
 // and inherits its count, so a heavily pulled repository is never lost and
 // a count is never under the truth, and never over it by more than the
 // smallest count in the table. Below trackedRepos repositories, counts are exact.
+// Pulls are kept by their parts, which the request's route holds already,
+// and named only when the status page reads them: nothing is allocated per pull.
 type pullLog struct {
 	mu     sync.Mutex
-	ring   [recentPulls]pull
+	ring   [recentPulls]pullEntry
 	next   int // where the next pull goes
 	n      int // pulls in the ring
-	counts map[string]int64
+	counts map[pulledRepo]int64
 }
 
-func newPullLog() *pullLog { return &pullLog{counts: make(map[string]int64)} }
+type pulledRepo struct{ registry, repo string }
+
+func (r pulledRepo) String() string { return r.registry + "/" + r.repo }
+
+type pullEntry struct {
+	at                   time.Time
+	repo                 pulledRepo
+	tag, client, outcome string
+}
+
+func newPullLog() *pullLog { return &pullLog{counts: make(map[pulledRepo]int64)} }
 
 func (l *pullLog) add(registry, repo, tag, client, outcome string, at time.Time) {
 	if len(client) > pullClientLen {
 		client = client[:pullClientLen]
 	}
-	name := registry + "/" + repo
+	name := pulledRepo{registry, repo}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.ring[l.next] = pull{At: at, Image: name + ":" + tag, Client: client, Cache: outcome}
+	l.ring[l.next] = pullEntry{at: at, repo: name, tag: tag, client: client, outcome: outcome}
 	l.next = (l.next + 1) % len(l.ring)
 	l.n = min(l.n+1, len(l.ring))
 
 	if _, ok := l.counts[name]; !ok && len(l.counts) >= trackedRepos {
-		least, leastN := "", int64(-1)
+		least, leastN := pulledRepo{}, int64(-1)
 		for r, c := range l.counts {
 			if leastN < 0 || c < leastN {
 				least, leastN = r, c
@@ -77,7 +89,8 @@ func (l *pullLog) recent() []pull {
 	defer l.mu.Unlock()
 	out := make([]pull, 0, l.n)
 	for i := 1; i <= l.n; i++ {
-		out = append(out, l.ring[(l.next-i+len(l.ring))%len(l.ring)])
+		e := l.ring[(l.next-i+len(l.ring))%len(l.ring)]
+		out = append(out, pull{At: e.at, Image: e.repo.String() + ":" + e.tag, Client: e.client, Cache: e.outcome})
 	}
 	return out
 }
@@ -87,7 +100,7 @@ func (l *pullLog) top(n int) []repoPulls {
 	l.mu.Lock()
 	out := make([]repoPulls, 0, len(l.counts))
 	for r, c := range l.counts {
-		out = append(out, repoPulls{r, c})
+		out = append(out, repoPulls{r.String(), c})
 	}
 	l.mu.Unlock()
 	slices.SortFunc(out, func(a, b repoPulls) int {
