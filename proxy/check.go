@@ -185,13 +185,12 @@ func (p *Proxy) parseImage(image string) (route, error) {
 	if i := strings.LastIndexByte(ref, ':'); i > strings.LastIndexByte(ref, '/') {
 		path, tag = ref[:i], ref[i+1:]
 	}
-	parts := strings.Split(path, "/")
-	registry, _, parts, err := pickRegistry("", parts, p)
+	registry, _, name, err := pickRegistry("", path, p)
 	if err != nil {
 		return route{}, err
 	}
 	rt := route{kind: routeManifest, registry: registry}
-	if rt.repo, err = repoName(registry, parts); err != nil {
+	if rt.repo, err = repoName(registry, name); err != nil {
 		return route{}, err
 	}
 	switch {
@@ -201,7 +200,7 @@ func (p *Proxy) parseImage(image string) (route, error) {
 		}
 	case tag == "":
 		rt.tag = "latest"
-	case tagRE.MatchString(tag):
+	case isTag(tag):
 		rt.tag = tag
 	default:
 		return route{}, errTagInvalid(tag)

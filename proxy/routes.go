@@ -65,10 +65,58 @@ const (
 	maxName = 255
 )
 
+// The grammar of names and tags is checked by hand on every
+// request (a regexp match costs more than the rest of parsing); the fuzzers
+// hold them to the spec's regular expressions.
+
+// isComponent reports whether s is one path component of a repository name,
+// per the distribution grammar: [a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*.
+func isComponent(s string) bool {
+	i := 0
+	for {
+		start := i
+		for i < len(s) && (s[i] >= 'a' && s[i] <= 'z' || s[i] >= '0' && s[i] <= '9') {
+			i++
+		}
+		if i == start {
+			return false // empty, or a separator not between alphanumerics
+		}
+		if i == len(s) {
+			return true
+		}
+		switch s[i] {
+		case '.':
+			i++
+		case '_':
+			i++
+			if i < len(s) && s[i] == '_' {
+				i++
+			}
+		case '-':
+			for i < len(s) && s[i] == '-' {
+				i++
+			}
+		default:
+			return false
+		}
+	}
+}
+
+// isTag reports whether s is a valid tag: [A-Za-z0-9_][A-Za-z0-9_.-]{0,127}.
+func isTag(s string) bool {
+	if len(s) == 0 || len(s) > 128 || s[0] == '.' || s[0] == '-' {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '.' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
 var (
-	// One path component of a repository name, per the distribution grammar.
-	componentRE = regexp.MustCompile(`^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$`)
-	tagRE       = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$`)
 	// A registry host as a path prefix: DNS labels and an optional port.
 	hostRE = regexp.MustCompile(`^(?:[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*(?::[0-9]{1,5})?$`)
 )
@@ -102,24 +150,32 @@ func parseRoute(r *http.Request, regs registries) (route, error) {
 	if !ok {
 		return route{}, errNoSuchEndpoint()
 	}
-	parts := strings.Split(rest, "/")
-	for _, c := range parts {
+	n := 0
+	for c := range strings.SplitSeq(rest, "/") {
 		if c == "" || c == "." || c == ".." {
 			return route{}, errNameInvalid("empty, . and .. path components are not allowed")
 		}
+		n++
 	}
-	n := len(parts)
+	if n < 3 {
+		return route{}, errNoSuchEndpoint()
+	}
+	// The last two components say what is asked for; the name comes before
+	// them. All three are slices of the path: nothing is copied.
+	i := strings.LastIndexByte(rest, '/')
+	j := strings.LastIndexByte(rest[:i], '/')
+	name, word, last := rest[:j], rest[j+1:i], rest[i+1:]
 	var rt route
 	var ref string
 	switch {
-	case n >= 3 && parts[n-2] == "tags" && parts[n-1] == "list":
-		rt.kind, parts = routeTags, parts[:n-2]
-	case n >= 3 && parts[n-2] == "manifests":
-		rt.kind, ref, parts = routeManifest, parts[n-1], parts[:n-2]
-	case n >= 3 && parts[n-2] == "blobs":
-		rt.kind, ref, parts = routeBlob, parts[n-1], parts[:n-2]
-	case n >= 3 && parts[n-2] == "referrers":
-		rt.kind, ref, parts = routeReferrers, parts[n-1], parts[:n-2]
+	case word == "tags" && last == "list":
+		rt.kind = routeTags
+	case word == "manifests":
+		rt.kind, ref = routeManifest, last
+	case word == "blobs":
+		rt.kind, ref = routeBlob, last
+	case word == "referrers":
+		rt.kind, ref = routeReferrers, last
 	default:
 		return route{}, errNoSuchEndpoint()
 	}
@@ -128,12 +184,12 @@ func parseRoute(r *http.Request, regs registries) (route, error) {
 	if r.URL.RawQuery != "" { // Query allocates a map even for no query
 		ns = r.URL.Query().Get("ns")
 	}
-	registry, how, parts, err := pickRegistry(ns, parts, regs)
+	registry, how, name, err := pickRegistry(ns, name, regs)
 	if err != nil {
 		return route{}, err
 	}
 	rt.registry, rt.via = registry, how
-	if rt.repo, err = repoName(registry, parts); err != nil {
+	if rt.repo, err = repoName(registry, name); err != nil {
 		return route{}, err
 	}
 
@@ -143,7 +199,7 @@ func parseRoute(r *http.Request, regs registries) (route, error) {
 			return route{}, err
 		}
 	case rt.kind == routeManifest:
-		if !tagRE.MatchString(ref) {
+		if !isTag(ref) {
 			return route{}, errTagInvalid(ref)
 		}
 		rt.tag = ref
@@ -158,29 +214,30 @@ func parseRoute(r *http.Request, regs registries) (route, error) {
 // refused as an unknown registry; behind another default, it is the start of
 // that registry's repository name.
 // A registry that is not configured is refused: we are never an open proxy.
-func pickRegistry(ns string, parts []string, regs registries) (string, via, []string, error) {
+// It returns the name without the registry's prefix.
+func pickRegistry(ns, name string, regs registries) (string, via, string, error) {
 	if ns != "" {
 		if !regs.has(ns) {
-			return "", 0, nil, errRegistryUnknown(ns)
+			return "", 0, "", errRegistryUnknown(ns)
 		}
-		return ns, viaNS, parts, nil
+		return ns, viaNS, name, nil
 	}
-	if len(parts) > 1 && looksLikeHost(parts[0]) {
-		if regs.has(parts[0]) {
-			return parts[0], viaPrefix, parts[1:], nil
+	if first, after, more := strings.Cut(name, "/"); more && looksLikeHost(first) {
+		if regs.has(first) {
+			return first, viaPrefix, after, nil
 		}
-		if def := regs.defaultName(); def != dockerHub && componentRE.MatchString(parts[0]) {
+		if def := regs.defaultName(); def != dockerHub && isComponent(first) {
 			// A private registry's names may start with a dotted component
 			// (my.org/app), which Docker Hub's never do: behind such a default,
 			// a first component that is no configured registry is part of the name.
-			return def, viaDefault, parts, nil
+			return def, viaDefault, name, nil
 		}
-		if !hostRE.MatchString(parts[0]) {
-			return "", 0, nil, errNameInvalid("invalid registry host in the path")
+		if !hostRE.MatchString(first) {
+			return "", 0, "", errNameInvalid("invalid registry host in the path")
 		}
-		return "", 0, nil, errRegistryUnknown(parts[0])
+		return "", 0, "", errRegistryUnknown(first)
 	}
-	return regs.defaultName(), viaDefault, parts, nil
+	return regs.defaultName(), viaDefault, name, nil
 }
 
 // looksLikeHost applies Docker's rule for the first component of a reference:
@@ -190,20 +247,19 @@ func looksLikeHost(s string) bool {
 	return strings.ContainsAny(s, ".:") || s == "localhost"
 }
 
-func repoName(registry string, parts []string) (string, error) {
-	if len(parts) == 0 {
-		return "", errNameInvalid("missing repository name")
-	}
-	for _, c := range parts {
-		if !componentRE.MatchString(c) {
+// repoName checks a repository name's components (name is as the path
+// spells it, components joined by /) and adds Docker Hub's library/.
+func repoName(registry, name string) (string, error) {
+	for c := range strings.SplitSeq(name, "/") {
+		if !isComponent(c) {
 			return "", errNameInvalid("invalid repository name")
 		}
 	}
-	if registry == dockerHub && len(parts) == 1 {
+	repo := name
+	if registry == dockerHub && !strings.Contains(name, "/") {
 		// Docker Hub's official images live under library/: nginx is library/nginx.
-		parts = []string{"library", parts[0]}
+		repo = "library/" + name
 	}
-	repo := strings.Join(parts, "/")
 	if len(repo) > maxName {
 		return "", errNameInvalid("repository name longer than 255 characters")
 	}

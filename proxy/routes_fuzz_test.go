@@ -17,7 +17,30 @@ var (
 	ociRepoRE   = regexp.MustCompile(`^[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*$`)
 	ociTagRE    = regexp.MustCompile(`^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$`)
 	ociDigestRE = regexp.MustCompile(`^(?:sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})$`) // the digests a registry must know
+	// One component of a repository name: ociRepoRE without its slashes.
+	ociComponentRE = regexp.MustCompile(`^[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*$`)
 )
+
+// FuzzNameGrammar holds the hand-written checks of a name's component and a
+// tag to the spec's regular expressions, on any input.
+func FuzzNameGrammar(f *testing.F) {
+	for _, s := range []string{
+		"", "a", "nginx", "a.b", "a..b", "a_b", "a__b", "a___b", "a-b", "a---b", "-a", "a-", "_a", "a_", ".a", "a.",
+		"a._b", "a-_b", "A", "aB", "a/b", "a b", "1.27-alpine", "latest", "-latest", ".tag", "_tag", "v1.0_rc-2",
+		strings.Repeat("t", 128), strings.Repeat("t", 129), strings.Repeat("a", 64), strings.Repeat("A", 64),
+		"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef", "é", "a\n", "a\x00",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		if got, want := isComponent(s), ociComponentRE.MatchString(s); got != want {
+			t.Errorf("isComponent(%q) = %v, the grammar says %v", s, got, want)
+		}
+		if got, want := isTag(s), ociTagRE.MatchString(s); got != want {
+			t.Errorf("isTag(%q) = %v, the grammar says %v", s, got, want)
+		}
+	})
+}
 
 // fuzzRegs is a mirror configured for docker.io (the default), ghcr.io and
 // build.lan:5000.
@@ -143,7 +166,7 @@ func FuzzNameAndDigest(f *testing.F) {
 			t.Fatalf("parseDigest(%q): error %T is not an OCI error", s, err)
 		}
 		for _, reg := range []string{"docker.io", "ghcr.io"} {
-			repo, err := repoName(reg, strings.Split(s, "/"))
+			repo, err := repoName(reg, s)
 			if err != nil {
 				continue
 			}
@@ -160,7 +183,7 @@ func FuzzNameAndDigest(f *testing.F) {
 				t.Fatalf("repoName accepted %q, go-containerregistry does not: %v", repo, err)
 			}
 		}
-		if tagRE.MatchString(s) {
+		if isTag(s) {
 			if !ociTagRE.MatchString(s) {
 				t.Fatalf("tag %q accepted against the OCI grammar", s)
 			}

@@ -183,7 +183,7 @@ func pageParams(r *http.Request) (n int, last string, err error) {
 	if last != "" && len(last) > maxName+1+128 {
 		return 0, "", errTagInvalid(last)
 	}
-	if r.URL.Path != "/v2/_catalog" && last != "" && !tagRE.MatchString(last) {
+	if r.URL.Path != "/v2/_catalog" && last != "" && !isTag(last) {
 		return 0, "", errTagInvalid(last)
 	}
 	return n, last, nil
