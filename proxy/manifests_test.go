@@ -34,13 +34,20 @@ func randomImage(t *testing.T) v1.Image {
 	return img
 }
 
-func TestManifestHeadersAndBytesAreUpstreams(t *testing.T) {
+// pushApp starts an env whose upstream has a random image as library/app:1,
+// and returns its manifest, digest and media type.
+func pushApp(t *testing.T) (*env, []byte, v1.Hash, types.MediaType) {
+	t.Helper()
 	e := newEnv(t)
 	img := randomImage(t)
 	e.push("library/app:1", img)
 	raw, _ := img.RawManifest()
-	d := regtest.Digest(t, img)
 	mt, _ := img.MediaType()
+	return e, raw, regtest.Digest(t, img), mt
+}
+
+func TestManifestHeadersAndBytesAreUpstreams(t *testing.T) {
+	e, raw, d, mt := pushApp(t)
 
 	for _, path := range []string{"/v2/app/manifests/1", "/v2/library/app/manifests/1", "/v2/app/manifests/" + d.String(), "/v2/app/manifests/1?ns=docker.io"} {
 		for _, method := range []string{http.MethodGet, http.MethodHead} {
@@ -387,12 +394,7 @@ func TestManifestByTagIsRefusedOnlyWhenOCIMeetsAClientNamingNoOCIType(t *testing
 // requests itself, the others through http.ServeContent), has the status,
 // headers and body http.ServeContent gives for the same bytes.
 func TestManifestAnswersAsServeContentWould(t *testing.T) {
-	e := newEnv(t)
-	img := randomImage(t)
-	e.push("library/app:1", img)
-	raw, _ := img.RawManifest()
-	d := regtest.Digest(t, img)
-	mt, _ := img.MediaType()
+	e, raw, d, mt := pushApp(t)
 	etag := `"` + d.String() + `"`
 
 	for _, path := range []string{"/v2/app/manifests/1", "/v2/app/manifests/" + d.String()} {
