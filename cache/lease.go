@@ -87,6 +87,20 @@ func (o *S3Objects) leaseKey(name string) (string, error) {
 // returns that holder with ErrLeaseHeld. Store failures are classified as
 // for content (ErrStoreUnavailable, ErrAccessDenied, …).
 func (o *S3Objects) AcquireLease(ctx context.Context, name string, me LeaseHolder) (*Lease, LeaseHolder, error) {
+	return o.acquireLease(ctx, name, me, "")
+}
+
+// SupplantLease is AcquireLease by a replica that found the holder failed
+// (its peer endpoint broke off or refused): a lease still written by
+// failed.ID is taken over at once, fresh or not, with If-Match on its ETag,
+// so of several replicas that saw the same holder fail one takes over and
+// the others are told who did. A holder that was not dead after all learns
+// it on its next renewal (Lost); that costs at most a second download.
+func (o *S3Objects) SupplantLease(ctx context.Context, name string, me, failed LeaseHolder) (*Lease, LeaseHolder, error) {
+	return o.acquireLease(ctx, name, me, failed.ID)
+}
+
+func (o *S3Objects) acquireLease(ctx context.Context, name string, me LeaseHolder, failedID string) (*Lease, LeaseHolder, error) {
 	if me.TTL < MinLeaseTTL {
 		return nil, LeaseHolder{}, fmt.Errorf("lease %s: TTL %s below the minimum of %s", name, me.TTL, MinLeaseTTL)
 	}
@@ -121,14 +135,14 @@ func (o *S3Objects) AcquireLease(ctx context.Context, name string, me LeaseHolde
 		if err != nil {
 			return nil, LeaseHolder{}, err
 		}
-		if !stale {
+		if !stale && (failedID == "" || held.ID != failedID) {
 			return nil, held, ErrLeaseHeld
 		}
 		opts := signedPayload("application/json")
 		opts.SetMatchETag(tag)
 		etag, err = o.putLease(ctx, key, body, opts)
 		if err == nil {
-			o.log.Info("took over a stale lease", zap.String("lease", name), zap.String("from", held.ID))
+			o.log.Info("took over a lease", zap.String("lease", name), zap.String("from", held.ID), zap.Bool("stale", stale))
 			return o.startLease(name, key, me, etag), me, nil
 		}
 		if !isPreconditionFailed(err) && !isConflict(err) && !isNoSuchKey(err) {

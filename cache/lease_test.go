@@ -232,3 +232,49 @@ func testVersity(t *testing.T) *regtest.S3Server {
 	setS3Credentials(t, s3Access, s3Secret)
 	return srv
 }
+
+// TestLeaseSupplantedByOneOfItsFollowers: followers that saw the holder
+// fail take its fresh lease over, one of them; the others are told which,
+// and a follower naming a holder that no longer holds it is refused.
+func TestLeaseSupplantedByOneOfItsFollowers(t *testing.T) {
+	srv := testVersity(t)
+	o := s3Objects(t, srv, S3Config{Bucket: srv.Bucket(t, "lease-supplant")})
+	ctx := context.Background()
+	dead := LeaseHolder{ID: "a", URL: "http://a", TTL: 30 * time.Second}
+	a, _, err := o.AcquireLease(ctx, "d", dead)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.stopRenewing()
+	var (
+		wg   sync.WaitGroup
+		mu   sync.Mutex
+		won  []*Lease
+		told = map[string]int{}
+	)
+	for i := range 6 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			l, held, err := o.SupplantLease(ctx, "d", LeaseHolder{ID: fmt.Sprint("f", i), TTL: 30 * time.Second}, dead)
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case err == nil:
+				won = append(won, l)
+			case errors.Is(err, ErrLeaseHeld):
+				told[held.ID]++
+			default:
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	if len(won) != 1 || told[won[0].holder.ID] != 5 {
+		t.Fatalf("%d took over, the others were told %v", len(won), told)
+	}
+	defer won[0].Release(ctx)
+	if _, held, err := o.SupplantLease(ctx, "d", LeaseHolder{ID: "g", TTL: 30 * time.Second}, dead); !errors.Is(err, ErrLeaseHeld) || held != won[0].holder {
+		t.Fatalf("supplanting a holder that no longer holds it: %+v %v", held, err)
+	}
+}
