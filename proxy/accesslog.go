@@ -34,6 +34,7 @@ const (
 	cacheStale     = "stale"
 	cachePass      = "pass"   // asked upstream, nothing to cache (HEAD of a blob, tags/list)
 	cacheStream    = "stream" // streamed from upstream without being stored (no room)
+	cachePeer      = "peer"   // served to another replica (PeerPath)
 )
 
 // logged runs h, writes its error as an OCI error, and writes one access-log
