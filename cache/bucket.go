@@ -93,14 +93,15 @@ func (s *Store) OpenBlob(ctx context.Context, h v1.Hash) (io.ReadSeekCloser, err
 
 // openBucket opens h in the bucket after a local miss. Once the index is
 // complete, content it does not know is not asked for: a cold blob costs
-// no request to learn it is cold. A record of content the bucket no longer
+// no request to learn it is cold; unless the bucket is Shared with other
+// replicas, which store content this index has never seen. A record of content the bucket no longer
 // has (removed behind the store's back) is forgotten.
 func (s *Store) openBucket(ctx context.Context, h v1.Hash) (ObjectReader, Info, error) {
 	if s.bucketDown() {
 		return nil, Info{}, ErrNotFound
 	}
 	_, recErr := s.info(h)
-	if recErr != nil && isClosed(s.counted) {
+	if recErr != nil && isClosed(s.counted) && !s.opt.Shared {
 		return nil, Info{}, ErrNotFound
 	}
 	r, info, err := s.opt.Bucket.Open(ctx, h)

@@ -63,6 +63,10 @@ type Options struct {
 	// 0 means no limit but the free-space floor (MinFree). With a bucket,
 	// MaxSize is the bucket's budget.
 	LocalMaxSize int64
+	// Shared says other mirrors (replicas) write to the bucket too, so
+	// content this index does not know may be there: a local miss always
+	// asks the bucket, instead of only while the index is being rebuilt.
+	Shared bool
 	// UploadRetry is the first wait before a failed upload to the bucket is
 	// tried again, and before the bucket is probed once it is down; it
 	// doubles up to a minute. 0 means one second.

@@ -192,6 +192,7 @@ func newMirror(cfg Config, log *zap.Logger) (_ *mirror, err error) {
 			return nil, err
 		}
 		opt.Bucket, opt.LocalMaxSize, opt.StaleUploads = bucket, int64(cfg.LocalMaxSize), cfg.S3StaleUploads
+		opt.Shared = cfg.fleet()
 	}
 	if m.store, err = cache.Open(cfg.DataDir, opt, log.Named("cache")); err != nil {
 		return nil, err
