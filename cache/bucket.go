@@ -550,6 +550,9 @@ func (s *Store) upload(ctx context.Context) {
 // uploadOne uploads one item, and forgets its marker once it is in the
 // bucket; it reports whether the item is done.
 func (s *Store) uploadOne(ctx context.Context, item string, gen uint64) bool {
+	if s.deferred.waiting(item) {
+		return false // tried again after a pause, as a failed upload is
+	}
 	var err error
 	if h, herr := v1.NewHash(item); herr == nil && checkHash(h) == nil {
 		err = s.uploadContent(ctx, h)
@@ -591,6 +594,13 @@ func (s *Store) uploadContent(ctx context.Context, h v1.Hash) error {
 		return errors.Join(ferr, err)
 	}
 	defer f.Close()
+	if s.opt.Shared {
+		// Another replica may have put it (the one this replica streamed it
+		// from, usually): a HEAD instead of sending it again.
+		if _, err := s.opt.Bucket.Stat(ctx, h); err == nil {
+			return nil
+		}
+	}
 	err = s.opt.Bucket.Put(ctx, h, f, info.Size, info.MediaType)
 	if errors.Is(err, ErrDigestMismatch) || errors.Is(err, ErrSizeMismatch) {
 		s.log.Error("local content does not match its digest; removed, not uploaded", zap.Stringer("digest", h), zap.Error(err))

@@ -135,10 +135,11 @@ type memManifest struct {
 
 // Store is the on-disk cache. It is safe for concurrent use.
 type Store struct {
-	dir string
-	opt Options
-	log *zap.Logger
-	db  *badger.DB
+	deferred deferredUploads // uploads another replica is making (uploaded.go)
+	dir      string
+	opt      Options
+	log      *zap.Logger
+	db       *badger.DB
 
 	tags      *lru.Cache[string, TagAnswer]
 	manifests *lru.Cache[v1.Hash, memManifest]

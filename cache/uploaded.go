@@ -2,6 +2,7 @@ package cache
 
 import (
 	"context"
+	"sync"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -29,4 +30,44 @@ func (s *Store) AwaitUpload(ctx context.Context, h v1.Hash) error {
 		}
 	}
 	return nil
+}
+
+// DeferUpload holds the upload of the writer's content, once committed,
+// until after is closed: a replica that streamed the content from the one
+// uploading it waits for that upload, whose object its own upload then finds
+// in the bucket (a HEAD, instead of a second copy of every part). The hold
+// is in memory only: after a restart the upload goes ahead.
+func (w *Writer) DeferUpload(after <-chan struct{}) { w.after = after }
+
+// deferredUploads are the items whose upload waits for a channel.
+type deferredUploads struct {
+	mu    sync.Mutex
+	until map[string]<-chan struct{}
+}
+
+func (d *deferredUploads) set(item string, after <-chan struct{}) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.until == nil {
+		d.until = map[string]<-chan struct{}{}
+	}
+	d.until[item] = after
+}
+
+// waiting reports whether item's upload is still held, forgetting the hold
+// once it has ended.
+func (d *deferredUploads) waiting(item string) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	ch, ok := d.until[item]
+	if !ok {
+		return false
+	}
+	select {
+	case <-ch:
+		delete(d.until, item)
+		return false
+	default:
+		return true
+	}
 }

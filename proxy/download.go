@@ -215,6 +215,9 @@ func (p *Proxy) fill(fl *flight) error {
 				zap.Int64("offset", written), zap.Int("attempt", resumes), zap.Error(err))
 		}
 	}
+	if fl.leader != nil {
+		w.DeferUpload(p.leaderDone(fl, *fl.leader))
+	}
 	return w.Commit()
 }
 

@@ -35,6 +35,7 @@ type Fleet struct {
 type Leases interface {
 	AcquireLease(ctx context.Context, name string, me cache.LeaseHolder) (*cache.Lease, cache.LeaseHolder, error)
 	SupplantLease(ctx context.Context, name string, me, failed cache.LeaseHolder) (*cache.Lease, cache.LeaseHolder, error)
+	ReadLease(ctx context.Context, name string) (holder cache.LeaseHolder, stale bool, err error)
 }
 
 // leaseTimeout bounds one lease operation (a few requests to the bucket).
@@ -194,6 +195,42 @@ func (p *Proxy) releaseLease(fl *flight, err error) {
 			p.log.Warn("release lease; it goes stale by itself", zap.Stringer(keyDigest, fl.digest), zap.Error(rerr))
 		}
 	}()
+}
+
+// maxUploadWait bounds how long a follower's upload waits for its leader's.
+const maxUploadWait = 10 * time.Minute
+
+// leaderDone returns a channel closed once the leader a flight followed no
+// longer holds the digest's lease: it released it after its upload (so the
+// follower's own upload finds the object and sends nothing), failed, or
+// died. A follower defers its upload until then (cache.Writer.DeferUpload).
+func (p *Proxy) leaderDone(fl *flight, leader cache.LeaseHolder) <-chan struct{} {
+	done := make(chan struct{})
+	f := p.opt.Fleet
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		defer close(done)
+		t := time.NewTicker(max(f.Self.TTL/3, time.Second))
+		defer t.Stop()
+		give := time.After(maxUploadWait)
+		for {
+			select {
+			case <-p.ctx.Done():
+				return
+			case <-give:
+				return
+			case <-t.C:
+			}
+			ctx, cancel := context.WithTimeout(p.ctx, leaseTimeout)
+			held, stale, err := f.Leases.ReadLease(ctx, fl.digest.String())
+			cancel()
+			if err != nil || stale || held.ID != leader.ID {
+				return // gone (ErrNotFound), unreadable, or someone else's now
+			}
+		}
+	}()
+	return done
 }
 
 // errPeerUnreachable marks a peer request that got no answer at all.

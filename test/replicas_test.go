@@ -21,6 +21,7 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/minio/minio-go/v7"
+	"github.com/regmirror/regmirror/proxy"
 	"github.com/regmirror/regmirror/test/regtest"
 )
 
@@ -31,7 +32,8 @@ type fleet struct {
 	bucket   string
 	replicas []*mirrorProc
 	front    *httptest.Server
-	env      []string // the settings every replica shares
+	s3Count  *regtest.Counter // the replicas' requests to the bucket
+	env      []string         // the settings every replica shares
 	upstream string
 }
 
@@ -59,7 +61,14 @@ func startFleet(t *testing.T, upstreamURL string, n int, peerURL func(i int) str
 	if err := os.WriteFile(token, []byte("s3cr3t-shared-by-the-replicas\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	f := &fleet{s3: s3, bucket: bucket, upstream: upstreamURL, env: append([]string{"REGMIRROR_PEER_TOKEN_FILE=" + token}, extra...)}
+	target, _ := url.Parse(s3.Endpoint)
+	rp := httputil.NewSingleHostReverseProxy(target) // the Host header passes as signed
+	rp.ErrorLog = log.New(io.Discard, "", 0)         // a killed replica's cut requests are expected
+	counted := regtest.Count(rp)
+	front := httptest.NewServer(counted)
+	t.Cleanup(front.Close)
+	f := &fleet{s3: s3, bucket: bucket, upstream: upstreamURL, s3Count: counted,
+		env: append([]string{"REGMIRROR_PEER_TOKEN_FILE=" + token, "REGMIRROR_S3_ENDPOINT=" + front.URL}, extra...)}
 	for i := range n {
 		var env []string
 		if peerURL != nil {
@@ -139,6 +148,25 @@ func (f *fleet) noLeftovers(t *testing.T, h v1.Hash) {
 		}
 		left = append(left, f.s3.Uploads(t, f.bucket)...)
 		return len(left) == 0, fmt.Sprintf("left: %v", left)
+	})
+}
+
+// uploadsDone waits until no replica has an upload pending.
+func (f *fleet) uploadsDone(t *testing.T) {
+	t.Helper()
+	eventually(t, "every replica's uploads done", func() (bool, string) {
+		for i, m := range f.replicas {
+			_, body := m.do(http.MethodGet, proxy.ReadyPath, nil)
+			var r struct {
+				Bucket struct {
+					Pending int `json:"pending_uploads"`
+				} `json:"bucket"`
+			}
+			if json.Unmarshal(body, &r) != nil || r.Bucket.Pending != 0 {
+				return false, fmt.Sprintf("replica %d: %s", i, body)
+			}
+		}
+		return true, ""
 	})
 }
 
@@ -223,6 +251,12 @@ func TestReplicasColdHerdOneUpstreamGet(t *testing.T) {
 				t.Errorf("%d upstream GETs of the blob for a herd of %d over 3 replicas, want 1", n, herdSize)
 			}
 			f.noLeftovers(t, g.digest)
+			// One copy went up: the followers waited for the leader's upload
+			// and found the object instead of sending theirs.
+			f.uploadsDone(t)
+			if n := f.s3Count.Count(http.MethodPut, "/"+f.bucket+"/blobs/sha256/"+g.digest.Hex); n != 1 {
+				t.Errorf("%d PUTs of the blob to the bucket, want 1", n)
+			}
 
 			// A replica added with an empty disk serves it at once, from the
 			// bucket, though its own index has never seen it.
