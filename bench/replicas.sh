@@ -53,26 +53,6 @@ S3_SECRET=regmirror-bench-secret
 
 bench_init replicas
 
-s3_counts() {
-	curl -sS "$S3_CTL/counts" | jq -r 'to_entries | sort_by(.key) | map("\(.key)=\(.value)") | join(", ") | if . == "" then "none" else . end'
-}
-s3_total() { curl -sS "$S3_CTL/counts" | jq '[.[]] | add // 0'; }
-s3_reset() { curl -sS -X POST "$S3_CTL/reset"; }
-s3_settle() {
-	local last cur quiet=0
-	last=$(s3_total)
-	for _ in $(seq 600); do
-		sleep 0.1
-		cur=$(s3_total)
-		if [ "$cur" = "$last" ]; then
-			quiet=$((quiet + 1))
-			[ "$quiet" -ge "$SETTLE" ] && return
-		else
-			quiet=0
-			last=$cur
-		fi
-	done
-}
 up_blob_gets() { curl -sS "$UP_URL/_counts" | jq "[to_entries[] | select(.key == \"GET $BLOB_UPSTREAM_PATH\") | .value] | add // 0"; }
 up_reset() { curl -sS -X DELETE "$UP_URL/_counts" >/dev/null; }
 
@@ -97,40 +77,11 @@ start_reg() {
 
 # start_peer BUCKET NAME: distribution's proxy with its storage in BUCKET.
 start_peer() {
-	local bucket=$1 name=$2 port
-	port=$(free_port)
-	cat >"$WORK/$name.yml" <<CONF
-version: 0.1
-log:
-  level: warn
-  accesslog:
-    disabled: true
-storage:
-  s3:
-    accesskey: $S3_ACCESS
-    secretkey: $S3_SECRET
-    region: us-east-1
-    regionendpoint: $S3_URL
-    bucket: $bucket
-    secure: false
-    v4auth: true
-    rootdirectory: /
-  redirect:
-    disable: true
-  cache:
-    blobdescriptor: inmemory
-http:
-  addr: 127.0.0.1:$port
-  secret: regmirror-bench-peer
-proxy:
-  remoteurl: $UP_URL
-CONF
-	# distribution's S3 driver panics at start when AWS_CA_BUNDLE is set.
-	env -u AWS_CA_BUNDLE docker-registry serve "$WORK/$name.yml" >"$WORK/log-$name" 2>&1 &
-	SPIDS+=($!)
-	PIDS+=($!)
-	SERVERS+=("http://127.0.0.1:$port")
-	wait_http "http://127.0.0.1:$port/v2/" "$!" "$WORK/log-$name"
+	local pid url
+	read -r pid url < <(s3_peer "$2" "$1" "$UP_URL")
+	SPIDS+=("$pid")
+	PIDS+=("$pid")
+	SERVERS+=("$url")
 }
 
 stop_servers() {
@@ -203,23 +154,7 @@ DIGEST=$(head -n1 "$WORK/upstream.out")
 BLOB_PATH=/v2/library/big/blobs/$DIGEST
 BLOB_UPSTREAM_PATH=/v2/library/big/blobs/$DIGEST
 
-S3_ROOT=$WORK/s3
-mkdir -p "$S3_ROOT"/{fleet,single,peer}
-VGW_PORT=$(free_port)
-ROOT_ACCESS_KEY=$S3_ACCESS ROOT_SECRET_KEY=$S3_SECRET versitygw --port "127.0.0.1:$VGW_PORT" --quiet posix "$S3_ROOT" >"$WORK/log-versitygw" 2>&1 &
-PIDS+=($!)
-PROXY_PORT=$(free_port)
-CTL_PORT=$(free_port)
-"$WORK/s3proxy" -listen "127.0.0.1:$PROXY_PORT" -target "127.0.0.1:$VGW_PORT" -delay "$DELAY" -control "127.0.0.1:$CTL_PORT" >"$WORK/log-s3proxy" 2>&1 &
-S3PROXY_PID=$!
-PIDS+=($!)
-S3_URL=http://127.0.0.1:$PROXY_PORT
-S3_CTL=http://127.0.0.1:$CTL_PORT
-wait_http "$S3_CTL/counts" "$S3PROXY_PID" "$WORK/log-s3proxy"
-for _ in $(seq 300); do
-	[ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$VGW_PORT/" || true)" = 403 ] && break
-	sleep 0.1
-done
+start_s3 "$WORK/s3" fleet single peer
 
 mode=full
 [ "$SMOKE" = 1 ] && mode=smoke
