@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"strings"
 
-	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/regmirror/regmirror/cache"
 	"go.uber.org/zap"
 )
@@ -47,10 +46,9 @@ func (p *Proxy) servePeer(w *response, r *http.Request) error {
 		}
 		return errNoSuchEndpoint()
 	}
-	raw := strings.TrimPrefix(r.URL.Path, PeerPath)
-	h, err := v1.NewHash(raw)
-	if err != nil || h.Algorithm != "sha256" || len(h.Hex) != 64 {
-		return errDigestInvalid(raw)
+	h, err := parseDigest(strings.TrimPrefix(r.URL.Path, PeerPath))
+	if err != nil {
+		return err
 	}
 	w.setCache(cachePeer)
 	defer p.blobs.Hold(h)()
