@@ -59,20 +59,16 @@ up_reset() { curl -sS -X DELETE "$UP_URL/_counts" >/dev/null; }
 SERVERS=() # URLs of the current scenario's servers
 SPIDS=()   # and their pids
 
-# start_reg BUCKET NAME [VAR=VALUE...]: a regmirror replica on BUCKET in multi-replica mode.
+# start_reg BUCKET NAME [VAR=VALUE...]: a regmirror replica on BUCKET in
+# multi-replica mode (its access log on, for the bytes between replicas).
 start_reg() {
-	local bucket=$1 name=$2 port
+	local bucket=$1 name=$2
 	shift 2
-	port=$(free_port)
-	env REGMIRROR_ADDR="127.0.0.1:$port" REGMIRROR_ADMIN_ADDR=off REGMIRROR_MIN_FREE=0 REGMIRROR_DATA_DIR="$WORK/data-$name" \
-		REGMIRROR_UPSTREAM="$UP_URL" REGMIRROR_LOG_LEVEL=info \
+	start_regmirror "$name" REGMIRROR_LOG_LEVEL=info \
 		REGMIRROR_STORAGE=s3 REGMIRROR_S3_ENDPOINT="$S3_URL" REGMIRROR_S3_BUCKET="$bucket" REGMIRROR_S3_REGION=us-east-1 \
-		REGMIRROR_PEER_TOKEN_FILE="$WORK/peer-token" \
-		AWS_ACCESS_KEY_ID=$S3_ACCESS AWS_SECRET_ACCESS_KEY=$S3_SECRET "$@" "$WORK/regmirror" 2>"$WORK/log-$name" &
-	SPIDS+=($!)
-	PIDS+=($!)
-	SERVERS+=("http://127.0.0.1:$port")
-	wait_http "http://127.0.0.1:$port/v2/" "$!" "$WORK/log-$name"
+		REGMIRROR_PEER_TOKEN_FILE="$WORK/peer-token" AWS_ACCESS_KEY_ID=$S3_ACCESS AWS_SECRET_ACCESS_KEY=$S3_SECRET "$@"
+	SPIDS+=("${PID[$name]}")
+	SERVERS+=("${URL[$name]}")
 }
 
 # start_peer BUCKET NAME: distribution's proxy with its storage in BUCKET.
