@@ -653,6 +653,9 @@ func (s *Store) uploadRecord(ctx context.Context, key string) error {
 	if err != nil {
 		return err
 	}
+	if s.fleet != nil && strings.HasPrefix(key, prefixTag) {
+		return s.putSharedTag(ctx, key, bkey, body)
+	}
 	return s.opt.Bucket.PutRecord(ctx, bkey, body)
 }
 
