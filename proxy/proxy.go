@@ -209,6 +209,9 @@ func New(store Store, ups []Upstream, opt Options, log *zap.Logger) (*Proxy, err
 		p.stats.stale[n] = new(atomic.Int64)
 	}
 	if opt.Metrics != nil {
+		if err := opt.Metrics.reg.Register(newFleetCollector(p)); err != nil {
+			return nil, err
+		}
 		if err := opt.Metrics.reg.Register(newCollector(p)); err != nil {
 			cancel()
 			return nil, fmt.Errorf("register metrics: %w", err)
