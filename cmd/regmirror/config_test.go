@@ -37,6 +37,8 @@ func TestDefaultsMakeADockerHubMirror(t *testing.T) {
 		S3StaleUploads:  time.Hour,
 		PeerWait:        time.Minute,
 		PeerLeaseTTL:    10 * time.Second,
+		FleetInterval:   time.Minute,
+		FleetGrace:      time.Hour,
 		MaxDownloads:    64,
 		AdminAddr:       "127.0.0.1:5001",
 		ShutdownTimeout: 30 * time.Second,

@@ -194,6 +194,11 @@ func newMirror(cfg Config, log *zap.Logger) (_ *mirror, err error) {
 		opt.Bucket, opt.LocalMaxSize, opt.StaleUploads = bucket, int64(cfg.LocalMaxSize), cfg.S3StaleUploads
 		opt.Shared = cfg.fleet()
 	}
+	if cfg.fleet() {
+		if opt.Fleet, err = cfg.fleetStore(); err != nil {
+			return nil, err
+		}
+	}
 	if m.store, err = cache.Open(cfg.DataDir, opt, log.Named("cache")); err != nil {
 		return nil, err
 	}
