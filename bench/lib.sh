@@ -320,3 +320,77 @@ stop_server() {
 	kill "${PID[$1]}" 2>/dev/null || true
 	wait "${PID[$1]}" 2>/dev/null || true
 }
+
+# --- an S3 server for the bucket benchmarks (s3.sh, replicas.sh) ---------------
+
+# start_s3 ROOT BUCKET...: versitygw (posix backend) serving ROOT, a bucket
+# per directory, with credentials S3_ACCESS/S3_SECRET, behind bench/s3proxy
+# (WORK/s3proxy), which holds every request DELAY and counts them by
+# operation. Sets S3_URL (what servers talk to) and S3_CTL (the counts).
+start_s3() {
+	local root=$1 b vgw proxy ctl
+	shift
+	for b in "$@"; do mkdir -p "$root/$b"; done
+	vgw=$(free_port)
+	ROOT_ACCESS_KEY=$S3_ACCESS ROOT_SECRET_KEY=$S3_SECRET versitygw --port "127.0.0.1:$vgw" --quiet posix "$root" >"$WORK/log-versitygw" 2>&1 &
+	PIDS+=($!)
+	proxy=$(free_port)
+	ctl=$(free_port)
+	"$WORK/s3proxy" -listen "127.0.0.1:$proxy" -target "127.0.0.1:$vgw" -delay "$DELAY" -control "127.0.0.1:$ctl" >"$WORK/log-s3proxy" 2>&1 &
+	PIDS+=($!)
+	S3_URL=http://127.0.0.1:$proxy
+	S3_CTL=http://127.0.0.1:$ctl
+	wait_http "$S3_CTL/counts" "$!" "$WORK/log-s3proxy"
+	for _ in $(seq 300); do # versitygw answers 403 to an unsigned request once it is up
+		[ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$vgw/" || true)" = 403 ] && break
+		sleep 0.1
+	done
+}
+
+# s3_counts: the proxy's counts since the last reset, "Op=n, Op=n" by name.
+s3_counts() {
+	curl -sS "$S3_CTL/counts" | jq -r 'to_entries | sort_by(.key) | map("\(.key)=\(.value)") | join(", ") | if . == "" then "none" else . end'
+}
+s3_total() { curl -sS "$S3_CTL/counts" | jq '[.[]] | add // 0'; }
+s3_reset() { curl -sS -X POST "$S3_CTL/reset"; }
+# s3_settle: wait (at most 60 s) until no S3 request came for SETTLE tenths of a second.
+s3_settle() { settle_on s3_total; }
+
+# s3_peer NAME BUCKET REMOTEURL: Debian's docker-registry (distribution 2.8)
+# as a pull-through proxy of REMOTEURL with its storage in BUCKET of S3_URL
+# (the s3-aws driver, redirects off: it would send clients to presigned URLs
+# of the bucket otherwise), on a free port. Prints "PID URL" once it answers.
+s3_peer() {
+	local name=$1 port
+	port=$(free_port)
+	cat >"$WORK/$name.yml" <<CONF
+version: 0.1
+log:
+  level: warn
+  accesslog:
+    disabled: true
+storage:
+  s3:
+    accesskey: $S3_ACCESS
+    secretkey: $S3_SECRET
+    region: us-east-1
+    regionendpoint: $S3_URL
+    bucket: $2
+    secure: false
+    v4auth: true
+    rootdirectory: /
+  redirect:
+    disable: true
+  cache:
+    blobdescriptor: inmemory
+http:
+  addr: 127.0.0.1:$port
+  secret: regmirror-bench-$name
+proxy:
+  remoteurl: $3
+CONF
+	# distribution's S3 driver panics at start when AWS_CA_BUNDLE is set.
+	env -u AWS_CA_BUNDLE docker-registry serve "$WORK/$name.yml" >"$WORK/log-$name" 2>&1 &
+	wait_http "http://127.0.0.1:$port/v2/" "$!" "$WORK/log-$name"
+	echo "$! http://127.0.0.1:$port"
+}

@@ -62,17 +62,6 @@ S3_SECRET=regmirror-bench-secret
 
 bench_init s3
 
-# --- the S3 server and the proxy in front of it ---------------------------------
-
-# s3_counts: the proxy's counts since the last reset, "Op=n, Op=n" by name.
-s3_counts() {
-	curl -sS "$S3_CTL/counts" | jq -r 'to_entries | sort_by(.key) | map("\(.key)=\(.value)") | join(", ") | if . == "" then "none" else . end'
-}
-s3_total() { curl -sS "$S3_CTL/counts" | jq '[.[]] | add // 0'; }
-s3_reset() { curl -sS -X POST "$S3_CTL/reset"; }
-# s3_settle: wait (at most 60 s) until no S3 request came for SETTLE tenths of a second.
-s3_settle() { settle_on s3_total; }
-
 # --- servers ------------------------------------------------------------------
 
 # start_reg NAME [VAR=VALUE...]: a regmirror on the bucket "regmirror", on a fresh data dir.
@@ -83,41 +72,10 @@ start_reg() {
 
 # start_peer NAME: distribution's proxy with its storage in the bucket "peer".
 start_peer() {
-	local name=$1 port
-	port=$(free_port)
-	cat >"$WORK/$name.yml" <<CONF
-version: 0.1
-log:
-  level: warn
-  accesslog:
-    disabled: true
-storage:
-  s3:
-    accesskey: $S3_ACCESS
-    secretkey: $S3_SECRET
-    region: us-east-1
-    regionendpoint: $S3_URL
-    bucket: peer
-    secure: false
-    v4auth: true
-    rootdirectory: /
-  redirect:
-    disable: true
-  cache:
-    blobdescriptor: inmemory
-http:
-  addr: 127.0.0.1:$port
-  secret: regmirror-bench-$name
-proxy:
-  remoteurl: $UP_URL
-CONF
-	# distribution's S3 driver panics at start when AWS_CA_BUNDLE is set.
-	env -u AWS_CA_BUNDLE docker-registry serve "$WORK/$name.yml" >"$WORK/log-$name" 2>&1 &
-	PID[$name]=$!
+	local name=$1
+	read -r PID[$name] URL[$name] < <(s3_peer "$name" peer "$UP_URL")
 	PIDS+=("${PID[$name]}")
 	KIND[$name]=peer
-	URL[$name]=http://127.0.0.1:$port
-	wait_http "${URL[$name]}/v2/" "${PID[$name]}" "$WORK/log-$name"
 }
 
 # in_bucket NAME DIGEST: where server NAME's bucket keeps blob DIGEST, in versitygw's directory.
@@ -253,23 +211,7 @@ BIG_PATH=/v2/library/big/blobs/$BIG_LAYER
 
 # The S3 server (a bucket of versitygw's posix backend is a directory) and the proxy.
 S3_ROOT=$WORK/s3
-mkdir -p "$S3_ROOT/regmirror" "$S3_ROOT/peer"
-VGW_PORT=$(free_port)
-ROOT_ACCESS_KEY=$S3_ACCESS ROOT_SECRET_KEY=$S3_SECRET versitygw --port "127.0.0.1:$VGW_PORT" --quiet posix "$S3_ROOT" >"$WORK/log-versitygw" 2>&1 &
-PID[versitygw]=$!
-PIDS+=("${PID[versitygw]}")
-PROXY_PORT=$(free_port)
-CTL_PORT=$(free_port)
-"$WORK/s3proxy" -listen "127.0.0.1:$PROXY_PORT" -target "127.0.0.1:$VGW_PORT" -delay "$DELAY" -control "127.0.0.1:$CTL_PORT" >"$WORK/log-s3proxy" 2>&1 &
-PID[s3proxy]=$!
-PIDS+=("${PID[s3proxy]}")
-S3_URL=http://127.0.0.1:$PROXY_PORT
-S3_CTL=http://127.0.0.1:$CTL_PORT
-wait_http "$S3_CTL/counts" "${PID[s3proxy]}" "$WORK/log-s3proxy"
-for _ in $(seq 300); do # versitygw answers 403 to an unsigned request once it is up
-	[ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$VGW_PORT/" || true)" = 403 ] && break
-	sleep 0.1
-done
+start_s3 "$S3_ROOT" regmirror peer
 
 mode=full
 [ "$SMOKE" = 1 ] && mode=smoke

@@ -93,14 +93,15 @@ func (s *Store) OpenBlob(ctx context.Context, h v1.Hash) (io.ReadSeekCloser, err
 
 // openBucket opens h in the bucket after a local miss. Once the index is
 // complete, content it does not know is not asked for: a cold blob costs
-// no request to learn it is cold. A record of content the bucket no longer
+// no request to learn it is cold; unless the bucket is Shared with other
+// replicas, which store content this index has never seen. A record of content the bucket no longer
 // has (removed behind the store's back) is forgotten.
 func (s *Store) openBucket(ctx context.Context, h v1.Hash) (ObjectReader, Info, error) {
 	if s.bucketDown() {
 		return nil, Info{}, ErrNotFound
 	}
 	_, recErr := s.info(h)
-	if recErr != nil && isClosed(s.counted) {
+	if recErr != nil && isClosed(s.counted) && !s.opt.Shared {
 		return nil, Info{}, ErrNotFound
 	}
 	r, info, err := s.opt.Bucket.Open(ctx, h)
@@ -549,6 +550,9 @@ func (s *Store) upload(ctx context.Context) {
 // uploadOne uploads one item, and forgets its marker once it is in the
 // bucket; it reports whether the item is done.
 func (s *Store) uploadOne(ctx context.Context, item string, gen uint64) bool {
+	if s.deferred.waiting(item) {
+		return false // tried again after a pause, as a failed upload is
+	}
 	var err error
 	if h, herr := v1.NewHash(item); herr == nil && checkHash(h) == nil {
 		err = s.uploadContent(ctx, h)
@@ -590,6 +594,13 @@ func (s *Store) uploadContent(ctx context.Context, h v1.Hash) error {
 		return errors.Join(ferr, err)
 	}
 	defer f.Close()
+	if s.opt.Shared {
+		// Another replica may have put it (the one this replica streamed it
+		// from, usually): a HEAD instead of sending it again.
+		if _, err := s.opt.Bucket.Stat(ctx, h); err == nil {
+			return nil
+		}
+	}
 	err = s.opt.Bucket.Put(ctx, h, f, info.Size, info.MediaType)
 	if errors.Is(err, ErrDigestMismatch) || errors.Is(err, ErrSizeMismatch) {
 		s.log.Error("local content does not match its digest; removed, not uploaded", zap.Stringer("digest", h), zap.Error(err))
@@ -641,6 +652,9 @@ func (s *Store) uploadRecord(ctx context.Context, key string) error {
 	}
 	if err != nil {
 		return err
+	}
+	if s.fleet != nil && strings.HasPrefix(key, prefixTag) {
+		return s.putSharedTag(ctx, key, bkey, body)
 	}
 	return s.opt.Bucket.PutRecord(ctx, bkey, body)
 }

@@ -100,7 +100,7 @@ func (s *Store) Usage() Usage {
 	return Usage{
 		Bytes:        s.ledger.used,
 		Objects:      s.ledger.objects,
-		Budget:       s.opt.MaxSize,
+		Budget:       s.budget(),
 		Evictions:    s.ledger.evictions,
 		EvictedBytes: s.ledger.evictedBytes,
 		Streamed:     s.ledger.streamed,

@@ -247,6 +247,9 @@ func (s *Store) flushAccess() {
 	if len(pending) == 0 {
 		return
 	}
+	if s.fleet != nil {
+		s.fleet.noteUses(pending)
+	}
 	wb := s.db.NewWriteBatch()
 	defer wb.Cancel()
 	for h, t := range pending {

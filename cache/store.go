@@ -63,6 +63,14 @@ type Options struct {
 	// 0 means no limit but the free-space floor (MinFree). With a bucket,
 	// MaxSize is the bucket's budget.
 	LocalMaxSize int64
+	// Shared says other mirrors (replicas) write to the bucket too, so
+	// content this index does not know may be there: a local miss always
+	// asks the bucket, instead of only while the index is being rebuilt.
+	Shared bool
+	// Fleet, with Bucket, makes the store one replica of several on the
+	// bucket (cache/fleet.go): MaxSize is then the fleet's budget, kept by
+	// whichever replica runs the evictor, never by this store alone.
+	Fleet *FleetOptions
 	// UploadRetry is the first wait before a failed upload to the bucket is
 	// tried again, and before the bucket is probed once it is down; it
 	// doubles up to a minute. 0 means one second.
@@ -131,10 +139,11 @@ type memManifest struct {
 
 // Store is the on-disk cache. It is safe for concurrent use.
 type Store struct {
-	dir string
-	opt Options
-	log *zap.Logger
-	db  *badger.DB
+	deferred deferredUploads // uploads another replica is making (uploaded.go)
+	dir      string
+	opt      Options
+	log      *zap.Logger
+	db       *badger.DB
 
 	tags      *lru.Cache[string, TagAnswer]
 	manifests *lru.Cache[v1.Hash, memManifest]
@@ -152,6 +161,7 @@ type Store struct {
 
 	health bucketHealth
 	up     uploads
+	fleet  *fleet // nil unless Options.Fleet
 
 	evictMu  sync.Mutex    // one eviction pass at a time
 	evictNow chan struct{} // asks the background evictor for a pass
@@ -197,6 +207,14 @@ func (s *Store) countedSelf(h v1.Hash, size int64, bucket, local bool) {
 // an earlier process are removed: they were never visible, so nothing is lost.
 func Open(dir string, opt Options, log *zap.Logger) (*Store, error) {
 	opt.defaults()
+	var fleetBudget int64
+	if opt.Fleet != nil {
+		if opt.Bucket == nil {
+			return nil, errors.New("a fleet replica needs a bucket")
+		}
+		fleetBudget, opt.MaxSize = opt.MaxSize, 0 // the evictor's budget, not this store's
+		opt.Shared = true
+	}
 	for _, d := range append(blobRoots(dir), tmpDir(dir), indexDir(dir)) {
 		if err := os.MkdirAll(d, 0o750); err != nil {
 			return nil, fmt.Errorf("create %s: %w", d, err)
@@ -222,6 +240,12 @@ func Open(dir string, opt Options, log *zap.Logger) (*Store, error) {
 	s.up.items, s.up.kick = make(map[string]uint64), make(chan struct{}, 1)
 	s.bg, s.stopBg = context.WithCancel(context.Background())
 	s.filling, s.fillers = make(map[v1.Hash]bool), make(chan struct{}, 4)
+	if opt.Fleet != nil {
+		if s.fleet, err = newFleet(s, *opt.Fleet, fleetBudget); err != nil {
+			db.Close()
+			return nil, err
+		}
+	}
 	if err := s.removeTemps(); err != nil {
 		db.Close()
 		return nil, err
@@ -466,6 +490,9 @@ func (s *Store) Run(ctx context.Context) {
 		work.Go(func() { s.upload(ctx) })
 		work.Go(func() { s.probe(ctx) })
 		work.Go(func() { s.sweep(ctx) })
+		if s.fleet != nil {
+			work.Go(func() { s.fleet.run(ctx) })
+		}
 	}
 	for {
 		select {
@@ -522,6 +549,9 @@ func (s *Store) Close() error {
 	s.stopBg() // under mu: fillLater adds no work once it is stopped
 	s.mu.Unlock()
 	s.bgWork.Wait()
+	if s.fleet != nil {
+		s.fleet.close() // the evictor's lease, if held without Run
+	}
 	s.flushAccess()
 	if s.countErr == nil {
 		if err := s.saveTotals(); err != nil {

@@ -24,9 +24,10 @@ type Writer struct {
 	mediaType string
 
 	f        *os.File
-	v        *Verifier // of what is in the file
-	refs     []v1.Hash // what a manifest refers to, for eviction
-	reserved int64     // bytes of the budget promised to this writer
+	v        *Verifier       // of what is in the file
+	refs     []v1.Hash       // what a manifest refers to, for eviction
+	reserved int64           // bytes of the budget promised to this writer
+	after    <-chan struct{} // set by DeferUpload
 
 	mu       sync.Mutex // guards the state below against OpenReader
 	tmp      string
@@ -102,6 +103,9 @@ func (w *Writer) Commit() error {
 	}
 	w.s.Touch(w.h)
 	if w.s.opt.Bucket != nil {
+		if w.after != nil {
+			w.s.deferred.set(w.h.String(), w.after)
+		}
 		w.s.up.add(w.h.String()) // after the commit: never in front of a client
 	}
 	if w.s.overHigh() || w.s.localOverHigh() {

@@ -35,6 +35,7 @@ const (
 	cacheStale     = "stale"
 	cachePass      = "pass"   // asked upstream, nothing to cache (HEAD of a blob, tags/list)
 	cacheStream    = "stream" // streamed from upstream without being stored (no room)
+	cachePeer      = "peer"   // served to another replica (PeerPath)
 )
 
 // accessFields pools the access line's fields: at most 14 of them.

@@ -35,6 +35,9 @@ type Operator interface {
 	// Bucket is the state of the store's bucket, if it has one: down is
 	// degraded, not unready.
 	Bucket() cache.BucketState
+	// Fleet is this replica's view of the replicas on its bucket; ok false
+	// when it is not one of several.
+	Fleet() (cache.FleetState, bool)
 }
 
 // Admin API paths. Every one but images changes the cache, so they take POST.

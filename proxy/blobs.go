@@ -25,6 +25,9 @@ type Blobs interface {
 	Create(h v1.Hash, size int64, mediaType string) (*cache.Writer, error)
 	// Hold keeps h from eviction until release is called.
 	Hold(h v1.Hash) (release func())
+	// AwaitUpload returns once committed content is in the bucket (at once
+	// without one), or when ctx ends.
+	AwaitUpload(ctx context.Context, h v1.Hash) error
 }
 
 func (p *Proxy) serveBlob(w *response, r *http.Request, rt route) error {
@@ -51,7 +54,11 @@ func (p *Proxy) serveBlob(w *response, r *http.Request, rt route) error {
 			continue
 		}
 		w.setCache(coalesced(cacheMiss, !leader))
-		return p.follow(w, r, fl, rt)
+		if err := p.follow(w, r, fl, rt); !errors.Is(err, errStoredMeanwhile) {
+			return err
+		}
+		// Another replica stored it in the bucket first: nothing was
+		// written yet, and the next look finds it.
 	}
 	return errors.New("blob vanished from the store while being served")
 }

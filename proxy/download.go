@@ -25,6 +25,7 @@ func (p *Proxy) download(fl *flight) {
 	defer p.blobs.Hold(fl.digest)() // eviction leaves a blob alone while it downloads
 	start := time.Now()
 	err := p.fill(fl)
+	p.releaseLease(fl, err)
 	if errors.Is(err, cache.ErrNoSpace) {
 		// It ran out of room while writing (a full disk, or a blob of
 		// unknown size that outgrew the budget): the next requests stream
@@ -38,6 +39,9 @@ func (p *Proxy) download(fl *flight) {
 	p.mu.Unlock()
 	fl.finish(err)
 	written := fl.progress().written
+	if errors.Is(err, errStoredMeanwhile) {
+		return // its requesters serve it from the store
+	}
 	if errors.Is(err, errPassThrough) {
 		// Nobody claimed the response in time: the requesters left.
 		time.AfterFunc(p.opt.UpstreamTimeout, func() {
@@ -129,7 +133,7 @@ func (p *Proxy) fill(fl *flight) error {
 			release()
 		}
 	}()
-	a, err := p.fetch(p.ctx, fl.up, fl.repo, fl.digest, 0, -1)
+	a, err := p.open(fl)
 	if err != nil {
 		return err
 	}
@@ -210,6 +214,9 @@ func (p *Proxy) fill(fl *flight) error {
 			p.log.Info("download resume failed", zap.String(keyUpstream, fl.up.Name()), zap.Stringer(keyDigest, fl.digest),
 				zap.Int64("offset", written), zap.Int("attempt", resumes), zap.Error(err))
 		}
+	}
+	if fl.leader != nil {
+		w.DeferUpload(p.leaderDone(fl, *fl.leader))
 	}
 	return w.Commit()
 }
@@ -320,8 +327,12 @@ func (p *Proxy) fetch(ctx context.Context, up Upstream, repo string, h v1.Hash, 
 }
 
 // resume asks upstream for the rest of the flight's blob from offset on,
-// after a back-off that doubles with each attempt n.
+// after a back-off that doubles with each attempt n. A flight that followed
+// another replica carries on at once from whoever leads now, or upstream.
 func (p *Proxy) resume(fl *flight, offset int64, n int) (*attempt, error) {
+	if fl.leader != nil {
+		return p.resumeFleet(fl, offset)
+	}
 	select {
 	case <-time.After(time.Duration(1<<(n-1)) * 250 * time.Millisecond):
 	case <-p.ctx.Done():

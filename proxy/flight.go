@@ -34,6 +34,11 @@ type flight struct {
 	handed     *handedOver // the flight's own upstream response, at streamAt, for the first reader there
 	streamAt   int64
 	streamHash *cache.Verifier
+
+	// In a fleet (fleet.go), set and read by the download alone: the
+	// digest's lease while this replica leads, or the replica it follows.
+	lease  *cache.Lease
+	leader *cache.LeaseHolder
 }
 
 // errPassThrough fails a flight whose blob the store cannot keep (larger

@@ -119,6 +119,9 @@ func (p *Proxy) manifestByTag(ctx context.Context, up Upstream, rt route) (resol
 	}
 	key := "t/" + rt.registry + "/" + rt.repo + ":" + rt.tag
 	return p.sharedResolve(ctx, key, func(ctx context.Context) (resolved, error) {
+		if res, ok := p.sharedTag(ctx, up, rt); ok {
+			return res, nil
+		}
 		return p.resolveTag(ctx, up, rt, known, haveAnswer)
 	})
 }

@@ -76,6 +76,10 @@ type Options struct {
 	// the health endpoints, which probes must reach without them; metrics
 	// served here (MetricsHandler) need them too.
 	Auth *ClientAuth
+	// Fleet, when set, makes this proxy one of several replicas on one
+	// bucket that download each blob from upstream once between them, and
+	// serves PeerPath to the others.
+	Fleet *Fleet
 }
 
 // Proxy is the registry API handler. Close it to stop its downloads.
@@ -208,6 +212,9 @@ func New(store Store, ups []Upstream, opt Options, log *zap.Logger) (*Proxy, err
 		p.namespaces[n] = []string{n}
 	}
 	if opt.Metrics != nil {
+		if err := opt.Metrics.reg.Register(newFleetCollector(p)); err != nil {
+			return nil, err
+		}
 		if err := opt.Metrics.reg.Register(newCollector(p)); err != nil {
 			cancel()
 			return nil, fmt.Errorf("register metrics: %w", err)
@@ -249,6 +256,11 @@ func (p *Proxy) serve(w *response, r *http.Request) error {
 	}
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		return errUnsupported()
+	}
+	if strings.HasPrefix(r.URL.Path, PeerPath) {
+		// Before client authentication: replicas have the fleet's secret,
+		// not a client's password.
+		return p.servePeer(w, r)
 	}
 	switch r.URL.Path {
 	case HealthPath:

@@ -61,6 +61,8 @@ type statusView struct {
 	PinsError    string
 	MetricsHere  bool // /metrics is served on this listener
 	Charts       template.HTML
+	Fleet        fleetView
+	InFleet      bool
 }
 
 type diskView struct {
@@ -96,6 +98,12 @@ func (p *Proxy) serveStatus(w http.ResponseWriter, r *http.Request) error {
 	v.Disk.Usage = p.op.Usage()
 	v.Disk.Warning = diskWarning(v.Disk.Usage)
 	v.Disk.Bucket = p.op.Bucket()
+	if v.Fleet, v.InFleet = p.fleetView(now); v.InFleet && !v.Fleet.LastPass.IsZero() {
+		// The bucket is the fleet's: its usage as the evictor counted it,
+		// not this replica's index's view of it.
+		v.Disk.Bytes, v.Disk.Objects = v.Fleet.BucketBytes, v.Fleet.BucketObjects
+		v.Disk.Evictions, v.Disk.EvictedBytes = v.Fleet.Evicted, v.Fleet.EvictedBytes
+	}
 	if v.Disk.Budget > 0 {
 		v.Disk.Fill = float64(v.Disk.Bytes) / float64(v.Disk.Budget)
 	}

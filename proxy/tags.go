@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/regmirror/regmirror/cache"
 	"github.com/regmirror/regmirror/upstream"
@@ -25,6 +26,10 @@ type TagIndex interface {
 	DeleteTag(registry, repo, tag string) error
 	Tags(registry, repo string) ([]string, error)
 	Repositories() ([]cache.Repository, error)
+	// ShareTag is, in a fleet of replicas on one bucket, the fleet's answer
+	// for a tag whose own answer is missing or older than ttl, and whether to
+	// use it or ask upstream (cache.AskUpstream outside a fleet).
+	ShareTag(ctx context.Context, registry, repo, tag string, ttl time.Duration) (cache.TagAnswer, cache.TagTurn)
 }
 
 // maxTagList caps a tag list relayed from upstream.

@@ -28,12 +28,9 @@ type (
 		} `yaml:"httpGet"`
 	}
 	k8sContainer struct {
-		Image string   `yaml:"image"`
-		Args  []string `yaml:"args"`
-		Env   []struct {
-			Name  string `yaml:"name"`
-			Value string `yaml:"value"`
-		} `yaml:"env"`
+		Image   string   `yaml:"image"`
+		Args    []string `yaml:"args"`
+		Env     []k8sEnv `yaml:"env"`
 		EnvFrom []struct {
 			SecretRef *struct {
 				Name string `yaml:"name"`
@@ -59,6 +56,15 @@ type (
 			MountPath string `yaml:"mountPath"`
 		} `yaml:"volumeMounts"`
 	}
+	k8sEnv struct {
+		Name      string `yaml:"name"`
+		Value     string `yaml:"value"`
+		ValueFrom *struct {
+			FieldRef struct {
+				FieldPath string `yaml:"fieldPath"`
+			} `yaml:"fieldRef"`
+		} `yaml:"valueFrom"`
+	}
 	k8sDeployment struct {
 		Spec struct {
 			Replicas int `yaml:"replicas"`
@@ -82,6 +88,9 @@ type (
 						EmptyDir *struct {
 							SizeLimit string `yaml:"sizeLimit"`
 						} `yaml:"emptyDir"`
+						Secret *struct {
+							SecretName string `yaml:"secretName"`
+						} `yaml:"secret"`
 					} `yaml:"volumes"`
 				} `yaml:"spec"`
 			} `yaml:"template"`
@@ -114,6 +123,7 @@ func TestKubernetesManifest(t *testing.T) {
 	}{
 		{"regmirror.yaml", []string{"PersistentVolumeClaim", "Deployment", "Service"}},
 		{"regmirror-s3.yaml", []string{"Secret", "ServiceAccount", "Deployment", "Service"}},
+		{"regmirror-replicas.yaml", []string{"Secret", "ServiceAccount", "Deployment", "Service"}},
 	} {
 		t.Run(tc.file, func(t *testing.T) { checkKubernetesManifest(t, tc.file, tc.kinds) })
 	}
@@ -163,8 +173,12 @@ func checkKubernetesManifest(t *testing.T, file string, kinds []string) {
 	}
 
 	pod := dep.Spec.Template.Spec
-	if dep.Spec.Replicas != 1 {
-		t.Errorf("replicas = %d: the store's lock allows one pod per volume", dep.Spec.Replicas)
+	c0 := dep.Spec.Template.Spec.Containers
+	fleet := len(c0) == 1 && slices.ContainsFunc(c0[0].Env, func(e k8sEnv) bool { return e.Name == "REGMIRROR_PEER_TOKEN_FILE" })
+	if fleet && dep.Spec.Replicas < 2 {
+		t.Errorf("replicas = %d in multi-replica mode", dep.Spec.Replicas)
+	} else if !fleet && dep.Spec.Replicas != 1 {
+		t.Errorf("replicas = %d: the store's lock allows one pod per volume, and a bucket one mirror outside multi-replica mode", dep.Spec.Replicas)
 	}
 	if len(pod.Containers) != 1 {
 		t.Fatalf("%d containers, want 1", len(pod.Containers))
@@ -172,9 +186,17 @@ func checkKubernetesManifest(t *testing.T, file string, kinds []string) {
 	c := pod.Containers[0]
 	env := map[string]string{}
 	var environ []string
+	// The values Kubernetes gives the downward API's fields, and $(VAR)
+	// expanded as it expands them, for the settings check below.
+	fields := map[string]string{"status.podIP": "10.0.3.7", "metadata.name": "regmirror-7d9f8-abcde"}
 	for _, e := range c.Env {
-		env[e.Name] = e.Value
-		environ = append(environ, e.Name+"="+e.Value)
+		v := e.Value
+		if e.ValueFrom != nil {
+			v = fields[e.ValueFrom.FieldRef.FieldPath]
+		}
+		v = os.Expand(strings.NewReplacer("$(", "${", ")", "}").Replace(v), func(k string) string { return env[k] })
+		env[e.Name] = v
+		environ = append(environ, e.Name+"="+v)
 	}
 
 	// The binary says which settings exist, and whether these values do.
@@ -190,6 +212,9 @@ func checkKubernetesManifest(t *testing.T, file string, kinds []string) {
 		settings = append(settings, key)
 	}
 	for name := range env {
+		if name == "POD_IP" || name == "POD_NAME" {
+			continue // the downward API's, for $(POD_IP) and $(POD_NAME)
+		}
 		if !slices.Contains(settings, name) {
 			t.Errorf("env %s is not a setting of regmirror (it knows %v)", name, settings)
 		}
@@ -267,6 +292,23 @@ func checkKubernetesManifest(t *testing.T, file string, kinds []string) {
 		}
 	} else if mounted == "" || claim != names["PersistentVolumeClaim"] {
 		t.Errorf("REGMIRROR_DATA_DIR=%s is not on the claim %s (volume %q, claim %q)", env["REGMIRROR_DATA_DIR"], names["PersistentVolumeClaim"], mounted, claim)
+	}
+	if fleet {
+		// The peer secret is a file, from a Secret volume.
+		secretDir := ""
+		for _, m := range c.VolumeMounts {
+			for _, v := range pod.Volumes {
+				if v.Name == m.Name && v.Secret != nil && v.Secret.SecretName != "" {
+					secretDir = m.MountPath
+				}
+			}
+		}
+		if secretDir == "" || filepath.Dir(env["REGMIRROR_PEER_TOKEN_FILE"]) != secretDir {
+			t.Errorf("REGMIRROR_PEER_TOKEN_FILE=%s is not in a Secret's volume (mounted at %q)", env["REGMIRROR_PEER_TOKEN_FILE"], secretDir)
+		}
+		if !strings.HasPrefix(env["REGMIRROR_PEER_URL"], "http://10.0.3.7:") || env["REGMIRROR_REPLICA_NAME"] == "" {
+			t.Errorf("REGMIRROR_PEER_URL=%q, REGMIRROR_REPLICA_NAME=%q: want the pod's own address and name", env["REGMIRROR_PEER_URL"], env["REGMIRROR_REPLICA_NAME"])
+		}
 	}
 	labels := dep.Spec.Template.Metadata.Labels
 	for k, v := range dep.Spec.Selector.MatchLabels {

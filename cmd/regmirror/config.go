@@ -46,6 +46,13 @@ type Config struct {
 	S3Region           string        `env:"S3_REGION"           envDefault:""                              flag:"s3-region"           usage:"the bucket's region; empty asks the store"`
 	LocalMaxSize       byteSize      `env:"LOCAL_MAX_SIZE"      envDefault:"10GiB"                         flag:"local-max-size"      usage:"with -storage s3, the budget of the local copy of hot content in the data dir (0 means no limit)"`
 	S3StaleUploads     time.Duration `env:"S3_STALE_UPLOADS"    envDefault:"1h"                            flag:"s3-stale-uploads"    usage:"an incomplete multipart upload in the bucket older than this is a dead mirror's: the sweep, at start and then this often (at most once a minute), aborts it"`
+	PeerTokenFile      string        `env:"PEER_TOKEN_FILE"     envDefault:""                              flag:"peer-token-file"     usage:"with -storage s3, a file holding the secret that replicas on one bucket share: setting it turns multi-replica mode on (one upstream download per blob across the replicas, the peer endpoint)"`
+	PeerURL            string        `env:"PEER_URL"            envDefault:""                              flag:"peer-url"            usage:"in multi-replica mode, the URL the other replicas reach this one at (e.g. http://10.0.3.7:5000); empty means http:// and -addr, when that names a host"`
+	PeerWait           time.Duration `env:"PEER_WAIT"           envDefault:"1m"                            flag:"peer-wait"           usage:"in multi-replica mode, how long a replica that cannot reach the one downloading a blob waits for it in the bucket before fetching it itself"`
+	PeerLeaseTTL       time.Duration `env:"PEER_LEASE_TTL"      envDefault:"10s"                           flag:"peer-lease-ttl"      usage:"in multi-replica mode, how long a download's lease in the bucket stands without renewal (renewed every third of it): a replica that died holding one is taken over after this"`
+	ReplicaName        string        `env:"REPLICA_NAME"        envDefault:""                              flag:"replica-name"        usage:"in multi-replica mode, this replica's name in the bucket's access journals and on the status page; empty means the host name (a pod's name)"`
+	FleetInterval      time.Duration `env:"FLEET_INTERVAL"      envDefault:"1m"                            flag:"fleet-interval"      usage:"in multi-replica mode, how often each replica writes what it used to the bucket and looks at the fleet, and the evictor runs a pass"`
+	FleetGrace         time.Duration `env:"FLEET_GRACE"         envDefault:"1h"                            flag:"fleet-grace"         usage:"in multi-replica mode, how long after any replica used an object it is kept in the bucket, whatever the budget (at least 3 times -fleet-interval)"`
 	MaxDownloads       int           `env:"MAX_DOWNLOADS"       envDefault:"64"                            flag:"max-downloads"       usage:"blob downloads from upstreams at once; more wait their turn (0 means no bound)"`
 	AdminAddr          string        `env:"ADMIN_ADDR"          envDefault:"127.0.0.1:5001"                flag:"admin-addr"          usage:"listen address of the admin API (pin, unpin, ls, warm, gc, verify); off turns it off"`
 	AdminToken         string        `env:"ADMIN_TOKEN"         envDefault:""                              flag:"admin-token"         usage:"bearer token the admin API requires; needed when REGMIRROR_ADMIN_ADDR is not a loopback address" secret:"true"`
@@ -291,6 +298,8 @@ func (c Config) Validate() error {
 		bad("ADMIN_ADDR", "%q is not a loopback address: set REGMIRROR_ADMIN_TOKEN too, or anyone who reaches it can pin, warm and evict", c.AdminAddr)
 	}
 	errs = append(errs, c.validateStorage()...)
+	errs = append(errs, c.validateFleet()...)
+	errs = append(errs, c.validateFleetState()...)
 	if c.LogFormat != "json" && c.LogFormat != "console" {
 		bad("LOG_FORMAT", "%q: want json or console", c.LogFormat)
 	}

@@ -35,6 +35,10 @@ func TestDefaultsMakeADockerHubMirror(t *testing.T) {
 		Storage:         "disk",
 		LocalMaxSize:    10 << 30,
 		S3StaleUploads:  time.Hour,
+		PeerWait:        time.Minute,
+		PeerLeaseTTL:    10 * time.Second,
+		FleetInterval:   time.Minute,
+		FleetGrace:      time.Hour,
 		MaxDownloads:    64,
 		AdminAddr:       "127.0.0.1:5001",
 		ShutdownTimeout: 30 * time.Second,
@@ -96,6 +100,11 @@ func TestBadValuesNameTheirSetting(t *testing.T) {
 		{"prefix with a newline", map[string]string{"REGMIRROR_STORAGE": "s3", "REGMIRROR_S3_BUCKET": "cache", "REGMIRROR_S3_PREFIX": "a\nb"}, nil, []string{"REGMIRROR_S3_PREFIX"}},
 		{"bucket named but storage left on disk", map[string]string{"REGMIRROR_S3_BUCKET": "cache"}, nil, []string{"REGMIRROR_S3_BUCKET", "REGMIRROR_STORAGE=s3"}},
 		{"stale uploads never", map[string]string{"REGMIRROR_STORAGE": "s3", "REGMIRROR_S3_BUCKET": "cache", "REGMIRROR_S3_STALE_UPLOADS": "0s"}, nil, []string{"REGMIRROR_S3_STALE_UPLOADS"}},
+		{"replicas on disk", map[string]string{"REGMIRROR_PEER_TOKEN_FILE": "/run/peer", "REGMIRROR_PEER_URL": "http://10.0.0.1:5000"}, nil, []string{"REGMIRROR_PEER_TOKEN_FILE", "REGMIRROR_STORAGE=s3"}},
+		{"replicas with no address to be reached at", map[string]string{"REGMIRROR_STORAGE": "s3", "REGMIRROR_S3_BUCKET": "cache", "REGMIRROR_PEER_TOKEN_FILE": "/run/peer"}, nil, []string{"REGMIRROR_PEER_URL", "REGMIRROR_ADDR"}},
+		{"peer URL with credentials", map[string]string{"REGMIRROR_STORAGE": "s3", "REGMIRROR_S3_BUCKET": "cache", "REGMIRROR_PEER_TOKEN_FILE": "/run/peer", "REGMIRROR_PEER_URL": "http://u:p@10.0.0.1:5000"}, nil, []string{"REGMIRROR_PEER_URL"}},
+		{"peer URL without multi-replica mode", map[string]string{"REGMIRROR_PEER_URL": "http://10.0.0.1:5000"}, nil, []string{"REGMIRROR_PEER_URL", "REGMIRROR_PEER_TOKEN_FILE"}},
+		{"lease shorter than the store's clock", map[string]string{"REGMIRROR_STORAGE": "s3", "REGMIRROR_S3_BUCKET": "cache", "REGMIRROR_PEER_TOKEN_FILE": "/run/peer", "REGMIRROR_ADDR": "10.0.0.1:5000", "REGMIRROR_PEER_LEASE_TTL": "1s"}, nil, []string{"REGMIRROR_PEER_LEASE_TTL"}},
 		{"local copy size without a number", map[string]string{"REGMIRROR_LOCAL_MAX_SIZE": "lots"}, nil, []string{"REGMIRROR_LOCAL_MAX_SIZE"}},
 	}
 	for _, tt := range tests {

@@ -186,12 +186,18 @@ func newMirror(cfg Config, log *zap.Logger) (_ *mirror, err error) {
 	}
 
 	opt := cache.Options{MaxSize: int64(cfg.MaxSize), MinFree: int64(cfg.MinFree)}
+	var bucket *cache.S3Objects
 	if cfg.Storage == storageS3 {
-		bucket, err := openBucket(context.Background(), cfg, log.Named("s3"))
-		if err != nil {
+		if bucket, err = openBucket(context.Background(), cfg, log.Named("s3")); err != nil {
 			return nil, err
 		}
 		opt.Bucket, opt.LocalMaxSize, opt.StaleUploads = bucket, int64(cfg.LocalMaxSize), cfg.S3StaleUploads
+		opt.Shared = cfg.fleet()
+	}
+	if cfg.fleet() {
+		if opt.Fleet, err = cfg.fleetStore(); err != nil {
+			return nil, err
+		}
 	}
 	if m.store, err = cache.Open(cfg.DataDir, opt, log.Named("cache")); err != nil {
 		return nil, err
@@ -244,6 +250,13 @@ func newMirror(cfg Config, log *zap.Logger) (_ *mirror, err error) {
 	}
 	if cfg.MetricsAddr == "" {
 		popt.MetricsHandler = m.metrics
+	}
+	if cfg.fleet() {
+		if popt.Fleet, err = newFleet(cfg, bucket); err != nil {
+			return nil, err
+		}
+		log.Info("multi-replica mode", zap.String("replica", popt.Fleet.Self.ID), zap.String("peer_url", popt.Fleet.Self.URL),
+			zap.Duration("lease_ttl", cfg.PeerLeaseTTL), zap.Duration("peer_wait", cfg.PeerWait))
 	}
 	if m.proxy, err = proxy.New(m.store, ups, popt, log.Named("proxy")); err != nil {
 		return nil, err

@@ -126,6 +126,9 @@ func openBucket(ctx context.Context, cfg Config, log *zap.Logger) (*cache.S3Obje
 		zap.String("prefix", cfg.S3Prefix), zap.String("region", cfg.S3Region), zap.Bool("if_none_match", err == nil),
 		zap.Stringer("max_size", cfg.MaxSize), zap.Stringer("local_max_size", cfg.LocalMaxSize))
 	switch {
+	case errors.Is(err, cache.ErrConditionalWritesIgnored) && cfg.fleet():
+		return nil, fmt.Errorf("%sPEER_TOKEN_FILE: multi-replica mode needs an object store that honours If-None-Match: * (the replicas' leases rely on it), and %s does not: it overwrote an object written with it. Run one mirror on this bucket (unset %sPEER_TOKEN_FILE), or use a store with conditional writes (AWS S3, MinIO, versitygw, ...): %w",
+			envPrefix, where, envPrefix, err)
 	case errors.Is(err, cache.ErrConditionalWritesIgnored):
 		// One mirror on the bucket does not need it; several replicas will.
 		log.Warn("the object store ignores If-None-Match: * (it overwrote an object written with it): one mirror on this bucket works, several replicas sharing it would not be safe",
