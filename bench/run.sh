@@ -162,13 +162,17 @@ declare -A WALL=() GETS=() RSS=() RPS=() P99=() MBPS=() CPU=()
 
 COLD_ROW='  %-15s %-9s %7s %-9s %7s %6s  %-18s %7s %8s %6s %6s  %s\n'
 
-# recycle_memory: touch 4 x BIG bytes of anonymous memory and free them, so that
-# the page cache a cold download fills comes from memory the hypervisor
-# already backs. In this VM the first touch of a guest page costs far more than
-# the write into it (0.27-0.32 s of CPU for 100 MB against 0.02-0.04 s:
-# bench/RESULTS.md, "Cold herd against warm herd"), and it would land at
-# random in the mirror's CPU. Harmless elsewhere.
-recycle_memory() { dd if=/dev/zero of=/dev/null bs=$((4 * BIG)) count=1 2>/dev/null; }
+# recycle_memory: write 2 x BIG bytes to a file and remove it, so that the page
+# cache a cold download fills is memory the hypervisor already backs. In this VM
+# memory freed for a few seconds goes back to the host, and touching it again
+# costs far more than the write into it: dd of 100 MB to a new file takes
+# 0.28-0.32 s of system time then, 0.05-0.12 s right after this (bench/RESULTS.md,
+# "Cold herd against warm herd"). Without it that cost lands at random in the
+# cold herd's CPU. Harmless elsewhere.
+recycle_memory() {
+	dd if=/dev/zero of="$WORK/recycle" bs=256k count=$((2 * BIG / 262144 + 1)) 2>/dev/null
+	rm -f "$WORK/recycle"
+}
 
 # cold SCENARIO KIND N HASH: N clients at once fetch the uncached big blob from
 # a fresh server of KIND on a fresh data dir, which is then stopped. A herd is
