@@ -183,6 +183,18 @@ check_bodies() {
 	echo "$ok"
 }
 
+# recycle_memory BYTES: write 2 x BYTES to a file in WORK and remove it, so that
+# the page cache a cold download then fills is memory the hypervisor already
+# backs. In this VM memory freed for a few seconds goes back to the host, and
+# touching it again costs far more than the write into it: dd of 100 MB to a
+# new file takes 0.28-0.32 s of system time then, 0.05-0.12 s right after this
+# (bench/RESULTS.md, "Cold herd against warm herd"). Without it that cost lands
+# at random in a cold herd's CPU. Harmless elsewhere.
+recycle_memory() {
+	dd if=/dev/zero of="$WORK/recycle" bs=256k count=$((2 * $1 / 262144 + 1)) 2>/dev/null
+	rm -f "$WORK/recycle"
+}
+
 # perf_start PID NAME: with PERF=1, profile PID (or with "all", every process)
 # into WORK/NAME.perf until perf_stop. PERFS lists the profiles taken.
 PERF_PID=

@@ -162,18 +162,6 @@ declare -A WALL=() GETS=() RSS=() RPS=() P99=() MBPS=() CPU=()
 
 COLD_ROW='  %-15s %-9s %7s %-9s %7s %6s  %-18s %7s %8s %6s %6s  %s\n'
 
-# recycle_memory: write 2 x BIG bytes to a file and remove it, so that the page
-# cache a cold download fills is memory the hypervisor already backs. In this VM
-# memory freed for a few seconds goes back to the host, and touching it again
-# costs far more than the write into it: dd of 100 MB to a new file takes
-# 0.28-0.32 s of system time then, 0.05-0.12 s right after this (bench/RESULTS.md,
-# "Cold herd against warm herd"). Without it that cost lands at random in the
-# cold herd's CPU. Harmless elsewhere.
-recycle_memory() {
-	dd if=/dev/zero of="$WORK/recycle" bs=256k count=$((2 * BIG / 262144 + 1)) 2>/dev/null
-	rm -f "$WORK/recycle"
-}
-
 # cold SCENARIO KIND N HASH: N clients at once fetch the uncached big blob from
 # a fresh server of KIND on a fresh data dir, which is then stopped. A herd is
 # then fetched again from the cache (again).
@@ -183,7 +171,7 @@ cold() {
 	pid=${PID[$name]}
 	settle
 	mark=$(up_mark)
-	recycle_memory
+	recycle_memory "$BIG"
 	sync
 	t0=$(cpu_ticks "$pid")
 	if [ "$scen" = herd ] && [ "$kind" = regmirror ]; then
