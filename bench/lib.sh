@@ -183,16 +183,19 @@ check_bodies() {
 	echo "$ok"
 }
 
-# recycle_memory BYTES: write 2 x BYTES to a file in WORK and remove it, so that
-# the page cache a cold download then fills is memory the hypervisor already
-# backs. In this VM memory freed for a few seconds goes back to the host, and
-# touching it again costs far more than the write into it: dd of 100 MB to a
-# new file takes 0.28-0.32 s of system time then, 0.05-0.12 s right after this
-# (bench/RESULTS.md, "Cold herd against warm herd"). Without it that cost lands
-# at random in a cold herd's CPU. Harmless elsewhere.
+# recycle_memory BYTES: write BYTES to a file in large pieces and BYTES in 4 KiB
+# pieces to another, and remove both, so that the page cache a cold download
+# then fills is memory the hypervisor already backs, in large folios and in
+# single pages alike (the mirror's writes take either). In this VM memory
+# freed for a few seconds goes back to the host, and touching it again costs
+# far more than the write into it: dd of 100 MB to a new file takes 0.28-0.32 s
+# of system time then, 0.05-0.12 s right after a file was removed
+# (bench/RESULTS.md, "Cold herd against warm herd"). Without it that cost
+# lands at random in a cold herd's CPU. Harmless elsewhere.
 recycle_memory() {
-	dd if=/dev/zero of="$WORK/recycle" bs=256k count=$((2 * $1 / 262144 + 1)) 2>/dev/null
-	rm -f "$WORK/recycle"
+	dd if=/dev/zero of="$WORK/recycle" bs=256k count=$(($1 / 262144 + 1)) 2>/dev/null
+	dd if=/dev/zero of="$WORK/recycle.small" bs=4k count=$(($1 / 4096 + 1)) 2>/dev/null
+	rm -f "$WORK/recycle" "$WORK/recycle.small"
 }
 
 # perf_start PID NAME: with PERF=1, profile PID (or with "all", every process)
@@ -203,9 +206,9 @@ perf_start() {
 	PERF_PID=
 	if [ "${PERF:-0}" = 1 ]; then
 		if [ "$1" = all ]; then
-			perf record -q -F 999 -g -a -o "$WORK/$2.perf" >/dev/null 2>&1 &
+			perf record -q -F "${PERF_FREQ:-999}" -g -a -o "$WORK/$2.perf" >/dev/null 2>&1 &
 		else
-			perf record -q -F 999 -g -p "$1" -o "$WORK/$2.perf" >/dev/null 2>&1 &
+			perf record -q -F "${PERF_FREQ:-999}" -g -p "$1" -o "$WORK/$2.perf" >/dev/null 2>&1 &
 		fi
 		PERF_PID=$!
 		PIDS+=("$PERF_PID")
