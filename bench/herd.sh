@@ -13,7 +13,8 @@
 # threads of /proc/PID/task/*/schedstat (nanoseconds, where /proc/PID/stat
 # counts ticks of 10 ms). Then per binary: min, median and max of each figure
 # and of the ratios cold/warm. Settings (environment): SIZE (100000000),
-# CLIENTS (8), RECYCLE (1; 0 skips recycle_memory). It exits non-zero if a body is wrong or the upstream is asked
+# CLIENTS (8), RECYCLE (1; 0 skips recycle_memory), PERF (1: perf-profile the
+# mirror during each binary's first cold herd; PERF_FREQ, 999). It exits non-zero if a body is wrong or the upstream is asked
 # for the blob more than once.
 set -euo pipefail
 # shellcheck source=bench/lib.sh
@@ -31,6 +32,9 @@ need curl curl
 need jq jq
 need ss iproute2
 need openssl openssl
+if [ "${PERF:-0}" = 1 ]; then
+	need perf linux-perf
+fi
 
 # cpu_ms PID: CPU time of all of PID's threads, in ms.
 cpu_ms() { cat "/proc/$1"/task/*/schedstat | awk '{ t += $1 } END { printf "%d", t / 1e6 }'; }
@@ -74,7 +78,9 @@ for run in $(seq "$RUNS"); do
 		[ "$RECYCLE" = 0 ] || recycle_memory "$SIZE"
 		sync
 		c0=$(cpu_ms "$pid")
+		[ "$run" != 1 ] || perf_start "$pid" "cold-$name"
 		cold=$(fetch "$CLIENTS" "$url" "$WORK/cold" 1)
+		perf_stop
 		c1=$(cpu_ms "$pid")
 		check_bodies "$CLIENTS" "$WORK/cold" "$name run $run cold" "$SIZE" "$DIGEST" >/dev/null
 		sync
@@ -103,6 +109,14 @@ for spec in "${BINS[@]}"; do
 done
 echo "  (columns: cold s, warm s, cold CPU s, warm CPU s, wall cold/warm, CPU cold/warm)"
 echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
+for f in "${PERFS[@]}"; do
+	echo "perf ($f, run 1, perf's own cost included above): self time, then time including callees"
+	perf report -i "$WORK/$f.perf" --no-children --sort dso,symbol --stdio -q -g none 2>/dev/null |
+		awk 'NF && n++ < 12 { printf "  %-7s %s\n", $1, $4 }'
+	perf report -i "$WORK/$f.perf" --children --sort symbol --stdio -q -g none 2>/dev/null |
+		grep -E '(\.fill|Writer\)\.Write|Verifier\)\.Write|generic_perform_write|ext4_da_write_begin|sendTo|do_splice_direct|tcp_recvmsg|ext4_sync_file|runtime\.sysmon) ' |
+		awk '{ printf "  %-7s %s\n", $1, $4 }'
+done
 if [ -s "$WORK/mirror.log" ]; then
 	echo "regmirror logged at warn or above (first 5 lines):"
 	head -n 5 "$WORK/mirror.log" | cut -c1-300 | sed 's/^/  /'
