@@ -192,7 +192,12 @@ func (o *S3Objects) readLease(ctx context.Context, key string) (LeaseHolder, str
 
 func (o *S3Objects) putLease(ctx context.Context, key string, body []byte, opts minio.PutObjectOptions) (string, error) {
 	sum := sha256.Sum256(body)
-	info, err := o.core.PutObject(ctx, o.bucket, key, bytes.NewReader(body), int64(len(body)), "", hex.EncodeToString(sum[:]), opts)
+	var info minio.UploadInfo
+	err := o.put(ctx, func() io.Reader { return bytes.NewReader(body) }, func(r io.Reader) error {
+		var err error
+		info, err = o.core.PutObject(ctx, o.bucket, key, r, int64(len(body)), "", hex.EncodeToString(sum[:]), opts)
+		return err
+	})
 	return info.ETag, err
 }
 

@@ -92,7 +92,7 @@ func NewS3Objects(cfg S3Config, log *zap.Logger) (*S3Objects, error) {
 		Transport: cfg.Transport,
 		// A few quick retries ride out a blip; a store that stays down is
 		// the caller's to handle (serve without it), not minio-go's to wait on.
-		MaxRetries: 3,
+		MaxRetries: requestAttempts,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("object store client: %w", err)
@@ -154,9 +154,10 @@ func (o *S3Objects) CheckConditionalWrites(ctx context.Context) error {
 		}
 	}()
 	write := func() error {
-		body := strings.NewReader(key)
-		_, err := o.core.PutObject(ctx, o.bucket, key, body, body.Size(), "", "", onlyIfAbsent(""))
-		return err
+		return o.put(ctx, func() io.Reader { return strings.NewReader(key) }, func(r io.Reader) error {
+			_, err := o.core.PutObject(ctx, o.bucket, key, r, int64(len(key)), "", "", onlyIfAbsent(""))
+			return err
+		})
 	}
 	if err := write(); err != nil {
 		return o.classify("write probe", key, err)
@@ -193,6 +194,34 @@ func signedPayload(mediaType string) minio.PutObjectOptions {
 func isPreconditionFailed(err error) bool {
 	var resp minio.ErrorResponse
 	return errors.As(err, &resp) && (resp.StatusCode == http.StatusPreconditionFailed || resp.Code == minio.PreconditionFailed)
+}
+
+// requestAttempts is how many times a request is tried before its failure is
+// the caller's: a few quick tries ride out a blip.
+const requestAttempts = 3
+
+// bodyOnly hides a request body's Seek. minio-go retries a request by
+// rewinding its body, while net/http may still be reading that body for
+// the failed attempt (it may, after RoundTrip returned): two goroutines on
+// one reader. A body without Seek is sent once, and put retries with a new
+// reader of the same bytes instead.
+type bodyOnly struct{ io.Reader }
+
+// put sends a write with a fresh body per attempt, retrying while the
+// store is unavailable (a blip) and ctx lasts.
+func (o *S3Objects) put(ctx context.Context, body func() io.Reader, send func(io.Reader) error) error {
+	var err error
+	for attempt := 1; ; attempt++ {
+		err = send(bodyOnly{body()})
+		if err == nil || attempt == requestAttempts || !errors.Is(o.classify("", "", err), ErrStoreUnavailable) {
+			return err
+		}
+		select {
+		case <-time.After(time.Duration(attempt*attempt) * 100 * time.Millisecond):
+		case <-ctx.Done():
+			return err
+		}
+	}
 }
 
 // Put hashes the content first and writes it only if it hashes to h: a
@@ -260,7 +289,10 @@ func (o *S3Objects) putSingle(ctx context.Context, h v1.Hash, content io.ReaderA
 		return digestMismatch(h, got)
 	}
 	key := o.key(h)
-	_, err = o.core.PutObject(ctx, o.bucket, key, io.NewSectionReader(content, 0, size), size, "", body, onlyIfAbsent(mediaType))
+	err = o.put(ctx, func() io.Reader { return io.NewSectionReader(content, 0, size) }, func(r io.Reader) error {
+		_, err := o.core.PutObject(ctx, o.bucket, key, r, size, "", body, onlyIfAbsent(mediaType))
+		return err
+	})
 	if err != nil && !isPreconditionFailed(err) { // 412: already stored, the same bytes
 		return o.classify("put", key, err)
 	}
@@ -300,8 +332,13 @@ func (o *S3Objects) uploadParts(ctx context.Context, h v1.Hash, content io.Reade
 		if err != nil {
 			return err
 		}
-		p, err := o.core.PutObjectPart(ctx, o.bucket, key, id, n, io.NewSectionReader(content, off, length), length,
-			minio.PutObjectPartOptions{Sha256Hex: sum, DisableContentSha256: true})
+		var p minio.ObjectPart
+		err = o.put(ctx, func() io.Reader { return io.NewSectionReader(content, off, length) }, func(r io.Reader) error {
+			var err error
+			p, err = o.core.PutObjectPart(ctx, o.bucket, key, id, n, r, length,
+				minio.PutObjectPartOptions{Sha256Hex: sum, DisableContentSha256: true})
+			return err
+		})
 		if err != nil {
 			return o.classify(fmt.Sprintf("upload part %d of", n), key, err)
 		}
@@ -427,7 +464,10 @@ func (o *S3Objects) PutRecord(ctx context.Context, key string, body []byte) erro
 		return err
 	}
 	sum := sha256.Sum256(body)
-	_, err = o.core.PutObject(ctx, o.bucket, k, bytes.NewReader(body), int64(len(body)), "", hex.EncodeToString(sum[:]), signedPayload("application/json"))
+	err = o.put(ctx, func() io.Reader { return bytes.NewReader(body) }, func(r io.Reader) error {
+		_, err := o.core.PutObject(ctx, o.bucket, k, r, int64(len(body)), "", hex.EncodeToString(sum[:]), signedPayload("application/json"))
+		return err
+	})
 	return o.classify("put record", k, err)
 }
 

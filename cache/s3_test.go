@@ -9,9 +9,12 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -459,5 +462,54 @@ func TestS3Endpoint(t *testing.T) {
 	}
 	if _, err := NewS3Objects(S3Config{}, zaptest.NewLogger(t)); err == nil {
 		t.Error("no bucket was accepted")
+	}
+}
+
+// A store that answers a part's upload before reading its body (a 503
+// SlowDown mid-request) makes the upload try again with the same bytes: the
+// retry is a new reader of them, never the first attempt's body rewound
+// while the HTTP transport may still be reading it (a data race under
+// -race with minio-go's own rewind).
+func TestS3PutRetriesWithAFreshBody(t *testing.T) {
+	srv := regtest.Versity(t)
+	setS3Credentials(t, s3Access, s3Secret)
+	bucket := srv.Bucket(t, "retry")
+	target, err := url.Parse(srv.Endpoint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var refused atomic.Int32
+	pass := httputil.NewSingleHostReverseProxy(target)
+	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Query().Has("partNumber") && refused.Add(1) <= 2 {
+			w.Header().Set("Connection", "close")
+			w.WriteHeader(http.StatusServiceUnavailable)
+			io.WriteString(w, `<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code><Message>later</Message></Error>`)
+			return
+		}
+		pass.ServeHTTP(w, r)
+	}))
+	defer front.Close()
+	o, err := NewS3Objects(S3Config{Endpoint: front.URL, Bucket: bucket, Region: s3Region,
+		Transport: testTransport(t), PartSize: minPartSize}, zaptest.NewLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, h := randomContentBy(t, "sha256", 11<<20+17)
+	ctx := context.Background()
+	if err := o.Put(ctx, h, bytes.NewReader(body), int64(len(body)), ""); err != nil {
+		t.Fatalf("put through two refused parts: %v", err)
+	}
+	if n := refused.Load(); n < 3 {
+		t.Fatalf("parts refused %d times, want the two refusals and more parts", n)
+	}
+	r, size, err := o.Open(ctx, h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	got, err := io.ReadAll(r)
+	if err != nil || size.Size != int64(len(body)) || !bytes.Equal(got, body) {
+		t.Fatalf("stored %d bytes (size %d, err %v), want the %d put", len(got), size.Size, err, len(body))
 	}
 }

@@ -77,7 +77,12 @@ func (o *S3Objects) PutRecordIf(ctx context.Context, key string, body []byte, et
 		opts.SetMatchETag(etag)
 	}
 	sum := sha256.Sum256(body)
-	info, err := o.core.PutObject(ctx, o.bucket, k, bytes.NewReader(body), int64(len(body)), "", hex.EncodeToString(sum[:]), opts)
+	var info minio.UploadInfo
+	err = o.put(ctx, func() io.Reader { return bytes.NewReader(body) }, func(r io.Reader) error {
+		var err error
+		info, err = o.core.PutObject(ctx, o.bucket, k, r, int64(len(body)), "", hex.EncodeToString(sum[:]), opts)
+		return err
+	})
 	switch {
 	case err == nil:
 		return info.ETag, nil
