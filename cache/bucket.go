@@ -83,12 +83,100 @@ func (s *Store) OpenBlob(ctx context.Context, h v1.Hash) (io.ReadSeekCloser, err
 	if !errors.Is(err, ErrNotFound) || s.opt.Bucket == nil {
 		return nil, err
 	}
-	r, _, err := s.openBucket(ctx, h)
+	r, info, err := s.openBucket(ctx, h)
 	if err != nil {
 		return nil, err
 	}
-	s.fillLater(h)
-	return r, nil
+	if !s.localCanHold(info.Size) || !s.claimFill(h) {
+		return r, nil // too large for the local copy, or filled already
+	}
+	return &fillingReader{ObjectReader: r, s: s, h: h, size: info.Size, v: NewVerifier(h, info.Size)}, nil
+}
+
+// fillingReader serves an object of the bucket and, while its reads follow
+// each other from the start, writes what they read to a staging file too:
+// read whole and checked against its digest, that file becomes the local
+// copy, with no second GET. Anything else (a range, a HEAD, a client gone, a
+// staging write that failed) leaves the fill to the background, which reads
+// the object again.
+type fillingReader struct {
+	ObjectReader
+	s       *Store
+	h       v1.Hash
+	size    int64
+	pos     int64    // where the next read starts
+	staged  *os.File // the staging file, nil until the first read
+	v       *Verifier
+	skipped bool // the reads did not follow each other from the start
+}
+
+func (r *fillingReader) Read(p []byte) (int, error) {
+	start := r.pos
+	n, err := r.ObjectReader.Read(p)
+	r.pos += int64(n)
+	if n > 0 && !r.skipped {
+		r.stage(start, p[:n])
+	}
+	return n, err
+}
+
+// stage writes b, read at off, to the staging file, or gives the staging
+// up when b does not follow what it has (or the write fails: the client's
+// read goes on regardless).
+func (r *fillingReader) stage(off int64, b []byte) {
+	if off != r.v.Written() {
+		r.skipped = true
+		return
+	}
+	if r.staged == nil {
+		f, err := r.s.stagingFile(r.h)
+		if err != nil {
+			r.skipped = true
+			return
+		}
+		r.staged = f
+	}
+	if _, err := r.staged.Write(b); err != nil {
+		r.skipped = true
+		return
+	}
+	r.v.Write(b)
+}
+
+func (r *fillingReader) Seek(off int64, whence int) (int64, error) {
+	pos, err := r.ObjectReader.Seek(off, whence)
+	if err == nil {
+		r.pos = pos
+	}
+	return pos, err
+}
+
+// Close ends the read; the staging file, if whole and right, is put in
+// place in the background, else the background fill takes over.
+func (r *fillingReader) Close() error {
+	err := r.ObjectReader.Close()
+	whole := !r.skipped && r.staged != nil && r.v.Check() == nil
+	if !whole {
+		r.drop()
+		r.s.runFill(r.h, func(ctx context.Context) error { return r.s.fill(ctx, r.h) }, nil)
+		return err
+	}
+	r.s.runFill(r.h, func(context.Context) error {
+		if err := r.s.fillRoom(r.h, r.size); err != nil {
+			r.drop()
+			return err
+		}
+		return r.s.placeLocal(r.h, r.staged, r.size)
+	}, r.drop)
+	return err
+}
+
+// drop removes the staging file.
+func (r *fillingReader) drop() {
+	if r.staged != nil {
+		r.staged.Close()
+		os.Remove(r.staged.Name())
+	}
 }
 
 // openBucket opens h in the bucket after a local miss. Once the index is
@@ -165,31 +253,52 @@ func checkBody(h v1.Hash, body []byte) error {
 	return v.Check()
 }
 
-// fillLater copies h from the bucket into the local copy in the background,
-// once however many ask, a few digests at a time.
-func (s *Store) fillLater(h v1.Hash) {
+// claimFill marks h as being copied into the local copy; false when it
+// already is, or the store is closing.
+func (s *Store) claimFill(h v1.Hash) bool {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	if s.filling[h] || s.bg.Err() != nil {
-		s.mu.Unlock()
-		return
+		return false
 	}
 	s.filling[h] = true
+	return true
+}
+
+// runFill runs fill for h, claimed, in the background, a few digests at a
+// time, and then releases the claim. drop, if not nil, is called instead
+// when the store stops first.
+func (s *Store) runFill(h v1.Hash, fill func(ctx context.Context) error, drop func()) {
+	stop := func() {
+		if drop != nil {
+			drop()
+		}
+	}
+	release := func() {
+		s.mu.Lock()
+		delete(s.filling, h)
+		s.mu.Unlock()
+	}
+	s.mu.Lock()
+	if s.bg.Err() != nil {
+		delete(s.filling, h)
+		s.mu.Unlock()
+		stop()
+		return
+	}
 	s.bgWork.Add(1)
 	s.mu.Unlock()
 	go func() {
 		defer s.bgWork.Done()
-		defer func() {
-			s.mu.Lock()
-			delete(s.filling, h)
-			s.mu.Unlock()
-		}()
+		defer release()
 		select {
 		case s.fillers <- struct{}{}:
 		case <-s.bg.Done():
+			stop()
 			return
 		}
 		defer func() { <-s.fillers }()
-		if err := s.fill(s.bg, h); err != nil && !errors.Is(err, ErrNoSpace) && s.bg.Err() == nil {
+		if err := fill(s.bg); err != nil && !errors.Is(err, ErrNoSpace) && s.bg.Err() == nil {
 			s.log.Warn("fill the local copy from the bucket", zap.Stringer("digest", h), zap.Error(err))
 		}
 	}()
@@ -212,46 +321,93 @@ func (s *Store) hasLocal(h v1.Hash) bool {
 	return err == nil
 }
 
-// keepLocal writes content of the bucket into the local copy: a temp file,
-// checked against its digest, fsynced and renamed into place, as a download.
+// keepLocal writes content of the bucket into the local copy: a staging
+// file, checked against its digest, then put in place as a download is.
 // It counts against the local copy's budget only (the bucket has it).
 func (s *Store) keepLocal(h v1.Hash, content io.Reader, size int64) error {
 	if s.hasLocal(h) {
 		return nil
 	}
-	s.mu.Lock()
-	short := s.localShortfall(size)
-	s.mu.Unlock()
-	if short > 0 {
-		if err := s.evictLocal(size); err != nil {
-			return err
-		}
-		s.mu.Lock()
-		short = s.localShortfall(size)
-		s.mu.Unlock()
-		if short > 0 {
-			return fmt.Errorf("%w: the local copy has no room for %s", ErrNoSpace, h)
-		}
+	if err := s.fillRoom(h, size); err != nil {
+		return err
 	}
-	f, err := os.CreateTemp(tmpDir(s.dir), h.Hex[:16]+"-*")
+	f, err := s.stagingFile(h)
 	if err != nil {
-		return fmt.Errorf("create temp file for %s: %w", h, err)
+		return err
 	}
-	tmp := f.Name()
-	defer os.Remove(tmp) // gone after the rename; removes it on failure
 	v := NewVerifier(h, size)
 	_, err = io.Copy(io.MultiWriter(f, v), content)
 	if err == nil {
 		err = v.Check()
 	}
-	if err == nil {
-		err = f.Sync()
+	if err != nil {
+		f.Close()
+		os.Remove(f.Name())
+		return s.noted(fmt.Errorf("copy %s from the bucket: %w", h, err))
 	}
+	return s.placeLocal(h, f, size)
+}
+
+// fillRoom makes room in the local copy for a copy of h, evicting what the
+// bucket has; ErrNoSpace (no refusal: no client asked) when there is none.
+func (s *Store) fillRoom(h v1.Hash, size int64) error {
+	s.mu.Lock()
+	short := s.localShortfall(size)
+	s.mu.Unlock()
+	if short <= 0 {
+		return nil
+	}
+	if err := s.evictLocal(size); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	short = s.localShortfall(size)
+	s.mu.Unlock()
+	if short > 0 {
+		return fmt.Errorf("%w: the local copy has no room for %s", ErrNoSpace, h)
+	}
+	return nil
+}
+
+// localCanHold reports whether the local copy could hold size bytes once it
+// evicted all it may: content larger is served from the bucket, never
+// copied (which would cost a read of it for nothing).
+func (s *Store) localCanHold(size int64) bool {
+	if s.opt.LocalMaxSize > 0 && size > s.opt.LocalMaxSize {
+		return false
+	}
+	if s.opt.MinFree > 0 {
+		free, err := s.free()
+		s.mu.Lock()
+		used := s.local.used
+		s.mu.Unlock()
+		if err == nil && free+used-s.opt.MinFree < size {
+			return false
+		}
+	}
+	return true
+}
+
+// stagingFile is a temp file for content of h on its way into the local copy.
+func (s *Store) stagingFile(h v1.Hash) (*os.File, error) {
+	f, err := os.CreateTemp(tmpDir(s.dir), h.Hex[:16]+"-*")
+	if err != nil {
+		return nil, fmt.Errorf("create temp file for %s: %w", h, err)
+	}
+	return f, nil
+}
+
+// placeLocal fsyncs a staging file of h's content, already checked against
+// its digest, and renames it into the local copy, where it counts.
+func (s *Store) placeLocal(h v1.Hash, f *os.File, size int64) error {
+	tmp := f.Name()
+	defer os.Remove(tmp) // gone after the rename; removes it on failure
+	err := f.Sync()
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
 	if err != nil {
-		return s.noted(fmt.Errorf("copy %s from the bucket: %w", h, err))
+		return fmt.Errorf("write %s to the local copy: %w", h, err)
 	}
 	final := s.path(h)
 	if err := os.MkdirAll(filepath.Dir(final), 0o750); err != nil {

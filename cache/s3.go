@@ -370,28 +370,94 @@ func (o *S3Objects) abort(ctx context.Context, key, id string) {
 	}
 }
 
-// Open returns the object as a ReadSeeker: each read after a seek is a
-// ranged GET, so http.ServeContent serves Range requests from the bucket.
-// The reader lives on ctx and holds a goroutine of minio-go's until Close.
+// Open reads the object with one GET, whose answer gives its size and media
+// type, and returns it as a ReadSeeker: reads go on with that GET's body
+// while they follow each other; a read after a seek elsewhere is a ranged
+// GET from there on, so http.ServeContent serves Range requests from the
+// bucket. A whole read costs one request, no HEAD first. The reader lives on
+// ctx until Close.
 func (o *S3Objects) Open(ctx context.Context, h v1.Hash) (ObjectReader, Info, error) {
 	if err := checkHash(h); err != nil {
 		return nil, Info{}, err
 	}
 	key := o.key(h)
-	obj, err := o.core.Client.GetObject(ctx, o.bucket, key, minio.GetObjectOptions{})
+	body, st, _, err := o.core.GetObject(ctx, o.bucket, key, minio.GetObjectOptions{})
 	if err != nil {
-		return nil, Info{}, o.classify("open", key, err)
-	}
-	st, err := obj.Stat()
-	if err != nil {
-		obj.Close()
 		return nil, Info{}, o.classify("open", key, err)
 	}
 	info := Info{Size: st.Size}
 	if st.ContentType != "application/octet-stream" {
 		info.MediaType = st.ContentType
 	}
-	return obj, info, nil
+	return &s3Reader{o: o, ctx: ctx, key: key, size: st.Size, body: body}, info, nil
+}
+
+// s3Reader is an object of the bucket opened by Open.
+type s3Reader struct {
+	o    *S3Objects
+	ctx  context.Context
+	key  string
+	size int64
+	pos  int64         // where the next read starts
+	body io.ReadCloser // the current GET's body, nil once closed
+	at   int64         // where body's next byte is in the object
+}
+
+func (r *s3Reader) Read(p []byte) (int, error) {
+	if r.pos >= r.size {
+		return 0, io.EOF
+	}
+	if r.body == nil || r.at != r.pos {
+		if r.body != nil {
+			r.body.Close()
+			r.body = nil
+		}
+		var opts minio.GetObjectOptions
+		if r.pos > 0 {
+			opts.SetRange(r.pos, 0) // bytes=pos-
+		}
+		body, _, _, err := r.o.core.GetObject(r.ctx, r.o.bucket, r.key, opts)
+		if err != nil {
+			return 0, r.o.classify("read", r.key, err)
+		}
+		r.body, r.at = body, r.pos
+	}
+	n, err := r.body.Read(p)
+	r.pos += int64(n)
+	r.at += int64(n)
+	if errors.Is(err, io.EOF) && r.pos < r.size {
+		err = io.ErrUnexpectedEOF // cut short: the store did not answer in full
+	}
+	if err != nil && !errors.Is(err, io.EOF) {
+		err = r.o.classify("read", r.key, err)
+	}
+	return n, err
+}
+
+func (r *s3Reader) Seek(off int64, whence int) (int64, error) {
+	switch whence {
+	case io.SeekStart:
+	case io.SeekCurrent:
+		off += r.pos
+	case io.SeekEnd:
+		off += r.size
+	default:
+		return 0, fmt.Errorf("seek s3://%s/%s: whence %d", r.o.bucket, r.key, whence)
+	}
+	if off < 0 {
+		return 0, fmt.Errorf("seek s3://%s/%s: negative position %d", r.o.bucket, r.key, off)
+	}
+	r.pos = off
+	return off, nil
+}
+
+func (r *s3Reader) Close() error {
+	if r.body == nil {
+		return nil
+	}
+	err := r.body.Close()
+	r.body = nil
+	return err
 }
 
 // Stat returns the object's size from a HEAD.
