@@ -90,7 +90,23 @@ func (s *Store) OpenBlob(ctx context.Context, h v1.Hash) (io.ReadSeekCloser, err
 	if !s.localCanHold(info.Size) || !s.claimFill(h) {
 		return r, nil // too large for the local copy, or filled already
 	}
+	if !s.aboveFloor(info.Size) {
+		// A staging file would cross the free-space floor: the background
+		// fill evicts first, then reads the object again.
+		s.runFill(h, func(ctx context.Context) error { return s.fill(ctx, h) }, nil)
+		return r, nil
+	}
 	return &fillingReader{ObjectReader: r, s: s, h: h, size: info.Size, v: NewVerifier(h, info.Size)}, nil
+}
+
+// aboveFloor reports whether size more bytes on the disk leave the free
+// space above REGMIRROR_MIN_FREE.
+func (s *Store) aboveFloor(size int64) bool {
+	if s.opt.MinFree <= 0 {
+		return true
+	}
+	free, err := s.free()
+	return err == nil && free-size >= s.opt.MinFree
 }
 
 // fillingReader serves an object of the bucket and, while its reads follow
@@ -108,6 +124,7 @@ type fillingReader struct {
 	staged  *os.File // the staging file, nil until the first read
 	v       *Verifier
 	skipped bool // the reads did not follow each other from the start
+	closed  bool
 }
 
 func (r *fillingReader) Read(p []byte) (int, error) {
@@ -154,6 +171,10 @@ func (r *fillingReader) Seek(off int64, whence int) (int64, error) {
 // Close ends the read; the staging file, if whole and right, is put in
 // place in the background, else the background fill takes over.
 func (r *fillingReader) Close() error {
+	if r.closed {
+		return nil
+	}
+	r.closed = true
 	err := r.ObjectReader.Close()
 	whole := !r.skipped && r.staged != nil && r.v.Check() == nil
 	if !whole {
