@@ -52,27 +52,32 @@ func (p *Proxy) servePeer(w *response, r *http.Request) error {
 	}
 	w.setCache(cachePeer)
 	defer p.blobs.Hold(h)()
-	f, err := p.blobs.OpenBlob(r.Context(), h)
-	if err == nil {
-		defer f.Close()
-		serveContent(w, h, f)
-		return nil
+	// A flight can end between our miss and our look for it, its blob then
+	// committed: look again, as serveBlob does, rather than answer 404 to a
+	// follower, which would take the lease over and download a second time.
+	for range 2 {
+		f, err := p.blobs.OpenBlob(r.Context(), h)
+		if err == nil {
+			defer f.Close()
+			serveContent(w, h, f)
+			return nil
+		}
+		if !errors.Is(err, cache.ErrNotFound) {
+			return err
+		}
+		fl := p.flight(h)
+		if fl == nil {
+			continue
+		}
+		select {
+		case <-fl.ready:
+		case <-r.Context().Done():
+			return r.Context().Err()
+		}
+		if _, stored := fl.started(); !stored {
+			break // failed, or streamed through unstored: nothing to follow
+		}
+		return p.follow(w, r, fl, route{kind: routeBlob, digest: h})
 	}
-	if !errors.Is(err, cache.ErrNotFound) {
-		return err
-	}
-	unknown := notFound(routeBlob, "this replica neither holds nor downloads "+h.String())
-	fl := p.flight(h)
-	if fl == nil {
-		return unknown
-	}
-	select {
-	case <-fl.ready:
-	case <-r.Context().Done():
-		return r.Context().Err()
-	}
-	if _, stored := fl.started(); !stored {
-		return unknown // failed, or streamed through unstored: nothing to follow
-	}
-	return p.follow(w, r, fl, route{kind: routeBlob, digest: h})
+	return notFound(routeBlob, "this replica neither holds nor downloads "+h.String())
 }

@@ -302,6 +302,9 @@ func TestReplicasLeaderKilledAtHalf(t *testing.T) {
 	// The dead leader's GET and one resume by Range.
 	if n := up.Count(http.MethodGet, g.path); n != 2 {
 		t.Errorf("%d upstream GETs of the blob, want 2 (the leader's, then one follower's resume)", n)
+		for i, r := range f.replicas {
+			t.Logf("replica %d (lead %v):\n%s", i, i == lead, r.Logs())
+		}
 	}
 	f.noLeftovers(t, g.digest)
 }
