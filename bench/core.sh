@@ -166,19 +166,7 @@ log "building regmirror and bench/upstream"
 (cd "$REPO_ROOT" && go build -o "$WORK/regmirror" ./cmd/regmirror && go build -o "$WORK/upstream" ./bench/upstream)
 
 mkdir -p "$WORK/www"
-UP_PORT=$(free_port)
-UP_URL=http://127.0.0.1:$UP_PORT
-"$WORK/upstream" -addr "127.0.0.1:$UP_PORT" -size "$SIZE" -blob-out "$WORK/www/blob" \
-	>"$WORK/upstream.out" 2>"$WORK/upstream.log" &
-UP_PID=$!
-PIDS+=("$UP_PID")
-for _ in $(seq 600); do
-	[ -s "$WORK/upstream.out" ] && break
-	kill -0 "$UP_PID" 2>/dev/null || die "upstream exited: $(cat "$WORK/upstream.log")"
-	sleep 0.1
-done
-DIGEST=$(head -n1 "$WORK/upstream.out")
-[[ $DIGEST == sha256:* ]] || die "upstream printed no digest: $(cat "$WORK/upstream.log")"
+start_upstream "$SIZE" -blob-out "$WORK/www/blob"
 
 start_nginx
 

@@ -47,16 +47,7 @@ if [ ${#BINS[@]} = 0 ]; then
 	BINS=("regmirror=$WORK/regmirror")
 fi
 
-UP_PORT=$(free_port)
-UP_URL=http://127.0.0.1:$UP_PORT
-"$WORK/upstream" -addr "127.0.0.1:$UP_PORT" -size "$SIZE" >"$WORK/upstream.out" 2>"$WORK/upstream.log" &
-PIDS+=($!)
-for _ in $(seq 600); do
-	[ -s "$WORK/upstream.out" ] && break
-	sleep 0.1
-done
-DIGEST=$(head -n1 "$WORK/upstream.out")
-[[ $DIGEST == sha256:* ]] || die "upstream printed no digest: $(cat "$WORK/upstream.log")"
+start_upstream "$SIZE"
 gets() { curl -sf "$UP_URL/_counts" | jq -r --arg p "/v2/library/big/blobs/$DIGEST" '.["GET " + $p] // 0'; }
 
 echo "cold herd against warm herd: $CLIENTS hashing clients, one $SIZE-byte blob, $RUNS runs; load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -409,3 +409,35 @@ CONF
 	wait_http "http://127.0.0.1:$port/v2/" "$!" "$WORK/log-$name"
 	echo "$! http://127.0.0.1:$port"
 }
+
+# smoke_mode ARGS…: SMOKE=1 for --smoke, 0 for no argument, usage otherwise.
+smoke_mode() {
+	SMOKE=0
+	case "${1:-}" in
+	--smoke) SMOKE=1 ;;
+	"") ;;
+	*)
+		echo "usage: bench/$(basename "$0") [--smoke]" >&2
+		exit 2
+		;;
+	esac
+}
+
+# start_upstream SIZE [ARGS…]: bench/upstream (built into $WORK) on a free
+# port with its blob of SIZE bytes; sets UP_PORT, UP_URL, UP_PID and DIGEST.
+start_upstream() {
+	local size=$1
+	shift
+	UP_PORT=$(free_port)
+	UP_URL=http://127.0.0.1:$UP_PORT
+	"$WORK/upstream" -addr "127.0.0.1:$UP_PORT" -size "$size" "$@" >"$WORK/upstream.out" 2>"$WORK/upstream.log" &
+	UP_PID=$!
+	PIDS+=("$UP_PID")
+	for _ in $(seq 600); do
+		[ -s "$WORK/upstream.out" ] && break
+		kill -0 "$UP_PID" 2>/dev/null || die "upstream exited: $(cat "$WORK/upstream.log")"
+		sleep 0.1
+	done
+	DIGEST=$(head -n1 "$WORK/upstream.out")
+	[[ $DIGEST == sha256:* ]] || die "upstream printed no digest: $(cat "$WORK/upstream.log")"
+}

@@ -33,15 +33,7 @@ set -euo pipefail
 # shellcheck source=bench/lib.sh
 source "$(dirname "$0")/lib.sh"
 
-SMOKE=0
-case "${1:-}" in
---smoke) SMOKE=1 ;;
-"") ;;
-*)
-	echo "usage: bench/replicas.sh [--smoke]" >&2
-	exit 2
-	;;
-esac
+smoke_mode "$@"
 if [ "$SMOKE" = 1 ]; then
 	BIG=${BIG:-8000000} CLIENTS=${CLIENTS:-12} SETTLE=${SETTLE:-5}
 else
@@ -137,16 +129,7 @@ log "building regmirror, bench/upstream and bench/s3proxy"
 	go build -o "$WORK/s3proxy" ./bench/s3proxy)
 head -c 32 /dev/urandom | base64 >"$WORK/peer-token"
 
-UP_PORT=$(free_port)
-UP_URL=http://127.0.0.1:$UP_PORT
-"$WORK/upstream" -addr "127.0.0.1:$UP_PORT" -size "$BIG" >"$WORK/upstream.out" 2>"$WORK/upstream.log" &
-PIDS+=($!)
-for _ in $(seq 600); do
-	[ -s "$WORK/upstream.out" ] && break
-	sleep 0.1
-done
-DIGEST=$(head -n1 "$WORK/upstream.out")
-[[ $DIGEST == sha256:* ]] || die "upstream printed no digest: $(cat "$WORK/upstream.log")"
+start_upstream "$BIG"
 BLOB_PATH=/v2/library/big/blobs/$DIGEST
 BLOB_UPSTREAM_PATH=/v2/library/big/blobs/$DIGEST
 

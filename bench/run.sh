@@ -44,15 +44,7 @@ set -euo pipefail
 # shellcheck source=bench/lib.sh
 source "$(dirname "$0")/lib.sh" # free_port, fetch, need, log …
 
-SMOKE=0
-case "${1:-}" in
---smoke) SMOKE=1 ;;
-"") ;;
-*)
-	echo "usage: bench/run.sh [--smoke]" >&2
-	exit 2
-	;;
-esac
+smoke_mode "$@"
 if [ "$SMOKE" = 1 ]; then
 	BIG=${BIG:-5000000} SMALL=${SMALL:-300000} LAYERS=${LAYERS:-50} FIFTY=${FIFTY:-1000000}
 	CLIENTS=${CLIENTS:-2} ROUNDS=${ROUNDS:-1} LOAD=${LOAD:-2s} SETTLE=${SETTLE:-3}
