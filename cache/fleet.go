@@ -30,7 +30,8 @@ import (
 //     table, runs the image-aware LRU of evict.go over the bucket's listing
 //     with it, never evicts what any replica used within Grace, keeps what
 //     the pins in the bucket name, and publishes what it evicted
-//     (evicted/<time>) and a summary (fleet/state);
+//     (evicted/<time>) and a summary (fleet/state), and removes the leases
+//     left stale by holders that died;
 //   - drops from its index and local copy what the evictor evicted.
 // The store's own bucket eviction is off: only the evictor deletes content.
 
@@ -398,8 +399,8 @@ func maxTime(a, b time.Time) time.Time {
 // pass is one run of the evictor: merge the journals into the compacted
 // table, match it with the bucket's listing and pins, evict past the high
 // mark down to the low mark what no replica used within Grace, write the
-// table back, then remove the journals it merged, publish what it evicted
-// and a summary.
+// table back, then remove the journals it merged, publish what it evicted,
+// remove stale leases and write a summary.
 func (f *fleet) pass(ctx context.Context) error {
 	s := f.s
 	start := time.Now()
@@ -563,6 +564,12 @@ func (f *fleet) pass(ctx context.Context) error {
 		if err := f.publishEvicted(ctx, now, evicted); err != nil {
 			s.log.Warn("publish evicted content", zap.Error(err))
 		}
+	}
+	// Leases left by holders killed with no one asking after their work.
+	if n, err := f.objs.RemoveStaleLeases(ctx); s.noted(err) != nil {
+		s.log.Warn("remove stale leases", zap.Error(err))
+	} else if n > 0 {
+		s.log.Info("removed stale leases", zap.Int("leases", n))
 	}
 	sum.Evictor, sum.At, sum.Bytes, sum.Objects, sum.Budget = f.opt.Replica, now, bytes, int64(len(t.objs)-len(evicted)), budget
 	sum.Evicted += int64(len(evicted))

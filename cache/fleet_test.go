@@ -1,6 +1,7 @@
 package cache
 
 import (
+	"errors"
 	"io"
 	"net/http"
 	"strings"
@@ -384,5 +385,44 @@ func TestFleetPinProtectsAnImageNoJournalNamed(t *testing.T) {
 	}
 	if e.inBucket(imgs[1].layers[1]) {
 		t.Fatal("the unpinned image was kept over the budget")
+	}
+}
+
+// A lease its holder left when it died, with no one asking for its work
+// again, is removed by the evictor's pass once it is stale by the store's
+// clock; a lease still renewed stays.
+func TestFleetPassRemovesStaleLeases(t *testing.T) {
+	e := newFleetEnv(t)
+	a := e.replica("a", 100_000, 3*time.Hour, time.Hour, false)
+	tick(t, a)
+	if !a.fleet.leading() {
+		t.Fatal("a does not hold the evictor's lease")
+	}
+	objs := a.fleet.objs
+	ctx := t.Context()
+	const dead, alive = "sha256:" + "dead0000000000000000000000000000000000000000000000000000000000dd", "sha256:" + "a11e0000000000000000000000000000000000000000000000000000000000aa"
+	killed, _, err := objs.AcquireLease(ctx, dead, LeaseHolder{ID: "b/1", URL: "http://b", TTL: MinLeaseTTL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	killed.stopRenewing() // as when its process is killed
+	held, _, err := objs.AcquireLease(ctx, alive, LeaseHolder{ID: "c/1", URL: "http://c", TTL: MinLeaseTTL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Release(ctx)
+	waitFor(t, "the dead holder's lease to go stale", func() bool {
+		_, stale, err := objs.ReadLease(ctx, dead)
+		return err == nil && stale
+	})
+	tick(t, a)
+	if _, _, err := objs.ReadLease(ctx, dead); !errors.Is(err, ErrNotFound) {
+		t.Errorf("the stale lease after a pass: %v, want it gone", err)
+	}
+	if h, stale, err := objs.ReadLease(ctx, alive); err != nil || stale || h.ID != "c/1" {
+		t.Errorf("the renewed lease after a pass: %+v stale %v, %v; want c's, fresh", h, stale, err)
+	}
+	if h, _, err := objs.ReadLease(ctx, evictorLease); err != nil || h.ID != a.fleet.id {
+		t.Errorf("the evictor's lease after a pass: %+v, %v; want a's", h, err)
 	}
 }

@@ -314,11 +314,56 @@ func (l *Lease) Release(ctx context.Context) error {
 	if !mine {
 		return nil
 	}
-	err = l.o.classify("release lease", l.key, l.o.core.RemoveObject(ctx, l.o.bucket, l.key, minio.RemoveObjectOptions{}))
+	return l.o.removeLease(ctx, l.key)
+}
+
+// removeLease deletes the lease object at key; gone already is no error.
+func (o *S3Objects) removeLease(ctx context.Context, key string) error {
+	err := o.classify("remove lease", key, o.core.RemoveObject(ctx, o.bucket, key, minio.RemoveObjectOptions{}))
 	if errors.Is(err, ErrNotFound) {
 		return nil
 	}
 	return err
+}
+
+// RemoveStaleLeases deletes the leases that are stale by the store's clock
+// (the rule AcquireLease takes over by) and returns how many it deleted. A
+// holder killed with no one asking after its work leaves its lease behind;
+// the evictor's pass calls this so that such a lease does not stay for ever.
+//
+// As in Release, this is a read then a delete (minio-go sends no If-Match
+// on DELETE, and not every S3 store honours one). The race that remains: a
+// replica takes the stale lease over between our read and our delete, and
+// the delete removes its fresh lease. It learns so on its next renewal
+// (Lost) but goes on with its download; a replica asking for the same work
+// meanwhile finds no lease and does it too: at most a second download,
+// each verified, never a wrong byte.
+func (o *S3Objects) RemoveStaleLeases(ctx context.Context) (int, error) {
+	var keys []string
+	if err := o.walkKeys(ctx, o.prefix+"leases/", func(obj minio.ObjectInfo) error {
+		keys = append(keys, obj.Key)
+		return nil
+	}); err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, key := range keys {
+		_, _, stale, err := o.readLease(ctx, key)
+		if errors.Is(err, ErrNotFound) {
+			continue // released meanwhile
+		}
+		if err != nil {
+			return n, err
+		}
+		if !stale {
+			continue
+		}
+		if err := o.removeLease(ctx, key); err != nil {
+			return n, err
+		}
+		n++
+	}
+	return n, nil
 }
 
 // markLostQuietly closes Lost without a warning: the holder gave it up.
