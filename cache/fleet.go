@@ -566,7 +566,7 @@ func (f *fleet) pass(ctx context.Context) error {
 		}
 	}
 	// Leases left by holders killed with no one asking after their work.
-	if n, err := f.objs.RemoveStaleLeases(ctx); s.noted(err) != nil {
+	if n, err := f.objs.RemoveStaleLeases(ctx, evictorLease); s.noted(err) != nil {
 		s.log.Warn("remove stale leases", zap.Error(err))
 	} else if n > 0 {
 		s.log.Info("removed stale leases", zap.Int("leases", n))

@@ -330,6 +330,7 @@ func (o *S3Objects) removeLease(ctx context.Context, key string) error {
 // (the rule AcquireLease takes over by) and returns how many it deleted. A
 // holder killed with no one asking after its work leaves its lease behind;
 // the evictor's pass calls this so that such a lease does not stay for ever.
+// The lease named except (the caller's own, fresh) is not even read.
 //
 // As in Release, this is a read then a delete (minio-go sends no If-Match
 // on DELETE, and not every S3 store honours one). The race that remains: a
@@ -338,10 +339,16 @@ func (o *S3Objects) removeLease(ctx context.Context, key string) error {
 // (Lost) but goes on with its download; a replica asking for the same work
 // meanwhile finds no lease and does it too: at most a second download,
 // each verified, never a wrong byte.
-func (o *S3Objects) RemoveStaleLeases(ctx context.Context) (int, error) {
+func (o *S3Objects) RemoveStaleLeases(ctx context.Context, except string) (int, error) {
+	skip, err := o.leaseKey(except)
+	if err != nil {
+		return 0, err
+	}
 	var keys []string
 	if err := o.walkKeys(ctx, o.prefix+"leases/", func(obj minio.ObjectInfo) error {
-		keys = append(keys, obj.Key)
+		if obj.Key != skip {
+			keys = append(keys, obj.Key)
+		}
 		return nil
 	}); err != nil {
 		return 0, err

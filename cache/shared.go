@@ -30,7 +30,7 @@ type SharedObjects interface {
 
 	AcquireLease(ctx context.Context, name string, me LeaseHolder) (*Lease, LeaseHolder, error)
 	ReadLease(ctx context.Context, name string) (LeaseHolder, bool, error)
-	RemoveStaleLeases(ctx context.Context) (int, error)
+	RemoveStaleLeases(ctx context.Context, except string) (int, error)
 }
 
 var _ SharedObjects = (*S3Objects)(nil)
