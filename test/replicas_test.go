@@ -18,6 +18,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/minio/minio-go/v7"
@@ -96,7 +97,7 @@ func startFleet(t *testing.T, upstreamURL string, n int, peerURL func(i int) str
 // add starts one more replica, with an empty data dir, on the fleet's bucket.
 func (f *fleet) add(t *testing.T, extra ...string) *mirrorProc {
 	t.Helper()
-	env := append([]string{"REGMIRROR_ADDR=" + freeAddr(t)}, f.env...)
+	env := append([]string{"REGMIRROR_ADDR=" + freeAddr(t), fmt.Sprintf("REGMIRROR_REPLICA_NAME=replica%d", len(f.replicas))}, f.env...)
 	m := startS3Mirror(t, f.upstream, f.s3, f.bucket, "", append(env, extra...)...)
 	f.replicas = append(f.replicas, m)
 	return m
@@ -120,6 +121,41 @@ func (f *fleet) leader(t *testing.T, h v1.Hash) int {
 		}
 	}
 	return -1
+}
+
+// evictor is the index of the replica that took the evictor's lease first.
+func (f *fleet) evictor(t *testing.T) int {
+	t.Helper()
+	ev := -1
+	eventually(t, "a replica runs the evictor", func() (bool, string) {
+		for i, m := range f.replicas {
+			if len(m.log.Records(0, regtest.Msg("this replica runs the fleet's evictor"))) > 0 {
+				ev = i
+				return true, ""
+			}
+		}
+		return false, "none said so"
+	})
+	return ev
+}
+
+// merged waits until the evictor's summary says it merged a journal that
+// replica i wrote after since (so its uses until then count in the next pass).
+func (f *fleet) merged(t *testing.T, i int, since time.Time) {
+	t.Helper()
+	name := fmt.Sprintf("replica%d", i)
+	eventually(t, "the evictor merged a journal of "+name, func() (bool, string) {
+		obj, err := f.s3.Admin.GetObject(context.Background(), f.bucket, "fleet/state", minio.GetObjectOptions{})
+		if err != nil {
+			return false, err.Error()
+		}
+		defer obj.Close()
+		var sum struct{ Replicas map[string]time.Time }
+		if err := json.NewDecoder(obj).Decode(&sum); err != nil {
+			return false, err.Error()
+		}
+		return sum.Replicas[name].After(since), fmt.Sprintf("fleet/state: %v", sum.Replicas)
+	})
 }
 
 // waitLogs waits until the replicas together logged want lines that match.
@@ -359,5 +395,123 @@ func TestReplicasRefuseAStoreWithoutConditionalWrites(t *testing.T) {
 	m := startMirror(t, up.URL, "", s3Env(s3, lying.URL, bucket)...)
 	if !strings.Contains(m.Logs(), "ignores If-None-Match") {
 		t.Errorf("no warning about the store; logs:\n%s", m.Logs())
+	}
+}
+
+// kill -9 of a leader nobody follows, for a blob nobody asks for again: its
+// lease does not stay in the bucket; the evictor's pass removes it once it
+// is stale by the store's clock, without a download of the blob.
+func TestReplicasLoneKilledLeaderLeavesNoLease(t *testing.T) {
+	up, g := startGated(t, "alone", 1<<20)
+	f := startFleet(t, up.URL, 3, nil, "REGMIRROR_PEER_LEASE_TTL=2s", "REGMIRROR_FLEET_INTERVAL=200ms", "REGMIRROR_FLEET_GRACE=1s")
+	lead := f.replicas[1]
+	cut := make(chan struct{})
+	go func() {
+		defer close(cut)
+		if resp, err := http.Get(lead.URL + "/v2/" + g.repo + "/blobs/" + g.digest.String()); err == nil {
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+	}()
+	eventually(t, "replica 1 holds the digest's lease", func() (bool, string) {
+		return f.leader(t, g.digest) == 1, fmt.Sprintf("the lease names replica %d", f.leader(t, g.digest))
+	})
+	lead.Kill()
+	<-cut
+	key := "leases/" + g.digest.String()
+	eventually(t, "the dead leader's lease is removed", func() (bool, string) {
+		_, left := f.s3.Objects(t, f.bucket)[key]
+		return !left, key + " is still in the bucket"
+	})
+	if n := up.Count(http.MethodGet, g.path); n > 1 { // 0 when killed before it asked
+		t.Errorf("%d upstream GETs of the blob, want at most the dead leader's: the lease was taken over, not removed", n)
+	}
+	if f.s3.Objects(t, f.bucket)["leases/evictor"] == 0 {
+		t.Error("the evictor's own lease was removed")
+	}
+}
+
+// The bucket's budget is the fleet's, kept by one evictor over every
+// replica's uses: with images pulled through different replicas, the one
+// least recently used across the fleet leaves the bucket, though the
+// evictor's replica never used the one that stays; a pin made on another
+// replica is honoured.
+func TestReplicasEvictTheFleetsLeastRecentlyUsed(t *testing.T) {
+	up := startUpstream(t, nil)
+	imgs := make([]budImage, 3)
+	for i := range imgs {
+		imgs[i] = budPush(t, up, fmt.Sprintf("app%d:1", i), budRandom(t, mib, 1))
+	}
+	const interval = 200 * time.Millisecond
+	// Two images of one 1 MiB layer fit in 3 MiB, three do not.
+	f := startFleet(t, up.URL, 3, nil, "REGMIRROR_MAX_SIZE=3MiB", "REGMIRROR_LOCAL_MAX_SIZE=10MiB",
+		"REGMIRROR_FLEET_INTERVAL="+interval.String(), "REGMIRROR_FLEET_GRACE="+(3*interval).String())
+	ev := f.evictor(t)
+	a, b := f.replicas[(ev+1)%3], f.replicas[(ev+2)%3]
+	bi := (ev + 2) % 3
+	layer := func(i int) string { return "blobs/sha256/" + imgs[i].layers[0].Hex }
+	// The bucket's listing alone: the evictor may delete an object while a
+	// check that reads it runs.
+	waitContent := func(what string, cond func(c map[string]int64) bool) map[string]int64 {
+		t.Helper()
+		var content map[string]int64
+		eventually(t, what, func() (bool, string) {
+			content = map[string]int64{}
+			for key, size := range f.s3.Objects(t, f.bucket) {
+				if strings.HasPrefix(key, "blobs/") {
+					content[key] = size
+				}
+			}
+			return cond(content), fmt.Sprintf("the bucket holds %v", content)
+		})
+		return content
+	}
+	has := func(c map[string]int64, i int) bool { _, ok := c[layer(i)]; return ok }
+	pull := func(m *mirrorProc, i int) {
+		t.Helper()
+		pullImage(t, m, imgs[i].name, imgs[i].digest)
+		waitContent(imgs[i].name+" is in the bucket", func(c map[string]int64) bool { return has(c, i) })
+	}
+	pull(a, 0)
+	pull(b, 1)
+	pull(b, 0) // app0 again, on a replica that is not the evictor: app1 is now the fleet's least recently used
+	f.merged(t, bi, time.Now().Add(interval))
+	pull(f.replicas[ev], 2)
+	content := waitContent("an image's layer is evicted from the bucket", func(c map[string]int64) bool {
+		return !has(c, 0) || !has(c, 1) || !has(c, 2)
+	})
+	if has(content, 1) {
+		t.Errorf("%s, the fleet's least recently used, is still in the bucket", imgs[1].name)
+	}
+	var total int64
+	for _, size := range content {
+		total += size
+	}
+	if total > 3*mib {
+		t.Errorf("the bucket holds %d bytes of content, over the budget of %d", total, 3*mib)
+	}
+	for _, i := range []int{0, 2} {
+		if !has(content, i) {
+			t.Errorf("%s, among the fleet's most recently used, was evicted from the bucket", imgs[i].name)
+		}
+	}
+
+	// A pin made on a replica that is not the evictor: app0, made the least
+	// recently used (pinning reads it) by a use of app2, is pinned, so
+	// app1's return evicts app2 instead.
+	if _, stderr, code := budCLI(t, a, "pin", imgs[0].name); code != 0 {
+		t.Fatalf("regmirror pin %s: exit %d: %s", imgs[0].name, code, stderr)
+	}
+	pullImage(t, b, imgs[2].name, imgs[2].digest)
+	f.merged(t, bi, time.Now().Add(interval))
+	pullImage(t, a, imgs[1].name, imgs[1].digest)
+	content = waitContent("app1's layer is back and another image's evicted", func(c map[string]int64) bool {
+		return has(c, 1) && (!has(c, 0) || !has(c, 2))
+	})
+	if has(content, 2) {
+		t.Errorf("%s, the least recently used but for the pinned, is still in the bucket", imgs[2].name)
+	}
+	if !has(content, 0) {
+		t.Errorf("%s, pinned, was evicted from the bucket", imgs[0].name)
 	}
 }
