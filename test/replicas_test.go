@@ -483,13 +483,7 @@ func TestReplicasEvictTheFleetsLeastRecentlyUsed(t *testing.T) {
 	if has(content, 1) {
 		t.Errorf("%s, the fleet's least recently used, is still in the bucket", imgs[1].name)
 	}
-	var total int64
-	for _, size := range content {
-		total += size
-	}
-	if total > 3*mib {
-		t.Errorf("the bucket holds %d bytes of content, over the budget of %d", total, 3*mib)
-	}
+	withinBudget(t, content, 3*mib)
 	for _, i := range []int{0, 2} {
 		if !has(content, i) {
 			t.Errorf("%s, among the fleet's most recently used, was evicted from the bucket", imgs[i].name)

@@ -95,6 +95,18 @@ func holdsAll(hs ...v1.Hash) func(map[string]int64) bool {
 	}
 }
 
+// withinBudget fails the test if the bucket's content is over budget bytes.
+func withinBudget(t *testing.T, content map[string]int64, budget int64) {
+	t.Helper()
+	var total int64
+	for _, size := range content {
+		total += size
+	}
+	if total > budget {
+		t.Errorf("the bucket holds %d bytes of content, over the budget of %d", total, budget)
+	}
+}
+
 // contentOf is every digest an image is made of: manifest, config, layers.
 func contentOf(t *testing.T, img v1.Image) []v1.Hash {
 	t.Helper()
@@ -455,13 +467,7 @@ func TestS3BudgetEvictsFromTheBucket(t *testing.T) {
 		_, ok := c["blobs/sha256/"+imgs[1].layers[0].Hex]
 		return !ok
 	})
-	var total int64
-	for _, size := range content {
-		total += size
-	}
-	if total > 3*mib {
-		t.Errorf("the bucket holds %d bytes of content, over the budget of %d", total, 3*mib)
-	}
+	withinBudget(t, content, 3*mib)
 	for _, i := range []int{0, 2} {
 		if _, ok := content["blobs/sha256/"+imgs[i].layers[0].Hex]; !ok {
 			t.Errorf("%s, among the most recently used, was evicted from the bucket", imgs[i].name)
