@@ -173,9 +173,8 @@ start_nginx
 BLOB_PATH=/v2/big/blobs/$DIGEST
 DETAILS=()
 echo "regmirror core benchmark, $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-echo "$(nproc) cores, $(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo), kernel $(uname -r), $(go version | cut -d' ' -f3), $(curl --version | head -n1 | cut -d' ' -f1-2), $("$NGINX" -v 2>&1 | cut -d' ' -f3)"
-changed=$(git -C "$REPO_ROOT" status --porcelain -- . ':(exclude)bench' 2>/dev/null | wc -l)
-echo "regmirror at commit $(git -C "$REPO_ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown), $changed uncommitted paths outside bench/"
+echo "$(machine), $(curl --version | head -n1 | cut -d' ' -f1-2), $("$NGINX" -v 2>&1 | cut -d' ' -f3)"
+commit_line
 echo "blob $DIGEST, $SIZE bytes; MB = 10^6 bytes; load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 echo

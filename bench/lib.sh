@@ -441,3 +441,16 @@ start_upstream() {
 	DIGEST=$(head -n1 "$WORK/upstream.out")
 	[[ $DIGEST == sha256:* ]] || die "upstream printed no digest: $(cat "$WORK/upstream.log")"
 }
+
+# machine: the line naming the machine a run measured (cores, memory, kernel, Go).
+machine() {
+	echo "$(nproc) cores, $(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo), kernel $(uname -r), $(go version | cut -d' ' -f3)"
+}
+
+# commit_line: the commit a run measured and how many paths outside bench/
+# differ from it.
+commit_line() {
+	local changed
+	changed=$(git -C "$REPO_ROOT" status --porcelain -- . ':(exclude)bench' 2>/dev/null | wc -l)
+	echo "regmirror at commit $(git -C "$REPO_ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown), $changed uncommitted paths outside bench/"
+}

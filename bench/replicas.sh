@@ -138,10 +138,9 @@ start_s3 "$WORK/s3" fleet single peer
 mode=full
 [ "$SMOKE" = 1 ] && mode=smoke
 echo "a cold herd over regmirror replicas on one bucket, one replica, and distribution's proxy x3 on one bucket ($mode), $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-echo "$(nproc) cores, $(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo), kernel $(uname -r), $(go version | cut -d' ' -f3)"
+machine
 echo "versitygw $(go version -m "$(command -v versitygw)" | awk '$1 == "mod" { print $3 }'), $(docker-registry --version | cut -d' ' -f2-)"
-changed=$(git -C "$REPO_ROOT" status --porcelain -- . ':(exclude)bench' 2>/dev/null | wc -l)
-echo "regmirror at commit $(git -C "$REPO_ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown), $changed uncommitted paths outside bench/"
+commit_line
 echo "every S3 request is held $DELAY by bench/s3proxy; blob $DIGEST, $BIG bytes; $CLIENTS clients at once, bodies hashed"
 echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo

@@ -390,10 +390,9 @@ PID[nginx]=$NG_PID
 mode=full
 [ "$SMOKE" = 1 ] && mode=smoke
 echo "regmirror side by side with distribution's proxy and nginx ($mode), $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-echo "$(nproc) cores, $(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo), kernel $(uname -r), $(go version | cut -d' ' -f3)"
+machine
 echo "$(docker-registry --version | cut -d' ' -f2-), $("$NGINX" -v 2>&1 | cut -d' ' -f3), $(wrk -v 2>&1 | head -n1 | cut -d' ' -f1-2), hey $HEY_VERSION, crane $("$CRANE" version), $(curl --version | head -n1 | cut -d' ' -f1-2), $(openssl version | cut -d' ' -f1-2)"
-changed=$(git -C "$REPO_ROOT" status --porcelain -- . ':(exclude)bench' 2>/dev/null | wc -l)
-echo "regmirror at commit $(git -C "$REPO_ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown), $changed uncommitted paths outside bench/"
+commit_line
 echo "images: library/big $BIG bytes in one layer ($BIG_LAYER); library/small $SMALL bytes; library/fifty $LAYERS layers, $FIFTY bytes in all"
 echo "clients $CLIENTS, rounds $ROUNDS, load $LOAD with $CONNS connections; MB = 10^6 bytes; load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 

@@ -208,10 +208,9 @@ start_s3 "$S3_ROOT" regmirror peer
 mode=full
 [ "$SMOKE" = 1 ] && mode=smoke
 echo "regmirror on a bucket side by side with distribution's proxy on the same bucket server ($mode), $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-echo "$(nproc) cores, $(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo), kernel $(uname -r), $(go version | cut -d' ' -f3)"
+machine
 echo "versitygw $(go version -m "$(command -v versitygw)" | awk '$1 == "mod" { print $3 }'), $(docker-registry --version | cut -d' ' -f2-), $(wrk -v 2>&1 | head -n1 | cut -d' ' -f1-2), hey $HEY_VERSION"
-changed=$(git -C "$REPO_ROOT" status --porcelain -- . ':(exclude)bench' 2>/dev/null | wc -l)
-echo "regmirror at commit $(git -C "$REPO_ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown), $changed uncommitted paths outside bench/"
+commit_line
 echo "every S3 request is held $DELAY by bench/s3proxy before it reaches versitygw"
 echo "images: library/big $BIG bytes in one layer ($BIG_LAYER); library/small $SMALL bytes in one layer"
 echo "clients $CLIENTS, rounds $ROUNDS, load $LOAD with $CONNS connections; MB = 10^6 bytes; load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
