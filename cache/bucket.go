@@ -99,6 +99,21 @@ func (s *Store) OpenBlob(ctx context.Context, h v1.Hash) (io.ReadSeekCloser, err
 	return &fillingReader{ObjectReader: r, s: s, h: h, size: info.Size, v: NewVerifier(h, info.Size)}, nil
 }
 
+// Stored reports whether h is in the store now, asking the bucket with a
+// HEAD when neither the local copy nor the index knows it (content another
+// replica stored): a check, with no read of the content and no fill of the
+// local copy, for callers that only decide where the bytes come from.
+func (s *Store) Stored(ctx context.Context, h v1.Hash) bool {
+	if s.Has(h) {
+		return true
+	}
+	if s.opt.Bucket == nil || s.bucketDown() || checkHash(h) != nil {
+		return false
+	}
+	_, err := s.opt.Bucket.Stat(ctx, h)
+	return s.noted(err) == nil
+}
+
 // aboveFloor reports whether size more bytes on the disk leave the free
 // space above REGMIRROR_MIN_FREE.
 func (s *Store) aboveFloor(size int64) bool {

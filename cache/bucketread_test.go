@@ -2,6 +2,7 @@ package cache
 
 import (
 	"bytes"
+	"context"
 	"io"
 	"net/http"
 	"slices"
@@ -155,4 +156,37 @@ func fillRunning(s *Store) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return len(s.filling) > 0
+}
+
+// Stored learns that another replica stored a blob with one HEAD, and
+// neither reads the blob nor fills the local copy: it only decides where a
+// download's bytes come from.
+func TestBucketStoredIsOneHead(t *testing.T) {
+	e := newBucketEnv(t)
+	ct := &countingTransport{next: testTransport(t)}
+	o, err := NewS3Objects(S3Config{Endpoint: e.srv.Endpoint, Region: s3Region, Bucket: e.bucket, Prefix: "mirror", Transport: ct}, zaptest.NewLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := e.open(t.TempDir(), Options{Bucket: o, Shared: true}, false)
+	if err := b.AwaitCounts(context.Background()); err != nil { // the empty bucket's rebuild, before a's blob
+		t.Fatal(err)
+	}
+	a := e.open(t.TempDir(), Options{Shared: true}, true)
+	body, h := randomContent(t, 300_000)
+	ct.take()
+	if b.Stored(context.Background(), h) {
+		t.Fatal("Stored before any replica stored the blob")
+	}
+	commit(t, a, body, h)
+	e.uploaded(a, h, "blob not uploaded")
+	if !b.Stored(context.Background(), h) {
+		t.Fatal("Stored: false for a blob another replica stored")
+	}
+	if seen := ct.take(); !slices.Equal(seen, []string{"HEAD", "HEAD"}) {
+		t.Fatalf("requests for the blob: %q; want a HEAD per check, no GET", seen)
+	}
+	if b.hasLocal(h) {
+		t.Fatal("Stored filled the local copy")
+	}
 }

@@ -20,6 +20,9 @@ type Blobs interface {
 	// ctx. cache.ErrNotFound when it is not there.
 	OpenBlob(ctx context.Context, h v1.Hash) (io.ReadSeekCloser, error)
 	Has(h v1.Hash) bool
+	// Stored is Has that also asks the bucket (a HEAD, no read of the
+	// content): for content another replica stored.
+	Stored(ctx context.Context, h v1.Hash) bool
 	// Create starts writing h; its Commit verifies size and digest before the
 	// content is visible. cache.ErrNoSpace when the budget has no room.
 	Create(h v1.Hash, size int64, mediaType string) (*cache.Writer, error)

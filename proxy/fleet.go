@@ -152,14 +152,9 @@ func (p *Proxy) coordinate(fl *flight, offset int64, failed *cache.LeaseHolder) 
 }
 
 // storedElsewhere reports whether the blob is in the store now (in the
-// bucket: a network call, made outside any lock).
+// bucket: a HEAD, made outside any lock; the caller then serves it).
 func (p *Proxy) storedElsewhere(fl *flight) bool {
-	f, err := p.blobs.OpenBlob(p.ctx, fl.digest)
-	if err != nil {
-		return false
-	}
-	f.Close()
-	return true
+	return p.blobs.Stored(p.ctx, fl.digest)
 }
 
 // resumeFleet carries on a flight that followed a leader whose stream broke
