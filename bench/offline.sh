@@ -108,17 +108,8 @@ log "building regmirror, bench/upstream and bench/offlinepull"
 (cd "$REPO_ROOT" && go build -o "$WORK/regmirror" ./cmd/regmirror && go build -o "$WORK/upstream" ./bench/upstream &&
 	go build -o "$WORK/offlinepull" ./bench/offlinepull)
 
-UP_PORT=$(free_port)
-UP_URL=http://127.0.0.1:$UP_PORT
 # bench/upstream's own blob (library/big) is not used here: keep it tiny.
-"$WORK/upstream" -addr "127.0.0.1:$UP_PORT" -size 1000 >"$WORK/upstream.out" 2>"$WORK/upstream.log" &
-UP_PID=$!
-PIDS+=("$UP_PID")
-for _ in $(seq 300); do
-	[ -s "$WORK/upstream.out" ] && break
-	kill -0 "$UP_PID" 2>/dev/null || die "upstream exited: $(cat "$WORK/upstream.log")"
-	sleep 0.1
-done
+start_upstream 1000
 DIGEST=$("$WORK/offlinepull" seed -registry "127.0.0.1:$UP_PORT" -image library/fifty:latest -layers "$LAYERS" -size "$SIZE")
 [[ $DIGEST == sha256:* ]] || die "seeding printed no digest: $DIGEST"
 
