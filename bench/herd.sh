@@ -9,10 +9,14 @@
 # bench/upstream (one SIZE-byte blob in memory), recycles memory as run.sh
 # does (recycle_memory: write and remove a file), and lets CLIENTS hashing curl
 # clients start the blob at once (the cold herd), then the same clients again
-# from the cache (the warm herd). The mirror's CPU is the sum over its
-# threads of /proc/PID/task/*/schedstat (nanoseconds, where /proc/PID/stat
-# counts ticks of 10 ms). Then per binary: min, median and max of each figure
-# and of the ratios cold/warm. Settings (environment): SIZE (100000000),
+# from the cache (the warm herd), then the warm herd once more with bench/fill
+# beside it (the floor: the download, hash and write of the blob done by a
+# program of their own, so what a cold herd would cost if coordinating them
+# with the clients were free; its CPU is the mirror's plus fill's own). The
+# mirror's CPU is the sum over its threads of /proc/PID/task/*/schedstat
+# (nanoseconds, where /proc/PID/stat counts ticks of 10 ms). Then per binary:
+# min, median and max of each figure and of the ratios cold/warm and
+# floor/warm. Settings (environment): SIZE (100000000),
 # CLIENTS (8), RECYCLE (1; 0 skips recycle_memory), PERF (1: perf-profile the
 # mirror during each binary's first cold herd; PERF_FREQ, 999). It exits non-zero if a body is wrong or the upstream is asked
 # for the blob more than once.
@@ -40,7 +44,7 @@ fi
 cpu_ms() { cat "/proc/$1"/task/*/schedstat | awk '{ t += $1 } END { printf "%d", t / 1e6 }'; }
 
 log "building bench/upstream${*:+ (the binaries are given)}"
-(cd "$REPO_ROOT" && go build -o "$WORK/upstream" ./bench/upstream)
+(cd "$REPO_ROOT" && go build -o "$WORK/upstream" ./bench/upstream && go build -o "$WORK/fill" ./bench/fill)
 BINS=("$@")
 if [ ${#BINS[@]} = 0 ]; then
 	(cd "$REPO_ROOT" && go build -o "$WORK/regmirror" ./cmd/regmirror)
@@ -51,9 +55,9 @@ start_upstream "$SIZE"
 gets() { curl -sf "$UP_URL/_counts" | jq -r --arg p "/v2/library/big/blobs/$DIGEST" '.["GET " + $p] // 0'; }
 
 echo "cold herd against warm herd: $CLIENTS hashing clients, one $SIZE-byte blob, $RUNS runs; load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
-ROW='  %-10s %3s %8s %8s %8s %8s %7s %7s  %s\n'
+ROW='  %-10s %3s %7s %7s %7s %8s %8s %9s %7s %7s %8s %8s  %s\n'
 # shellcheck disable=SC2059
-printf "$ROW" binary run "cold s" "warm s" "cold CPU" "warm CPU" "wall x" "CPU x" load
+printf "$ROW" binary run "cold s" "warm s" "floor s" "cold CPU" "warm CPU" "floor CPU" "wall x" "CPU x" "floor x" "wall fx" load
 for run in $(seq "$RUNS"); do
 	for spec in "${BINS[@]}"; do
 		name=${spec%%=*} bin=${spec#*=}
@@ -80,11 +84,19 @@ for run in $(seq "$RUNS"); do
 		w1=$(cpu_ms "$pid")
 		check_bodies "$CLIENTS" "$WORK/warm" "$name run $run warm" "$SIZE" "$DIGEST" >/dev/null
 		[ $(($(gets) - before)) = 1 ] || fail "$name run $run: the upstream got $(($(gets) - before)) GETs of the blob, want 1"
+		[ "$RECYCLE" = 0 ] || recycle_memory "$SIZE"
+		sync
+		f0=$(cpu_ms "$pid")
+		floor=$(fill_beside "$UP_URL/v2/library/big/blobs/$DIGEST" "$WORK/filled" "$CLIENTS" "$url" "$WORK/floor" 1)
+		f1=$(cpu_ms "$pid")
+		check_bodies "$CLIENTS" "$WORK/floor" "$name run $run floor" "$SIZE" "$DIGEST" >/dev/null
 		kill "$pid"
 		wait "$pid" 2>/dev/null || true
-		awk -v n="$name" -v r="$run" -v c="$cold" -v w="$warm" -v cc=$((c1 - c0)) -v wc=$((w1 - w0)) -v l="$(cut -d' ' -f1 /proc/loadavg)" -v row="$ROW" 'BEGIN {
-			printf row, n, r, sprintf("%.2f", c / 1e9), sprintf("%.2f", w / 1e9), sprintf("%.3f", cc / 1e3), sprintf("%.3f", wc / 1e3),
-				sprintf("%.2f", c / w), sprintf("%.2f", cc / wc), l }' | tee -a "$WORK/rows"
+		awk -v n="$name" -v r="$run" -v c="$cold" -v w="$warm" -v f="${floor% *}" -v cc=$((c1 - c0)) -v wc=$((w1 - w0)) -v fc=$((f1 - f0 + ${floor#* })) \
+			-v l="$(cut -d' ' -f1 /proc/loadavg)" -v row="$ROW" 'BEGIN {
+			printf row, n, r, sprintf("%.2f", c / 1e9), sprintf("%.2f", w / 1e9), sprintf("%.2f", f / 1e9),
+				sprintf("%.3f", cc / 1e3), sprintf("%.3f", wc / 1e3), sprintf("%.3f", fc / 1e3),
+				sprintf("%.2f", c / w), sprintf("%.2f", cc / wc), sprintf("%.2f", fc / wc), sprintf("%.2f", f / w), l }' | tee -a "$WORK/rows"
 	done
 done
 
@@ -92,13 +104,13 @@ echo "min / median / max per binary"
 for spec in "${BINS[@]}"; do
 	name=${spec%%=*}
 	printf '  %-10s' "$name"
-	for col in 3 4 5 6 7 8; do
+	for col in 3 4 5 6 7 8 9 10 11 12; do
 		awk -v n="$name" -v c="$col" '$1 == n { print $c }' "$WORK/rows" | sort -n |
 			awk '{ v[NR] = $1 } END { m = NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2; printf " %s/%s/%s", v[1], m, v[NR] }'
 	done
 	echo
 done
-echo "  (columns: cold s, warm s, cold CPU s, warm CPU s, wall cold/warm, CPU cold/warm)"
+echo "  (columns: cold s, warm s, floor s, cold CPU s, warm CPU s, floor CPU s, wall cold/warm, CPU cold/warm, CPU floor/warm, wall floor/warm)"
 echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 for f in "${PERFS[@]}"; do
 	echo "perf ($f, run 1, perf's own cost included above): self time, then time including callees"

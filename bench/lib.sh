@@ -94,6 +94,23 @@ fetch() {
 	echo $(($(now_ns) - start))
 }
 
+# fill_beside FILLURL DIR N URL OUT HASH: the floor of a cold herd. The herd
+# of fetch N URL OUT HASH, from a mirror that has the blob, with bench/fill
+# (built as WORK/fill) storing FILLURL in DIR meanwhile: the download, hash
+# and write of a cold herd, done by a program of their own. Prints "NS CPU":
+# the wall time until both ended, and fill's own CPU in ms.
+fill_beside() {
+	local start fpid
+	mkdir -p "$2"
+	start=$(now_ns)
+	"$WORK/fill" -url "$1" -dir "$2" >"$WORK/fill.out" &
+	fpid=$!
+	fetch "$3" "$4" "$5" "$6" >/dev/null
+	wait "$fpid" || fail "bench/fill of $1 failed"
+	echo "$(($(now_ns) - start)) $(awk '{ c = $4 } END { printf "%d", c / 1e6 }' "$WORK/fill.out")"
+	rm -rf "$2"
+}
+
 # ttfbs N OUT: the clients' times to first byte in ms, in client order.
 ttfbs() {
 	local i

@@ -27,8 +27,12 @@
 #   1. cold herd: CLIENTS curl clients start the uncached big blob at once on a
 #      fresh mirror (bodies hashed by openssl in a pipe), then the same clients
 #      again from its cache (the warm herd: the reference for the cold herd's
-#      wall time and mirror CPU), and one client alone; the same with bodies
-#      discarded; upstream requests and bytes counted
+#      wall time and mirror CPU), then once more with bench/fill storing the
+#      blob from the upstream meanwhile (the floor: the cold herd's download,
+#      hash and write done by a program of their own, so what the cold herd
+#      would cost if coordinating them with the clients were free), and one
+#      client alone; the same with bodies discarded; upstream requests and
+#      bytes counted
 #   2. warm: CLIENTS clients x ROUNDS rounds of the cached big blob, servers
 #      interleaved per round, nginx included
 #   3. manifests: HEAD by tag (hey -m HEAD) and GET by digest (wrk), CONNS
@@ -193,6 +197,9 @@ cold() {
 		"${CPU[$scen $kind]}" "${RSS[$scen $kind]}" "$(up_summary "$mark")$note"
 	if [[ $scen == herd* ]]; then
 		again "$scen" "$kind" "$n" "$hash"
+		if [ "$kind" = regmirror ]; then
+			floor "$scen" "$kind" "$n" "$hash"
+		fi
 	fi
 	stop_server "$name"
 	rm -rf "${DATA[$name]}"
@@ -225,6 +232,33 @@ again() {
 	printf "$COLD_ROW" "  again, cached" "$kind" "$n" "$bodies" "${WALL[$scen-again $kind]}" "$(mbps $((BIG * n)) "$ns")" \
 		"$(ttfbs "$n" "$WORK/$name-again" | spread)" "$gets" "$(awk -v b="$bytes" 'BEGIN { printf "%.0f", b / 1e6 }')" \
 		"${CPU[$scen-again $kind]}" - "$(up_summary "$mark")"
+}
+
+# floor SCENARIO KIND N HASH: the warm herd once more, with bench/fill storing
+# the blob from the upstream meanwhile (fill_beside): the cold herd's work done
+# by two programs that do not coordinate, the floor of its wall time and CPU
+# (the mirror's CPU plus fill's own).
+floor() {
+	local scen=$1 kind=$2 n=$3 hash=$4 name=$1-$2 pid mark out t0 t1 ok gets bytes bodies=discarded
+	pid=${PID[$name]}
+	mark=$(up_mark)
+	recycle_memory "$BIG"
+	sync
+	t0=$(cpu_ticks "$pid")
+	out=$(fill_beside "$UP_URL$BIG_PATH" "$WORK/filled" "$n" "${URL[$name]}$BIG_PATH" "$WORK/$name-floor" "$hash")
+	settle
+	t1=$(cpu_ticks "$pid")
+	ok=$(check "$n" "$WORK/$name-floor" "$scen floor $kind")
+	read -r gets bytes <<<"$(up_gets "$mark")"
+	if [ "$hash" = 1 ]; then
+		bodies="$ok/$n ok"
+	fi
+	WALL[$scen-floor $kind]=$(secs "${out% *}")
+	CPU[$scen-floor $kind]=$(awk -v t=$((t1 - t0)) -v hz="$HZ" -v f="${out#* }" 'BEGIN { printf "%.2f", t / hz + f / 1e3 }')
+	# shellcheck disable=SC2059
+	printf "$COLD_ROW" "  again + fill" "$kind" "$n" "$bodies" "${WALL[$scen-floor $kind]}" "$(mbps $((BIG * n)) "${out% *}")" \
+		"$(ttfbs "$n" "$WORK/$name-floor" | spread)" "$gets" "$(awk -v b="$bytes" 'BEGIN { printf "%.0f", b / 1e6 }')" \
+		"${CPU[$scen-floor $kind]}" - "$(up_summary "$mark") (bench/fill's; CPU s: the mirror's and fill's)"
 }
 
 # --- 2. warm ------------------------------------------------------------------
@@ -357,8 +391,8 @@ if [ "$PERF" = 1 ]; then
 fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
-log "building regmirror, bench/seed and bench/bare; hey $HEY_VERSION and crane $CRANE_VERSION (Go module proxy)"
-(cd "$REPO_ROOT" && go build -o "$WORK/regmirror" ./cmd/regmirror && go build -o "$WORK/seed" ./bench/seed && go build -o "$WORK/bare" ./bench/bare)
+log "building regmirror, bench/seed, bench/bare and bench/fill; hey $HEY_VERSION and crane $CRANE_VERSION (Go module proxy)"
+(cd "$REPO_ROOT" && go build -o "$WORK/regmirror" ./cmd/regmirror && go build -o "$WORK/seed" ./bench/seed && go build -o "$WORK/bare" ./bench/bare && go build -o "$WORK/fill" ./bench/fill)
 (cd "$WORK" && GOBIN=$WORK/bin go install "github.com/rakyll/hey@$HEY_VERSION" &&
 	GOBIN=$WORK/bin go install "github.com/google/go-containerregistry/cmd/crane@$CRANE_VERSION")
 HEY=$WORK/bin/hey
@@ -420,6 +454,7 @@ herd_ratios() {
 	done
 }
 echo "  cold herd/warm herd (the same clients again, from the cache), wall time:$(herd_ratios WALL); mirror CPU:$(herd_ratios CPU)"
+echo "  floor/warm herd (again + fill: the warm herd with bench/fill beside it), regmirror, wall time: $(ratio "${WALL[herd-floor regmirror]}" "${WALL[herd-again regmirror]}") (discarded $(ratio "${WALL[herd-discard-floor regmirror]}" "${WALL[herd-discard-again regmirror]}")); CPU: $(ratio "${CPU[herd-floor regmirror]}" "${CPU[herd-again regmirror]}") (discarded $(ratio "${CPU[herd-discard-floor regmirror]}" "${CPU[herd-discard-again regmirror]}"))"
 echo "  regmirror/peer wall time: herd $(ratio "${WALL[herd regmirror]}" "${WALL[herd peer]}"), single $(ratio "${WALL[single regmirror]}" "${WALL[single peer]}"), herd-discard $(ratio "${WALL[herd-discard regmirror]}" "${WALL[herd-discard peer]}"), single-discard $(ratio "${WALL[single-discard regmirror]}" "${WALL[single-discard peer]}")"
 
 # --- 2 ----------------------------------------------------------------------------
@@ -517,10 +552,10 @@ t=$(awk -v g="${GETS[herd regmirror]}" -v r="$hs" 'BEGIN { print (g == 1 && r !=
 echo "  cold herd: one upstream download and <= 1.2x one client alone: $(met "$t") (${GETS[herd regmirror]} upstream GET; ${hs}x: ${WALL[herd regmirror]} s vs ${WALL[single regmirror]} s; the same clients from the cache: ${WALL[herd-again regmirror]} s)"
 hw=$(ratio "${WALL[herd regmirror]}" "${WALL[herd-again regmirror]}")
 t=$(awk -v r="$hw" 'BEGIN { print (r != "-" && r <= 1.15) ? 1 : 0 }')
-echo "  cold herd wall <= 1.15x the warm herd's (the same clients from the cache): $(met "$t") (${hw}x: ${WALL[herd regmirror]} s vs ${WALL[herd-again regmirror]} s)"
+echo "  cold herd wall <= 1.15x the warm herd's (the same clients from the cache): $(met "$t") (${hw}x: ${WALL[herd regmirror]} s vs ${WALL[herd-again regmirror]} s; its floor, the warm herd with bench/fill beside it: $(ratio "${WALL[herd-floor regmirror]}" "${WALL[herd-again regmirror]}")x)"
 hc=$(ratio "${CPU[herd regmirror]}" "${CPU[herd-again regmirror]}")
 t=$(awk -v r="$hc" 'BEGIN { print (r != "-" && r <= 2.5) ? 1 : 0 }')
-echo "  cold herd mirror CPU <= 2.5x the warm herd's: $(met "$t") (${hc}x: ${CPU[herd regmirror]} s vs ${CPU[herd-again regmirror]} s)"
+echo "  cold herd mirror CPU <= 2.5x the warm herd's: $(met "$t") (${hc}x: ${CPU[herd regmirror]} s vs ${CPU[herd-again regmirror]} s; its floor, the warm herd with bench/fill beside it: $(ratio "${CPU[herd-floor regmirror]}" "${CPU[herd-again regmirror]}")x)"
 maxrss=0
 for p in herd warm manifests crane; do
 	[ "${RSS[$p regmirror]}" -gt "$maxrss" ] && maxrss=${RSS[$p regmirror]}
