@@ -83,24 +83,19 @@ type upstreamSpec struct {
 func (c Config) resolveUpstreams() ([]upstreamSpec, string, error) {
 	var specs []upstreamSpec
 	byName := map[string]int{}
-	if c.Upstreams != "" {
-		for i, entry := range strings.Split(c.Upstreams, ",") {
-			name, raw, ok := strings.Cut(strings.TrimSpace(entry), "=")
-			if !ok || name == "" {
-				return nil, "", fmt.Errorf("%sUPSTREAMS: entry %d: want name=URL", envPrefix, i+1)
-			}
-			if !registryNameRE.MatchString(name) {
-				return nil, "", fmt.Errorf("%sUPSTREAMS: %q is not a registry name (host or host:port)", envPrefix, name)
-			}
-			if _, dup := byName[name]; dup {
-				return nil, "", fmt.Errorf("%sUPSTREAMS: %s listed twice", envPrefix, name)
-			}
-			if _, err := upstream.ParseURL(raw); err != nil {
-				return nil, "", fmt.Errorf("%sUPSTREAMS: %s: %v", envPrefix, name, err)
-			}
-			byName[name] = len(specs)
-			specs = append(specs, upstreamSpec{Name: name, URL: raw})
+	pairs, err := upstreamsList.parse(c.Upstreams)
+	if err != nil {
+		return nil, "", err
+	}
+	for _, p := range pairs {
+		if !registryNameRE.MatchString(p.name) {
+			return nil, "", fmt.Errorf("%sUPSTREAMS: %q is not a registry name (host or host:port)", envPrefix, p.name)
 		}
+		if _, err := upstream.ParseURL(p.value); err != nil {
+			return nil, "", fmt.Errorf("%sUPSTREAMS: %s: %v", envPrefix, p.name, err)
+		}
+		byName[p.name] = len(specs)
+		specs = append(specs, upstreamSpec{Name: p.name, URL: p.value})
 	}
 	def := c.Upstream
 	if strings.Contains(def, "://") {

@@ -399,7 +399,7 @@ func TestFallbacksConfig(t *testing.T) {
 		{name: "prefix", fallbacks: "ghcr.io=https://harbor.lan/ghcr-proxy",
 			want: []fallbackSpec{{Registry: "ghcr.io", Name: "harbor.lan/ghcr-proxy", URL: "https://harbor.lan/ghcr-proxy"}}},
 		{name: "unconfigured registry", fallbacks: "quay.io=https://q.lan", err: "REGMIRROR_FALLBACKS: entry 1: \"quay.io\" is not a configured upstream"},
-		{name: "no URL", fallbacks: "docker.io", err: "REGMIRROR_FALLBACKS: entry 1: want registry=URL"},
+		{name: "no URL", fallbacks: "docker.io", err: "REGMIRROR_FALLBACKS: entry 1 \"docker.io\": want registry=URL"},
 		{name: "bad URL", fallbacks: "docker.io=https://m.lan#x", err: "REGMIRROR_FALLBACKS: docker.io: upstream URL"},
 		{name: "password", fallbacks: "docker.io=https://u:hunter2pw@m.lan", err: "credentials do not belong"},
 		{name: "twice", fallbacks: "docker.io=https://m.lan,docker.io=https://m.lan?ns=docker.io", err: "m.lan listed twice"},

@@ -29,16 +29,14 @@ func (c Config) resolveFallbacks(upstreams []upstreamSpec) ([]fallbackSpec, erro
 	insecure := c.insecureSet()
 	var out []fallbackSpec
 	seen := map[string]bool{}
-	if strings.TrimSpace(c.Fallbacks) == "" {
-		return nil, nil
+	pairs, err := fallbacksList.parse(c.Fallbacks)
+	if err != nil {
+		return nil, err
 	}
-	for i, entry := range strings.Split(c.Fallbacks, ",") {
-		reg, raw, ok := strings.Cut(strings.TrimSpace(entry), "=")
-		if !ok || reg == "" {
-			return nil, fmt.Errorf("%sFALLBACKS: entry %d: want registry=URL", envPrefix, i+1)
-		}
+	for _, p := range pairs {
+		reg, raw := p.name, p.value
 		if !known[reg] {
-			return nil, fmt.Errorf("%sFALLBACKS: entry %d: %q is not a configured upstream (%sUPSTREAM, %sUPSTREAMS)", envPrefix, i+1, reg, envPrefix, envPrefix)
+			return nil, fmt.Errorf("%sFALLBACKS: entry %d: %q is not a configured upstream (%sUPSTREAM, %sUPSTREAMS)", envPrefix, p.n, reg, envPrefix, envPrefix)
 		}
 		ep, err := upstream.ParseEndpoint(raw)
 		if err != nil {
@@ -72,11 +70,13 @@ func (c Config) insecureSet() map[string]bool {
 // REGMIRROR_INSECURE_REGISTRIES may name too.
 func (c Config) fallbackHosts() map[string]bool {
 	hosts := map[string]bool{}
-	for _, entry := range strings.Split(c.Fallbacks, ",") {
-		if _, raw, ok := strings.Cut(strings.TrimSpace(entry), "="); ok {
-			if u, err := upstream.ParseURL(raw); err == nil {
-				hosts[u.Host] = true
-			}
+	// Read what parses: a malformed list is Validate's to refuse, through
+	// resolveFallbacks, with its own error rather than one about
+	// REGMIRROR_INSECURE_REGISTRIES.
+	pairs, _ := fallbacksList.parse(c.Fallbacks)
+	for _, p := range pairs {
+		if u, err := upstream.ParseURL(p.value); err == nil {
+			hosts[u.Host] = true
 		}
 	}
 	return hosts
