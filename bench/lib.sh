@@ -379,6 +379,14 @@ start_s3() {
 	done
 }
 
+# s3_versions: the versions of the bucket benches' servers, versitygw and
+# Debian's docker-registry (distribution), for a run's header.
+s3_versions() {
+	local vgw
+	vgw=$(go version -m "$(command -v versitygw)" 2>/dev/null | awk '$1 == "mod" { print $3 }')
+	echo "versitygw ${vgw:-unknown}, $(docker-registry --version | cut -d' ' -f2-)"
+}
+
 # s3_counts: the proxy's counts since the last reset, "Op=n, Op=n" by name.
 s3_counts() {
 	curl -sS "$S3_CTL/counts" | jq -r 'to_entries | sort_by(.key) | map("\(.key)=\(.value)") | join(", ") | if . == "" then "none" else . end'

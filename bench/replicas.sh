@@ -139,7 +139,7 @@ mode=full
 [ "$SMOKE" = 1 ] && mode=smoke
 echo "a cold herd over regmirror replicas on one bucket, one replica, and distribution's proxy x3 on one bucket ($mode), $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 machine
-echo "versitygw $(go version -m "$(command -v versitygw)" | awk '$1 == "mod" { print $3 }'), $(docker-registry --version | cut -d' ' -f2-)"
+s3_versions
 commit_line
 echo "every S3 request is held $DELAY by bench/s3proxy; blob $DIGEST, $BIG bytes; $CLIENTS clients at once, bodies hashed"
 echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -209,7 +209,7 @@ mode=full
 [ "$SMOKE" = 1 ] && mode=smoke
 echo "regmirror on a bucket side by side with distribution's proxy on the same bucket server ($mode), $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 machine
-echo "versitygw $(go version -m "$(command -v versitygw)" | awk '$1 == "mod" { print $3 }'), $(docker-registry --version | cut -d' ' -f2-), $(wrk -v 2>&1 | head -n1 | cut -d' ' -f1-2), hey $HEY_VERSION"
+echo "$(s3_versions), $(wrk -v 2>&1 | head -n1 | cut -d' ' -f1-2), hey $HEY_VERSION"
 commit_line
 echo "every S3 request is held $DELAY by bench/s3proxy before it reaches versitygw"
 echo "images: library/big $BIG bytes in one layer ($BIG_LAYER); library/small $SMALL bytes in one layer"
