@@ -60,7 +60,7 @@ func (p *Proxy) logged(w http.ResponseWriter, r *http.Request, h handlerFunc) {
 		}
 		// The fields are built only for a line that is written (REGMIRROR_LOG_LEVEL=warn
 		// writes none), into a pooled slice: zap's cores encode or copy them in Write.
-		if ce := p.log.Check(level, "request"); ce != nil {
+		if ce := p.access.Check(level, "request"); ce != nil {
 			fp := accessFields.Get().(*[]zap.Field)
 			fields := append((*fp)[:0],
 				zap.String(keyMethod, r.Method),

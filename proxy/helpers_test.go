@@ -78,6 +78,7 @@ type envConfig struct {
 	start      time.Time
 	listener   net.Listener
 	referrers  bool // the default upstream has the referrers API
+	callers    bool // log lines carry their caller, as regmirror's logger's do
 }
 
 // withUpstreamListener serves the upstream registry on l instead of a fresh
@@ -112,6 +113,10 @@ func withMirrorWrap(wrap func(http.Handler) http.Handler) envOption {
 func withUpstreamFault(wrap func(http.Handler) http.Handler) envOption {
 	return func(c *envConfig) { c.wrap = wrap }
 }
+
+// withCallers annotates log lines with their caller (zap.AddCaller), as
+// regmirror's own logger does.
+func withCallers() envOption { return func(c *envConfig) { c.callers = true } }
 
 // withReferrersAPI gives the default upstream the OCI 1.1 referrers API.
 func withReferrersAPI() envOption { return func(c *envConfig) { c.referrers = true } }
@@ -163,7 +168,7 @@ func newEnv(t *testing.T, opts ...envOption) *env {
 
 	core, logs := observer.New(zap.DebugLevel)
 	waitLog := regtest.NewLog()
-	logger := zap.New(zapcore.NewTee(core, waitLog.Core(zap.DebugLevel)))
+	logger := zap.New(zapcore.NewTee(core, waitLog.Core(zap.DebugLevel)), zap.WithCaller(cfg.callers))
 	reg := prometheus.NewRegistry()
 	metrics, err := proxy.NewMetrics(reg)
 	if err != nil {

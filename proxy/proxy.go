@@ -92,6 +92,10 @@ type Proxy struct {
 	names     []string // the upstreams in configured order, the default first
 	opt       Options
 	log       *zap.Logger
+	// access writes the access lines: log without the caller annotation,
+	// which would name the same line of logged on every one of them (and
+	// costs two allocations a request).
+	access *zap.Logger
 
 	// ctx bounds the shared work that outlives any one request (downloads,
 	// resolutions); Close cancels it.
@@ -199,7 +203,7 @@ func New(store Store, ups []Upstream, opt Options, log *zap.Logger) (*Proxy, err
 	warned, _ := lru.New[string, time.Time](4096)
 	noRoom, _ := lru.New[v1.Hash, struct{}](1024)
 	fellBack, _ := lru.New[string, string](4096)
-	p := &Proxy{blobs: store, manifests: store, tags: store, op: store, ups: byName, names: names, opt: opt, log: log, ctx: ctx, cancel: cancel,
+	p := &Proxy{blobs: store, manifests: store, tags: store, op: store, ups: byName, names: names, opt: opt, log: log, access: log.WithOptions(zap.WithCaller(false)), ctx: ctx, cancel: cancel,
 		flights: make(map[v1.Hash]*flight), staleWarned: warned, noRoom: noRoom, fellBack: fellBack,
 		pulls: newPullLog(), started: opt.Now()}
 	if opt.MaxDownloads > 0 {

@@ -239,6 +239,29 @@ func TestAccessLogHasOneLinePerRequest(t *testing.T) {
 	}
 }
 
+// Access lines carry no caller: it would name the same line of the access
+// middleware on every one of them. The proxy's other lines keep theirs.
+func TestAccessLinesHaveNoCallerOtherLinesDo(t *testing.T) {
+	e := newEnv(t, withCallers())
+	body, h := regtest.RandomBlob(t, 4096)
+	e.pushBlob("library/app", body)
+	if resp, b := e.do(http.MethodGet, "/v2/app/blobs/"+h.String(), nil); resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET blob: status = %d, want 200; body %s", resp.StatusCode, b)
+	}
+	e.waitFor("download done", func(rec map[string]any) bool { return rec["msg"] == "download done" })
+	access := e.logs.FilterMessage("request").AllUntimed()
+	if len(access) != 1 {
+		t.Fatalf("access lines = %d, want 1", len(access))
+	}
+	if c := access[0].Caller; c.Defined {
+		t.Errorf("access line has caller %s, want none", c.TrimmedPath())
+	}
+	done := e.logs.FilterMessage("download done").AllUntimed()
+	if len(done) != 1 || !done[0].Caller.Defined || !strings.HasPrefix(done[0].Caller.TrimmedPath(), "proxy/download.go:") {
+		t.Errorf("download done lines = %+v, want one with its caller in proxy/download.go", done)
+	}
+}
+
 func TestTokenServerOnAnotherPrivateAddressIsABadGatewayNotA500(t *testing.T) {
 	// go-containerregistry refuses a token realm on a private address other
 	// than the registry's own; the client must learn why, not get a 500.
