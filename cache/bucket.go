@@ -99,6 +99,34 @@ func (s *Store) OpenBlob(ctx context.Context, h v1.Hash) (io.ReadSeekCloser, err
 	return &fillingReader{ObjectReader: r, s: s, h: h, size: info.Size, v: NewVerifier(h, info.Size)}, nil
 }
 
+// StatBlob returns the size of stored content, for a HEAD: the local file's,
+// else the bucket's object's from one HEAD, with no read of the content and
+// no fill of the local copy. ErrNotFound where OpenBlob would miss, so a
+// HEAD and a GET agree: the bucket down, content the bucket no longer has
+// (its record is forgotten, as OpenBlob does), or not stored at all.
+func (s *Store) StatBlob(ctx context.Context, h v1.Hash) (int64, error) {
+	if err := checkHash(h); err != nil {
+		return 0, err
+	}
+	st, err := os.Stat(s.path(h))
+	if err == nil {
+		s.Touch(h)
+		return st.Size(), nil
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return 0, fmt.Errorf("stat blob %s: %w", h, err)
+	}
+	if s.opt.Bucket == nil {
+		return 0, ErrNotFound
+	}
+	var size int64
+	err = s.fromBucket(ctx, h, "stat", func() (err error) {
+		size, err = s.opt.Bucket.Stat(ctx, h)
+		return err
+	})
+	return size, err
+}
+
 // Stored reports whether h is in the store now, asking the bucket with a
 // HEAD when neither the local copy nor the index knows it (content another
 // replica stored): a check, with no read of the content and no fill of the
@@ -215,20 +243,33 @@ func (r *fillingReader) drop() {
 	}
 }
 
-// openBucket opens h in the bucket after a local miss. Once the index is
+// openBucket opens h in the bucket after a local miss (see fromBucket).
+func (s *Store) openBucket(ctx context.Context, h v1.Hash) (ObjectReader, Info, error) {
+	var r ObjectReader
+	var info Info
+	err := s.fromBucket(ctx, h, "open", func() (err error) {
+		r, info, err = s.opt.Bucket.Open(ctx, h)
+		return err
+	})
+	return r, info, err
+}
+
+// fromBucket runs ask, a request to the bucket for h after a local miss,
+// and says ErrNotFound for any answer but content. Once the index is
 // complete, content it does not know is not asked for: a cold blob costs
 // no request to learn it is cold; unless the bucket is Shared with other
-// replicas, which store content this index has never seen. A record of content the bucket no longer
-// has (removed behind the store's back) is forgotten.
-func (s *Store) openBucket(ctx context.Context, h v1.Hash) (ObjectReader, Info, error) {
+// replicas, which store content this index has never seen. A record of
+// content the bucket no longer has (removed behind the store's back) is
+// forgotten. what names the request in the log.
+func (s *Store) fromBucket(ctx context.Context, h v1.Hash, what string, ask func() error) error {
 	if s.bucketDown() {
-		return nil, Info{}, ErrNotFound
+		return ErrNotFound
 	}
 	_, recErr := s.info(h)
 	if recErr != nil && isClosed(s.counted) && !s.opt.Shared {
-		return nil, Info{}, ErrNotFound
+		return ErrNotFound
 	}
-	r, info, err := s.opt.Bucket.Open(ctx, h)
+	err := ask()
 	if s.noted(err) != nil {
 		if errors.Is(err, ErrNotFound) {
 			if recErr == nil && !s.up.has(h.String()) {
@@ -237,16 +278,16 @@ func (s *Store) openBucket(ctx context.Context, h v1.Hash) (ObjectReader, Info, 
 					s.log.Warn("forget content missing from the bucket", zap.Stringer("digest", h), zap.Error(err))
 				}
 			}
-			return nil, Info{}, ErrNotFound
+			return ErrNotFound
 		}
 		if !unusable(err) && ctx.Err() == nil {
-			s.log.Warn("open in the bucket; served as a miss", zap.Stringer("digest", h), zap.Error(err))
+			s.log.Warn(what+" in the bucket; served as a miss", zap.Stringer("digest", h), zap.Error(err))
 		}
 		// A miss, streamed through from upstream: better than an error.
-		return nil, Info{}, ErrNotFound
+		return ErrNotFound
 	}
 	s.Touch(h)
-	return r, info, nil
+	return nil
 }
 
 // manifestFromBucket reads a manifest the local copy does not have, checks

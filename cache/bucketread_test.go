@@ -3,61 +3,34 @@ package cache
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
-	"net/http"
 	"slices"
-	"strings"
-	"sync"
 	"testing"
 
 	"github.com/minio/minio-go/v7"
+	"github.com/regmirror/regmirror/test/regtest"
 	"go.uber.org/zap/zaptest"
 )
-
-// countingTransport counts the requests for content objects (keys under
-// blobs/) that go to the bucket, by method and Range header.
-type countingTransport struct {
-	next http.RoundTripper
-	mu   sync.Mutex
-	seen []string
-}
-
-func (c *countingTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	if strings.Contains(req.URL.Path, "/blobs/") {
-		c.mu.Lock()
-		c.seen = append(c.seen, strings.TrimSpace(req.Method+" "+req.Header.Get("Range")))
-		c.mu.Unlock()
-	}
-	return c.next.RoundTrip(req)
-}
-
-// take returns the requests seen since the last take.
-func (c *countingTransport) take() []string {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	seen := c.seen
-	c.seen = nil
-	return seen
-}
 
 // warmInBucket stores a blob of n bytes through one store, and opens
 // another on an empty data dir of the same bucket (so the blob is in the
 // bucket only), whose requests for content are counted.
-func warmInBucket(t *testing.T, n int, opt Options) (*Store, *countingTransport, []byte, func() bool) {
+func warmInBucket(t *testing.T, n int, opt Options) (*Store, *regtest.ContentRequests, []byte, func() bool) {
 	t.Helper()
 	e := newBucketEnv(t)
 	a := e.open(t.TempDir(), Options{}, true)
 	body, h := randomContent(t, n)
 	commit(t, a, body, h)
 	e.uploaded(a, h, "blob not uploaded")
-	ct := &countingTransport{next: testTransport(t)}
+	ct := &regtest.ContentRequests{Next: testTransport(t)}
 	o, err := NewS3Objects(S3Config{Endpoint: e.srv.Endpoint, Region: s3Region, Bucket: e.bucket, Prefix: "mirror", Transport: ct}, zaptest.NewLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
 	opt.Bucket = o
 	b := e.open(t.TempDir(), opt, false)
-	ct.take()
+	ct.Take()
 	return b, ct, body, func() bool { return b.hasLocal(h) }
 }
 
@@ -71,13 +44,13 @@ func TestBucketWarmReadIsOneGet(t *testing.T) {
 		t.Fatalf("read %d bytes, local %v; want %d from the bucket", len(got), fromLocal, len(body))
 	}
 	waitFor(t, "the local copy filled", local)
-	if seen := ct.take(); !slices.Equal(seen, []string{"GET"}) {
+	if seen := ct.Take(); !slices.Equal(seen, []string{"GET"}) {
 		t.Fatalf("requests for the blob: %q; want one GET", seen)
 	}
 	if got, fromLocal := readBlob(t, s, h); !bytes.Equal(got, body) || !fromLocal {
 		t.Fatalf("second read: %d bytes, local %v; want the local copy", len(got), fromLocal)
 	}
-	if seen := ct.take(); len(seen) != 0 {
+	if seen := ct.Take(); len(seen) != 0 {
 		t.Fatalf("requests for a blob in the local copy: %q", seen)
 	}
 }
@@ -102,7 +75,7 @@ func TestBucketRangeReadThenFill(t *testing.T) {
 	r.Close()
 	waitFor(t, "the local copy filled in the background", local)
 	want := []string{"GET", "GET bytes=1000-", "GET"}
-	if seen := ct.take(); !slices.Equal(seen, want) {
+	if seen := ct.Take(); !slices.Equal(seen, want) {
 		t.Fatalf("requests: %q; want %q", seen, want)
 	}
 	if got, fromLocal := readBlob(t, s, h); !bytes.Equal(got, body) || !fromLocal {
@@ -121,7 +94,7 @@ func TestBucketReadTooLargeForTheLocalCopyIsNotFilled(t *testing.T) {
 		}
 	}
 	waitFor(t, "no fill running", func() bool { return !fillRunning(s) })
-	if seen := ct.take(); !slices.Equal(seen, []string{"GET", "GET"}) || local() {
+	if seen := ct.Take(); !slices.Equal(seen, []string{"GET", "GET"}) || local() {
 		t.Fatalf("requests for two reads: %q (local copy %v); want a GET each, no fill", seen, local())
 	}
 }
@@ -158,12 +131,65 @@ func fillRunning(s *Store) bool {
 	return len(s.filling) > 0
 }
 
+// StatBlob, a HEAD's look, learns the size of a blob in the bucket only
+// with one HEAD: no GET of the content and no fill of the local copy; of a
+// blob in the local copy, with no request.
+func TestBucketStatIsOneHead(t *testing.T) {
+	s, ct, body, local := warmInBucket(t, 300_000, Options{})
+	_, h := contentOfBytes(body)
+	if size, err := s.StatBlob(t.Context(), h); err != nil || size != int64(len(body)) {
+		t.Fatalf("StatBlob: %d, %v; want %d", size, err, len(body))
+	}
+	if fillRunning(s) || local() {
+		t.Fatal("StatBlob started a fill of the local copy")
+	}
+	if seen := ct.Take(); !slices.Equal(seen, []string{"HEAD"}) {
+		t.Fatalf("requests for the blob: %q; want one HEAD", seen)
+	}
+	readBlob(t, s, h)
+	waitFor(t, "the local copy filled", local)
+	ct.Take()
+	if size, err := s.StatBlob(t.Context(), h); err != nil || size != int64(len(body)) {
+		t.Fatalf("StatBlob of the local copy: %d, %v", size, err)
+	}
+	if seen := ct.Take(); len(seen) != 0 {
+		t.Fatalf("requests for a blob in the local copy: %q", seen)
+	}
+}
+
+// Content removed from the bucket behind the index's back: StatBlob misses
+// as OpenBlob does, for one HEAD, and forgets the record, so that neither
+// asks the bucket again.
+func TestBucketStatOfContentGoneFromTheBucket(t *testing.T) {
+	s, ct, body, _ := warmInBucket(t, 300_000, Options{})
+	_, h := contentOfBytes(body)
+	if err := s.opt.Bucket.Delete(t.Context(), h); err != nil {
+		t.Fatal(err)
+	}
+	ct.Take()
+	if _, err := s.StatBlob(t.Context(), h); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("StatBlob of content gone from the bucket: %v, want ErrNotFound", err)
+	}
+	if seen := ct.Take(); !slices.Equal(seen, []string{"HEAD"}) {
+		t.Fatalf("requests: %q; want one HEAD", seen)
+	}
+	if s.Has(h) {
+		t.Fatal("the record of content gone from the bucket is kept")
+	}
+	if _, err := s.OpenBlob(t.Context(), h); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("OpenBlob after StatBlob missed: %v", err)
+	}
+	if seen := ct.Take(); len(seen) != 0 {
+		t.Fatalf("requests for forgotten content: %q", seen)
+	}
+}
+
 // Stored learns that another replica stored a blob with one HEAD, and
 // neither reads the blob nor fills the local copy: it only decides where a
 // download's bytes come from.
 func TestBucketStoredIsOneHead(t *testing.T) {
 	e := newBucketEnv(t)
-	ct := &countingTransport{next: testTransport(t)}
+	ct := &regtest.ContentRequests{Next: testTransport(t)}
 	o, err := NewS3Objects(S3Config{Endpoint: e.srv.Endpoint, Region: s3Region, Bucket: e.bucket, Prefix: "mirror", Transport: ct}, zaptest.NewLogger(t))
 	if err != nil {
 		t.Fatal(err)
@@ -174,7 +200,7 @@ func TestBucketStoredIsOneHead(t *testing.T) {
 	}
 	a := e.open(t.TempDir(), Options{Shared: true}, true)
 	body, h := randomContent(t, 300_000)
-	ct.take()
+	ct.Take()
 	if b.Stored(context.Background(), h) {
 		t.Fatal("Stored before any replica stored the blob")
 	}
@@ -183,7 +209,7 @@ func TestBucketStoredIsOneHead(t *testing.T) {
 	if !b.Stored(context.Background(), h) {
 		t.Fatal("Stored: false for a blob another replica stored")
 	}
-	if seen := ct.take(); !slices.Equal(seen, []string{"HEAD", "HEAD"}) {
+	if seen := ct.Take(); !slices.Equal(seen, []string{"HEAD", "HEAD"}) {
 		t.Fatalf("requests for the blob: %q; want a HEAD per check, no GET", seen)
 	}
 	if b.hasLocal(h) {

@@ -19,6 +19,10 @@ type Blobs interface {
 	// bucket's object, whose reads after a seek are ranged GETs bounded by
 	// ctx. cache.ErrNotFound when it is not there.
 	OpenBlob(ctx context.Context, h v1.Hash) (io.ReadSeekCloser, error)
+	// StatBlob is the size of a stored blob, for a HEAD: no read of its
+	// content (with a bucket, one HEAD of the object). cache.ErrNotFound
+	// when OpenBlob would say so.
+	StatBlob(ctx context.Context, h v1.Hash) (int64, error)
 	Has(h v1.Hash) bool
 	// Stored is Has that also asks the bucket (a HEAD, no read of the
 	// content): for content another replica stored.
@@ -36,6 +40,18 @@ type Blobs interface {
 func (p *Proxy) serveBlob(w *response, r *http.Request, rt route) error {
 	up := p.ups[rt.registry]
 	defer p.blobs.Hold(rt.digest)() // eviction leaves a blob alone while it is served
+	if r.Method == http.MethodHead {
+		size, err := p.blobs.StatBlob(r.Context(), rt.digest)
+		if err == nil {
+			w.setCache(cacheHit)
+			writeBlobHead(w, r, rt.digest, size)
+			return nil
+		}
+		if !errors.Is(err, cache.ErrNotFound) {
+			return err
+		}
+		return p.headBlob(w, r, up, rt)
+	}
 	// A flight can finish between our miss and our join; then the blob is in
 	// the store and we look again. Twice is plenty; more means it vanished.
 	for range 3 {
@@ -48,9 +64,6 @@ func (p *Proxy) serveBlob(w *response, r *http.Request, rt route) error {
 		}
 		if !errors.Is(err, cache.ErrNotFound) {
 			return err
-		}
-		if r.Method == http.MethodHead {
-			return p.headBlob(w, r, up, rt)
 		}
 		fl, leader := p.join(up, rt)
 		if fl == nil {

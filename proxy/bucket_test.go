@@ -3,13 +3,16 @@ package proxy_test
 import (
 	"bytes"
 	"encoding/json"
+	"maps"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/minio/minio-go/v7"
 	"github.com/regmirror/regmirror/cache"
 	"github.com/regmirror/regmirror/test/regtest"
 	"go.uber.org/zap"
@@ -19,12 +22,18 @@ import (
 // credentials from the environment as in production.
 func bucketOf(t *testing.T, srv *regtest.S3Server, bucket string) cache.Objects {
 	t.Helper()
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	t.Cleanup(tr.CloseIdleConnections)
+	return bucketVia(t, srv, bucket, tr)
+}
+
+// bucketVia is bucketOf whose requests go through tr.
+func bucketVia(t *testing.T, srv *regtest.S3Server, bucket string, tr http.RoundTripper) cache.Objects {
+	t.Helper()
 	for _, kv := range srv.Env() {
 		k, v, _ := strings.Cut(kv, "=")
 		t.Setenv(k, v)
 	}
-	tr := http.DefaultTransport.(*http.Transport).Clone()
-	t.Cleanup(tr.CloseIdleConnections)
 	o, err := cache.NewS3Objects(cache.S3Config{Endpoint: srv.Endpoint, Bucket: bucket, Region: regtest.S3Region, Transport: tr}, zap.NewNop())
 	if err != nil {
 		t.Fatal(err)
@@ -115,6 +124,75 @@ func TestBucketRangeAndConditionalFromTheBucket(t *testing.T) {
 	}
 	if u := b.store.Usage(); u.LocalObjects != 0 {
 		t.Fatalf("the local copy was filled: %+v", u)
+	}
+}
+
+// A HEAD of a blob in the bucket only costs one HEAD of its object: no GET,
+// no fill of the local copy, and the answer a HEAD of the local copy gets,
+// Range and conditional HEADs included. Once the object left the bucket
+// behind the index's back, a HEAD answers as a GET does.
+func TestBucketHeadIsOneHead(t *testing.T) {
+	srv := regtest.Versity(t)
+	name := srv.Bucket(t, "head")
+	a := newEnv(t, withBucket(bucketOf(t, srv, name), 0))
+	body, h := regtest.RandomBlob(t, 100_000)
+	a.pushBlob("app", body)
+	path := "/v2/app/blobs/" + h.String()
+	if _, got := a.do(http.MethodGet, path, nil); !bytes.Equal(got, body) {
+		t.Fatal("first pull: wrong bytes")
+	}
+	a.waitUploaded()
+	asked := []http.Header{nil, {"Range": {"bytes=1000-1999"}}, {"Range": {"bytes=-10"}}, {"If-None-Match": {`"` + h.String() + `"`}}}
+	var local []*http.Response
+	for _, hdr := range asked {
+		resp, _ := a.do(http.MethodHead, path, hdr)
+		local = append(local, resp)
+	}
+	a.stop()
+
+	seen := &regtest.ContentRequests{Next: http.DefaultTransport.(*http.Transport).Clone()}
+	b := newEnv(t, withBucket(bucketVia(t, srv, name, seen), 0))
+	if err := b.store.AwaitCounts(t.Context()); err != nil { // the index rebuilt: it knows the blob
+		t.Fatal(err)
+	}
+	seen.Take()
+	for i, hdr := range asked {
+		resp, _ := b.do(http.MethodHead, path, hdr)
+		resp.Header.Del("Date")
+		local[i].Header.Del("Date")
+		if resp.StatusCode != local[i].StatusCode || !maps.EqualFunc(resp.Header, local[i].Header, slices.Equal) {
+			t.Fatalf("HEAD %v from the bucket: %d %v; from the local copy: %d %v", hdr, resp.StatusCode, resp.Header, local[i].StatusCode, local[i].Header)
+		}
+		if got := seen.Take(); !slices.Equal(got, []string{"HEAD"}) {
+			t.Fatalf("HEAD %v: requests for the blob %q; want one HEAD", hdr, got)
+		}
+	}
+	b.settle()
+	if u := b.store.Usage(); u.LocalObjects != 0 || b.counts.Total() != 0 {
+		t.Fatalf("HEADs filled the local copy (%+v) or asked upstream (%d)", u, b.counts.Total())
+	}
+
+	if err := srv.Admin.RemoveObject(t.Context(), name, "blobs/sha256/"+h.Hex, minio.RemoveObjectOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if resp, _ := b.do(http.MethodHead, path, nil); resp.StatusCode != http.StatusNotFound {
+		t.Fatalf("HEAD of a blob gone from the bucket and unknown upstream: %d, want 404", resp.StatusCode)
+	}
+	if got := seen.Take(); !slices.Equal(got, []string{"HEAD"}) {
+		t.Fatalf("HEAD of a blob gone from the bucket: requests %q; want one HEAD", got)
+	}
+	if resp, got := b.do(http.MethodGet, path, nil); resp.StatusCode != http.StatusNotFound || !bytes.Contains(got, []byte("BLOB_UNKNOWN")) {
+		t.Fatalf("GET after the HEAD: %d %s, want 404 BLOB_UNKNOWN", resp.StatusCode, got)
+	}
+	if got := seen.Take(); len(got) != 0 {
+		t.Fatalf("the HEAD did not forget the blob gone from the bucket: the GET asked %q", got)
+	}
+	b.pushBlob("app", body)
+	if resp, _ := b.do(http.MethodHead, path, nil); resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Length") != "100000" {
+		t.Fatalf("HEAD of a blob gone from the bucket, upstream has it: %d %v", resp.StatusCode, resp.Header)
+	}
+	if resp, got := b.do(http.MethodGet, path, nil); resp.StatusCode != http.StatusOK || !bytes.Equal(got, body) {
+		t.Fatalf("GET of a blob gone from the bucket, upstream has it: %d, %d bytes", resp.StatusCode, len(got))
 	}
 }
 

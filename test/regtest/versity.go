@@ -214,3 +214,30 @@ func (s *S3Server) ContentKeys(t testing.TB, bucket string) map[string]int64 {
 	}
 	return out
 }
+
+// ContentRequests is a transport in front of an S3 client's that notes each
+// request for content (keys under blobs/) as its method and Range header,
+// for the tests of what a read costs.
+type ContentRequests struct {
+	Next http.RoundTripper
+	mu   sync.Mutex
+	seen []string
+}
+
+func (c *ContentRequests) RoundTrip(req *http.Request) (*http.Response, error) {
+	if strings.Contains(req.URL.Path, "/blobs/") {
+		c.mu.Lock()
+		c.seen = append(c.seen, strings.TrimSpace(req.Method+" "+req.Header.Get("Range")))
+		c.mu.Unlock()
+	}
+	return c.Next.RoundTrip(req)
+}
+
+// Take returns the requests seen since the last Take.
+func (c *ContentRequests) Take() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	seen := c.seen
+	c.seen = nil
+	return seen
+}
