@@ -72,10 +72,11 @@ func (s *Store) bucketDown() bool {
 
 // OpenBlob returns stored content for serving: the local file when there is
 // one (an *os.File, so sendfile carries it), else, in bucket mode, the
-// bucket's object, each read after a seek a ranged GET bounded by ctx, while
-// the local copy is filled in the background. ErrNotFound when the content
-// is in neither, or the bucket is down.
-func (s *Store) OpenBlob(ctx context.Context, h v1.Hash) (io.ReadSeekCloser, error) {
+// bucket's object, its first GET starting at from and each read after a seek
+// elsewhere a ranged GET bounded by ctx, while the local copy is filled in
+// the background. ErrNotFound when the content is in neither, or the bucket
+// is down.
+func (s *Store) OpenBlob(ctx context.Context, h v1.Hash, from From) (io.ReadSeekCloser, error) {
 	f, err := s.OpenFile(h)
 	if err == nil {
 		return f, nil
@@ -83,7 +84,7 @@ func (s *Store) OpenBlob(ctx context.Context, h v1.Hash) (io.ReadSeekCloser, err
 	if !errors.Is(err, ErrNotFound) || s.opt.Bucket == nil {
 		return nil, err
 	}
-	r, info, err := s.openBucket(ctx, h)
+	r, info, err := s.openBucket(ctx, h, from)
 	if err != nil {
 		return nil, err
 	}
@@ -244,11 +245,11 @@ func (r *fillingReader) drop() {
 }
 
 // openBucket opens h in the bucket after a local miss (see fromBucket).
-func (s *Store) openBucket(ctx context.Context, h v1.Hash) (ObjectReader, Info, error) {
+func (s *Store) openBucket(ctx context.Context, h v1.Hash, from From) (ObjectReader, Info, error) {
 	var r ObjectReader
 	var info Info
 	err := s.fromBucket(ctx, h, "open", func() (err error) {
-		r, info, err = s.opt.Bucket.Open(ctx, h)
+		r, info, err = s.opt.Bucket.Open(ctx, h, from)
 		return err
 	})
 	return r, info, err
@@ -294,7 +295,7 @@ func (s *Store) fromBucket(ctx context.Context, h v1.Hash, what string, ask func
 // it against its digest, and keeps it in memory, in the local copy and, with
 // what it refers to, in the index.
 func (s *Store) manifestFromBucket(ctx context.Context, h v1.Hash, max int64) ([]byte, Info, error) {
-	r, info, err := s.openBucket(ctx, h)
+	r, info, err := s.openBucket(ctx, h, From{})
 	if err != nil {
 		return nil, Info{}, err
 	}
@@ -385,7 +386,7 @@ func (s *Store) fill(ctx context.Context, h v1.Hash) error {
 	if s.hasLocal(h) {
 		return nil
 	}
-	r, info, err := s.openBucket(ctx, h)
+	r, info, err := s.openBucket(ctx, h, From{})
 	if err != nil {
 		return err
 	}

@@ -207,7 +207,7 @@ func contentOfBytes(b []byte) ([]byte, v1.Hash) {
 // readBlob reads h through OpenBlob, and says whether it came from the local copy.
 func readBlob(t *testing.T, s *Store, h v1.Hash) (body []byte, local bool) {
 	t.Helper()
-	r, err := s.OpenBlob(t.Context(), h)
+	r, err := s.OpenBlob(t.Context(), h, From{})
 	if err != nil {
 		t.Fatalf("open blob %s: %v", h, err)
 	}
@@ -444,7 +444,7 @@ func TestBucketDownAndBack(t *testing.T) {
 	if got, local := readBlob(t, s, h); !local || !bytes.Equal(got, body) {
 		t.Fatal("the local copy is not served while the bucket is down")
 	}
-	if _, err := s.OpenBlob(t.Context(), rh); !errors.Is(err, ErrNotFound) {
+	if _, err := s.OpenBlob(t.Context(), rh, From{}); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("content only in a bucket that is down: %v, want ErrNotFound (a miss, streamed)", err)
 	}
 	if s.Has(rh) {
@@ -598,7 +598,7 @@ func TestBucketContentGoneFromTheBucketIsForgotten(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if _, err := s.OpenBlob(t.Context(), hs[0]); !errors.Is(err, ErrNotFound) {
+	if _, err := s.OpenBlob(t.Context(), hs[0], From{}); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("open of content gone from the bucket: %v", err)
 	}
 	if s.Has(hs[0]) || s.Usage().Objects != 1 {

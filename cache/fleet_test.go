@@ -49,7 +49,7 @@ func pull(t *testing.T, s *Store, img bucketImage) {
 		t.Fatalf("pull manifest %s: %v", img.manifest, err)
 	}
 	for _, h := range img.layers {
-		r, err := s.OpenBlob(t.Context(), h)
+		r, err := s.OpenBlob(t.Context(), h, From{})
 		if err != nil {
 			t.Fatalf("pull layer %s: %v", h, err)
 		}

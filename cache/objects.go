@@ -24,8 +24,9 @@ type Objects interface {
 	Put(ctx context.Context, h v1.Hash, content io.ReaderAt, size int64, mediaType string) error
 	// Open returns the content of h for reading, seekable (so Range requests
 	// can be served with http.ServeContent), with its size and the media type
-	// it was put with. ErrNotFound when h is not stored.
-	Open(ctx context.Context, h v1.Hash) (ObjectReader, Info, error)
+	// it was put with. from is where the first read will likely start.
+	// ErrNotFound when h is not stored.
+	Open(ctx context.Context, h v1.Hash, from From) (ObjectReader, Info, error)
 	// Stat returns the size of h's content, ErrNotFound when h is not stored.
 	Stat(ctx context.Context, h v1.Hash) (int64, error)
 	// Delete removes h's content; content not stored is no error.
@@ -49,6 +50,17 @@ type Objects interface {
 	// that were started longer than age ago: those of a process that died
 	// mid-upload. It returns how many it aborted.
 	AbortStaleUploads(ctx context.Context, age time.Duration) (int, error)
+}
+
+// From is where the first read of opened content will start, so that an
+// object store's first request starts there: Offset bytes into the content,
+// or, with Suffix, Offset bytes before its end (a Range request's bytes=-n,
+// whose start the caller cannot know before the size). The zero value is
+// the start. It is a guess: reads anywhere are served, a wrong guess costs
+// one more request.
+type From struct {
+	Offset int64
+	Suffix bool
 }
 
 // ObjectReader is stored content opened for reading.

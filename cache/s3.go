@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -374,22 +375,58 @@ func (o *S3Objects) abort(ctx context.Context, key, id string) {
 // type, and returns it as a ReadSeeker: reads go on with that GET's body
 // while they follow each other; a read after a seek elsewhere is a ranged
 // GET from there on, so http.ServeContent serves Range requests from the
-// bucket. A whole read costs one request, no HEAD first. The reader lives on
-// ctx until Close.
-func (o *S3Objects) Open(ctx context.Context, h v1.Hash) (ObjectReader, Info, error) {
+// bucket. The GET starts at from, where the first read will (a Range
+// request's), so a whole read and a single range each cost one request, no
+// HEAD first. The reader lives on ctx until Close.
+func (o *S3Objects) Open(ctx context.Context, h v1.Hash, from From) (ObjectReader, Info, error) {
 	if err := checkHash(h); err != nil {
 		return nil, Info{}, err
 	}
 	key := o.key(h)
-	body, st, _, err := o.core.GetObject(ctx, o.bucket, key, minio.GetObjectOptions{})
+	var opts minio.GetObjectOptions
+	switch {
+	case from.Suffix && from.Offset > 0:
+		opts.SetRange(0, -from.Offset) // bytes=-n
+	case !from.Suffix && from.Offset > 0:
+		opts.SetRange(from.Offset, 0) // bytes=n-
+	}
+	body, st, header, err := o.core.GetObject(ctx, o.bucket, key, opts)
 	if err != nil {
+		if from != (From{}) && minio.ToErrorResponse(err).Code == minio.InvalidRange {
+			// A start past the end, which the client's answer (416) needs
+			// the size for: the whole object's answer gives it.
+			return o.Open(ctx, h, From{})
+		}
 		return nil, Info{}, o.classify("open", key, err)
 	}
-	info := Info{Size: st.Size}
+	at, size := int64(0), st.Size
+	if cr := header.Get("Content-Range"); cr != "" {
+		var ok bool
+		if at, size, ok = contentRange(cr); !ok {
+			body.Close()
+			return nil, Info{}, fmt.Errorf("open s3://%s/%s: unreadable Content-Range %q", o.bucket, key, cr)
+		}
+	}
+	info := Info{Size: size}
 	if st.ContentType != "application/octet-stream" {
 		info.MediaType = st.ContentType
 	}
-	return &s3Reader{o: o, ctx: ctx, key: key, size: st.Size, body: body}, info, nil
+	return &s3Reader{o: o, ctx: ctx, key: key, size: size, body: body, at: at}, info, nil
+}
+
+// contentRange reads the first byte position and the whole size from a
+// Content-Range: bytes a-b/n.
+func contentRange(cr string) (start, size int64, ok bool) {
+	rest, ok := strings.CutPrefix(cr, "bytes ")
+	first, rest, ok2 := strings.Cut(rest, "-")
+	last, whole, ok3 := strings.Cut(rest, "/")
+	if !ok || !ok2 || !ok3 {
+		return 0, 0, false
+	}
+	start, err1 := strconv.ParseInt(first, 10, 64)
+	end, err2 := strconv.ParseInt(last, 10, 64)
+	size, err3 := strconv.ParseInt(whole, 10, 64)
+	return start, size, err1 == nil && err2 == nil && err3 == nil && 0 <= start && start <= end && end < size
 }
 
 // s3Reader is an object of the bucket opened by Open.

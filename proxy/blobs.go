@@ -5,6 +5,8 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"strconv"
+	"strings"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/regmirror/regmirror/cache"
@@ -16,9 +18,10 @@ import (
 type Blobs interface {
 	// OpenBlob opens a stored blob for serving: a local file (an *os.File,
 	// which response.ReadFrom hands to sendfile) or, with a bucket, the
-	// bucket's object, whose reads after a seek are ranged GETs bounded by
-	// ctx. cache.ErrNotFound when it is not there.
-	OpenBlob(ctx context.Context, h v1.Hash) (io.ReadSeekCloser, error)
+	// bucket's object, whose first GET starts at from (the request's range)
+	// and whose reads after a seek elsewhere are ranged GETs bounded by ctx.
+	// cache.ErrNotFound when it is not there.
+	OpenBlob(ctx context.Context, h v1.Hash, from cache.From) (io.ReadSeekCloser, error)
 	// StatBlob is the size of a stored blob, for a HEAD: no read of its
 	// content (with a bucket, one HEAD of the object). cache.ErrNotFound
 	// when OpenBlob would say so.
@@ -55,7 +58,7 @@ func (p *Proxy) serveBlob(w *response, r *http.Request, rt route) error {
 	// A flight can finish between our miss and our join; then the blob is in
 	// the store and we look again. Twice is plenty; more means it vanished.
 	for range 3 {
-		f, err := p.blobs.OpenBlob(r.Context(), rt.digest)
+		f, err := p.blobs.OpenBlob(r.Context(), rt.digest, firstRead(r.Header))
 		if err == nil {
 			defer f.Close()
 			w.setCache(cacheHit)
@@ -104,7 +107,7 @@ func (p *Proxy) follow(w *response, r *http.Request, fl *flight, rt route) error
 			}
 			return err
 		}
-		f, err := p.blobs.OpenBlob(r.Context(), fl.digest)
+		f, err := p.blobs.OpenBlob(r.Context(), fl.digest, firstRead(r.Header))
 		if err != nil {
 			return err
 		}
@@ -183,6 +186,35 @@ func (s sizeOnly) Seek(offset int64, whence int) (int64, error) {
 		return s.size + offset, nil
 	}
 	return 0, errNoContent // ServeContent seeks only from the start or the end
+}
+
+// firstRead is where http.ServeContent will first read a blob for a request
+// with these headers: the start of its first range, or the blob's start. A
+// guess (an If-Range that does not match, overlapping ranges, a range past
+// the end are served from elsewhere), for the bucket's first GET to start
+// there.
+func firstRead(h http.Header) cache.From {
+	specs, ok := strings.CutPrefix(h.Get("Range"), "bytes=")
+	if !ok {
+		return cache.From{}
+	}
+	spec, _, _ := strings.Cut(specs, ",")
+	first, last, ok := strings.Cut(strings.Trim(spec, " \t"), "-")
+	if !ok {
+		return cache.From{}
+	}
+	if first = strings.Trim(first, " \t"); first == "" {
+		n, err := strconv.ParseInt(strings.Trim(last, " \t"), 10, 64)
+		if err != nil || n <= 0 {
+			return cache.From{}
+		}
+		return cache.From{Offset: n, Suffix: true}
+	}
+	n, err := strconv.ParseInt(first, 10, 64)
+	if err != nil || n < 0 {
+		return cache.From{}
+	}
+	return cache.From{Offset: n}
 }
 
 func setBlobHeaders(h http.Header, d v1.Hash) {

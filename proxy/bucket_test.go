@@ -84,11 +84,12 @@ func TestBucketFreshHostServesWithTheUpstreamDown(t *testing.T) {
 }
 
 // A blob only in the bucket is served with Range, multi-range and
-// conditional requests exactly as a file.
+// conditional requests exactly as a file, a single range and a whole blob
+// for one GET of the bucket each.
 func TestBucketRangeAndConditionalFromTheBucket(t *testing.T) {
 	srv := regtest.Versity(t)
-	bucket := bucketOf(t, srv, srv.Bucket(t, "ranges"))
-	a := newEnv(t, withBucket(bucket, 0))
+	name := srv.Bucket(t, "ranges")
+	a := newEnv(t, withBucket(bucketOf(t, srv, name), 0))
 	body, h := regtest.RandomBlob(t, 100_000)
 	a.pushBlob("app", body)
 	if _, got := a.do(http.MethodGet, "/v2/app/blobs/"+h.String(), nil); !bytes.Equal(got, body) {
@@ -98,30 +99,51 @@ func TestBucketRangeAndConditionalFromTheBucket(t *testing.T) {
 	a.stop()
 
 	// A local copy with no room: every request is served from the bucket.
-	b := newEnv(t, withBucket(bucket, 1))
+	seen := &regtest.ContentRequests{Next: http.DefaultTransport.(*http.Transport).Clone()}
+	b := newEnv(t, withBucket(bucketVia(t, srv, name, seen), 1))
 	b.upstream.Close()
 	path := "/v2/app/blobs/" + h.String()
+	asked := func(what string, want ...string) {
+		t.Helper()
+		if got := seen.Take(); !slices.Equal(got, want) {
+			t.Fatalf("%s: requests for the blob %q, want %q", what, got, want)
+		}
+	}
+	if err := b.store.AwaitCounts(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	seen.Take()
 	resp, got := b.do(http.MethodGet, path, http.Header{"Range": {"bytes=1000-1999"}})
 	if resp.StatusCode != http.StatusPartialContent || !bytes.Equal(got, body[1000:2000]) || resp.Header.Get("Content-Range") != "bytes 1000-1999/100000" {
 		t.Fatalf("Range: %d %q, %d bytes", resp.StatusCode, resp.Header.Get("Content-Range"), len(got))
 	}
+	asked("Range", "GET bytes=1000-")
+	resp, got = b.do(http.MethodGet, path, http.Header{"Range": {"bytes=-10"}})
+	if resp.StatusCode != http.StatusPartialContent || !bytes.Equal(got, body[len(body)-10:]) {
+		t.Fatalf("suffix Range: %d, %d bytes", resp.StatusCode, len(got))
+	}
+	asked("suffix Range", "GET bytes=-10")
 	resp, got = b.do(http.MethodGet, path, http.Header{"Range": {"bytes=0-9,50000-50009"}})
 	if resp.StatusCode != http.StatusPartialContent || !strings.HasPrefix(resp.Header.Get("Content-Type"), "multipart/byteranges") ||
 		!bytes.Contains(got, body[:10]) || !bytes.Contains(got, body[50000:50010]) {
 		t.Fatalf("multi-range: %d %q", resp.StatusCode, resp.Header.Get("Content-Type"))
 	}
+	asked("multi-range", "GET", "GET bytes=50000-")
 	etag := `"` + h.String() + `"`
 	if resp, _ := b.do(http.MethodGet, path, http.Header{"If-None-Match": {etag}}); resp.StatusCode != http.StatusNotModified {
 		t.Fatalf("If-None-Match: %d, want 304", resp.StatusCode)
 	}
+	seen.Take()
 	resp, got = b.do(http.MethodGet, path, http.Header{"Range": {"bytes=200000-"}})
 	if resp.StatusCode != http.StatusRequestedRangeNotSatisfiable || !strings.Contains(string(got), "RANGE_INVALID") {
 		t.Fatalf("range past the end: %d %s", resp.StatusCode, got)
 	}
+	seen.Take()
 	resp, got = b.do(http.MethodGet, path, nil)
 	if resp.StatusCode != http.StatusOK || !bytes.Equal(got, body) {
 		t.Fatalf("whole: %d, %d bytes", resp.StatusCode, len(got))
 	}
+	asked("whole", "GET")
 	if u := b.store.Usage(); u.LocalObjects != 0 {
 		t.Fatalf("the local copy was filled: %+v", u)
 	}

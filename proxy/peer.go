@@ -56,7 +56,7 @@ func (p *Proxy) servePeer(w *response, r *http.Request) error {
 	// committed: look again, as serveBlob does, rather than answer 404 to a
 	// follower, which would take the lease over and download a second time.
 	for range 2 {
-		f, err := p.blobs.OpenBlob(r.Context(), h)
+		f, err := p.blobs.OpenBlob(r.Context(), h, firstRead(r.Header))
 		if err == nil {
 			defer f.Close()
 			serveContent(w, h, f)

@@ -1,0 +1,46 @@
+package proxy
+
+import (
+	"bytes"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+	"time"
+)
+
+// firstReader notes where the first read of content starts.
+type firstReader struct {
+	*bytes.Reader
+	first int64 // -1 until a read
+}
+
+func (r *firstReader) Read(p []byte) (int, error) {
+	if r.first < 0 {
+		r.first, _ = r.Seek(0, io.SeekCurrent)
+	}
+	return r.Reader.Read(p)
+}
+
+// firstRead guesses where http.ServeContent first reads a blob: right for
+// every single range and the first of several, as ServeContent itself says.
+func TestFirstReadIsServeContents(t *testing.T) {
+	const size = 1000
+	for _, rh := range []string{"", "bytes=10-19", "bytes=990-", "bytes=0-", "bytes=-10", "bytes=-2000",
+		"bytes= 5 - 9", "bytes=300-309,20-29", "bytes=-5,0-1", "bytes=999-999"} {
+		r := &firstReader{Reader: bytes.NewReader(make([]byte, size)), first: -1}
+		req := httptest.NewRequest(http.MethodGet, "/blob", nil)
+		req.Header.Set("Range", rh)
+		rec := httptest.NewRecorder()
+		rec.Header().Set("Content-Type", "application/octet-stream")
+		http.ServeContent(rec, req, "", time.Time{}, r)
+		from := firstRead(req.Header)
+		want := from.Offset
+		if from.Suffix {
+			want = max(size-from.Offset, 0)
+		}
+		if r.first != want {
+			t.Errorf("Range %q: ServeContent (%d) read first at %d; firstRead says %+v", rh, rec.Code, r.first, from)
+		}
+	}
+}
