@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/minio/minio-go/v7"
 	"github.com/regmirror/regmirror/cache"
@@ -83,24 +84,47 @@ func TestBucketFreshHostServesWithTheUpstreamDown(t *testing.T) {
 	}
 }
 
+// blobInBucket starts a mirror on a new bucket of srv, which pulls a blob of
+// 100 KB through it and uploads it.
+func blobInBucket(t *testing.T, srv *regtest.S3Server, bucket string) (e *env, name string, body []byte, h v1.Hash) {
+	t.Helper()
+	name = srv.Bucket(t, bucket)
+	e = newEnv(t, withBucket(bucketOf(t, srv, name), 0))
+	body, h = regtest.RandomBlob(t, 100_000)
+	e.pushBlob("app", body)
+	if _, got := e.do(http.MethodGet, "/v2/app/blobs/"+h.String(), nil); !bytes.Equal(got, body) {
+		t.Fatal("first pull: wrong bytes")
+	}
+	e.waitUploaded()
+	return e, name, body, h
+}
+
+// countedOnBucket starts a mirror on an empty data dir and the bucket name
+// (a local copy of localMax bytes), whose requests for content are counted
+// from the moment its index is rebuilt from the bucket's listing.
+func countedOnBucket(t *testing.T, srv *regtest.S3Server, name string, localMax int64) (*env, *regtest.ContentRequests) {
+	t.Helper()
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	t.Cleanup(tr.CloseIdleConnections)
+	seen := &regtest.ContentRequests{Next: tr}
+	e := newEnv(t, withBucket(bucketVia(t, srv, name, seen), localMax))
+	if err := e.store.AwaitCounts(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	seen.Take()
+	return e, seen
+}
+
 // A blob only in the bucket is served with Range, multi-range and
 // conditional requests exactly as a file, a single range and a whole blob
 // for one GET of the bucket each.
 func TestBucketRangeAndConditionalFromTheBucket(t *testing.T) {
 	srv := regtest.Versity(t)
-	name := srv.Bucket(t, "ranges")
-	a := newEnv(t, withBucket(bucketOf(t, srv, name), 0))
-	body, h := regtest.RandomBlob(t, 100_000)
-	a.pushBlob("app", body)
-	if _, got := a.do(http.MethodGet, "/v2/app/blobs/"+h.String(), nil); !bytes.Equal(got, body) {
-		t.Fatal("first pull: wrong bytes")
-	}
-	a.waitUploaded()
+	a, name, body, h := blobInBucket(t, srv, "ranges")
 	a.stop()
 
 	// A local copy with no room: every request is served from the bucket.
-	seen := &regtest.ContentRequests{Next: http.DefaultTransport.(*http.Transport).Clone()}
-	b := newEnv(t, withBucket(bucketVia(t, srv, name, seen), 1))
+	b, seen := countedOnBucket(t, srv, name, 1)
 	b.upstream.Close()
 	path := "/v2/app/blobs/" + h.String()
 	asked := func(what string, want ...string) {
@@ -109,10 +133,6 @@ func TestBucketRangeAndConditionalFromTheBucket(t *testing.T) {
 			t.Fatalf("%s: requests for the blob %q, want %q", what, got, want)
 		}
 	}
-	if err := b.store.AwaitCounts(t.Context()); err != nil {
-		t.Fatal(err)
-	}
-	seen.Take()
 	resp, got := b.do(http.MethodGet, path, http.Header{"Range": {"bytes=1000-1999"}})
 	if resp.StatusCode != http.StatusPartialContent || !bytes.Equal(got, body[1000:2000]) || resp.Header.Get("Content-Range") != "bytes 1000-1999/100000" {
 		t.Fatalf("Range: %d %q, %d bytes", resp.StatusCode, resp.Header.Get("Content-Range"), len(got))
@@ -155,15 +175,8 @@ func TestBucketRangeAndConditionalFromTheBucket(t *testing.T) {
 // behind the index's back, a HEAD answers as a GET does.
 func TestBucketHeadIsOneHead(t *testing.T) {
 	srv := regtest.Versity(t)
-	name := srv.Bucket(t, "head")
-	a := newEnv(t, withBucket(bucketOf(t, srv, name), 0))
-	body, h := regtest.RandomBlob(t, 100_000)
-	a.pushBlob("app", body)
+	a, name, body, h := blobInBucket(t, srv, "head")
 	path := "/v2/app/blobs/" + h.String()
-	if _, got := a.do(http.MethodGet, path, nil); !bytes.Equal(got, body) {
-		t.Fatal("first pull: wrong bytes")
-	}
-	a.waitUploaded()
 	asked := []http.Header{nil, {"Range": {"bytes=1000-1999"}}, {"Range": {"bytes=-10"}}, {"If-None-Match": {`"` + h.String() + `"`}}}
 	var local []*http.Response
 	for _, hdr := range asked {
@@ -172,12 +185,7 @@ func TestBucketHeadIsOneHead(t *testing.T) {
 	}
 	a.stop()
 
-	seen := &regtest.ContentRequests{Next: http.DefaultTransport.(*http.Transport).Clone()}
-	b := newEnv(t, withBucket(bucketVia(t, srv, name, seen), 0))
-	if err := b.store.AwaitCounts(t.Context()); err != nil { // the index rebuilt: it knows the blob
-		t.Fatal(err)
-	}
-	seen.Take()
+	b, seen := countedOnBucket(t, srv, name, 0)
 	for i, hdr := range asked {
 		resp, _ := b.do(http.MethodHead, path, hdr)
 		resp.Header.Del("Date")
