@@ -383,6 +383,26 @@ func (o *S3Objects) Open(ctx context.Context, h v1.Hash, from From) (ObjectReade
 		return nil, Info{}, err
 	}
 	key := o.key(h)
+	body, at, st, err := o.get(ctx, key, from)
+	if err != nil {
+		if from != (From{}) && minio.ToErrorResponse(err).Code == minio.InvalidRange {
+			// A start past the end, which the client's answer (416) needs
+			// the size for: the whole object's answer gives it.
+			return o.Open(ctx, h, From{})
+		}
+		return nil, Info{}, o.classify("open", key, err)
+	}
+	info := Info{Size: st.Size}
+	if st.ContentType != "application/octet-stream" {
+		info.MediaType = st.ContentType
+	}
+	return &s3Reader{o: o, ctx: ctx, key: key, size: st.Size, body: body, at: at}, info, nil
+}
+
+// get GETs the object key from from on, and returns the body with where it
+// starts in the object and the object's size (in st.Size), as the answer
+// says: a 206's Content-Range, or a 200's whole object.
+func (o *S3Objects) get(ctx context.Context, key string, from From) (io.ReadCloser, int64, minio.ObjectInfo, error) {
 	var opts minio.GetObjectOptions
 	switch {
 	case from.Suffix && from.Offset > 0:
@@ -392,26 +412,19 @@ func (o *S3Objects) Open(ctx context.Context, h v1.Hash, from From) (ObjectReade
 	}
 	body, st, header, err := o.core.GetObject(ctx, o.bucket, key, opts)
 	if err != nil {
-		if from != (From{}) && minio.ToErrorResponse(err).Code == minio.InvalidRange {
-			// A start past the end, which the client's answer (416) needs
-			// the size for: the whole object's answer gives it.
-			return o.Open(ctx, h, From{})
-		}
-		return nil, Info{}, o.classify("open", key, err)
+		return nil, 0, st, err
 	}
-	at, size := int64(0), st.Size
-	if cr := header.Get("Content-Range"); cr != "" {
-		var ok bool
-		if at, size, ok = contentRange(cr); !ok {
-			body.Close()
-			return nil, Info{}, fmt.Errorf("open s3://%s/%s: unreadable Content-Range %q", o.bucket, key, cr)
-		}
+	cr := header.Get("Content-Range")
+	if cr == "" {
+		return body, 0, st, nil
 	}
-	info := Info{Size: size}
-	if st.ContentType != "application/octet-stream" {
-		info.MediaType = st.ContentType
+	at, size, ok := contentRange(cr)
+	if !ok {
+		body.Close()
+		return nil, 0, st, fmt.Errorf("get s3://%s/%s: unreadable Content-Range %q", o.bucket, key, cr)
 	}
-	return &s3Reader{o: o, ctx: ctx, key: key, size: size, body: body, at: at}, info, nil
+	st.Size = size
+	return body, at, st, nil
 }
 
 // contentRange reads the first byte position and the whole size from a
@@ -449,15 +462,15 @@ func (r *s3Reader) Read(p []byte) (int, error) {
 			r.body.Close()
 			r.body = nil
 		}
-		var opts minio.GetObjectOptions
-		if r.pos > 0 {
-			opts.SetRange(r.pos, 0) // bytes=pos-
-		}
-		body, _, _, err := r.o.core.GetObject(r.ctx, r.o.bucket, r.key, opts)
+		body, at, _, err := r.o.get(r.ctx, r.key, From{Offset: r.pos})
 		if err != nil {
 			return 0, r.o.classify("read", r.key, err)
 		}
-		r.body, r.at = body, r.pos
+		if at != r.pos { // a store that ignored the Range: never bytes from elsewhere
+			body.Close()
+			return 0, fmt.Errorf("read s3://%s/%s: asked for bytes from %d, the answer starts at %d", r.o.bucket, r.key, r.pos, at)
+		}
+		r.body, r.at = body, at
 	}
 	n, err := r.body.Read(p)
 	r.pos += int64(n)

@@ -12,6 +12,7 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -536,5 +537,39 @@ func TestS3PutRetriesWithAFreshBody(t *testing.T) {
 	got, err := io.ReadAll(r)
 	if err != nil || size.Size != int64(len(body)) || !bytes.Equal(got, body) {
 		t.Fatalf("stored %d bytes (size %d, err %v), want the %d put", len(got), size.Size, err, len(body))
+	}
+}
+
+// A store that ignores Range, answering every GET with the whole object, is
+// read from where its answers start: an open from an offset is read from
+// the start, and a read after a seek fails rather than send bytes from
+// elsewhere.
+func TestS3ObjectsStoreIgnoringRange(t *testing.T) {
+	setS3Credentials(t, s3Access, s3Secret)
+	body, h := randomContent(t, 10_000)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Last-Modified", time.Now().UTC().Format(http.TimeFormat))
+		w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+		w.Write(body)
+	}))
+	defer srv.Close()
+	o, err := NewS3Objects(S3Config{Endpoint: srv.URL, Bucket: "bucket", Region: s3Region, Transport: testTransport(t)}, zaptest.NewLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, info, err := o.Open(context.Background(), h, From{Offset: 1000})
+	if err != nil || info.Size != int64(len(body)) {
+		t.Fatalf("open: size %d, %v", info.Size, err)
+	}
+	defer r.Close()
+	head := make([]byte, 100)
+	if _, err := io.ReadFull(r, head); err != nil || !bytes.Equal(head, body[:100]) {
+		t.Fatalf("read from the start: %v, right bytes %v", err, bytes.Equal(head, body[:100]))
+	}
+	if _, err := r.Seek(5000, io.SeekStart); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := r.Read(head); err == nil || n != 0 {
+		t.Fatalf("read at 5000 answered from the start: %d bytes, %v", n, err)
 	}
 }
