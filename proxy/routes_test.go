@@ -248,6 +248,9 @@ func TestAccessLinesHaveNoCallerOtherLinesDo(t *testing.T) {
 	if resp, b := e.do(http.MethodGet, "/v2/app/blobs/"+h.String(), nil); resp.StatusCode != http.StatusOK {
 		t.Fatalf("GET blob: status = %d, want 200; body %s", resp.StatusCode, b)
 	}
+	// The access line is written once the handler returns, which may be
+	// after the client has read the body.
+	e.waitFor("access line", func(rec map[string]any) bool { return rec["msg"] == "request" })
 	e.waitFor("download done", func(rec map[string]any) bool { return rec["msg"] == "download done" })
 	access := e.logs.FilterMessage("request").AllUntimed()
 	if len(access) != 1 {
