@@ -215,6 +215,11 @@ func Open(dir string, opt Options, log *zap.Logger) (*Store, error) {
 		fleetBudget, opt.MaxSize = opt.MaxSize, 0 // the evictor's budget, not this store's
 		opt.Shared = true
 	}
+	// Before anything is created: a data dir of another store is left as it is.
+	rec, recorded, err := checkStoreRecord(dir, storeIDOf(opt))
+	if err != nil {
+		return nil, err
+	}
 	for _, d := range append(blobRoots(dir), tmpDir(dir), indexDir(dir)) {
 		if err := os.MkdirAll(d, 0o750); err != nil {
 			return nil, fmt.Errorf("create %s: %w", d, err)
@@ -233,6 +238,10 @@ func Open(dir string, opt Options, log *zap.Logger) (*Store, error) {
 		evictNow:   make(chan struct{}, 1),
 		counted:    make(chan struct{}),
 		filesystem: filesystemSize(dir),
+	}
+	if err := s.adoptStore(rec, recorded); err != nil {
+		db.Close()
+		return nil, err
 	}
 	s.tags, _ = lru.New[string, TagAnswer](opt.MemoryTags)
 	s.manifests, _ = lru.New[v1.Hash, memManifest](opt.MemoryManifests)
