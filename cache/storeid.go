@@ -30,9 +30,9 @@ const (
 func (id StoreID) String() string {
 	switch {
 	case id.Kind == KindDisk:
-		return "the disk (content in the data dir only)"
+		return "disk storage"
 	case id.Bucket == "":
-		return "a bucket (which one was not recorded)"
+		return "a bucket (which one is not recorded: the data dir predates records)"
 	case id.Prefix == "":
 		return fmt.Sprintf("bucket %q at %s, no prefix", id.Bucket, id.Endpoint)
 	}
@@ -64,7 +64,7 @@ type StoreMismatchError struct {
 }
 
 func (e *StoreMismatchError) Error() string {
-	return fmt.Sprintf("data dir %s is the cache of %s, not of %s", e.Dir, e.Recorded, e.Configured)
+	return fmt.Sprintf("data dir %s belongs to %s, not to %s", e.Dir, e.Recorded, e.Configured)
 }
 
 // storeFile is the data dir's record of its store, written when the data
@@ -91,7 +91,7 @@ func checkStoreRecord(dir string, want StoreID) (rec StoreID, ok bool, err error
 		return StoreID{}, false, fmt.Errorf("read the data dir's store record: %w", err)
 	}
 	if err := json.Unmarshal(b, &rec); err != nil || (rec.Kind != KindDisk && rec.Kind != KindS3) {
-		return StoreID{}, false, fmt.Errorf("%s: not a store record (%q): restore it, or start on an empty data dir", storeFile(dir), b)
+		return StoreID{}, false, fmt.Errorf("%s is not a record of the store this data dir caches (want JSON with a kind of %s or %s): restore it, or start on an empty data dir", storeFile(dir), KindDisk, KindS3)
 	}
 	if rec != want && !(rec.Kind == KindDisk && want.Kind == KindS3) {
 		return rec, true, &StoreMismatchError{Dir: dir, Recorded: rec, Configured: want}

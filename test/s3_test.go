@@ -12,13 +12,16 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"io/fs"
 	"log"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -166,6 +169,85 @@ func TestS3StartRefusesWrongCredentialsAndMissingBucket(t *testing.T) {
 				t.Errorf("the secret is in the output:\n%s", logs)
 			}
 		})
+	}
+}
+
+// dirState is every file under dir with its size and modification time.
+func dirState(t *testing.T, dir string) map[string]string {
+	t.Helper()
+	state := map[string]string{}
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		info, err := d.Info()
+		if err == nil {
+			state[p] = fmt.Sprint(info.Size(), info.ModTime())
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return state
+}
+
+// A data dir is the cache of the bucket and prefix it was filled from:
+// started on another bucket or prefix, or on disk, the mirror refuses to
+// start, names both stores and the ways out, and changes nothing in the data
+// dir or the other bucket. On the same settings it starts and serves.
+func TestS3StartRefusesAnotherStoreOnTheDataDir(t *testing.T) {
+	t.Parallel()
+	s3 := regtest.Versity(t)
+	first, second := s3.Bucket(t, "first-store"), s3.Bucket(t, "second-store")
+	up := startUpstream(t, nil)
+	data, _ := regtest.RandomBlob(t, 64<<10)
+	h := pushBlob(t, up, "library/app", data)
+	dir := t.TempDir()
+	m := startS3Mirror(t, up.URL, s3, first, dir, "REGMIRROR_S3_PREFIX=a")
+	if resp, body := m.do(http.MethodGet, "/v2/library/app/blobs/"+h.String(), nil); resp.StatusCode != http.StatusOK || regtest.DigestOf(body) != h {
+		t.Fatalf("GET the blob: status %d", resp.StatusCode)
+	}
+	waitBucket(t, s3, first, "the blob reaches the bucket", func(content map[string]int64) bool {
+		_, ok := content["a/blobs/sha256/"+h.Hex]
+		return ok
+	})
+	m.Stop()
+
+	for _, tc := range []struct {
+		name  string
+		env   []string
+		names []string
+	}{
+		{"another bucket", s3Env(s3, s3.Endpoint, second, "REGMIRROR_S3_PREFIX=a"), []string{`bucket "second-store"`}},
+		{"another prefix", s3Env(s3, s3.Endpoint, first, "REGMIRROR_S3_PREFIX=b"), []string{`prefix "b"`}},
+		{"disk", []string{"REGMIRROR_STORAGE=disk"}, []string{"disk storage"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := dirState(t, dir)
+			code, logs := runToExit(t, up.URL, append(tc.env, "REGMIRROR_DATA_DIR="+dir)...)
+			if code != 1 {
+				t.Fatalf("exit status %d, want 1; it logged:\n%s", code, logs)
+			}
+			for _, want := range append(tc.names, "REGMIRROR_DATA_DIR "+dir, `bucket "first-store"`, `prefix "a"`,
+				"REGMIRROR_S3_BUCKET", "REGMIRROR_S3_PREFIX", "empty directory") {
+				if !strings.Contains(logs, want) {
+					t.Errorf("the message does not name %s:\n%s", want, logs)
+				}
+			}
+			if after := dirState(t, dir); !maps.Equal(before, after) {
+				t.Errorf("the refused start changed the data dir:\nbefore %v\nafter  %v", before, after)
+			}
+			if objs := s3.Objects(t, second); len(objs) != 0 {
+				t.Errorf("the refused start wrote to the other bucket: %v", objs)
+			}
+		})
+	}
+
+	up.Close() // served from the data dir and its bucket, asking upstream nothing
+	again := startS3Mirror(t, up.URL, s3, first, dir, "REGMIRROR_S3_PREFIX=a")
+	if resp, body := again.do(http.MethodGet, "/v2/library/app/blobs/"+h.String(), nil); resp.StatusCode != http.StatusOK || regtest.DigestOf(body) != h {
+		t.Fatalf("GET the blob after a restart on the same settings: status %d", resp.StatusCode)
 	}
 }
 

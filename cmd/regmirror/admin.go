@@ -265,7 +265,7 @@ func (c *adminClient) verify(stdout, stderr io.Writer) error {
 func verifyDir(dir string, stdout, stderr io.Writer) error {
 	st, err := cache.Open(dir, cache.Options{}, zap.NewNop())
 	if err != nil {
-		return err
+		return dataDirMismatch(err) // a bucket's data dir is verified through its mirror
 	}
 	defer st.Close()
 	rep, err := st.Verify(context.Background(), nil)

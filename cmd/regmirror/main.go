@@ -185,6 +185,9 @@ func newMirror(cfg Config, log *zap.Logger) (_ *mirror, err error) {
 		log.Info("certificate", certFields(m.certs.cert.Load())...)
 	}
 
+	if err := checkDataDir(cfg); err != nil {
+		return nil, err
+	}
 	opt := cache.Options{MaxSize: int64(cfg.MaxSize), MinFree: int64(cfg.MinFree)}
 	var bucket *cache.S3Objects
 	if cfg.Storage == storageS3 {
@@ -200,7 +203,7 @@ func newMirror(cfg Config, log *zap.Logger) (_ *mirror, err error) {
 		}
 	}
 	if m.store, err = cache.Open(cfg.DataDir, opt, log.Named("cache")); err != nil {
-		return nil, err
+		return nil, dataDirMismatch(err)
 	}
 	m.closers = append(m.closers, func() { m.store.Close() })
 	if u := m.store.Usage(); u.FloorAboveFilesystem() {

@@ -148,3 +148,31 @@ func s3EndpointName(endpoint string) string {
 	}
 	return endpoint
 }
+
+// checkDataDir refuses a data dir that is the cache of another store than
+// the settings name, before the bucket is asked anything. The client is
+// made for its name only: it opens no connection.
+func checkDataDir(cfg Config) error {
+	var bucket cache.Objects
+	if cfg.Storage == storageS3 {
+		objs, err := cache.NewS3Objects(cfg.s3Config(), zap.NewNop())
+		if err != nil {
+			return fmt.Errorf("%sSTORAGE=s3: %w", envPrefix, err) // Validate already named the setting at fault
+		}
+		bucket = objs
+	}
+	return dataDirMismatch(cache.CheckDataDir(cfg.DataDir, bucket))
+}
+
+// dataDirMismatch words a cache.StoreMismatchError by the settings to
+// change; other errors pass unchanged.
+func dataDirMismatch(err error) error {
+	var m *cache.StoreMismatchError
+	if !errors.As(err, &m) {
+		return err
+	}
+	return fmt.Errorf("%sDATA_DIR %s belongs to %s, but the settings name %s. "+
+		"Set %sSTORAGE, %sS3_ENDPOINT, %sS3_BUCKET and %sS3_PREFIX back to the data dir's store, "+
+		"or point %sDATA_DIR at an empty directory to cache the new one. Nothing was changed in either",
+		envPrefix, m.Dir, m.Recorded, m.Configured, envPrefix, envPrefix, envPrefix, envPrefix, envPrefix)
+}
