@@ -518,7 +518,8 @@ func TestBucketCrashBeforeUpload(t *testing.T) {
 }
 
 // A data dir that served from disk and is then put on a bucket uploads what
-// it holds, even after a clean close (whose totals were the disk's).
+// it holds, even after a clean close (whose totals were the disk's): its
+// content, tag answers and pins. From then on it is the bucket's.
 func TestBucketDiskStoreMovedOntoABucketUploadsItsContent(t *testing.T) {
 	e := newBucketEnv(t)
 	dir := t.TempDir()
@@ -526,13 +527,23 @@ func TestBucketDiskStoreMovedOntoABucketUploadsItsContent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	body, h := randomContent(t, 3000)
-	commit(t, disk, body, h)
+	_, h := fillStore(t, disk)
 	if err := disk.Close(); err != nil {
 		t.Fatal(err)
 	}
 	s := e.open(dir, Options{}, true)
 	e.uploaded(s, h, "the disk store's content was not uploaded")
+	for _, key := range []string{"mirror/tags/r/app:v1", "mirror/pins/r/app:v1"} {
+		if _, err := e.srv.Admin.StatObject(t.Context(), e.bucket, key, minio.StatObjectOptions{}); err != nil {
+			t.Errorf("%s is not in the bucket: %v", key, err)
+		}
+	}
+	if pins, err := s.Pins(); err != nil || len(pins) != 1 {
+		t.Fatalf("pins after the move: %v, %v", pins, err)
+	}
+	if _, _, err := checkStoreRecord(dir, StoreID{Kind: KindDisk}); err == nil {
+		t.Fatal("after the move the data dir is still recorded as a disk store")
+	}
 }
 
 // Deleting a tag answer or a pin removes its record from the bucket, so a

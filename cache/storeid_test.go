@@ -1,17 +1,15 @@
 package cache
 
 import (
-	"crypto/sha256"
 	"errors"
-	"fmt"
-	"io/fs"
 	"maps"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
-	"github.com/minio/minio-go/v7"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/regmirror/regmirror/test/regtest"
 	"go.uber.org/zap/zaptest"
 )
 
@@ -22,14 +20,7 @@ func filledBucketDir(t *testing.T, e *bucketEnv) (dir string, body []byte) {
 	dir = t.TempDir()
 	s := e.open(dir, Options{}, false)
 	stop := runStore(s)
-	body, h := randomContent(t, 3000)
-	commit(t, s, body, h)
-	if err := s.SetTag("r", "app", "v1", TagAnswer{Digest: h}); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Pin(Pin{Registry: "r", Repo: "app", Ref: "v1", Digest: h}); err != nil {
-		t.Fatal(err)
-	}
+	body, h := fillStore(t, s)
 	e.uploaded(s, h, "not uploaded")
 	stop()
 	if err := s.Close(); err != nil {
@@ -38,39 +29,39 @@ func filledBucketDir(t *testing.T, e *bucketEnv) (dir string, body []byte) {
 	return dir, body
 }
 
+// fillStore commits a blob to s, with a tag answer (r/app:v1) and a pin of it.
+func fillStore(t *testing.T, s *Store) (body []byte, h v1.Hash) {
+	t.Helper()
+	body, h = randomContent(t, 3000)
+	commit(t, s, body, h)
+	if err := s.SetTag("r", "app", "v1", TagAnswer{Digest: h}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Pin(Pin{Registry: "r", Repo: "app", Ref: "v1", Digest: h}); err != nil {
+		t.Fatal(err)
+	}
+	return body, h
+}
+
+// openRefused opens dir with opt, and fails the test unless Open refuses
+// it as the data dir of another store.
+func openRefused(t *testing.T, dir string, opt Options) *StoreMismatchError {
+	t.Helper()
+	s, err := Open(dir, opt, zaptest.NewLogger(t))
+	var mismatch *StoreMismatchError
+	if !errors.As(err, &mismatch) {
+		if s != nil {
+			s.Close()
+		}
+		t.Fatalf("error %v, want a StoreMismatchError", err)
+	}
+	return mismatch
+}
+
 // in is e for the subtest t, so that the stores it opens close before t's
 // temp dirs are removed.
 func (e *bucketEnv) in(t *testing.T) *bucketEnv {
 	return &bucketEnv{t: t, srv: e.srv, bucket: e.bucket}
-}
-
-// snapshot is every file under dir with its mode and the hash of its bytes.
-func snapshot(t *testing.T, dir string) map[string]string {
-	t.Helper()
-	out := map[string]string{}
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		info, err := d.Info()
-		if err != nil {
-			return err
-		}
-		sum := ""
-		if !d.IsDir() {
-			b, err := os.ReadFile(p)
-			if err != nil {
-				return err
-			}
-			sum = fmt.Sprintf("%x", sha256.Sum256(b))
-		}
-		out[p] = info.Mode().String() + " " + info.ModTime().String() + " " + sum
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return out
 }
 
 // A data dir is the cache of the store it was filled from: opened on
@@ -90,22 +81,14 @@ func TestStoreRecordRefusesAnotherBucketOrPrefix(t *testing.T) {
 		{"no prefix", S3Config{Bucket: e.bucket}, []string{"no prefix"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			before := snapshot(t, dir)
-			s, err := Open(dir, Options{Bucket: s3Objects(t, e.srv, tc.cfg)}, zaptest.NewLogger(t))
-			if err == nil {
-				s.Close()
-				t.Fatal("opened on another store")
-			}
-			var mismatch *StoreMismatchError
-			if !errors.As(err, &mismatch) {
-				t.Fatalf("error %v, want a StoreMismatchError", err)
-			}
+			before := regtest.DirState(t, dir)
+			err := openRefused(t, dir, Options{Bucket: s3Objects(t, e.srv, tc.cfg)})
 			for _, want := range append(tc.naming, `"`+e.bucket+`"`, `prefix "mirror"`) {
 				if !strings.Contains(err.Error(), want) {
 					t.Errorf("error %q does not name %s", err, want)
 				}
 			}
-			if after := snapshot(t, dir); !maps.Equal(before, after) {
+			if after := regtest.DirState(t, dir); !maps.Equal(before, after) {
 				t.Fatalf("the refused open changed the data dir:\nbefore %v\nafter  %v", before, after)
 			}
 		})
@@ -127,55 +110,13 @@ func TestStoreRecordRefusesAnotherBucketOrPrefix(t *testing.T) {
 func TestStoreRecordRefusesDiskOnABucketsDataDir(t *testing.T) {
 	e := newBucketEnv(t)
 	dir, _ := filledBucketDir(t, e)
-	before := snapshot(t, dir)
-	s, err := Open(dir, Options{}, zaptest.NewLogger(t))
-	var mismatch *StoreMismatchError
-	if !errors.As(err, &mismatch) {
-		if s != nil {
-			s.Close()
-		}
-		t.Fatalf("error %v, want a StoreMismatchError", err)
-	}
+	before := regtest.DirState(t, dir)
+	mismatch := openRefused(t, dir, Options{})
 	if mismatch.Configured.Kind != KindDisk || mismatch.Recorded.Bucket != e.bucket {
 		t.Fatalf("mismatch %+v", mismatch)
 	}
-	if after := snapshot(t, dir); !maps.Equal(before, after) {
+	if after := regtest.DirState(t, dir); !maps.Equal(before, after) {
 		t.Fatal("the refused open changed the data dir")
-	}
-}
-
-// A disk data dir put on a bucket is the supported move: its content, tag
-// answers and pins are uploaded, and from then on it is the bucket's.
-func TestStoreRecordDiskDataDirMovesOntoABucket(t *testing.T) {
-	e := newBucketEnv(t)
-	dir := t.TempDir()
-	disk, err := Open(dir, Options{}, zaptest.NewLogger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, h := randomContent(t, 3000)
-	commit(t, disk, body, h)
-	if err := disk.SetTag("r", "app", "v1", TagAnswer{Digest: h}); err != nil {
-		t.Fatal(err)
-	}
-	if err := disk.Pin(Pin{Registry: "r", Repo: "app", Ref: "v1", Digest: h}); err != nil {
-		t.Fatal(err)
-	}
-	if err := disk.Close(); err != nil {
-		t.Fatal(err)
-	}
-	s := e.open(dir, Options{}, true)
-	e.uploaded(s, h, "the disk store's content was not uploaded")
-	for _, key := range []string{"mirror/tags/r/app:v1", "mirror/pins/r/app:v1"} {
-		if _, err := e.srv.Admin.StatObject(t.Context(), e.bucket, key, minio.StatObjectOptions{}); err != nil {
-			t.Errorf("%s is not in the bucket: %v", key, err)
-		}
-	}
-	if pins, err := s.Pins(); err != nil || len(pins) != 1 {
-		t.Fatalf("pins after the move: %v, %v", pins, err)
-	}
-	if _, _, err := checkStoreRecord(dir, StoreID{Kind: KindDisk}); err == nil {
-		t.Fatal("after the move the data dir is still recorded as a disk store")
 	}
 }
 
@@ -219,14 +160,7 @@ func TestStoreRecordDataDirWithoutRecord(t *testing.T) {
 		if err := os.Remove(storeFile(dir)); err != nil {
 			t.Fatal(err)
 		}
-		s, err := Open(dir, Options{}, zaptest.NewLogger(t))
-		var mismatch *StoreMismatchError
-		if !errors.As(err, &mismatch) {
-			if s != nil {
-				s.Close()
-			}
-			t.Fatalf("error %v, want a StoreMismatchError", err)
-		}
+		openRefused(t, dir, Options{})
 		if _, err := os.Stat(storeFile(dir)); !errors.Is(err, os.ErrNotExist) {
 			t.Errorf("the refused data dir got a record: %v", err)
 		}
@@ -237,8 +171,7 @@ func TestStoreRecordDataDirWithoutRecord(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		body, h := randomContent(t, 100)
-		commit(t, disk, body, h)
+		fillStore(t, disk)
 		disk.Close()
 		if err := os.Remove(storeFile(dir)); err != nil {
 			t.Fatal(err)

@@ -12,7 +12,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"io/fs"
 	"log"
 	"maps"
 	"net/http"
@@ -21,7 +20,6 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -172,26 +170,6 @@ func TestS3StartRefusesWrongCredentialsAndMissingBucket(t *testing.T) {
 	}
 }
 
-// dirState is every file under dir with its size and modification time.
-func dirState(t *testing.T, dir string) map[string]string {
-	t.Helper()
-	state := map[string]string{}
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		info, err := d.Info()
-		if err == nil {
-			state[p] = fmt.Sprint(info.Size(), info.ModTime())
-		}
-		return err
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return state
-}
-
 // A data dir is the cache of the bucket and prefix it was filled from:
 // started on another bucket or prefix, or on disk, the mirror refuses to
 // start, names both stores and the ways out, and changes nothing in the data
@@ -224,7 +202,7 @@ func TestS3StartRefusesAnotherStoreOnTheDataDir(t *testing.T) {
 		{"disk", []string{"REGMIRROR_STORAGE=disk"}, []string{"disk storage"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			before := dirState(t, dir)
+			before := regtest.DirState(t, dir)
 			code, logs := runToExit(t, up.URL, append(tc.env, "REGMIRROR_DATA_DIR="+dir)...)
 			if code != 1 {
 				t.Fatalf("exit status %d, want 1; it logged:\n%s", code, logs)
@@ -235,7 +213,7 @@ func TestS3StartRefusesAnotherStoreOnTheDataDir(t *testing.T) {
 					t.Errorf("the message does not name %s:\n%s", want, logs)
 				}
 			}
-			if after := dirState(t, dir); !maps.Equal(before, after) {
+			if after := regtest.DirState(t, dir); !maps.Equal(before, after) {
 				t.Errorf("the refused start changed the data dir:\nbefore %v\nafter  %v", before, after)
 			}
 			if objs := s3.Objects(t, second); len(objs) != 0 {

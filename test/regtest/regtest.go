@@ -1,7 +1,7 @@
 // Package regtest is what regmirror's tests share: a request counter to put
 // in front of an upstream registry, request helpers (raw ones too), OCI error
 // decoding, a log to wait on, random content with its digest, a tiny
-// filesystem, headless Chromium, and the package-dependency check. Only tests
+// filesystem, the state of a directory, headless Chromium, and the package-dependency check. Only tests
 // import it.
 package regtest
 
@@ -15,10 +15,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -296,4 +298,35 @@ func Chromium(ctx context.Context, t testing.TB, bin, home string, env []string,
 		t.Fatalf("chromium %s: %v\n%s", url, err, stderr.String())
 	}
 	return string(out)
+}
+
+// DirState is every file and directory under dir with its mode, size,
+// modification time and, for files, the SHA-256 of its bytes: equal states
+// mean nothing under dir changed.
+func DirState(t testing.TB, dir string) map[string]string {
+	t.Helper()
+	state := map[string]string{}
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		sum := ""
+		if !d.IsDir() {
+			b, err := os.ReadFile(p)
+			if err != nil {
+				return err
+			}
+			sum = fmt.Sprintf("%x", sha256.Sum256(b))
+		}
+		state[p] = fmt.Sprint(info.Mode(), info.Size(), info.ModTime(), sum)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return state
 }
