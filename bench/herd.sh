@@ -10,13 +10,13 @@
 # does (recycle_memory: write and remove a file), and lets CLIENTS hashing curl
 # clients start the blob at once (the cold herd), then the same clients again
 # from the cache (the warm herd), then the warm herd once more with bench/fill
-# beside it (the floor: the download, hash and write of the blob done by a
-# program of their own, so what a cold herd would cost if coordinating them
-# with the clients were free; its CPU is the mirror's plus fill's own). The
+# beside it (apart: the download, hash and write of the blob done by a
+# program of their own, the work a cold herd cannot avoid done without any
+# coordination with the clients; its CPU is the mirror's plus fill's own). The
 # mirror's CPU is the sum over its threads of /proc/PID/task/*/schedstat
 # (nanoseconds, where /proc/PID/stat counts ticks of 10 ms). Then per binary:
 # min, median and max of each figure and of the ratios cold/warm and
-# floor/warm. Settings (environment): SIZE (100000000),
+# apart/warm. Settings (environment): SIZE (100000000),
 # CLIENTS (8), RECYCLE (1; 0 skips recycle_memory), PERF (1: perf-profile the
 # mirror during each binary's first cold herd; PERF_FREQ, 999). It exits non-zero if a body is wrong or the upstream is asked
 # for the blob more than once.
@@ -57,7 +57,7 @@ gets() { curl -sf "$UP_URL/_counts" | jq -r --arg p "/v2/library/big/blobs/$DIGE
 echo "cold herd against warm herd: $CLIENTS hashing clients, one $SIZE-byte blob, $RUNS runs; load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 ROW='  %-10s %3s %7s %7s %7s %8s %8s %9s %7s %7s %8s %8s  %s\n'
 # shellcheck disable=SC2059
-printf "$ROW" binary run "cold s" "warm s" "floor s" "cold CPU" "warm CPU" "floor CPU" "wall x" "CPU x" "floor x" "wall fx" load
+printf "$ROW" binary run "cold s" "warm s" "apart s" "cold CPU" "warm CPU" "apart CPU" "wall x" "CPU x" "apart x" "wall ax" load
 for run in $(seq "$RUNS"); do
 	for spec in "${BINS[@]}"; do
 		name=${spec%%=*} bin=${spec#*=}
@@ -87,12 +87,12 @@ for run in $(seq "$RUNS"); do
 		[ "$RECYCLE" = 0 ] || recycle_memory "$SIZE"
 		sync
 		f0=$(cpu_ms "$pid")
-		floor=$(fill_beside "$UP_URL/v2/library/big/blobs/$DIGEST" "$WORK/filled" "$CLIENTS" "$url" "$WORK/floor" 1)
+		apart=$(fill_beside "$UP_URL/v2/library/big/blobs/$DIGEST" "$WORK/filled" "$CLIENTS" "$url" "$WORK/apart" 1)
 		f1=$(cpu_ms "$pid")
-		check_bodies "$CLIENTS" "$WORK/floor" "$name run $run floor" "$SIZE" "$DIGEST" >/dev/null
+		check_bodies "$CLIENTS" "$WORK/apart" "$name run $run apart" "$SIZE" "$DIGEST" >/dev/null
 		kill "$pid"
 		wait "$pid" 2>/dev/null || true
-		awk -v n="$name" -v r="$run" -v c="$cold" -v w="$warm" -v f="${floor% *}" -v cc=$((c1 - c0)) -v wc=$((w1 - w0)) -v fc=$((f1 - f0 + ${floor#* })) \
+		awk -v n="$name" -v r="$run" -v c="$cold" -v w="$warm" -v f="${apart% *}" -v cc=$((c1 - c0)) -v wc=$((w1 - w0)) -v fc=$((f1 - f0 + ${apart#* })) \
 			-v l="$(cut -d' ' -f1 /proc/loadavg)" -v row="$ROW" 'BEGIN {
 			printf row, n, r, sprintf("%.2f", c / 1e9), sprintf("%.2f", w / 1e9), sprintf("%.2f", f / 1e9),
 				sprintf("%.3f", cc / 1e3), sprintf("%.3f", wc / 1e3), sprintf("%.3f", fc / 1e3),
@@ -110,7 +110,7 @@ for spec in "${BINS[@]}"; do
 	done
 	echo
 done
-echo "  (columns: cold s, warm s, floor s, cold CPU s, warm CPU s, floor CPU s, wall cold/warm, CPU cold/warm, CPU floor/warm, wall floor/warm)"
+echo "  (columns: cold s, warm s, apart s, cold CPU s, warm CPU s, apart CPU s, wall cold/warm, CPU cold/warm, CPU apart/warm, wall apart/warm)"
 echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 for f in "${PERFS[@]}"; do
 	echo "perf ($f, run 1, perf's own cost included above): self time, then time including callees"

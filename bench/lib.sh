@@ -94,10 +94,10 @@ fetch() {
 	echo $(($(now_ns) - start))
 }
 
-# fill_beside FILLURL DIR N URL OUT HASH: the floor of a cold herd. The herd
-# of fetch N URL OUT HASH, from a mirror that has the blob, with bench/fill
-# (built as WORK/fill) storing FILLURL in DIR meanwhile: the download, hash
-# and write of a cold herd, done by a program of their own. Prints "NS CPU":
+# fill_beside FILLURL DIR N URL OUT HASH: a cold herd's work done apart. The
+# herd of fetch N URL OUT HASH, from a mirror that has the blob, with
+# bench/fill (built as WORK/fill) storing FILLURL in DIR meanwhile: the
+# download, hash and write of a cold herd, done by a program of their own. Prints "NS CPU":
 # the wall time until both ended, and fill's own CPU in ms.
 fill_beside() {
 	local start fpid

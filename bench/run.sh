@@ -28,9 +28,9 @@
 #      fresh mirror (bodies hashed by openssl in a pipe), then the same clients
 #      again from its cache (the warm herd: the reference for the cold herd's
 #      wall time and mirror CPU), then once more with bench/fill storing the
-#      blob from the upstream meanwhile (the floor: the cold herd's download,
-#      hash and write done by a program of their own, so what the cold herd
-#      would cost if coordinating them with the clients were free), and one
+#      blob from the upstream meanwhile (apart: the cold herd's download, hash
+#      and write done by a program of their own, the work it cannot avoid
+#      without any coordination with the clients), and one
 #      client alone; the same with bodies discarded; upstream requests and
 #      bytes counted
 #   2. warm: CLIENTS clients x ROUNDS rounds of the cached big blob, servers
@@ -198,7 +198,7 @@ cold() {
 	if [[ $scen == herd* ]]; then
 		again "$scen" "$kind" "$n" "$hash"
 		if [ "$kind" = regmirror ]; then
-			floor "$scen" "$kind" "$n" "$hash"
+			apart "$scen" "$kind" "$n" "$hash"
 		fi
 	fi
 	stop_server "$name"
@@ -234,31 +234,31 @@ again() {
 		"${CPU[$scen-again $kind]}" - "$(up_summary "$mark")"
 }
 
-# floor SCENARIO KIND N HASH: the warm herd once more, with bench/fill storing
+# apart SCENARIO KIND N HASH: the warm herd once more, with bench/fill storing
 # the blob from the upstream meanwhile (fill_beside): the cold herd's work done
-# by two programs that do not coordinate, the floor of its wall time and CPU
-# (the mirror's CPU plus fill's own).
-floor() {
+# by two programs that do not coordinate, the reference that tells the cost
+# of the work from the cost of coordinating it (CPU: the mirror's plus fill's).
+apart() {
 	local scen=$1 kind=$2 n=$3 hash=$4 name=$1-$2 pid mark out t0 t1 ok gets bytes bodies=discarded
 	pid=${PID[$name]}
 	mark=$(up_mark)
 	recycle_memory "$BIG"
 	sync
 	t0=$(cpu_ticks "$pid")
-	out=$(fill_beside "$UP_URL$BIG_PATH" "$WORK/filled" "$n" "${URL[$name]}$BIG_PATH" "$WORK/$name-floor" "$hash")
+	out=$(fill_beside "$UP_URL$BIG_PATH" "$WORK/filled" "$n" "${URL[$name]}$BIG_PATH" "$WORK/$name-apart" "$hash")
 	settle
 	t1=$(cpu_ticks "$pid")
-	ok=$(check "$n" "$WORK/$name-floor" "$scen floor $kind")
+	ok=$(check "$n" "$WORK/$name-apart" "$scen apart $kind")
 	read -r gets bytes <<<"$(up_gets "$mark")"
 	if [ "$hash" = 1 ]; then
 		bodies="$ok/$n ok"
 	fi
-	WALL[$scen-floor $kind]=$(secs "${out% *}")
-	CPU[$scen-floor $kind]=$(awk -v t=$((t1 - t0)) -v hz="$HZ" -v f="${out#* }" 'BEGIN { printf "%.2f", t / hz + f / 1e3 }')
+	WALL[$scen-apart $kind]=$(secs "${out% *}")
+	CPU[$scen-apart $kind]=$(awk -v t=$((t1 - t0)) -v hz="$HZ" -v f="${out#* }" 'BEGIN { printf "%.2f", t / hz + f / 1e3 }')
 	# shellcheck disable=SC2059
-	printf "$COLD_ROW" "  again + fill" "$kind" "$n" "$bodies" "${WALL[$scen-floor $kind]}" "$(mbps $((BIG * n)) "${out% *}")" \
-		"$(ttfbs "$n" "$WORK/$name-floor" | spread)" "$gets" "$(awk -v b="$bytes" 'BEGIN { printf "%.0f", b / 1e6 }')" \
-		"${CPU[$scen-floor $kind]}" - "$(up_summary "$mark") (bench/fill's; CPU s: the mirror's and fill's)"
+	printf "$COLD_ROW" "  again + fill" "$kind" "$n" "$bodies" "${WALL[$scen-apart $kind]}" "$(mbps $((BIG * n)) "${out% *}")" \
+		"$(ttfbs "$n" "$WORK/$name-apart" | spread)" "$gets" "$(awk -v b="$bytes" 'BEGIN { printf "%.0f", b / 1e6 }')" \
+		"${CPU[$scen-apart $kind]}" - "$(up_summary "$mark") (bench/fill's; CPU s: the mirror's and fill's)"
 }
 
 # --- 2. warm ------------------------------------------------------------------
@@ -454,7 +454,7 @@ herd_ratios() {
 	done
 }
 echo "  cold herd/warm herd (the same clients again, from the cache), wall time:$(herd_ratios WALL); mirror CPU:$(herd_ratios CPU)"
-echo "  floor/warm herd (again + fill: the warm herd with bench/fill beside it), regmirror, wall time: $(ratio "${WALL[herd-floor regmirror]}" "${WALL[herd-again regmirror]}") (discarded $(ratio "${WALL[herd-discard-floor regmirror]}" "${WALL[herd-discard-again regmirror]}")); CPU: $(ratio "${CPU[herd-floor regmirror]}" "${CPU[herd-again regmirror]}") (discarded $(ratio "${CPU[herd-discard-floor regmirror]}" "${CPU[herd-discard-again regmirror]}"))"
+echo "  apart/warm herd (again + fill: the same work done apart, the warm herd with bench/fill beside it), regmirror, wall time: $(ratio "${WALL[herd-apart regmirror]}" "${WALL[herd-again regmirror]}") (discarded $(ratio "${WALL[herd-discard-apart regmirror]}" "${WALL[herd-discard-again regmirror]}")); CPU: $(ratio "${CPU[herd-apart regmirror]}" "${CPU[herd-again regmirror]}") (discarded $(ratio "${CPU[herd-discard-apart regmirror]}" "${CPU[herd-discard-again regmirror]}"))"
 echo "  regmirror/peer wall time: herd $(ratio "${WALL[herd regmirror]}" "${WALL[herd peer]}"), single $(ratio "${WALL[single regmirror]}" "${WALL[single peer]}"), herd-discard $(ratio "${WALL[herd-discard regmirror]}" "${WALL[herd-discard peer]}"), single-discard $(ratio "${WALL[single-discard regmirror]}" "${WALL[single-discard peer]}")"
 
 # --- 2 ----------------------------------------------------------------------------
@@ -552,10 +552,10 @@ t=$(awk -v g="${GETS[herd regmirror]}" -v r="$hs" 'BEGIN { print (g == 1 && r !=
 echo "  cold herd: one upstream download and <= 1.2x one client alone: $(met "$t") (${GETS[herd regmirror]} upstream GET; ${hs}x: ${WALL[herd regmirror]} s vs ${WALL[single regmirror]} s; the same clients from the cache: ${WALL[herd-again regmirror]} s)"
 hw=$(ratio "${WALL[herd regmirror]}" "${WALL[herd-again regmirror]}")
 t=$(awk -v r="$hw" 'BEGIN { print (r != "-" && r <= 1.15) ? 1 : 0 }')
-echo "  cold herd wall <= 1.15x the warm herd's (the same clients from the cache): $(met "$t") (${hw}x: ${WALL[herd regmirror]} s vs ${WALL[herd-again regmirror]} s; its floor, the warm herd with bench/fill beside it: $(ratio "${WALL[herd-floor regmirror]}" "${WALL[herd-again regmirror]}")x)"
+echo "  cold herd wall <= 1.15x the warm herd's (the same clients from the cache): $(met "$t") (${hw}x: ${WALL[herd regmirror]} s vs ${WALL[herd-again regmirror]} s; the same work done apart, the warm herd with bench/fill beside it: $(ratio "${WALL[herd-apart regmirror]}" "${WALL[herd-again regmirror]}")x)"
 hc=$(ratio "${CPU[herd regmirror]}" "${CPU[herd-again regmirror]}")
 t=$(awk -v r="$hc" 'BEGIN { print (r != "-" && r <= 2.5) ? 1 : 0 }')
-echo "  cold herd mirror CPU <= 2.5x the warm herd's: $(met "$t") (${hc}x: ${CPU[herd regmirror]} s vs ${CPU[herd-again regmirror]} s; its floor, the warm herd with bench/fill beside it: $(ratio "${CPU[herd-floor regmirror]}" "${CPU[herd-again regmirror]}")x)"
+echo "  cold herd mirror CPU <= 2.5x the warm herd's: $(met "$t") (${hc}x: ${CPU[herd regmirror]} s vs ${CPU[herd-again regmirror]} s; the same work done apart, the warm herd with bench/fill beside it: $(ratio "${CPU[herd-apart regmirror]}" "${CPU[herd-again regmirror]}")x)"
 maxrss=0
 for p in herd warm manifests crane; do
 	[ "${RSS[$p regmirror]}" -gt "$maxrss" ] && maxrss=${RSS[$p regmirror]}

@@ -1,11 +1,11 @@
-// Command fill is the floor of a cold herd in bench/herd.sh and bench/run.sh:
-// the work a mirror cannot avoid when it stores a blob it downloads, done by
-// one program that has no clients to serve. It GETs the blob, hashes every
-// byte, writes it to a new file in the pieces the mirror writes (256 KiB, at
-// offsets that are multiples of it), fsyncs the file, renames it into place
-// and fsyncs the directory. Run beside the warm herd (the same clients served
-// from the cache), it costs what a cold herd would if coordinating one
-// download with its clients were free.
+// Command fill does, alone, the work a mirror cannot avoid when it stores a
+// blob it downloads: it GETs the blob, hashes every byte, writes it to a new
+// file in the pieces the mirror writes (256 KiB, at offsets that are
+// multiples of it), fsyncs the file, renames it into place and fsyncs the
+// directory. bench/herd.sh and bench/run.sh run it beside the warm herd (the
+// same clients served from the cache): a cold herd's work done apart, by two
+// programs that do not coordinate, against which the cold herd's own cost
+// tells what its coordination costs.
 //
 //	fill -url http://127.0.0.1:5001/v2/big/blobs/sha256:HEX -dir DIR
 //
