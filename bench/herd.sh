@@ -7,8 +7,8 @@
 #
 # Each run starts a fresh regmirror on an empty data dir in front of
 # bench/upstream (one SIZE-byte blob in memory), recycles memory as run.sh
-# does (recycle_memory: write and remove a file), and lets CLIENTS hashing curl
-# clients start the blob at once (the cold herd), then the same clients again
+# does (recycle_memory: write and remove a file), and lets CLIENTS curl
+# clients (hashing the bodies, or with HASH=0 discarding them) start the blob at once (the cold herd), then the same clients again
 # from the cache (the warm herd), then the warm herd once more with bench/fill
 # beside it (apart: the download, hash and write of the blob done by a
 # program of their own, the work a cold herd cannot avoid done without any
@@ -17,7 +17,7 @@
 # (nanoseconds, where /proc/PID/stat counts ticks of 10 ms). Then per binary:
 # min, median and max of each figure and of the ratios cold/warm and
 # apart/warm. Settings (environment): SIZE (100000000),
-# CLIENTS (8), RECYCLE (1; 0 skips recycle_memory), PERF (1: perf-profile the
+# CLIENTS (8), HASH (1), RECYCLE (1; 0 skips recycle_memory), PERF (1: perf-profile the
 # mirror during each binary's first cold herd; PERF_FREQ, 999). It exits non-zero if a body is wrong or the upstream is asked
 # for the blob more than once.
 set -euo pipefail
@@ -29,6 +29,7 @@ shift || true
 SIZE=${SIZE:-100000000}
 CLIENTS=${CLIENTS:-8}
 RECYCLE=${RECYCLE:-1}
+HASH=${HASH:-1}
 
 bench_init herd
 
@@ -54,7 +55,9 @@ fi
 start_upstream "$SIZE"
 gets() { curl -sf "$UP_URL/_counts" | jq -r --arg p "/v2/library/big/blobs/$DIGEST" '.["GET " + $p] // 0'; }
 
-echo "cold herd against warm herd: $CLIENTS hashing clients, one $SIZE-byte blob, $RUNS runs; load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+bodies=hashed
+[ "$HASH" = 1 ] || bodies=discarded
+echo "cold herd against warm herd: $CLIENTS clients (bodies $bodies), one $SIZE-byte blob, $RUNS runs; load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 ROW='  %-10s %3s %7s %7s %7s %8s %8s %9s %7s %7s %8s %8s  %s\n'
 # shellcheck disable=SC2059
 printf "$ROW" binary run "cold s" "warm s" "apart s" "cold CPU" "warm CPU" "apart CPU" "wall x" "CPU x" "apart x" "wall ax" load
@@ -74,20 +77,20 @@ for run in $(seq "$RUNS"); do
 		sync
 		c0=$(cpu_ms "$pid")
 		[ "$run" != 1 ] || perf_start "$pid" "cold-$name"
-		cold=$(fetch "$CLIENTS" "$url" "$WORK/cold" 1)
+		cold=$(fetch "$CLIENTS" "$url" "$WORK/cold" "$HASH")
 		perf_stop
 		c1=$(cpu_ms "$pid")
 		check_bodies "$CLIENTS" "$WORK/cold" "$name run $run cold" "$SIZE" "$DIGEST" >/dev/null
 		sync
 		w0=$(cpu_ms "$pid")
-		warm=$(fetch "$CLIENTS" "$url" "$WORK/warm" 1)
+		warm=$(fetch "$CLIENTS" "$url" "$WORK/warm" "$HASH")
 		w1=$(cpu_ms "$pid")
 		check_bodies "$CLIENTS" "$WORK/warm" "$name run $run warm" "$SIZE" "$DIGEST" >/dev/null
 		[ $(($(gets) - before)) = 1 ] || fail "$name run $run: the upstream got $(($(gets) - before)) GETs of the blob, want 1"
 		[ "$RECYCLE" = 0 ] || recycle_memory "$SIZE"
 		sync
 		f0=$(cpu_ms "$pid")
-		apart=$(fill_beside "$UP_URL/v2/library/big/blobs/$DIGEST" "$WORK/filled" "$CLIENTS" "$url" "$WORK/apart" 1)
+		apart=$(fill_beside "$UP_URL/v2/library/big/blobs/$DIGEST" "$WORK/filled" "$CLIENTS" "$url" "$WORK/apart" "$HASH")
 		f1=$(cpu_ms "$pid")
 		check_bodies "$CLIENTS" "$WORK/apart" "$name run $run apart" "$SIZE" "$DIGEST" >/dev/null
 		kill "$pid"
