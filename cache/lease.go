@@ -179,7 +179,7 @@ func (o *S3Objects) readLease(ctx context.Context, key string) (LeaseHolder, str
 	}
 	var held LeaseHolder
 	if json.Unmarshal(body, &held) != nil || held.TTL <= 0 {
-		return held, info.ETag, true, nil
+		return LeaseHolder{}, info.ETag, true, nil
 	}
 	now, err := http.ParseTime(hdr.Get("Date"))
 	if err != nil {
@@ -332,30 +332,43 @@ func (o *S3Objects) removeLease(ctx context.Context, key string) error {
 // the evictor's pass calls this so that such a lease does not stay for ever.
 // The lease named except (the caller's own, fresh) is not even read.
 //
-// As in Release, this is a read then a delete (minio-go sends no If-Match
-// on DELETE, and not every S3 store honours one). The race that remains: a
-// replica takes the stale lease over between our read and our delete, and
-// the delete removes its fresh lease. It learns so on its next renewal
-// (Lost) but goes on with its download; a replica asking for the same work
-// meanwhile finds no lease and does it too: at most a second download,
-// each verified, never a wrong byte.
+// The listing decides, so that a fresh lease costs nothing beyond it: it
+// gives each lease's Last-Modified and ETag, and its answers' Date is the
+// store's clock. What the listing lacks is the TTL, which is in the body;
+// the sweep remembers it by ETag (a lease renewed by its holder keeps its
+// body, so its ETag on stores whose ETag is the body's MD5), and reads a
+// lease whose ETag it has not seen yet. A lease that looks stale by the
+// listing is read again before it is deleted, and judged by that read (as
+// in Release: minio-go sends no If-Match on DELETE, and not every S3 store
+// honours one), so a lease renewed since the listing stays. The race that
+// remains is the read's: a replica takes the stale lease over between our
+// read and our delete, and the delete removes its fresh lease. It learns so
+// on its next renewal (Lost) but goes on with its download; a replica
+// asking for the same work meanwhile finds no lease and does it too: at
+// most a second download, each verified, never a wrong byte.
 func (o *S3Objects) RemoveStaleLeases(ctx context.Context, except string) (int, error) {
 	skip, err := o.leaseKey(except)
 	if err != nil {
 		return 0, err
 	}
-	var keys []string
-	if err := o.walkKeys(ctx, o.prefix+"leases/", func(obj minio.ObjectInfo) error {
-		if obj.Key != skip {
-			keys = append(keys, obj.Key)
-		}
-		return nil
-	}); err != nil {
+	now, listed, err := o.listLeases(ctx, skip)
+	if err != nil {
 		return 0, err
 	}
+	known := o.leases.ttls()
+	seen := make(map[string]time.Duration, len(known))
+	defer func() { o.leases.keep(seen) }() // forget what is no longer listed
 	n := 0
-	for _, key := range keys {
-		_, _, stale, err := o.readLease(ctx, key)
+	for _, obj := range listed {
+		ttl, ok := seen[obj.ETag]
+		if !ok {
+			ttl, ok = known[obj.ETag]
+		}
+		if ok && (now.IsZero() || now.Sub(obj.LastModified) <= ttl) {
+			seen[obj.ETag] = ttl // fresh by the listing (or no clock to judge by)
+			continue
+		}
+		held, etag, stale, err := o.readLease(ctx, obj.Key)
 		if errors.Is(err, ErrNotFound) {
 			continue // released meanwhile
 		}
@@ -363,14 +376,90 @@ func (o *S3Objects) RemoveStaleLeases(ctx context.Context, except string) (int, 
 			return n, err
 		}
 		if !stale {
+			seen[etag] = held.TTL
 			continue
 		}
-		if err := o.removeLease(ctx, key); err != nil {
+		if err := o.removeLease(ctx, obj.Key); err != nil {
 			return n, err
 		}
 		n++
 	}
 	return n, nil
+}
+
+// listLeases lists the leases but the one at key skip, with the store's
+// clock: the earliest Date of the listing's answers, zero when they had none.
+func (o *S3Objects) listLeases(ctx context.Context, skip string) (time.Time, []minio.ObjectInfo, error) {
+	clock := &storeClock{}
+	var listed []minio.ObjectInfo
+	err := o.walkKeys(context.WithValue(ctx, storeClockKey{}, clock), o.prefix+"leases/", func(obj minio.ObjectInfo) error {
+		if obj.Key != skip {
+			listed = append(listed, obj)
+		}
+		return nil
+	})
+	return clock.earliest(), listed, err
+}
+
+// leaseSweep is what RemoveStaleLeases remembers between passes: the TTL
+// each lease body it read says, by the body's ETag (0 for a body that is no
+// lease), for the ETags the last listing showed.
+type leaseSweep struct {
+	mu  sync.Mutex
+	ttl map[string]time.Duration
+}
+
+func (w *leaseSweep) ttls() map[string]time.Duration {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.ttl
+}
+
+func (w *leaseSweep) keep(ttl map[string]time.Duration) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.ttl = ttl
+}
+
+// storeClock notes the earliest Date of the store's answers to the requests
+// made with it in their context (under storeClockKey): minio-go returns a
+// listing without its answers' headers. The earliest is the safe one when a
+// listing takes several answers: by it a lease only looks younger.
+type storeClock struct {
+	mu    sync.Mutex
+	first time.Time
+}
+
+type storeClockKey struct{}
+
+func (c *storeClock) note(h http.Header) {
+	t, err := http.ParseTime(h.Get("Date"))
+	if err != nil {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.first.IsZero() || t.Before(c.first) {
+		c.first = t
+	}
+}
+
+func (c *storeClock) earliest() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.first
+}
+
+// clockTransport hands the Date of each answer to the storeClock in its
+// request's context, if any.
+type clockTransport struct{ next http.RoundTripper }
+
+func (t clockTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	resp, err := t.next.RoundTrip(r)
+	if c, ok := r.Context().Value(storeClockKey{}).(*storeClock); ok && err == nil {
+		c.note(resp.Header)
+	}
+	return resp, err
 }
 
 // markLostQuietly closes Lost without a warning: the holder gave it up.

@@ -17,6 +17,7 @@ import (
 
 	"github.com/minio/minio-go/v7"
 	"github.com/regmirror/regmirror/test/regtest"
+	"go.uber.org/zap/zaptest"
 )
 
 // leaseTTL is the shortest a lease may be, so the tests that wait for one to
@@ -276,5 +277,138 @@ func TestLeaseSupplantedByOneOfItsFollowers(t *testing.T) {
 	defer won[0].Release(ctx)
 	if _, held, err := o.SupplantLease(ctx, "d", LeaseHolder{ID: "g", TTL: 30 * time.Second}, dead); !errors.Is(err, ErrLeaseHeld) || held != won[0].holder {
 		t.Fatalf("supplanting a holder that no longer holds it: %+v %v", held, err)
+	}
+}
+
+// sweeper is an S3Objects on srv's bucket whose requests go through a
+// counter (and then hook, when set, after each answer), for the lease
+// sweep's costs.
+func sweeper(t *testing.T, srv *regtest.S3Server, bucket string, hook func(*http.Request)) (*S3Objects, *s3Counter) {
+	t.Helper()
+	c := &s3Counter{next: afterAnswer{testTransport(t), hook}, n: map[string]int{}}
+	o, err := NewS3Objects(S3Config{Endpoint: srv.Endpoint, Region: s3Region, Bucket: bucket, Prefix: "mirror", Transport: c}, zaptest.NewLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return o, c
+}
+
+// afterAnswer calls hook (if any) with each request once its answer came.
+type afterAnswer struct {
+	next http.RoundTripper
+	hook func(*http.Request)
+}
+
+func (a afterAnswer) RoundTrip(r *http.Request) (*http.Response, error) {
+	resp, err := a.next.RoundTrip(r)
+	if a.hook != nil && err == nil {
+		a.hook(r)
+	}
+	return resp, err
+}
+
+// staleByListing waits until the lease name looks stale in a listing of
+// the leases, by the listing's clock.
+func staleByListing(t *testing.T, o *S3Objects, name string, ttl time.Duration) {
+	t.Helper()
+	key, _ := o.leaseKey(name)
+	waitFor(t, "lease "+name+" to look stale in a listing", func() bool {
+		now, listed, err := o.listLeases(t.Context(), "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, obj := range listed {
+			if obj.Key == key {
+				return !now.IsZero() && now.Sub(obj.LastModified) > ttl
+			}
+		}
+		t.Fatalf("lease %s not listed", name)
+		return false
+	})
+}
+
+// TestLeaseSweepReadsOnlyWhatLooksStale: the evictor's sweep of leases
+// judges fresh leases from the listing alone (once it has read a body like
+// theirs), and reads and deletes only a lease gone stale.
+func TestLeaseSweepReadsOnlyWhatLooksStale(t *testing.T) {
+	srv := testVersity(t)
+	bucket := srv.Bucket(t, "lease-sweep")
+	holders := s3Objects(t, srv, S3Config{Bucket: bucket, Prefix: "mirror"})
+	o, counted := sweeper(t, srv, bucket, nil)
+	ctx := t.Context()
+	pass := func(what string, removed int, want map[string]int) {
+		t.Helper()
+		n, err := o.RemoveStaleLeases(ctx, evictorLease)
+		got, _ := counted.take()
+		t.Logf("%s: removed %d, requests %v", what, n, got)
+		if err != nil || n != removed || fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Fatalf("%s: removed %d (%v) with requests %v; want %d removed with %v", what, n, err, got, removed, want)
+		}
+	}
+
+	const downloads = 6
+	for i := range downloads {
+		for _, id := range []string{"b/1", "c/1"} { // two replicas, each downloading
+			l, _, err := holders.AcquireLease(ctx, fmt.Sprintf("sha256:%s%d", id[:1], i), LeaseHolder{ID: id, URL: "http://" + id[:1], TTL: time.Minute})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer l.Release(ctx)
+		}
+	}
+	dead, _, err := holders.AcquireLease(ctx, "sha256:dead", LeaseHolder{ID: "d/1", URL: "http://d", TTL: leaseTTL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead.stopRenewing() // as when its process is killed
+	list := map[string]int{"LIST mirror/leases/": 1}
+	pass("the first pass, 13 fresh leases by 3 holders", 0, map[string]int{"LIST mirror/leases/": 1, "GET leases": 3})
+	pass("the next pass", 0, list)
+	pass("and the next", 0, list)
+
+	staleByListing(t, o, "sha256:dead", leaseTTL)
+	counted.take()
+	pass("a pass with one lease stale", 1, map[string]int{"LIST mirror/leases/": 1, "GET leases": 1, "DELETE leases": 1})
+	if _, _, err := holders.ReadLease(ctx, "sha256:dead"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("the stale lease after a pass: %v, want it gone", err)
+	}
+	pass("the pass after", 0, list)
+}
+
+// TestLeaseSweepKeepsALeaseRenewedAfterTheListing: a lease that looked
+// stale in the sweep's listing but was renewed before the sweep came to it
+// stays: the sweep reads it again before it deletes.
+func TestLeaseSweepKeepsALeaseRenewedAfterTheListing(t *testing.T) {
+	srv := testVersity(t)
+	bucket := srv.Bucket(t, "lease-sweep-renewed")
+	holders := s3Objects(t, srv, S3Config{Bucket: bucket, Prefix: "mirror"})
+	ctx := t.Context()
+	const ttl = 3 * time.Second // a margin for the first pass to find it fresh
+	slow, _, err := holders.AcquireLease(ctx, "sha256:slow", LeaseHolder{ID: "b/1", URL: "http://b", TTL: ttl})
+	if err != nil {
+		t.Fatal(err)
+	}
+	slow.stopRenewing() // a holder whose renewals are late
+	defer slow.Release(ctx)
+	var renew atomic.Bool
+	renewed := make(chan error, 1)
+	o, _ := sweeper(t, srv, bucket, func(r *http.Request) {
+		if strings.HasSuffix(r.URL.Query().Get("prefix"), "/leases/") && renew.CompareAndSwap(true, false) {
+			renewed <- slow.Renew(ctx) // between the listing and what the sweep does with it
+		}
+	})
+	if n, err := o.RemoveStaleLeases(ctx, evictorLease); n != 0 || err != nil {
+		t.Fatalf("first pass, over a fresh lease: removed %d, %v", n, err)
+	}
+	staleByListing(t, o, "sha256:slow", ttl)
+	renew.Store(true)
+	if n, err := o.RemoveStaleLeases(ctx, evictorLease); n != 0 || err != nil {
+		t.Errorf("a pass whose listing saw the lease stale before its renewal: removed %d, %v; want none", n, err)
+	}
+	if err := <-renewed; err != nil {
+		t.Fatalf("renewal after the listing: %v", err)
+	}
+	if h, stale, err := o.ReadLease(ctx, "sha256:slow"); err != nil || stale || h.ID != "b/1" {
+		t.Fatalf("the renewed lease after the pass: %+v stale %v, %v; want b's, fresh", h, stale, err)
 	}
 }

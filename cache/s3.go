@@ -60,6 +60,7 @@ type S3Objects struct {
 	prefix   string // "" or ending in "/"
 	partSize int64
 	log      *zap.Logger
+	leases   leaseSweep // what the lease sweep learned of leases' contents
 }
 
 var _ Objects = (*S3Objects)(nil)
@@ -81,6 +82,12 @@ func NewS3Objects(cfg S3Config, log *zap.Logger) (*S3Objects, error) {
 	if part < minPartSize {
 		return nil, fmt.Errorf("part size %d below S3's minimum of %d bytes", part, minPartSize)
 	}
+	transport := cfg.Transport
+	if transport == nil {
+		if transport, err = minio.DefaultTransport(secure); err != nil {
+			return nil, fmt.Errorf("object store client: %w", err)
+		}
+	}
 	creds := credentials.NewChainCredentials([]credentials.Provider{
 		&credentials.EnvAWS{},
 		&credentials.FileAWSCredentials{},
@@ -90,7 +97,7 @@ func NewS3Objects(cfg S3Config, log *zap.Logger) (*S3Objects, error) {
 		Creds:     creds,
 		Secure:    secure,
 		Region:    cfg.Region,
-		Transport: cfg.Transport,
+		Transport: clockTransport{transport},
 		// A few quick retries ride out a blip; a store that stays down is
 		// the caller's to handle (serve without it), not minio-go's to wait on.
 		MaxRetries: requestAttempts,
