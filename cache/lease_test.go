@@ -307,6 +307,11 @@ func (a afterAnswer) RoundTrip(r *http.Request) (*http.Response, error) {
 	return resp, err
 }
 
+// sweepTTL is the TTL of the leases the sweep's tests let go stale: a
+// second over the minimum, so that the passes the tests make first still
+// find them fresh on a loaded machine.
+const sweepTTL = leaseTTL + time.Second
+
 // staleByListing waits until the lease name looks stale in a listing of
 // the leases, by the listing's clock.
 func staleByListing(t *testing.T, o *S3Objects, name string, ttl time.Duration) {
@@ -356,7 +361,7 @@ func TestLeaseSweepReadsOnlyWhatLooksStale(t *testing.T) {
 			defer l.Release(ctx)
 		}
 	}
-	dead, _, err := holders.AcquireLease(ctx, "sha256:dead", LeaseHolder{ID: "d/1", URL: "http://d", TTL: leaseTTL})
+	dead, _, err := holders.AcquireLease(ctx, "sha256:dead", LeaseHolder{ID: "d/1", URL: "http://d", TTL: sweepTTL})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -366,7 +371,7 @@ func TestLeaseSweepReadsOnlyWhatLooksStale(t *testing.T) {
 	pass("the next pass", 0, list)
 	pass("and the next", 0, list)
 
-	staleByListing(t, o, "sha256:dead", leaseTTL)
+	staleByListing(t, o, "sha256:dead", sweepTTL)
 	counted.take()
 	pass("a pass with one lease stale", 1, map[string]int{"LIST mirror/leases/": 1, "GET leases": 1, "DELETE leases": 1})
 	if _, _, err := holders.ReadLease(ctx, "sha256:dead"); !errors.Is(err, ErrNotFound) {
@@ -383,8 +388,7 @@ func TestLeaseSweepKeepsALeaseRenewedAfterTheListing(t *testing.T) {
 	bucket := srv.Bucket(t, "lease-sweep-renewed")
 	holders := s3Objects(t, srv, S3Config{Bucket: bucket, Prefix: "mirror"})
 	ctx := t.Context()
-	const ttl = 3 * time.Second // a margin for the first pass to find it fresh
-	slow, _, err := holders.AcquireLease(ctx, "sha256:slow", LeaseHolder{ID: "b/1", URL: "http://b", TTL: ttl})
+	slow, _, err := holders.AcquireLease(ctx, "sha256:slow", LeaseHolder{ID: "b/1", URL: "http://b", TTL: sweepTTL})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -400,7 +404,7 @@ func TestLeaseSweepKeepsALeaseRenewedAfterTheListing(t *testing.T) {
 	if n, err := o.RemoveStaleLeases(ctx, evictorLease); n != 0 || err != nil {
 		t.Fatalf("first pass, over a fresh lease: removed %d, %v", n, err)
 	}
-	staleByListing(t, o, "sha256:slow", ttl)
+	staleByListing(t, o, "sha256:slow", sweepTTL)
 	renew.Store(true)
 	if n, err := o.RemoveStaleLeases(ctx, evictorLease); n != 0 || err != nil {
 		t.Errorf("a pass whose listing saw the lease stale before its renewal: removed %d, %v; want none", n, err)
