@@ -55,12 +55,16 @@ type Objects interface {
 // From is where the first read of opened content will start, so that an
 // object store's first request starts there: Offset bytes into the content,
 // or, with Suffix, Offset bytes before its end (a Range request's bytes=-n,
-// whose start the caller cannot know before the size). The zero value is
-// the start. It is a guess: reads anywhere are served, a wrong guess costs
-// one more request.
+// whose start the caller cannot know before the size). Length, when above
+// zero (and not Suffix), is how far that first read goes (a closed range
+// bytes=a-b), so the first request asks for no more: an object store sends
+// what it was asked for until the connection closes. The zero value is the
+// start, to the end. It is a guess: reads anywhere are served, a wrong guess
+// costs one more request.
 type From struct {
 	Offset int64
 	Suffix bool
+	Length int64
 }
 
 // ObjectReader is stored content opened for reading.

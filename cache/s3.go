@@ -390,7 +390,7 @@ func (o *S3Objects) Open(ctx context.Context, h v1.Hash, from From) (ObjectReade
 		return nil, Info{}, err
 	}
 	key := o.key(h)
-	body, at, st, err := o.get(ctx, key, from)
+	body, at, end, st, err := o.get(ctx, key, from)
 	if err != nil {
 		if from != (From{}) && minio.ToErrorResponse(err).Code == minio.InvalidRange {
 			// A start past the end, which the client's answer (416) needs
@@ -403,50 +403,53 @@ func (o *S3Objects) Open(ctx context.Context, h v1.Hash, from From) (ObjectReade
 	if st.ContentType != "application/octet-stream" {
 		info.MediaType = st.ContentType
 	}
-	return &s3Reader{o: o, ctx: ctx, key: key, size: st.Size, body: body, at: at}, info, nil
+	return &s3Reader{o: o, ctx: ctx, key: key, size: st.Size, body: body, at: at, end: end}, info, nil
 }
 
 // get GETs the object key from from on, and returns the body with where it
-// starts in the object and the object's size (in st.Size), as the answer
-// says: a 206's Content-Range, or a 200's whole object.
-func (o *S3Objects) get(ctx context.Context, key string, from From) (io.ReadCloser, int64, minio.ObjectInfo, error) {
+// starts and ends (exclusive) in the object and the object's size (in
+// st.Size), as the answer says: a 206's Content-Range, or a 200's whole
+// object.
+func (o *S3Objects) get(ctx context.Context, key string, from From) (io.ReadCloser, int64, int64, minio.ObjectInfo, error) {
 	var opts minio.GetObjectOptions
 	switch {
 	case from.Suffix && from.Offset > 0:
 		opts.SetRange(0, -from.Offset) // bytes=-n
+	case !from.Suffix && from.Length > 0:
+		opts.SetRange(from.Offset, from.Offset+from.Length-1) // bytes=a-b
 	case !from.Suffix && from.Offset > 0:
 		opts.SetRange(from.Offset, 0) // bytes=n-
 	}
 	body, st, header, err := o.core.GetObject(ctx, o.bucket, key, opts)
 	if err != nil {
-		return nil, 0, st, err
+		return nil, 0, 0, st, err
 	}
 	cr := header.Get("Content-Range")
 	if cr == "" {
-		return body, 0, st, nil
+		return body, 0, st.Size, st, nil
 	}
-	at, size, ok := contentRange(cr)
+	at, last, size, ok := contentRange(cr)
 	if !ok {
 		body.Close()
-		return nil, 0, st, fmt.Errorf("get s3://%s/%s: unreadable Content-Range %q", o.bucket, key, cr)
+		return nil, 0, 0, st, fmt.Errorf("get s3://%s/%s: unreadable Content-Range %q", o.bucket, key, cr)
 	}
 	st.Size = size
-	return body, at, st, nil
+	return body, at, last + 1, st, nil
 }
 
-// contentRange reads the first byte position and the whole size from a
-// Content-Range: bytes a-b/n.
-func contentRange(cr string) (start, size int64, ok bool) {
+// contentRange reads the first and last byte positions and the whole size
+// from a Content-Range: bytes a-b/n.
+func contentRange(cr string) (start, end, size int64, ok bool) {
 	rest, ok := strings.CutPrefix(cr, "bytes ")
 	first, rest, ok2 := strings.Cut(rest, "-")
 	last, whole, ok3 := strings.Cut(rest, "/")
 	if !ok || !ok2 || !ok3 {
-		return 0, 0, false
+		return 0, 0, 0, false
 	}
 	start, err1 := strconv.ParseInt(first, 10, 64)
 	end, err2 := strconv.ParseInt(last, 10, 64)
 	size, err3 := strconv.ParseInt(whole, 10, 64)
-	return start, size, err1 == nil && err2 == nil && err3 == nil && 0 <= start && start <= end && end < size
+	return start, end, size, err1 == nil && err2 == nil && err3 == nil && 0 <= start && start <= end && end < size
 }
 
 // s3Reader is an object of the bucket opened by Open.
@@ -458,18 +461,19 @@ type s3Reader struct {
 	pos  int64         // where the next read starts
 	body io.ReadCloser // the current GET's body, nil once closed
 	at   int64         // where body's next byte is in the object
+	end  int64         // where body's range ends (exclusive)
 }
 
 func (r *s3Reader) Read(p []byte) (int, error) {
 	if r.pos >= r.size {
 		return 0, io.EOF
 	}
-	if r.body == nil || r.at != r.pos {
+	if r.body == nil || r.at != r.pos || r.at >= r.end {
 		if r.body != nil {
 			r.body.Close()
 			r.body = nil
 		}
-		body, at, _, err := r.o.get(r.ctx, r.key, From{Offset: r.pos})
+		body, at, end, _, err := r.o.get(r.ctx, r.key, From{Offset: r.pos})
 		if err != nil {
 			return 0, r.o.classify("read", r.key, err)
 		}
@@ -477,13 +481,20 @@ func (r *s3Reader) Read(p []byte) (int, error) {
 			body.Close()
 			return 0, fmt.Errorf("read s3://%s/%s: asked for bytes from %d, the answer starts at %d", r.o.bucket, r.key, r.pos, at)
 		}
-		r.body, r.at = body, at
+		r.body, r.at, r.end = body, at, end
 	}
-	n, err := r.body.Read(p)
+	n, err := r.body.Read(p[:min(int64(len(p)), r.end-r.at)])
 	r.pos += int64(n)
 	r.at += int64(n)
 	if errors.Is(err, io.EOF) && r.pos < r.size {
-		err = io.ErrUnexpectedEOF // cut short: the store did not answer in full
+		if r.at < r.end {
+			err = io.ErrUnexpectedEOF // cut short: the store did not answer in full
+		} else {
+			err = nil // the end of a closed range: the next read GETs the rest
+			if n == 0 {
+				return r.Read(p)
+			}
+		}
 	}
 	if err != nil && !errors.Is(err, io.EOF) {
 		err = r.o.classify("read", r.key, err)

@@ -212,8 +212,9 @@ func TestS3ObjectsAgainstVersity(t *testing.T) {
 		}
 	})
 
-	// Each answer costs one GET when the open's starts where the first read
-	// does; a wrong guess costs one more, never wrong bytes.
+	// Each answer costs one GET, asking for no more than the first read
+	// needs, when the open's starts where the first read does; a wrong guess
+	// costs one more, never wrong bytes.
 	t.Run("Range", func(t *testing.T) {
 		bucket := srv.Bucket(t, "range")
 		ct := &regtest.ContentRequests{Next: testTransport(t)}
@@ -243,7 +244,7 @@ func TestS3ObjectsAgainstVersity(t *testing.T) {
 			}
 			return rec
 		}
-		rec := serve("bytes=1000-1999", From{Offset: 1000}, "GET bytes=1000-")
+		rec := serve("bytes=1000-1999", From{Offset: 1000, Length: 1000}, "GET bytes=1000-1999")
 		if rec.Code != http.StatusPartialContent || !bytes.Equal(rec.Body.Bytes(), body[1000:2000]) ||
 			rec.Header().Get("Content-Range") != "bytes 1000-1999/100000" {
 			t.Fatalf("range: %d %q, %d bytes, right bytes %v", rec.Code, rec.Header().Get("Content-Range"),
@@ -262,6 +263,22 @@ func TestS3ObjectsAgainstVersity(t *testing.T) {
 			!bytes.Contains(rec.Body.Bytes(), body[:10]) || !bytes.Contains(rec.Body.Bytes(), body[50000:50010]) {
 			t.Fatalf("multi-range: %d %q", rec.Code, rec.Header().Get("Content-Type"))
 		}
+		rec = serve("bytes=0-9,50000-50009", From{Length: 10}, "GET bytes=0-9", "GET bytes=50000-")
+		if rec.Code != http.StatusPartialContent || !bytes.Contains(rec.Body.Bytes(), body[:10]) || !bytes.Contains(rec.Body.Bytes(), body[50000:50010]) {
+			t.Fatalf("multi-range opened for the first: %d", rec.Code)
+		}
+		// Reads that go on past the first GET's closed range GET the rest.
+		rec = serve("bytes=0-9,10-19", From{Length: 10}, "GET bytes=0-9", "GET bytes=10-")
+		if rec.Code != http.StatusPartialContent || !bytes.Contains(rec.Body.Bytes(), body[:10]) || !bytes.Contains(rec.Body.Bytes(), body[10:20]) {
+			t.Fatalf("adjacent ranges: %d", rec.Code)
+		}
+		if rec = serve("", From{Length: 10}, "GET bytes=0-9", "GET bytes=10-"); rec.Code != http.StatusOK || !bytes.Equal(rec.Body.Bytes(), body) {
+			t.Fatalf("whole, opened for a range: %d, %d bytes", rec.Code, rec.Body.Len())
+		}
+		rec = serve("bytes=99990-200000", From{Offset: 99990, Length: 100011}, "GET bytes=99990-200000")
+		if rec.Code != http.StatusPartialContent || !bytes.Equal(rec.Body.Bytes(), body[99990:]) {
+			t.Fatalf("range past the end of the blob: %d, %d bytes", rec.Code, rec.Body.Len())
+		}
 		rec = serve("bytes=5000-5999", From{Offset: 1000}, "GET bytes=1000-", "GET bytes=5000-")
 		if rec.Code != http.StatusPartialContent || !bytes.Equal(rec.Body.Bytes(), body[5000:6000]) {
 			t.Fatalf("range opened elsewhere: %d, %d bytes", rec.Code, rec.Body.Len())
@@ -271,6 +288,10 @@ func TestS3ObjectsAgainstVersity(t *testing.T) {
 		rec = serve("bytes=200000-", From{Offset: 200000}, "GET bytes=200000-", "GET")
 		if rec.Code != http.StatusRequestedRangeNotSatisfiable || rec.Header().Get("Content-Range") != "bytes */100000" {
 			t.Fatalf("range past the end: %d %q", rec.Code, rec.Header().Get("Content-Range"))
+		}
+		rec = serve("bytes=200000-200009", From{Offset: 200000, Length: 10}, "GET bytes=200000-200009", "GET")
+		if rec.Code != http.StatusRequestedRangeNotSatisfiable || rec.Header().Get("Content-Range") != "bytes */100000" {
+			t.Fatalf("closed range past the end: %d %q", rec.Code, rec.Header().Get("Content-Range"))
 		}
 		if rec = serve("", From{}, "GET"); rec.Code != http.StatusOK || !bytes.Equal(rec.Body.Bytes(), body) {
 			t.Fatalf("whole: %d, %d bytes", rec.Code, rec.Body.Len())

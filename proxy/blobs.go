@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"math"
 	"net/http"
 	"strconv"
 	"strings"
@@ -189,10 +190,10 @@ func (s sizeOnly) Seek(offset int64, whence int) (int64, error) {
 }
 
 // firstRead is where http.ServeContent will first read a blob for a request
-// with these headers: the start of its first range, or the blob's start. A
-// guess (an If-Range that does not match, overlapping ranges, a range past
-// the end are served from elsewhere), for the bucket's first GET to start
-// there.
+// with these headers, and how far: its first range, or the blob's start to
+// its end. A guess (an If-Range that does not match, overlapping ranges, a
+// range past the end are served from elsewhere), for the bucket's first GET
+// to ask for just that.
 func firstRead(h http.Header) cache.From {
 	specs, ok := strings.CutPrefix(h.Get("Range"), "bytes=")
 	if !ok {
@@ -214,7 +215,11 @@ func firstRead(h http.Header) cache.From {
 	if err != nil || n < 0 {
 		return cache.From{}
 	}
-	return cache.From{Offset: n}
+	from := cache.From{Offset: n}
+	if end, err := strconv.ParseInt(strings.Trim(last, " \t"), 10, 64); err == nil && end >= n && end < math.MaxInt64 {
+		from.Length = end - n + 1
+	}
+	return from
 }
 
 func setBlobHeaders(h http.Header, d v1.Hash) {
