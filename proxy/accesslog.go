@@ -133,6 +133,9 @@ func (p *Proxy) account(r *http.Request, attrs *logAttrs, status int, n int64) {
 	if m := p.opt.Metrics; m != nil {
 		m.request(kind, r.Method, status)
 	}
+	if attrs.cache == cachePeer && status < 300 {
+		p.stats.peerSent.Add(n)
+	}
 	o := outcomeIndex(attrs.cache)
 	if !attrs.routed || o < 0 {
 		return

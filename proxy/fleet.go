@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"github.com/regmirror/regmirror/cache"
@@ -269,5 +271,18 @@ func (p *Proxy) fromPeer(fl *flight, held cache.LeaseHolder, offset int64) (*att
 			return nil, fmt.Errorf("replica %s: asked for bytes from %d, got Content-Range %q", held.ID, offset, resp.Header.Get("Content-Range"))
 		}
 	}
+	resp.Body = &peerBody{ReadCloser: resp.Body, n: &p.stats.peerRecv}
 	return p.newAttempt(resp, ctx, cancel), nil
+}
+
+// peerBody counts the bytes read from another replica's peer endpoint.
+type peerBody struct {
+	io.ReadCloser
+	n *atomic.Int64
+}
+
+func (b *peerBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	b.n.Add(int64(n))
+	return n, err
 }

@@ -12,6 +12,9 @@ type fleetView struct {
 	cache.FleetState
 	Recent  int    // replicas that wrote a journal within three intervals
 	PassAgo string // since the evictor's last pass; "" before the first
+	// Blob bytes this replica sent to and received from the others' peer
+	// endpoints: downloads shared without asking upstream.
+	PeerSent, PeerReceived int64
 }
 
 // fleetView returns the view, ok false outside a fleet.
@@ -20,7 +23,7 @@ func (p *Proxy) fleetView(now time.Time) (fleetView, bool) {
 	if !ok {
 		return fleetView{}, false
 	}
-	v := fleetView{FleetState: st}
+	v := fleetView{FleetState: st, PeerSent: p.stats.peerSent.Load(), PeerReceived: p.stats.peerRecv.Load()}
 	for _, r := range st.Replicas {
 		if r.Recent(now, st.Interval) {
 			v.Recent++
@@ -39,6 +42,7 @@ type fleetCollector struct {
 	p                                                             *Proxy
 	bucketBytes, bucketObjects, evicted, evictedBytes, lastPass   *prometheus.Desc
 	evictorHere, evictor, replicas, journals, sharedAnswers, wait *prometheus.Desc
+	peerBytes                                                     *prometheus.Desc
 }
 
 func newFleetCollector(p *Proxy) *fleetCollector {
@@ -57,12 +61,13 @@ func newFleetCollector(p *Proxy) *fleetCollector {
 		journals:      d("journals_waiting", "In multi-replica mode: access journals in the bucket not yet merged by the evictor, at this replica's last look."),
 		sharedAnswers: d("shared_tag_answers_total", "In multi-replica mode: tag answers past this replica's TTL (or unknown to it) taken from the bucket, learned or revalidated by a replica within the TTL, instead of asking upstream."),
 		wait:          d("shared_tag_waits_total", "In multi-replica mode: stale tag answers served while another replica revalidated the tag."),
+		peerBytes:     d("peer_bytes_total", "In multi-replica mode: blob bytes this replica sent to other replicas' downloads from its peer endpoint (direction sent) and received from another's while following its download (received).", "direction"),
 	}
 }
 
 func (c *fleetCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.bucketBytes, c.bucketObjects, c.evicted, c.evictedBytes, c.lastPass,
-		c.evictorHere, c.evictor, c.replicas, c.journals, c.sharedAnswers, c.wait} {
+		c.evictorHere, c.evictor, c.replicas, c.journals, c.sharedAnswers, c.wait, c.peerBytes} {
 		ch <- d
 	}
 }
@@ -97,4 +102,6 @@ func (c *fleetCollector) Collect(ch chan<- prometheus.Metric) {
 	gauge(c.journals, int64(v.JournalsSeen))
 	counter(c.sharedAnswers, v.SharedAnswers)
 	counter(c.wait, v.SharedWaits)
+	ch <- prometheus.MustNewConstMetric(c.peerBytes, prometheus.CounterValue, float64(v.PeerSent), "sent")
+	ch <- prometheus.MustNewConstMetric(c.peerBytes, prometheus.CounterValue, float64(v.PeerReceived), "received")
 }

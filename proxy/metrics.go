@@ -49,7 +49,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		reg: reg,
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "regmirror_requests_total",
-			Help: "HTTP requests answered, by route kind (base, manifest, blob, tags, catalog, other), method and status code.",
+			Help: "HTTP requests answered, by route kind (base, manifest, blob, tags, referrers, catalog, admin, peer, other), method and status code.",
 		}, []string{"kind", "method", "code"}),
 		upDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "regmirror_upstream_request_duration_seconds",

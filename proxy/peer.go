@@ -50,6 +50,7 @@ func (p *Proxy) servePeer(w *response, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	w.setKind("peer")
 	w.setCache(cachePeer)
 	defer p.blobs.Hold(h)()
 	// A flight can end between our miss and our look for it, its blob then

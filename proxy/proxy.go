@@ -126,6 +126,8 @@ type stats struct {
 	served   [len(sources)]atomic.Int64                    // bytes sent to clients, by source
 	stale    map[string]*atomic.Int64                      // stale answers by registry; the map is fixed at New
 	queued   atomic.Int64                                  // downloads waiting for a slot
+	peerSent atomic.Int64                                  // blob bytes sent to other replicas (PeerPath)
+	peerRecv atomic.Int64                                  // blob bytes received from other replicas' PeerPath
 }
 
 // Stats is a snapshot of the proxy's counters since start.

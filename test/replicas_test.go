@@ -286,6 +286,24 @@ func TestReplicasColdHerdOneUpstreamGet(t *testing.T) {
 			if n := up.Count(http.MethodGet, g.path); n != 1 {
 				t.Errorf("%d upstream GETs of the blob for a herd of %d over 3 replicas, want 1", n, herdSize)
 			}
+			// Both followers downloaded it whole from the leader's peer
+			// endpoint: counted as sent there and as received by each.
+			want := 2 * float64(len(g.data))
+			var leader *mirrorProc
+			eventually(t, "the peer bytes counted on both sides", func() (bool, string) {
+				var sent, received float64
+				for _, m := range f.replicas {
+					ms := regtest.Scrape(t, m.URL+"/metrics")
+					if n := ms.Value("regmirror_fleet_peer_bytes_total", "direction", "sent"); n > 0 {
+						sent, leader = sent+n, m
+					}
+					received += ms.Value("regmirror_fleet_peer_bytes_total", "direction", "received")
+				}
+				return sent == want && received == want, fmt.Sprintf("sent %v, received %v, want %v each", sent, received, want)
+			})
+			if _, page := leader.do(http.MethodGet, "/", nil); !strings.Contains(string(page), proxy.FormatBytes(int64(want))+" sent to other replicas") {
+				t.Errorf("the leader's Replicas card does not say what it sent to the others")
+			}
 			f.noLeftovers(t, g.digest)
 			// One copy went up: the followers waited for the leader's upload
 			// and found the object instead of sending theirs.
