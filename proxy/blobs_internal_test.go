@@ -20,8 +20,7 @@ type firstReader struct {
 
 func (r *firstReader) Read(p []byte) (int, error) {
 	if r.first < 0 {
-		r.first, _ = r.Seek(0, io.SeekCurrent)
-		r.moved = false
+		r.first, _ = r.Reader.Seek(0, io.SeekCurrent)
 	}
 	n, err := r.Reader.Read(p)
 	if !r.moved {
